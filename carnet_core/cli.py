@@ -1,0 +1,105 @@
+"""``python -m carnet_core`` — the command line. Bad input gives a one-line message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CarNetError
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import weights as W
+    from .registry import list_models
+
+    rows = []
+    for spec in list_models():
+        try:
+            status = W.resolve(spec, use_hub=not args.no_hub).describe()
+        except CarNetError:
+            status = f"MISSING — put a file at {W.weights_dir() / (spec.name + '.safetensors')}"
+        rows.append({"name": spec.name, "arch": spec.arch, "family": spec.family, "head": spec.head,
+                     "labels": spec.label_set, "default": spec.default, "weights": status,
+                     "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{width}}  {'timm architecture':<22} {'labels':<12} weights")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['arch']:<22} {r['labels']:<12} {r['weights']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .images import load_image
+    from .model import load_model
+    from .predict import predict
+
+    model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except CarNetError as exc:
+            failed += 1
+            results.append({"image": path, "error": str(exc)})
+            continue
+        batch = predict(model, [image], topk=args.topk)
+        results.append({"image": path, **batch[0].to_dict(), "latency_ms": round(batch.latency_ms, 2)})
+    if args.json:
+        print(json.dumps({"model": model.name, "weights": model.weights.to_dict(), "results": results}, indent=2))
+    else:
+        print(f"model {model.name} — weights: {model.weights.describe()}")
+        for r in results:
+            print(f"\n{r['image']}")
+            if "error" in r:
+                print(f"  error: {r['error']}")
+                continue
+            for item in r["topk"]:
+                print(f"  {item['probability'] * 100:6.2f}%  {item['class']}")
+            if r["vehicle_topk"] and r["topk"][0]["class"] not in {v["class"] for v in r["vehicle_topk"]}:
+                best = r["vehicle_topk"][0]
+                print(f"  best vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
+            print(f"  latency {r['latency_ms']:.1f} ms")
+    if failed:
+        print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list registered models and where their weights come from")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-hub", action="store_true", help="do not check the Hugging Face Hub")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("predict", help="classify images")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    p.add_argument("--model", default="efficientnet_lite0", help="registry name (default: efficientnet_lite0)")
+    p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error)."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "topk", 1) < 1:
+        print("error: --topk must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except CarNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,26 @@
+"""Errors CarNet raises on bad input. Each message is meant to be shown to a user as it is."""
+
+from __future__ import annotations
+
+
+class CarNetError(Exception):
+    """Base class: a problem with the user's input or setup, with a message fit for the UI and CLI."""
+
+
+class ImageError(CarNetError, ValueError):
+    """An uploaded or given file cannot be used as an image (empty, truncated, not an image, too large)."""
+
+
+class UnknownModelError(CarNetError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class WeightsNotFoundError(CarNetError, FileNotFoundError):
+    """No pretrained weights could be found for a model, and random weights were not asked for."""
+
+
+class CheckpointError(CarNetError, ValueError):
+    """A checkpoint or weights file that cannot be loaded safely or does not fit the model."""

@@ -1,0 +1,54 @@
+"""Label sets: ImageNet-1k class names and the documented vehicle view of them.
+
+The ImageNet-1k class names are torchvision's (``ResNet50_Weights.IMAGENET1K_V1.meta["categories"]``), which are
+unique, so a class can be named unambiguously.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+IMAGENET_1K = "imagenet-1k"
+
+#: Road vehicles among the ImageNet-1k classes: cars, vans, buses, trucks, motorcycles, cycles and small
+#: utility vehicles that drive on roads. Rail vehicles (``passenger car``, ``streetcar``), military vehicles
+#: (``tank``, ``half track``) and animal-drawn carts are left out.
+VEHICLE_CLASSES: tuple[str, ...] = (
+    # cars
+    "sports car", "convertible", "cab", "beach wagon", "limousine", "minivan", "jeep", "Model T", "racer",
+    "pickup", "police van", "ambulance",
+    # vans, trucks, buses
+    "moving van", "tow truck", "trailer truck", "garbage truck", "fire engine", "recreational vehicle",
+    "school bus", "minibus", "trolleybus", "snowplow", "tractor", "forklift", "amphibian",
+    # two- and three-wheelers, small vehicles
+    "moped", "motor scooter", "mountain bike", "bicycle-built-for-two", "tricycle", "go-kart", "golfcart",
+)
+
+#: ImageNet-1k classes that are parts of a car. A photo of a car often gets one of these at top-1; the
+#: vehicle view then shows the best vehicle classes beside it.
+VEHICLE_PART_CLASSES: tuple[str, ...] = ("grille", "car wheel", "car mirror", "disk brake", "seat belt", "odometer")
+
+
+@lru_cache(maxsize=None)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order (torchvision's categories; available offline)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def vehicle_indices(class_names: tuple[str, ...] | list[str]) -> list[int]:
+    """Indices of :data:`VEHICLE_CLASSES` within ``class_names`` (empty when the label set has none of them)."""
+    wanted = set(VEHICLE_CLASSES)
+    return [i for i, name in enumerate(class_names) if name in wanted]
+
+
+def label_set_names(label_set: str) -> tuple[str, ...]:
+    """Class names of a named label set.
+
+    Raises:
+        KeyError: the label set is unknown.
+    """
+    if label_set == IMAGENET_1K:
+        return imagenet_class_names()
+    raise KeyError(f"unknown label set {label_set!r}; known: {IMAGENET_1K}")

@@ -1,0 +1,241 @@
+"""Loaded models: a timm network with its class names, data config and weights provenance.
+
+Like torchvision's weights API, a :class:`Classifier` carries its categories and its preprocessing, so pages
+and the CLI never guess how to prepare an image for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from . import weights as _weights
+from .checkpoint import load_into, read_metadata, read_state_dict, save_checkpoint
+from .errors import CarNetError, CheckpointError, WeightsNotFoundError
+from .labels import label_set_names
+from .registry import HEADS, ModelSpec, get_spec
+from .weights import WeightsSource
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def default_device() -> torch.device:
+    """``$CARNET_DEVICE`` if set, else the first CUDA GPU, else the CPU."""
+    if os.environ.get("CARNET_DEVICE"):
+        return torch.device(os.environ["CARNET_DEVICE"])
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_module(arch: str, head: str = "linear", num_classes: int = 1000) -> torch.nn.Module:
+    """A randomly initialised timm network ``arch`` with a ``head`` for ``num_classes`` classes.
+
+    Raises:
+        CarNetError: unknown head, or an architecture timm does not know.
+    """
+    import timm
+
+    if head not in HEADS:
+        raise CarNetError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head != "linear":
+        raise CarNetError(f"the {head} head is not available in this version of CarNet")
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise CarNetError(f"timm cannot build architecture {arch!r}: {exc}") from None
+
+
+def _data_config(module: torch.nn.Module) -> dict[str, Any]:
+    import timm
+
+    cfg = timm.data.resolve_model_data_config(module)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
+
+
+@dataclass
+class Classifier:
+    """A ready-to-use image classifier (eval mode).
+
+    Attributes:
+        module: the ``torch.nn.Module``; input (N, 3, H, W) normalised float, output logits (N, num_classes).
+        name: registry name or checkpoint name.
+        arch: timm architecture.
+        family: architecture family (see :class:`~carnet_core.registry.ModelSpec`).
+        head: ``linear`` or ``ml_decoder``.
+        class_names: one name per output logit.
+        data_config: timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
+        weights: where the weights came from.
+        label_set: label set name (``imagenet-1k`` or a dataset name for fine-tuned models).
+        metrics: validation metrics stored with a checkpoint (empty for pretrained models).
+    """
+
+    module: torch.nn.Module
+    name: str
+    arch: str
+    family: str
+    head: str
+    class_names: tuple[str, ...]
+    data_config: dict[str, Any]
+    weights: WeightsSource
+    label_set: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @cached_property
+    def num_params(self) -> int:
+        """Number of parameters (weights and biases, not buffers)."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights.source == "random"
+
+    @cached_property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """timm's eval transform for this model's data config: resize, center crop, to tensor, normalise."""
+        import timm
+
+        cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.data_config.items()}
+        return timm.data.create_transform(**cfg, is_training=False)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device."""
+        return torch.stack([self.transform(im) for im in images]).to(self.device)
+
+    def index_of(self, class_name: str) -> int:
+        """Index of ``class_name``.
+
+        Raises:
+            CarNetError: the model has no such class (the message lists a few close names).
+        """
+        try:
+            return self.class_names.index(class_name)
+        except ValueError:
+            import difflib
+
+            close = difflib.get_close_matches(class_name, self.class_names, n=5, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise CarNetError(f"{self.name} has no class {class_name!r}{hint}") from None
+
+    def to(self, device: torch.device | str) -> "Classifier":
+        self.module.to(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The metadata stored in checkpoints and shown in model tables."""
+        return {
+            "name": self.name, "arch": self.arch, "family": self.family, "head": self.head,
+            "label_set": self.label_set, "class_names": list(self.class_names), "data_config": self.data_config,
+            "weights": self.weights.to_dict(), "metrics": self.metrics, "num_params": self.num_params, **self.extra,
+        }
+
+    def save(self, path: str | os.PathLike, metrics: dict[str, Any] | None = None, **extra: Any) -> Path:
+        """Save as a self-describing CarNet checkpoint (safetensors + JSON metadata); see :mod:`.checkpoint`."""
+        meta = self.describe()
+        if metrics is not None:
+            meta["metrics"] = metrics
+        meta.update(extra)
+        return save_checkpoint(path, self.module.state_dict(), meta)
+
+
+def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None = None, weights: str = "auto",
+               device: torch.device | str | None = None, weights_folder: Path | None = None,
+               use_hub: bool = True) -> Classifier:
+    """Build a classifier by registry name and/or from a checkpoint file, with resolved weights.
+
+    Args:
+        name: registry name (see :func:`carnet_core.list_models`). May be omitted when ``checkpoint`` is a
+            CarNet checkpoint, which describes its own architecture.
+        checkpoint: explicit weights file (CarNet ``.safetensors`` or a plain state dict).
+        weights: ``"auto"`` (the resolution order of :mod:`carnet_core.weights`) or ``"random"`` (untrained,
+            for tests and training from scratch; the provenance says so).
+        device: where to put the model (default :func:`default_device`).
+        weights_folder: override for the weights folder.
+        use_hub: allow the Hugging Face Hub step.
+
+    Returns:
+        A :class:`Classifier` in eval mode.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+        WeightsNotFoundError: no weights found (message says where to put a file).
+        CheckpointError: the file is unsafe, corrupt or does not fit the model.
+    """
+    if name is None and checkpoint is None:
+        raise CarNetError("give a model name or a checkpoint")
+    device = torch.device(device) if device is not None else default_device()
+    meta = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise CheckpointError(f"{checkpoint}: no such file")
+        if checkpoint.suffix == ".safetensors":
+            meta = read_metadata(checkpoint)
+    if meta is not None:
+        clf = _from_checkpoint(checkpoint, meta)
+    else:
+        if name is None:
+            raise CheckpointError(f"{checkpoint.name} is a plain state dict without CarNet metadata: say which "
+                                  f"architecture it is for (--model NAME)")
+        clf = _from_spec(get_spec(name), checkpoint, weights, weights_folder, use_hub)
+    clf.module.eval().to(device)
+    return clf
+
+
+def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
+    try:
+        module = build_module(meta["arch"], meta.get("head", "linear"), len(meta["class_names"]))
+        data_config, class_names = meta["data_config"], tuple(meta["class_names"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path.name}: CarNet metadata lacks {exc}") from None
+    load_into(module, read_state_dict(path), source=path.name)
+    origin = meta.get("weights", {})
+    detail = f"fine-tuned from {origin.get('source')} weights" if origin.get("source") not in (None, "checkpoint") else ""
+    return Classifier(module=module, name=meta.get("name") or path.stem, arch=meta["arch"],
+                      family=meta.get("family", ""), head=meta.get("head", "linear"), class_names=class_names,
+                      data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
+                      label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}))
+
+
+def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: Path | None,
+               use_hub: bool) -> Classifier:
+    class_names = label_set_names(spec.label_set)
+    if weights == "random":
+        module = build_module(spec.arch, spec.head, len(class_names))
+        source = WeightsSource("random", "", "untrained: for tests and training from scratch")
+    elif weights == "auto":
+        source = _weights.resolve(spec, checkpoint, folder, use_hub)
+        module, how = _load_pretrained(spec, source, len(class_names))
+        source = WeightsSource(source.source, source.location, "; ".join(x for x in (source.detail, how) if x))
+    else:
+        raise CarNetError(f"weights must be 'auto' or 'random', not {weights!r}")
+    return Classifier(module=module, name=spec.name, arch=spec.arch, family=spec.family, head=spec.head,
+                      class_names=class_names, data_config=_data_config(module), weights=source,
+                      label_set=spec.label_set)
+
+
+def _load_pretrained(spec: ModelSpec, source: WeightsSource, num_classes: int) -> tuple[torch.nn.Module, str]:
+    if source.source == "hub":
+        import timm
+
+        try:
+            return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes), "downloaded by timm"
+        except Exception as exc:  # network errors come in many types
+            raise WeightsNotFoundError(f"downloading {spec.arch} weights from {source.location} failed: {exc}. "
+                                       f"{_weights.missing_weights_message(spec)}") from None
+    module = build_module(spec.arch, spec.head, num_classes)
+    how = load_into(module, read_state_dict(source.location), source=Path(source.location).name)
+    return module, f"loaded {how}"

@@ -1,0 +1,130 @@
+"""Top-k prediction for a batch of images, with measured latency and the vehicle view of ImageNet."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .images import ImageSource, load_image
+from .labels import vehicle_indices
+from .model import Classifier
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image.
+
+    Attributes:
+        class_names: top-k class names, most probable first.
+        probabilities: their softmax probabilities in [0, 1].
+        indices: their class indices.
+        vehicle_class_names / vehicle_probabilities: the top-k among the road-vehicle classes
+            (:data:`carnet_core.labels.VEHICLE_CLASSES`), same probabilities as above (not renormalised);
+            empty for label sets without vehicle classes.
+        vehicle_share: total probability on the vehicle classes.
+    """
+
+    class_names: list[str]
+    probabilities: list[float]
+    indices: list[int]
+    vehicle_class_names: list[str] = field(default_factory=list)
+    vehicle_probabilities: list[float] = field(default_factory=list)
+    vehicle_share: float = 0.0
+
+    @property
+    def top1(self) -> str:
+        return self.class_names[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "topk": [{"class": c, "probability": round(p, 6)} for c, p in zip(self.class_names, self.probabilities)],
+            "vehicle_topk": [{"class": c, "probability": round(p, 6)}
+                             for c, p in zip(self.vehicle_class_names, self.vehicle_probabilities)],
+            "vehicle_share": round(self.vehicle_share, 6),
+        }
+
+
+@dataclass
+class PredictionBatch:
+    """Predictions for a batch, with timings.
+
+    Attributes:
+        predictions: one :class:`Prediction` per input image, in input order.
+        preprocess_ms: wall time of decoding-free preprocessing (resize, crop, normalise), ms.
+        latency_ms: wall time of the forward pass and softmax for the whole batch, ms.
+    """
+
+    predictions: list[Prediction]
+    preprocess_ms: float
+    latency_ms: float
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return self.predictions[i]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predict_probabilities(model: Classifier, batch: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, num_classes) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
+    with torch.inference_mode():
+        logits = model.module(batch.to(model.device))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk: int = 5) -> PredictionBatch:
+    """Classify a batch of images.
+
+    Preprocessing comes from the model's data config (timm), never from the caller.
+
+    Args:
+        model: a loaded :class:`~carnet_core.model.Classifier`.
+        images: RGB PIL images, or anything :func:`~carnet_core.images.load_image` accepts.
+        topk: how many classes to return per image (clipped to the number of classes).
+
+    Returns:
+        A :class:`PredictionBatch` with top-k names and probabilities and the measured latency (ms).
+
+    Raises:
+        ImageError: an input that is not a PIL image cannot be decoded.
+        ValueError: ``images`` is empty or ``topk`` < 1.
+    """
+    if len(images) == 0:
+        raise ValueError("predict() needs at least one image")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
+    t0 = time.perf_counter()
+    batch = model.preprocess(pil)
+    _sync(model.device)
+    t1 = time.perf_counter()
+    probs = predict_probabilities(model, batch)
+    t2 = time.perf_counter()
+    return PredictionBatch(topk_predictions(probs, model.class_names, topk), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+
+def topk_predictions(probs: torch.Tensor, class_names: Sequence[str], topk: int = 5) -> list[Prediction]:
+    """Turn probabilities (N, C) into :class:`Prediction` objects, with the vehicle view when the labels have one."""
+    k = min(topk, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    vidx = vehicle_indices(class_names)
+    out = []
+    for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist())):
+        pred = Prediction([class_names[j] for j in i], v, i)
+        if vidx:
+            vprobs = probs[row, vidx]
+            vv, vi = vprobs.topk(min(k, len(vidx)))
+            pred.vehicle_class_names = [class_names[vidx[j]] for j in vi.tolist()]
+            pred.vehicle_probabilities = vv.tolist()
+            pred.vehicle_share = float(vprobs.sum())
+        out.append(pred)
+    return out

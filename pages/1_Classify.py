@@ -1,0 +1,51 @@
+"""Classify: upload, snap or pick car photos; see each image's top-5 classes as bars."""
+
+import streamlit as st
+
+import ui
+from carnet_core import ImageError, load_image, predict
+from carnet_core.charts import topk_bar_figure
+
+st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
+st.title("Classify")
+st.caption("Top-5 ImageNet classes per photo. Preprocessing follows each model's own data config.")
+
+model = ui.model_picker("classify_model")
+st.caption(f"**{model.name}** · {model.num_params / 1e6:.1f} M parameters · {ui.device_label()} · "
+           f"weights: {model.weights.describe()}")
+vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
+                          help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), useful "
+                               "when the top class is a car part such as 'grille' or 'car wheel'.")
+
+inputs = ui.image_inputs("classify")
+if not inputs:
+    st.info("Upload one or more photos, take one with the camera, or pick samples from the gallery.")
+    st.stop()
+
+images, names = [], []
+for name, data in inputs:
+    try:
+        images.append(load_image(data, name=name))
+        names.append(name)
+    except ImageError as exc:
+        st.error(f"Skipped — {exc}")
+if not images:
+    st.stop()
+
+batch = predict(model, images, topk=5)
+st.caption(f"{len(images)} image(s) in {batch.latency_ms:.0f} ms model time "
+           f"({batch.latency_ms / len(images):.0f} ms per image) + {batch.preprocess_ms:.0f} ms preprocessing")
+
+for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
+    left, right = st.columns([1, 2])
+    left.image(image, caption=name, width="stretch")
+    with right:
+        if vehicles_only and pred.vehicle_class_names:
+            fig = topk_bar_figure(pred.vehicle_class_names, pred.vehicle_probabilities,
+                                  title=f"Top vehicle classes ({pred.vehicle_share * 100:.0f}% on vehicles)")
+        else:
+            fig = topk_bar_figure(pred.class_names, pred.probabilities, title=f"Top-5: {pred.top1}")
+        st.plotly_chart(fig, width="stretch", key=f"bars_{i}")
+        if not vehicles_only and pred.vehicle_class_names and pred.top1 not in pred.vehicle_class_names:
+            st.caption(f"Top class is not a vehicle; best vehicle class: **{pred.vehicle_class_names[0]}** "
+                       f"({pred.vehicle_probabilities[0] * 100:.1f}%).")

@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests that need ../shared (real photos, real weights) skip cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CARNET_SHARED_DIR", ROOT.parent / "shared"))
+CARS_VAL = SHARED / "data" / "stanford_cars_40" / "val"
+MOBILENET_TV = SHARED / "weights" / "mobilenet_v2_tv_in1k_from_qnnpack-e748ebc9.pth"
+MOBILENET_TIMM = SHARED / "weights" / "mobilenetv2_100_timm_in1k_from_qnnpack-a3358d41.pth"
+
+# Tests never touch the network and never read the developer's own weights folder or HF cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def need(path: Path) -> Path:
+    """Skip the calling test when a file or folder from ../shared is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is absent)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(tmp_path_factory, monkeypatch):
+    """Each test sees an empty weights folder unless it sets CARNET_WEIGHTS_DIR itself."""
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(tmp_path_factory.mktemp("weights")))
+    monkeypatch.setenv("CARNET_GALLERY_DIR", str(tmp_path_factory.mktemp("gallery")))
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The offline default model with its real ImageNet weights, on the CPU."""
+    from carnet_core import load_model
+
+    return load_model("efficientnet_lite0", device="cpu", use_hub=False)
+
+
+@pytest.fixture(scope="session")
+def car_photos() -> list[Path]:
+    """All real Stanford Cars validation photos (274), sorted."""
+    return sorted(need(CARS_VAL).glob("*/*.jpg"))

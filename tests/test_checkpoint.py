@@ -1,0 +1,99 @@
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from carnet_core import CheckpointError, load_model, predict
+from carnet_core.checkpoint import read_metadata, read_state_dict
+
+from conftest import MOBILENET_TIMM, MOBILENET_TV, need
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    path = model.save(tmp_path / "mnv2.safetensors", metrics={"top1": 0.5})
+    meta = read_metadata(path)
+    assert meta["arch"] == "mobilenetv2_100" and len(meta["class_names"]) == 1000
+    assert meta["data_config"]["mean"] == [0.485, 0.456, 0.406] and meta["metrics"] == {"top1": 0.5}
+    assert meta["weights"]["source"] == "random"
+
+    restored = load_model(checkpoint=path, device="cpu")  # no name: the file describes itself
+    assert restored.class_names == model.class_names and restored.data_config == model.data_config
+    assert restored.weights.source == "checkpoint" and restored.metrics == {"top1": 0.5}
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.module(x), restored.module(x))
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    model.save(tmp_path / "a.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]  # no temp file left behind
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    _Evil.marker = marker
+    path = tmp_path / "resnet50.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"fc.weight": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused.*arbitrary code"):
+        load_model("resnet50", checkpoint=path, device="cpu")
+    assert not marker.exists()
+
+
+def test_foreign_and_corrupt_files_get_clear_messages(tmp_path):
+    import timm
+
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), other)
+    with pytest.raises(CheckpointError, match="does not fit this model.*tensors"):
+        load_model("resnet50", checkpoint=other, device="cpu")
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(checkpoint=corrupt, device="cpu")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="--model NAME"):
+        load_model(checkpoint=plain, device="cpu")
+    with pytest.raises(CheckpointError, match="unknown weights file type"):
+        read_state_dict(tmp_path.joinpath("x.txt").write_text("x") and tmp_path / "x.txt")
+
+
+def test_wrong_number_of_classes_is_explained(tmp_path):
+    import timm
+
+    path = tmp_path / "resnet50_cars.pth"
+    torch.save({"state_dict": timm.create_model("resnet50", num_classes=40).state_dict()}, path)  # wrapped
+    with pytest.raises(CheckpointError, match="another number of classes"):
+        load_model("resnet50", checkpoint=path, device="cpu")
+
+
+def test_real_mobilenetv2_weights_load_from_both_key_layouts(tmp_path, car_photos, monkeypatch):
+    """The same ImageNet tensors under torchvision and timm key names give the same top-5 on real photos."""
+    tv = load_model("mobilenetv2_100", checkpoint=need(MOBILENET_TV), device="cpu")
+    tm = load_model("mobilenetv2_100", checkpoint=need(MOBILENET_TIMM), device="cpu")
+    assert "by position" in tv.weights.detail and "by name" in tm.weights.detail
+    photos = car_photos[::30]
+    a, b = predict(tv, photos), predict(tm, photos)
+    for pa, pb in zip(a.predictions, b.predictions):
+        assert pa.class_names == pb.class_names
+        assert pa.probabilities == pytest.approx(pb.probabilities, abs=1e-6)
+    # a real model, not noise: most of these car photos get a vehicle class at top-1
+    from carnet_core.labels import VEHICLE_CLASSES
+
+    assert sum(p.top1 in VEHICLE_CLASSES for p in a.predictions) >= 0.7 * len(photos)
+
+    # and the torchvision-layout file is found in weights/ by its name
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(tmp_path))
+    os.symlink(MOBILENET_TV, tmp_path / MOBILENET_TV.name)
+    found = load_model("mobilenetv2_100", device="cpu")
+    assert found.weights.source == "weights_dir" and found.weights.location.endswith(MOBILENET_TV.name)

@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_cli(*args, env_extra=None):
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "carnet_core", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    out = run_cli("predict", str(car_photos[0]), str(bad), "--topk", "3", "--json")
+    assert out.returncode == 1, out.stderr  # one input failed, the other was classified
+    assert "Traceback" not in out.stderr
+    data = json.loads(out.stdout)
+    assert data["model"] == "efficientnet_lite0" and data["weights"]["source"] == "offline_package"
+    ok, err = data["results"]
+    assert len(ok["topk"]) == 3 and ok["latency_ms"] > 0 and ok["topk"][0]["probability"] > 0.1
+    assert "not an image" in err["error"]
+
+
+def test_missing_weights_is_a_message_not_a_traceback(tmp_path):
+    out = run_cli("predict", "x.jpg", "--model", "resnet50")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: No ImageNet weights found for resnet50") and "Traceback" not in out.stderr
+    out = run_cli("predict", "x.jpg", "--model", "nope")
+    assert out.returncode == 2 and "unknown model 'nope'" in out.stderr
+
+
+def test_models_lists_the_registry():
+    out = run_cli("models", "--json")
+    assert out.returncode == 0
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["efficientnet_lite0"]["weights"].startswith("bundled package")
+    assert rows["resnet50"]["weights"].startswith("MISSING")

@@ -1,0 +1,104 @@
+"""Image loading on generated files of every accepted format and mode, and on the bad files people upload."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carnet_core import ImageError, load_image
+from carnet_core.images import list_images
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+RED = (200, 30, 30)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_formats_decode_to_rgb(fmt):
+    out = load_image(encode(Image.new("RGB", (64, 48), RED), fmt))
+    assert out.mode == "RGB" and out.size == (64, 48)
+    assert np.abs(np.asarray(out, dtype=int)[24, 32] - RED).max() <= 12  # lossy formats, GIF palette
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"),
+                                      ("CMYK", "TIFF"), ("1", "PNG"), ("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF")])
+def test_modes_convert_to_rgb(mode, fmt):
+    img = Image.new("RGB", (32, 32), RED).convert(mode) if mode not in ("I;16", "I", "F") else \
+        Image.fromarray(np.linspace(0, 60000, 32 * 32).reshape(32, 32).astype(
+            {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    out = load_image(encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (32, 32)
+    if mode in ("I;16", "I", "F"):  # 16-bit / float ramps keep their ordering after scaling to 8 bits
+        arr = np.asarray(out)[..., 0].astype(int).ravel()
+        assert arr[0] < arr[-1] and arr.max() > 150
+
+
+def test_transparency_is_composited_on_white():
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert np.asarray(load_image(encode(img, "PNG")))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_gif_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    r, g, b = np.asarray(load_image(data))[8, 8]
+    assert r > 200 and b < 50
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), RED)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    out = load_image(encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 40)
+
+
+def test_zero_bytes(tmp_path):
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg: the file is empty"):
+        load_image(p)
+
+
+def test_truncated_jpeg():
+    rng = np.random.default_rng(0)
+    data = encode(Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)), "JPEG")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(data[: len(data) // 2], name="half.jpg")
+
+
+def test_text_and_pdf_are_not_images():
+    with pytest.raises(ImageError, match="not an image.*text file"):
+        load_image(b"make,model\nAudi,S5\n", name="cars.csv")
+    with pytest.raises(ImageError, match="PDF"):
+        load_image(b"%PDF-1.7\n\x00\x01\xff", name="doc.pdf")
+
+
+def test_huge_dimensions_are_refused_before_decoding():
+    big = encode(Image.new("1", (10_000, 8_000)), "PNG")  # 80 MP, a few kB compressed
+    with pytest.raises(ImageError, match="80 megapixels; the limit is 50"):
+        load_image(big, name="big.png")
+    bomb = encode(Image.new("1", (15_000, 15_000)), "PNG")  # 225 MP: PIL's own bomb guard fires at open
+    with pytest.raises(ImageError, match="too large|megapixels"):
+        load_image(bomb, name="bomb.png")
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+
+
+def test_list_images(tmp_path):
+    for name in ("b.JPG", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG"]
+    assert list_images(tmp_path / "missing") == []

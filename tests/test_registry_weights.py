@@ -1,0 +1,120 @@
+import socket
+
+import pytest
+import torch
+
+from carnet_core import WeightsNotFoundError, get_spec, list_models, load_model
+from carnet_core import _hub
+from carnet_core import weights as W
+from carnet_core.errors import UnknownModelError
+from carnet_core.labels import VEHICLE_CLASSES, imagenet_class_names
+
+
+def test_registry_has_the_required_models_with_imagenet_labels():
+    names = {s.name for s in list_models()}
+    assert {"efficientnet_lite0", "mobilenetv2_100", "resnet50", "efficientnet_b0", "efficientnet_b3",
+            "seresnet50"} <= names
+    assert all(s.label_set == "imagenet-1k" for s in list_models())
+    assert list_models()[0].name == "efficientnet_lite0"  # defaults first, offline default first of all
+
+
+def test_unknown_model_names_the_registered_ones():
+    with pytest.raises(UnknownModelError, match="registered models: .*resnet50"):
+        get_spec("resnet5O")
+
+
+def test_imagenet_labels_and_vehicle_view():
+    names = imagenet_class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[817] == "sports car" and names[717] == "pickup"
+    assert set(VEHICLE_CLASSES) <= set(names)
+    assert "grille" not in VEHICLE_CLASSES and "car wheel" not in VEHICLE_CLASSES
+
+
+def _state_file(path, arch="resnet50"):
+    import timm
+
+    torch.save(timm.create_model(arch, pretrained=False).state_dict(), path)
+    return path
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    spec = get_spec("efficientnet_lite0")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    # 4. nothing else: the bundled package
+    assert W.resolve(spec, folder=folder).source == "offline_package"
+    # 3. the hub, when reachable, comes before the package ...
+    monkeypatch.setattr(_hub, "hub_reachable", lambda: True)
+    assert W.resolve(spec, folder=folder) == W.WeightsSource("hub", "timm/tf_efficientnet_lite0.in1k")
+    # ... and the local HF cache before a download
+    cached = tmp_path / "model.safetensors"
+    monkeypatch.setattr(W, "find_in_hf_cache", lambda s: cached)
+    assert W.resolve(spec, folder=folder).source == "hub_cache"
+    # 2. a matching file in weights/ beats the hub; names must match the model, not merely start alike
+    (folder / "efficientnet_lite0x.pth").write_bytes(b"")
+    assert W.resolve(spec, folder=folder).source == "hub_cache"
+    (folder / "efficientnet_lite0-mine.pth").write_bytes(b"")
+    assert W.resolve(spec, folder=folder) == W.WeightsSource("weights_dir", str(folder / "efficientnet_lite0-mine.pth"))
+    # 1. an explicit checkpoint beats everything
+    assert W.resolve(spec, checkpoint="x.safetensors", folder=folder).source == "checkpoint"
+
+
+def test_aliases_match_torchvision_file_names(tmp_path):
+    (tmp_path / "resnet50-19c8e357.pth").write_bytes(b"")
+    (tmp_path / "seresnet50.pth").write_bytes(b"")
+    assert W.find_in_weights_dir(get_spec("resnet50"), tmp_path).name == "resnet50-19c8e357.pth"
+    assert W.find_in_weights_dir(get_spec("seresnet50"), tmp_path).name == "seresnet50.pth"
+    (tmp_path / "mobilenet_v2-b0353104.pth").write_bytes(b"")
+    assert W.find_in_weights_dir(get_spec("mobilenetv2_100"), tmp_path).name == "mobilenet_v2-b0353104.pth"
+
+
+def test_missing_weights_are_an_error_not_random(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model("resnet50", device="cpu", weights_folder=tmp_path)
+    msg = str(info.value)
+    assert "resnet50" in msg and str(tmp_path / "resnet50.safetensors") in msg and "random" in msg
+
+
+def test_random_weights_only_when_asked_and_labelled():
+    model = load_model("resnet50", weights="random", device="cpu")
+    assert model.is_random and "RANDOM" in model.weights.describe()
+    assert model.num_params == 25_557_032
+
+
+def test_weights_dir_file_is_loaded_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(tmp_path))
+    path = _state_file(tmp_path / "resnet50-19c8e357.pth")
+    model = load_model("resnet50", device="cpu")
+    assert model.weights.source == "weights_dir" and "loaded by name" in model.weights.detail
+    expected = torch.load(path, weights_only=True)["fc.weight"]
+    assert torch.equal(model.module.state_dict()["fc.weight"], expected)
+
+
+def test_hf_hub_offline_is_respected_without_touching_the_network(monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("network was touched")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub.reset()
+    assert _hub.hub_reachable() is False
+
+
+def test_hub_check_is_made_once_and_remembered(monkeypatch):
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise OSError("unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("CARNET_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    _hub.reset()
+    try:
+        assert _hub.hub_reachable() is False
+        assert _hub.hub_reachable() is False
+        assert len(calls) == 1
+    finally:
+        _hub.reset()
