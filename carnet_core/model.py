@@ -7,6 +7,7 @@ and the CLI never guess how to prepare an image for it.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -85,6 +86,9 @@ class Classifier:
     label_set: str
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Held while the module runs. A cached model is shared by all app sessions, and Grad-CAM hooks a layer
+    #: for the length of one call: a concurrent forward pass would feed its activations into that call.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -129,6 +133,12 @@ class Classifier:
             close = difflib.get_close_matches(class_name, self.class_names, n=5, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CarNetError(f"{self.name} has no class {class_name!r}{hint}") from None
+
+    def unnormalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """Invert the normalisation: (N, 3, H, W) model input → RGB in [0, 1], the image as the model sees it."""
+        mean = torch.tensor(self.data_config["mean"], device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.data_config["std"], device=batch.device).view(1, 3, 1, 1)
+        return (batch * std + mean).clamp(0, 1)
 
     def to(self, device: torch.device | str) -> "Classifier":
         self.module.to(device)

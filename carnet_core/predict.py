@@ -76,7 +76,7 @@ def _sync(device: torch.device) -> None:
 
 def predict_probabilities(model: Classifier, batch: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities (N, num_classes) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
-    with torch.inference_mode():
+    with model.lock, torch.inference_mode():
         logits = model.module(batch.to(model.device))
         return torch.softmax(logits.float(), dim=1).cpu()
 

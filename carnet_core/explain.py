@@ -1,0 +1,246 @@
+"""Grad-CAM explanations on pytorch-grad-cam (https://github.com/jacobgil/pytorch-grad-cam); no CAM math here.
+
+``explain(model, image, method="gradcam")`` returns the heatmap aligned with the image as the model sees it
+(after its resize and center crop), the target class and its probability, and a faithfulness number from
+pytorch-grad-cam's metrics, so users learn that a heatmap can be wrong.
+
+Concurrency: models are shared by all app sessions. pytorch-grad-cam hooks the target layer for the length of a
+call, so every call holds the model's lock (:attr:`Classifier.lock`, also held by :func:`predict`), and the hooks
+are released and gradients freed before the lock is let go.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import CarNetError
+from .images import ImageSource, load_image
+from .model import Classifier
+
+
+def _methods() -> dict[str, type]:
+    import pytorch_grad_cam as pgc
+
+    return {
+        "gradcam": pgc.GradCAM,              # Selvaraju et al. 2017
+        "gradcam++": pgc.GradCAMPlusPlus,    # Chattopadhyay et al. 2018
+        "hirescam": pgc.HiResCAM,            # Draelos & Carin 2020
+        "xgradcam": pgc.XGradCAM,            # Fu et al. 2020
+        "layercam": pgc.LayerCAM,            # Jiang et al. 2021
+        "eigencam": pgc.EigenCAM,            # Muhammad & Yeasin 2020 (class-agnostic: first principal component)
+        "scorecam": pgc.ScoreCAM,            # Wang et al. 2020 (one forward pass per channel)
+        "ablationcam": pgc.AblationCAM,      # Desai & Ramaswamy 2020 (one forward pass per channel)
+        "finercam": pgc.FinerCAM,            # Zhang et al. 2025: target class vs its most similar classes
+    }
+
+
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam",
+                            "ablationcam", "finercam")
+#: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
+EXPENSIVE_METHODS: frozenset[str] = frozenset({"scorecam", "ablationcam"})
+#: Default target layer per architecture family: the last block with spatial output.
+DEFAULT_LAYERS: dict[str, str] = {
+    "resnet": "layer4",          # torchvision/timm ResNet: last stage (7×7 at 224 px)
+    "seresnet": "layer4",
+    "mobilenetv2": "bn2",        # timm MobileNetV2/EfficientNet: conv_head → bn2 (BN + activation), 7×7
+    "efficientnet": "bn2",
+}
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
+
+
+@dataclass
+class Explanation:
+    """One CAM.
+
+    Attributes:
+        heatmap: (H, W) float32 in [0, 1], H×W = the model's input size, aligned with ``image``.
+        image: (H, W, 3) float32 RGB in [0, 1]: the photo after the model's resize and center crop.
+        class_name / class_index: the explained class.
+        probability: the model's softmax probability for that class.
+        method / layer: what produced the heatmap.
+        faithfulness: change in the class probability when the image is multiplied by the heatmap (keeps
+            the highlighted region, darkens the rest): pytorch-grad-cam's ``CamMultImageConfidenceChange``.
+            Positive or near zero: the highlighted region alone supports the class; strongly negative: it
+            does not, and the heatmap should not be trusted.
+        latency_ms: wall time of the CAM computation, ms.
+    """
+
+    heatmap: np.ndarray
+    image: np.ndarray
+    class_name: str
+    class_index: int
+    probability: float
+    method: str
+    layer: str
+    faithfulness: float
+    latency_ms: float
+
+    def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The heatmap over the image as an RGB PIL image; ``alpha`` in [0, 1] is the heatmap's weight."""
+        return overlay(self.image, self.heatmap, alpha, colormap)
+
+    def heatmap_image(self, colormap: str = "jet") -> Image.Image:
+        """The heatmap alone, colour-mapped, as an RGB PIL image."""
+        return overlay(self.image, self.heatmap, 1.0, colormap)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """Blend a [0, 1] heatmap (H, W) over an RGB [0, 1] image (H, W, 3) with pytorch-grad-cam's ``show_cam_on_image``.
+
+    Raises:
+        CarNetError: unknown colormap or alpha outside [0, 1].
+    """
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    if colormap not in COLORMAPS:
+        raise CarNetError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise CarNetError(f"alpha must be between 0 and 1, got {alpha}")
+    cmap = getattr(cv2, f"COLORMAP_{colormap.upper()}")
+    return Image.fromarray(show_cam_on_image(image.astype(np.float32), heatmap, use_rgb=True, colormap=cmap,
+                                             image_weight=1.0 - alpha))
+
+
+_layer_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def spatial_layers(model: Classifier) -> dict[str, tuple[int, ...]]:
+    """Layers whose output has spatial extent (N, C, H, W with H·W > 1), name → (C, H, W) at the model's input size.
+
+    Computed once per model with one forward pass, in network order.
+    """
+    module = model.module
+    if module in _layer_cache:
+        return _layer_cache[module]
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, sub in module.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, out, name=name):
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+                shapes.setdefault(name, tuple(out.shape[1:]))
+
+        handles.append(sub.register_forward_hook(hook))
+    try:
+        with model.lock, torch.inference_mode():
+            module(torch.zeros(1, *model.data_config["input_size"], device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    _layer_cache[module] = shapes
+    return shapes
+
+
+def default_layer(model: Classifier) -> str:
+    """The documented default target layer for the model's family, else the last layer with spatial output."""
+    layers = spatial_layers(model)
+    name = DEFAULT_LAYERS.get(model.family)
+    if name in layers:
+        return name
+    return list(layers)[-1]
+
+
+def resolve_layer(model: Classifier, layer: str | None) -> tuple[str, torch.nn.Module]:
+    """(name, module) of the target layer; ``None`` → :func:`default_layer`.
+
+    Raises:
+        CarNetError: no such layer, or its output has no spatial extent; the message names valid choices.
+    """
+    layers = spatial_layers(model)
+    name = layer or default_layer(model)
+    if name not in layers:
+        modules = dict(model.module.named_modules())
+        last = ", ".join(list(layers)[-6:])
+        if name in modules:
+            raise CarNetError(f"layer {name!r} of {model.name} has no spatial output (a CAM needs a C×H×W feature "
+                              f"map); choose a convolutional layer such as: {last}")
+        raise CarNetError(f"{model.name} has no layer {name!r}; layers with spatial output include: {last} "
+                          f"({len(layers)} in all, see spatial_layers())")
+    return name, dict(model.module.named_modules())[name]
+
+
+def estimate_seconds(model: Classifier, method: str, layer: str | None = None, forward_ms: float | None = None) -> float:
+    """Rough CAM duration on this machine, s: one forward + backward for gradient methods, one forward pass per
+    channel of the target layer for ScoreCAM / AblationCAM. ``forward_ms`` is measured when not given."""
+    if forward_ms is None:
+        x = torch.zeros(1, *model.data_config["input_size"], device=model.device)
+        with model.lock, torch.inference_mode():
+            model.module(x)
+            t = time.perf_counter()
+            model.module(x)
+            forward_ms = (time.perf_counter() - t) * 1e3
+    if method in EXPENSIVE_METHODS:
+        channels = spatial_layers(model)[resolve_layer(model, layer)[0]][0]
+        return channels * forward_ms * 0.6 / 1e3  # batched forward passes cost ~0.6× a batch-1 pass per image
+    return 3 * forward_ms / 1e3
+
+
+def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "gradcam",
+            class_name: str | None = None, layer: str | None = None, batch_size: int = 32,
+            progress: Callable[[float], None] | None = None) -> Explanation:
+    """Compute a class activation map for one image.
+
+    Args:
+        model: a loaded classifier (its module is shared; this call holds ``model.lock``).
+        image: an RGB PIL image or anything :func:`load_image` accepts.
+        method: one of :data:`METHODS`.
+        class_name: class to explain; default: the model's top-1 class.
+        layer: target layer name (see :func:`spatial_layers`); default: :func:`default_layer`.
+        batch_size: batch size of the per-channel forward passes of ScoreCAM / AblationCAM.
+        progress: called with 0.0 before and 1.0 after the computation.
+
+    Returns:
+        An :class:`Explanation`.
+
+    Raises:
+        CarNetError: unknown method, class or layer (the message names the valid choices).
+        ImageError: the image cannot be decoded.
+    """
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    if method not in METHODS:
+        raise CarNetError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+    x = model.preprocess([pil])
+    layer_name, target_layer = resolve_layer(model, layer)
+    if progress:
+        progress(0.0)
+    with model.lock:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            probs = torch.softmax(model.module(x).float(), dim=1)[0]
+        index = model.index_of(class_name) if class_name is not None else int(probs.argmax())
+        cls = _methods()[method]
+        kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
+        cam = cls(model.module, [target_layer], **kwargs)
+        try:
+            if method == "scorecam":
+                cam.batch_size = batch_size
+            if method == "finercam":
+                grayscale = cam(x, targets=None, target_idx=index)
+            else:
+                grayscale = cam(x, targets=[ClassifierOutputTarget(index)])
+        finally:
+            base = cam.base_cam if method == "finercam" else cam
+            base.activations_and_grads.release()
+            model.module.zero_grad(set_to_none=True)
+        heatmap = np.nan_to_num(grayscale[0].astype(np.float32)).clip(0, 1)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        change = CamMultImageConfidenceChange()(x, heatmap[None], [ClassifierOutputSoftmaxTarget(index)], model.module)
+    if progress:
+        progress(1.0)
+    view = model.unnormalize(x)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
+                       probability=float(probs[index]), method=method, layer=layer_name,
+                       faithfulness=float(np.asarray(change).ravel()[0]), latency_ms=latency_ms)
