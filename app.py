@@ -14,7 +14,8 @@ st.markdown(
     "ImageNet-trained networks (EfficientNet, MobileNetV2, ResNet-50, SE-ResNet-50) think it is — with "
     "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
 )
-st.markdown("**Pages** (sidebar): **Classify** — upload, snap or pick photos and get the top-5 classes per image.")
+st.markdown("**Pages** (sidebar): **Classify** — upload, snap or pick photos and get the top-5 classes per image; "
+            "**Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer.")
 
 st.subheader("Models and their weights")
 rows = []

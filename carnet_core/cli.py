@@ -70,6 +70,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+    from .model import load_model
+
+    model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+    result = explain(model, args.image, method=args.method, class_name=args.class_name, layer=args.layer)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.overlay(args.alpha, args.colormap).save(args.out)
+    summary = {"image": args.image, "model": model.name, "method": result.method, "layer": result.layer,
+               "class": result.class_name, "probability": round(result.probability, 6),
+               "faithfulness": round(result.faithfulness, 6), "latency_ms": round(result.latency_ms, 1),
+               "overlay": str(args.out)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{result.method} on {model.name}/{result.layer}: {result.class_name} ({result.probability * 100:.1f}%), "
+              f"faithfulness {result.faithfulness * 100:+.1f} points, {result.latency_ms:.0f} ms → {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_predict)
+
+    from .explain import COLORMAPS, METHODS
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmap of one image, saved as an overlay PNG")
+    p.add_argument("image", metavar="IMG")
+    p.add_argument("--model", default="efficientnet_lite0", help="registry name (default: efficientnet_lite0)")
+    p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
+    p.add_argument("--method", default="gradcam", choices=METHODS)
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top-1)")
+    p.add_argument("--layer", help="target layer name (default: per architecture family)")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1 (default 0.5)")
+    p.add_argument("--colormap", default="jet", choices=COLORMAPS)
+    p.add_argument("--out", type=Path, default=Path("overlay.png"), help="output PNG (default overlay.png)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    p.set_defaults(func=_cmd_explain)
     return parser
 
 

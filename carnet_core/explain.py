@@ -218,22 +218,28 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
         progress(0.0)
     with model.lock:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            probs = torch.softmax(model.module(x).float(), dim=1)[0]
-        index = model.index_of(class_name) if class_name is not None else int(probs.argmax())
+        index = model.index_of(class_name) if class_name is not None else None
         cls = _methods()[method]
         kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
         cam = cls(model.module, [target_layer], **kwargs)
         try:
             if method == "scorecam":
                 cam.batch_size = batch_size
-            if method == "finercam":
+            if method == "finercam":  # FinerCAM needs the target class up front: one extra forward pass
+                with torch.no_grad():
+                    logits = model.module(x)
+                index = int(logits.argmax()) if index is None else index
                 grayscale = cam(x, targets=None, target_idx=index)
-            else:
-                grayscale = cam(x, targets=[ClassifierOutputTarget(index)])
+            else:  # the CAM's own forward pass gives the logits; targets=None means top-1
+                grayscale = cam(x, targets=None if index is None else [ClassifierOutputTarget(index)])
+                logits = cam.outputs
+                index = int(logits.argmax()) if index is None else index
+            probs = torch.softmax(logits.detach().float(), dim=1)[0]
         finally:
             base = cam.base_cam if method == "finercam" else cam
             base.activations_and_grads.release()
+            if hasattr(base, "outputs"):
+                base.outputs = None
             model.module.zero_grad(set_to_none=True)
         heatmap = np.nan_to_num(grayscale[0].astype(np.float32)).clip(0, 1)
         latency_ms = (time.perf_counter() - t0) * 1e3

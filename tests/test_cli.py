@@ -40,3 +40,15 @@ def test_models_lists_the_registry():
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["efficientnet_lite0"]["weights"].startswith("bundled package")
     assert rows["resnet50"]["weights"].startswith("MISSING")
+
+
+def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_path):
+    out_png = tmp_path / "o" / "overlay.png"
+    out = run_cli("explain", str(car_photos[0]), "--method", "gradcam", "--out", str(out_png), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    from PIL import Image
+
+    assert Image.open(out_png).size == (224, 224) and data["layer"] == "bn2" and data["class"]
+    out = run_cli("explain", str(car_photos[0]), "--class", "sport car", "--out", str(out_png))
+    assert out.returncode == 2 and "did you mean 'sports car'" in out.stderr and "Traceback" not in out.stderr

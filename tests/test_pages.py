@@ -13,6 +13,10 @@ def bars(at):
     return [json.loads(chart.proto.spec)["data"][0] for chart in at.get("plotly_chart")]
 
 
+def image_captions(at):
+    return [c for el in at.get("image") for c in el.captions]
+
+
 def test_home_lists_models_and_device():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -56,3 +60,30 @@ def test_gallery_and_vehicle_view(car_photos, tmp_path, monkeypatch):
     from carnet_core.labels import VEHICLE_CLASSES
 
     assert set(chart["y"]) <= set(VEHICLE_CLASSES)
+
+
+def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert len(image_captions(at)) == 3  # original | heatmap | overlay
+    captions = " ".join(c.value for c in at.caption)
+    assert "Faithfulness" in captions
+    classes = at.selectbox(key="explain_class").options
+    assert len(classes) == 6 and classes[0].endswith("%)")  # top-5 with probabilities, then "other…"
+    at.selectbox(key="explain_class").set_value(classes[1]).run()
+    at.selectbox(key="explain_method").set_value("scorecam").run()
+    assert not at.exception and any("one forward pass per channel" in w.value for w in at.warning)
+    at.selectbox(key="explain_method").set_value("gradcam++").run()
+    at.multiselect(key="explain_compare").set_value(["gradcam", "eigencam"]).run()
+    at.button(key="explain_compare_run").click().run()
+    assert not at.exception
+    grid = [c for c in image_captions(at) if "faithfulness" in c]
+    assert [c.split(" ·")[0] for c in grid] == ["gradcam", "eigencam"]
+
+
+def test_explain_page_non_image():
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value(("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
+    assert not at.exception and at.error

@@ -1,0 +1,81 @@
+"""Explain: what did the network look at? Grad-CAM and friends on any model, class and layer."""
+
+import io
+
+import streamlit as st
+
+import ui
+from carnet_core import CarNetError, ImageError, load_image, predict
+from carnet_core.explain import COLORMAPS, EXPENSIVE_METHODS, METHODS, default_layer, estimate_seconds, explain, \
+    spatial_layers
+
+st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
+st.title("Explain")
+st.caption("Class activation maps (pytorch-grad-cam): which parts of the photo drove the prediction. "
+           "Heatmaps can be wrong — the faithfulness number tells how much the highlighted region alone supports the class.")
+
+model = ui.model_picker("explain_model")
+inputs = ui.image_inputs("explain", multiple=False)
+if not inputs:
+    st.info("Upload a photo, take one with the camera, or pick a sample from the gallery.")
+    st.stop()
+name, data = inputs[0]
+try:
+    image = load_image(data, name=name)
+except ImageError as exc:
+    st.error(str(exc))
+    st.stop()
+
+top5 = predict(model, [image], topk=5)[0]
+layers = list(spatial_layers(model))
+controls = st.columns(4)
+method = controls[0].selectbox("Method", METHODS, key="explain_method")
+class_options = [f"{c} ({p * 100:.1f}%)" for c, p in zip(top5.class_names, top5.probabilities)]
+picked = controls[1].selectbox("Class", class_options + ["other…"], key="explain_class")
+class_name = top5.class_names[class_options.index(picked)] if picked != "other…" else \
+    controls[1].selectbox("Any class", model.class_names, key="explain_other_class")
+layer = controls[2].selectbox("Target layer", layers, index=layers.index(default_layer(model)), key="explain_layer",
+                              help="Default: the last block with spatial output for this architecture family.")
+alpha = controls[3].slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
+colormap = controls[3].selectbox("Colormap", COLORMAPS, key="explain_colormap")
+
+if method in EXPENSIVE_METHODS:
+    seconds = estimate_seconds(model, method, layer)
+    st.warning(f"{method} runs one forward pass per channel of `{layer}` "
+               f"({spatial_layers(model)[layer][0]} channels): about {seconds:.0f} s on this machine.")
+    if not st.button(f"Run {method}", key="explain_run"):
+        st.stop()
+
+try:
+    with st.spinner(f"Computing {method}…"):
+        result = explain(model, image, method=method, class_name=class_name, layer=layer)
+except CarNetError as exc:
+    st.error(str(exc))
+    st.stop()
+
+original, heat, over = st.columns(3)
+original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
+heat.image(result.heatmap_image(colormap), caption=f"{method} heatmap · layer {result.layer}", width="stretch")
+overlay_image = result.overlay(alpha, colormap)
+over.image(overlay_image, caption=f"{result.class_name}: {result.probability * 100:.1f}%", width="stretch")
+st.caption(f"Faithfulness: keeping only the highlighted region changes the probability of **{result.class_name}** by "
+           f"**{result.faithfulness * 100:+.1f} points** (pytorch-grad-cam CamMultImageConfidenceChange) · "
+           f"{result.latency_ms:.0f} ms")
+buffer = io.BytesIO()
+overlay_image.save(buffer, "PNG")
+st.download_button("Download overlay (PNG)", buffer.getvalue(), file_name=f"{method}_{result.class_name}.png",
+                   mime="image/png", key="explain_download")
+
+st.subheader("Compare methods")
+fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
+chosen = st.multiselect("Methods", METHODS, default=fast[:4], key="explain_compare",
+                        help="ScoreCAM and AblationCAM take much longer than the others.")
+if chosen and st.button("Compare", key="explain_compare_run"):
+    progress = st.progress(0.0, text="Computing…")
+    cells = st.columns(min(len(chosen), 4))
+    for i, m in enumerate(chosen):
+        progress.progress(i / len(chosen), text=f"{m} ({i + 1}/{len(chosen)})")
+        r = explain(model, image, method=m, class_name=class_name, layer=layer)
+        cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch",
+                                    caption=f"{m} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms")
+    progress.progress(1.0, text="Done")
