@@ -15,7 +15,8 @@ st.markdown(
     "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
 )
 st.markdown("**Pages** (sidebar): **Classify** — upload, snap or pick photos and get the top-5 classes per image; "
-            "**Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer.")
+            "**Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer; "
+            "**Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder.")
 
 st.subheader("Models and their weights")
 rows = []

@@ -24,19 +24,40 @@ def gallery_dir() -> Path:
     return Path(os.environ.get("CARNET_GALLERY_DIR", ROOT / "gallery"))
 
 
+def data_root() -> Path:
+    """Default folder offered for labelled datasets: ``$CARNET_DATA_ROOT`` or ``data/`` in the project."""
+    return Path(os.environ.get("CARNET_DATA_ROOT", ROOT / "data"))
+
+
+def available_model_names() -> tuple[list[str], dict[str, str]]:
+    """Registered models with weights here, and {name: message} for those without."""
+    available, missing = [], {}
+    for spec in list_models():
+        ok, text = weights_status(spec.name)
+        if ok:
+            available.append(spec.name)
+        else:
+            missing[spec.name] = text
+    return available, missing
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def cached_model(name: str) -> Classifier:
     """A model loaded once per process and shared by all sessions (never mutated by the pages)."""
     return load_model(name)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
 def weights_status(name: str) -> tuple[bool, str]:
     """(available, provenance or the message saying where to put a file) for a registered model."""
+    return _weights_status(name, str(W.weights_dir()))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _weights_status(name: str, folder: str) -> tuple[bool, str]:
     from carnet_core import get_spec
 
     try:
-        return True, W.resolve(get_spec(name)).describe()
+        return True, W.resolve(get_spec(name), folder=Path(folder)).describe()
     except CarNetError as exc:
         return False, str(exc)
 

@@ -90,6 +90,34 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_member(spec: str, use_hub: bool):
+    from .model import load_model
+
+    return load_model(checkpoint=spec, use_hub=use_hub) if Path(spec).is_file() else load_model(spec, use_hub=use_hub)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .folders import compare_on_folder, load_mapping
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [_load_member(n, not args.no_hub) for n in names]
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    report = compare_on_folder(models, args.folder, mapping, weights)
+    if args.json:
+        print(json.dumps({"folder": str(args.folder), "weights": {m.name: m.weights.to_dict() for m in models},
+                          **report.to_dict()}, indent=2))
+        return 0
+    print(f"{report.num_images} images, {len(report.classes)} classes ({', '.join(report.classes)})")
+    print(f"{'':<24} {'top-1':>7} {'top-5':>7}")
+    for row, acc in report.accuracy.items():
+        print(f"{row:<24} {acc['top1'] * 100:>6.1f}% {acc['top5'] * 100:>6.1f}%")
+    print(f"members disagree on {len(report.disagreements)} images")
+    for path, reason in report.unreadable:
+        print(f"skipped: {reason}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("compare", help="top-1/top-5 of several models and their ensembles on a labelled folder")
+    p.add_argument("folder", type=Path, help="folder with one sub-folder of images per class")
+    p.add_argument("--models", required=True, help="comma-separated registry names or checkpoint files")
+    p.add_argument("--mapping", type=Path, help="JSON or CSV: folder class -> model classes (see mappings/)")
+    p.add_argument("--weights", help="comma-separated member weights for the weighted votes (default equal)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

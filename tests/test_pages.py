@@ -87,3 +87,51 @@ def test_explain_page_non_image():
     at = AppTest.from_file(str(ROOT / "pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
     assert not at.exception and at.error
+
+
+def _with_mobilenet(tmp_path, monkeypatch):
+    import os
+
+    from conftest import MOBILENET_TIMM, need
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    os.symlink(need(MOBILENET_TIMM), weights / "mobilenetv2_100.pth")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+
+
+def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monkeypatch):
+    from conftest import SHARED
+
+    _with_mobilenet(tmp_path, monkeypatch)
+    data = tmp_path / "data"
+    for c in ("car", "pickup"):
+        (data / c).mkdir(parents=True)
+        for p in sorted((SHARED / "data" / "tiny_vehicles_6" / "val" / c).glob("*.jpg"))[:3]:
+            (data / c / p.name).write_bytes(p.read_bytes())
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
+
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("resnet50" in w.value and "not available" in w.value for w in at.warning)  # said plainly
+    assert at.multiselect(key="compare_models").value == ["mobilenetv2_100", "efficientnet_lite0"]
+    at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert len(bars(at)) == 3  # two members + the ensemble
+    assert sum("Grad-CAM" in c for c in image_captions(at)) == 2
+    assert [m.label for m in at.metric] == ["Same top-1", "Top-5 overlap", "Jensen–Shannon divergence"]
+    at.slider(key="compare_weight_1").set_value(0.0).run()  # ensemble = MobileNetV2 alone
+    assert bars(at)[2]["y"] == bars(at)[0]["y"]
+
+    at.selectbox(key="compare_mapping").set_value("tiny_vehicles_6_to_imagenet.json").run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 5 and table["model / rule"].iloc[0] == "mobilenetv2_100"
+
+
+def test_compare_page_with_one_available_model_says_so():
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("at least two models" in e.value for e in at.error)
+    assert not at.get("plotly_chart")

@@ -1,0 +1,130 @@
+"""Ensembles of classifiers over the same label set, and how much two models agree.
+
+Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
+- ``soft``: soft voting, the (weighted) mean of the members' probabilities;
+- ``geometric``: the (weighted) mean of log-probabilities, exponentiated and renormalised (product of experts);
+- ``hard``: majority vote of the members' top-1 classes (weights count as votes); the output "probabilities" are
+  the vote shares, ties broken by the soft vote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import CarNetError
+from .model import Classifier
+
+RULES: tuple[str, ...] = ("soft", "geometric", "hard")
+_EPS = 1e-12
+
+
+def _weights(num_members: int, weights: Sequence[float] | None) -> torch.Tensor:
+    if weights is None:
+        return torch.full((num_members,), 1.0 / num_members)
+    w = torch.tensor([float(x) for x in weights])
+    if len(w) != num_members:
+        raise CarNetError(f"{len(w)} weights for {num_members} members")
+    if (w < 0).any() or w.sum() <= 0:
+        raise CarNetError(f"ensemble weights must be >= 0 and not all zero, got {list(weights)}")
+    return w / w.sum()
+
+
+def combine(member_probs: torch.Tensor, rule: str = "soft", weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Combine members' probabilities.
+
+    Args:
+        member_probs: (M, N, C) probabilities of M members for N images over C classes.
+        rule: one of :data:`RULES`.
+        weights: M non-negative member weights (normalised here); default equal.
+
+    Returns:
+        (N, C) combined probabilities (rows sum to 1).
+
+    Raises:
+        CarNetError: unknown rule or bad weights.
+    """
+    if rule not in RULES:
+        raise CarNetError(f"unknown ensemble rule {rule!r}; choose one of {', '.join(RULES)}")
+    m, n, c = member_probs.shape
+    w = _weights(m, weights).to(member_probs.dtype).view(m, 1, 1)
+    soft = (w * member_probs).sum(0)
+    if rule == "soft":
+        return soft
+    if rule == "geometric":
+        logp = (w * member_probs.clamp_min(_EPS).log()).sum(0)
+        return torch.softmax(logp, dim=1)
+    votes = torch.zeros(n, c, dtype=member_probs.dtype)
+    votes.scatter_add_(1, member_probs.argmax(2).T, w.view(1, m).expand(n, m).contiguous())
+    return votes + 1e-6 * soft  # ties broken by the soft vote; shares still sum to ~1
+
+
+def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
+    """The common label set of ``models`` (the first member's order).
+
+    Members may list the same class names in another order (they are re-indexed); any other difference is refused.
+
+    Raises:
+        CarNetError: fewer than two members, or label sets differ; the message names the difference.
+    """
+    if len(models) < 2:
+        raise CarNetError("an ensemble needs at least two models")
+    first = models[0]
+    for other in models[1:]:
+        if set(other.class_names) != set(first.class_names):
+            only_a = sorted(set(first.class_names) - set(other.class_names))
+            only_b = sorted(set(other.class_names) - set(first.class_names))
+            raise CarNetError(
+                f"{first.name} and {other.name} have different label sets ({first.num_classes} vs "
+                f"{other.num_classes} classes): only in {first.name}: {', '.join(only_a[:5]) or '—'}"
+                f"{' …' if len(only_a) > 5 else ''}; only in {other.name}: {', '.join(only_b[:5]) or '—'}"
+                f"{' …' if len(only_b) > 5 else ''}")
+    return first.class_names
+
+
+def member_probabilities(models: Sequence[Classifier], images) -> tuple[torch.Tensor, list[float]]:
+    """(M, N, C) probabilities of each member on the same images, re-indexed to the first member's class order,
+    and each member's model time in ms."""
+    from .predict import predict_probabilities
+
+    import time
+
+    names = aligned_class_names(models)
+    out, times = [], []
+    for model in models:
+        batch = model.preprocess(images)
+        t = time.perf_counter()
+        probs = predict_probabilities(model, batch)
+        times.append((time.perf_counter() - t) * 1e3)
+        if model.class_names != names:
+            order = [model.class_names.index(c) for c in names]
+            probs = probs[:, order]
+        out.append(probs)
+    return torch.stack(out), times
+
+
+@dataclass
+class Agreement:
+    """How two probability distributions over the same classes agree.
+
+    Attributes:
+        same_top1: both put the same class first.
+        top5_overlap: number of classes shared by the two top-5 lists (0–5).
+        js_divergence: Jensen–Shannon divergence in bits, 0 (identical) to 1 (disjoint) (scipy).
+    """
+
+    same_top1: bool
+    top5_overlap: int
+    js_divergence: float
+
+
+def agreement(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> Agreement:
+    """Compare two probability vectors (C,) over the same classes."""
+    from scipy.spatial.distance import jensenshannon
+
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    top_p, top_q = set(np.argsort(-p)[:5].tolist()), set(np.argsort(-q)[:5].tolist())
+    return Agreement(bool(p.argmax() == q.argmax()), len(top_p & top_q), float(jensenshannon(p, q, base=2) ** 2))

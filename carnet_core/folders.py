@@ -1,0 +1,188 @@
+"""Labelled image folders (one sub-folder per class) and measuring models and ensembles on them.
+
+When the folder's class names are not the model's (``pickup``, ``minibus`` against ImageNet), a mapping file says
+which model classes each folder class stands for; a model's probabilities are then summed per folder class
+(a projection of its label set) before top-1 / top-5 are scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .ensemble import RULES, aligned_class_names, combine, member_probabilities
+from .errors import CarNetError, ImageError
+from .images import IMAGE_EXTENSIONS, list_images, load_image
+from .model import Classifier
+
+
+def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
+    """(image path, class name) for every image in ``folder/<class>/``, sorted; classes = sub-folder names.
+
+    Raises:
+        CarNetError: the folder is missing, has no class sub-folders, or no images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CarNetError(f"{folder}: no such folder")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")
+    items = [(img, c.name) for c in classes for img in list_images(c)]
+    if not items:
+        raise CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return items
+
+
+def load_mapping(path: str | Path) -> dict[str, list[str]]:
+    """Read a mapping folder class → model classes.
+
+    JSON: ``{"pickup": ["pickup"], "car": ["sports car", "convertible"]}``. CSV: rows ``folder class,model class``
+    (one model class per row, a folder class may repeat; a header row ``folder_class,model_class`` is skipped).
+
+    Raises:
+        CarNetError: unreadable file or wrong structure.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CarNetError(f"cannot read mapping file {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CarNetError(f"{path.name}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise CarNetError(f"{path.name}: expected an object {{folder class: [model classes]}}")
+        return {str(k): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in raw.items()}
+    mapping: dict[str, list[str]] = {}
+    for row in csv.reader(text.splitlines()):
+        if not row or row[0].startswith("#") or [c.strip() for c in row[:2]] == ["folder_class", "model_class"]:
+            continue
+        if len(row) < 2:
+            raise CarNetError(f"{path.name}: each row needs 'folder class,model class', got {row}")
+        mapping.setdefault(row[0].strip(), []).append(row[1].strip())
+    return mapping
+
+
+class LabelProjection:
+    """Sums a model's probabilities over the model classes that stand for each folder class.
+
+    Args:
+        folder_classes: the folder's class names.
+        model_classes: the model's class names.
+        mapping: folder class → model classes; ``None`` means the names must be model classes themselves.
+
+    Raises:
+        CarNetError: a folder class without a mapping, an unknown model class, or a model class mapped twice.
+    """
+
+    def __init__(self, folder_classes: Sequence[str], model_classes: Sequence[str],
+                 mapping: dict[str, list[str]] | None = None):
+        self.folder_classes = list(folder_classes)
+        if mapping is None:
+            unknown = [c for c in self.folder_classes if c not in model_classes]
+            if unknown:
+                raise CarNetError(f"folder classes {', '.join(unknown[:5])} are not classes of the model; give a "
+                                  f"mapping file (folder class → model classes)")
+            mapping = {c: [c] for c in self.folder_classes}
+        missing = [c for c in self.folder_classes if c not in mapping]
+        if missing:
+            raise CarNetError(f"the mapping has no entry for folder classes: {', '.join(missing)}")
+        index = {c: i for i, c in enumerate(model_classes)}
+        self.matrix = torch.zeros(len(model_classes), len(self.folder_classes))
+        owner: dict[str, str] = {}
+        for j, fc in enumerate(self.folder_classes):
+            for mc in mapping[fc]:
+                if mc not in index:
+                    raise CarNetError(f"mapping for {fc!r}: {mc!r} is not a class of the model")
+                if mc in owner and owner[mc] != fc:
+                    raise CarNetError(f"model class {mc!r} is mapped to both {owner[mc]!r} and {fc!r}")
+                owner[mc] = fc
+                self.matrix[index[mc], j] = 1.0
+
+    def project(self, probs: torch.Tensor) -> torch.Tensor:
+        """(N, C_model) → (N, C_folder): probability mass on each folder class's model classes."""
+        return probs @ self.matrix
+
+
+@dataclass
+class CompareReport:
+    """Top-1 / top-5 accuracy of each member and each ensemble rule on a labelled folder.
+
+    Attributes:
+        classes: folder class names.
+        accuracy: row name (member name, or ``ensemble (soft)`` …) → {"top1": float, "top5": float} in [0, 1].
+        num_images: images scored.
+        disagreements: images whose members' top-1 (folder classes) differ: path, true label, each member's top-1.
+        unreadable: (path, reason) for images skipped.
+    """
+
+    classes: list[str]
+    members: list[str]
+    accuracy: dict[str, dict[str, float]]
+    num_images: int
+    disagreements: list[dict] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"classes": self.classes, "members": self.members, "num_images": self.num_images,
+                "accuracy": self.accuracy, "disagreements": self.disagreements,
+                "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable]}
+
+
+def _topk_hits(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, probs.shape[1])
+    return float((probs.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())
+
+
+def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping: dict[str, list[str]] | None = None,
+                      weights: Sequence[float] | None = None, batch_size: int = 32,
+                      progress: Callable[[float], None] | None = None) -> CompareReport:
+    """Score each member and each ensemble rule (:data:`~carnet_core.ensemble.RULES`) on a labelled folder.
+
+    Top-5 is trivially 1.0 when the folder has 5 classes or fewer.
+
+    Raises:
+        CarNetError: bad folder, mapping, or members with different label sets.
+    """
+    names = aligned_class_names(models)
+    if len({m.name for m in models}) != len(models):
+        raise CarNetError("each ensemble member must be a different model")
+    items = read_labelled_folder(folder)
+    classes = sorted({label for _, label in items})
+    projection = LabelProjection(classes, names, mapping)
+    probs, labels, paths, unreadable = [], [], [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        images = []
+        for path, label in chunk:
+            try:
+                images.append(load_image(path))
+                labels.append(classes.index(label))
+                paths.append(str(path))
+            except ImageError as exc:
+                unreadable.append((str(path), str(exc)))
+        if images:
+            probs.append(member_probabilities(models, images)[0])
+        if progress:
+            progress(min(1.0, (start + len(chunk)) / len(items)))
+    if not paths:
+        raise CarNetError(f"{folder}: none of the images could be read")
+    member = torch.cat(probs, dim=1)  # (M, N, C)
+    y = torch.tensor(labels)
+    rows = {m.name: projection.project(member[i]) for i, m in enumerate(models)}
+    rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
+    accuracy = {k: {"top1": _topk_hits(v, y, 1), "top5": _topk_hits(v, y, 5)} for k, v in rows.items()}
+    top1 = torch.stack([rows[m.name].argmax(1) for m in models])  # (M, N)
+    disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()
+    disagreements = [{"path": paths[i], "label": classes[labels[i]],
+                      "predictions": {m.name: classes[int(top1[j, i])] for j, m in enumerate(models)}}
+                     for i in disagree]
+    return CompareReport(classes, [m.name for m in models], accuracy, len(paths), disagreements, unreadable)

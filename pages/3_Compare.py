@@ -1,0 +1,129 @@
+"""Compare: two or more models side by side on one photo, their ensemble, and both measured on a labelled folder."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from carnet_core import CarNetError, ImageError, load_image
+from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
+from carnet_core.ensemble import RULES, agreement, combine, member_probabilities
+from carnet_core.explain import explain
+from carnet_core.folders import compare_on_folder, load_mapping
+from carnet_core.predict import topk_predictions
+
+st.set_page_config(page_title="CarNet · Compare", page_icon="🚗", layout="wide")
+st.title("Compare")
+st.caption("Two architectures on the same photo: where they disagree, what each looked at, and what combining them buys.")
+
+available, missing = ui.available_model_names()
+for name in ("resnet50", "mobilenetv2_100"):
+    if name in missing:
+        st.warning(f"**{name}** is not available here. {missing[name]}")
+if len(available) < 2:
+    st.error("Comparing needs at least two models with weights. Available: "
+             f"{', '.join(available) or 'none'}. Add a weights file to `weights/` (see the home page).")
+    st.stop()
+defaults = [n for n in ("resnet50", "mobilenetv2_100") if n in available]
+defaults += [n for n in available if n not in defaults][: 2 - len(defaults)]
+names = st.multiselect("Models", available, default=defaults, key="compare_models")
+if len(names) < 2:
+    st.info("Pick at least two models.")
+    st.stop()
+models = [ui.cached_model(n) for n in names]
+
+st.subheader("One photo")
+inputs = ui.image_inputs("compare", multiple=False)
+if inputs:
+    name, data = inputs[0]
+    try:
+        image = load_image(data, name=name)
+    except ImageError as exc:
+        st.error(str(exc))
+        image = None
+    if image is not None:
+        try:
+            probs, times = member_probabilities(models, [image])
+        except CarNetError as exc:
+            st.error(str(exc))
+            st.stop()
+        columns = st.columns(len(models))
+        for i, (model, column) in enumerate(zip(models, columns)):
+            pred = topk_predictions(probs[i], models[0].class_names)[0]  # members re-indexed to one label order
+            with column:
+                st.markdown(f"**{model.name}**")
+                st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
+                cam = explain(model, image, method="gradcam", class_name=pred.top1)
+                st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
+                st.caption(f"{times[i]:.0f} ms · {model.num_params / 1e6:.1f} M parameters · {model.weights.source}")
+
+        st.markdown("**Ensemble**")
+        left, right = st.columns([1, 2])
+        rule = left.selectbox("Rule", RULES, key="compare_rule",
+                              help="soft: mean of probabilities · geometric: mean of log-probabilities · hard: majority vote")
+        weights = [left.slider(f"Weight of {m.name}", 0.0, 1.0, 1.0, 0.05, key=f"compare_weight_{i}")
+                   for i, m in enumerate(models)]
+        if sum(weights) == 0:
+            left.error("At least one weight must be above zero.")
+        else:
+            combined = combine(probs, rule, weights)
+            pred = topk_predictions(combined, models[0].class_names)[0]
+            right.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities, title=f"Ensemble ({rule})"),
+                               key="compare_ensemble_bars")
+        a = agreement(probs[0, 0], probs[1, 0])
+        st.markdown(f"**Agreement of {models[0].name} and {models[1].name}**")
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Same top-1", "yes" if a.same_top1 else "no")
+        m2.metric("Top-5 overlap", f"{a.top5_overlap} / 5")
+        m3.metric("Jensen–Shannon divergence", f"{a.js_divergence:.3f} bits",
+                  help="0 = identical distributions, 1 = nothing in common")
+else:
+    st.info("Upload a photo, take one with the camera, or pick a sample to compare the models on it.")
+
+st.subheader("Measured on a labelled folder")
+st.caption("A folder with one sub-folder of images per class. If its class names are not the models' classes, "
+           "choose a mapping (folder class → model classes).")
+folder = st.text_input("Folder", value=str(ui.data_root()), key="compare_folder")
+mapping_files = sorted((ui.ROOT / "mappings").glob("*.json"))
+mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classes)"] + [p.name for p in mapping_files]
+                              + ["upload…"], key="compare_mapping")
+mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload") \
+    if mapping_choice == "upload…" else None
+if st.button("Evaluate", key="compare_run"):
+    try:
+        mapping = None
+        if mapping_choice in [p.name for p in mapping_files]:
+            mapping = load_mapping(ui.ROOT / "mappings" / mapping_choice)
+        elif mapping_upload is not None:
+            with tempfile.NamedTemporaryFile(suffix=Path(mapping_upload.name).suffix) as f:
+                f.write(mapping_upload.getvalue())
+                f.flush()
+                mapping = load_mapping(f.name)
+        bar = st.progress(0.0, text="Classifying…")
+        weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
+        report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,
+                                   progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
+        st.session_state["compare_report"] = report
+    except CarNetError as exc:
+        st.error(str(exc))
+
+report = st.session_state.get("compare_report")
+if report is not None:
+    st.markdown(f"{report.num_images} images · {len(report.classes)} classes · members disagree on "
+                f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"
+                                                          if report.unreadable else ""))
+    table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1), "top-5 (%)": round(v["top5"] * 100, 1)}
+                          for k, v in report.accuracy.items()])
+    st.dataframe(table, hide_index=True, key="compare_table")
+    st.plotly_chart(accuracy_bar_figure(report.accuracy), key="compare_accuracy_chart")
+    st.download_button("Download results (JSON)", json.dumps(report.to_dict(), indent=2), "compare.json",
+                       mime="application/json", key="compare_download")
+    if report.disagreements:
+        st.markdown("**Where the members disagree** (first 12)")
+        cells = st.columns(4)
+        for i, d in enumerate(report.disagreements[:12]):
+            votes = " · ".join(f"{k}: {v}" for k, v in d["predictions"].items())
+            cells[i % 4].image(d["path"], caption=f"true: {d['label']} — {votes}", width="stretch")
