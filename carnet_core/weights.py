@@ -53,7 +53,8 @@ class WeightsSource:
             "checkpoint": "checkpoint", "weights_dir": "file in the weights folder", "hub_cache": "Hugging Face cache",
             "hub": "Hugging Face Hub", "offline_package": "bundled package", "random": "RANDOM weights (untrained)",
         }[self.source]
-        text = f"{what}: {self.location}" if self.location else what
+        where = Path(self.location).name if self.source != "hub" else self.location  # full path: self.location
+        text = f"{what}: {where}" if self.location else what
         return f"{text} ({self.detail})" if self.detail else text
 
     def to_dict(self) -> dict[str, str]:

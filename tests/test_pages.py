@@ -22,7 +22,7 @@ def test_home_lists_models_and_device():
     assert not at.exception
     table = at.dataframe[0].value
     assert "efficientnet_lite0" in set(table["model"]) and len(table) >= 6
-    assert table.set_index("model").loc["resnet50", "available"] == "❌"
+    assert table.set_index("model").loc["resnet50", "available"] == "no"
 
 
 def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos):
