@@ -118,6 +118,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engines import TorchEngine, export_onnx
+
+    model = _load_member(args.model, not args.no_hub)
+    model.to("cpu")
+    out = args.out or Path(f"{model.name}.onnx")
+    export_onnx(model, out)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    onnx_probs = torch.softmax(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), 1)
+    diff = float((onnx_probs - torch.softmax(TorchEngine(model).logits(x), 1)).abs().max())
+    print(f"wrote {out} and {out}.json (class names, data config); max probability difference vs torch: {diff:.2e}")
+    if diff > 1e-4:
+        print("error: the exported model does not match torch", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("export", help="export a model or checkpoint to ONNX, checked against torch")
+    p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, help="output file (default <model>.onnx)")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

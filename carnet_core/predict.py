@@ -74,14 +74,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def predict_probabilities(model: Classifier, batch: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, num_classes) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
-    with model.lock, torch.inference_mode():
-        logits = model.module(batch.to(model.device))
-        return torch.softmax(logits.float(), dim=1).cpu()
+def predict_probabilities(model: Classifier, batch: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    """Softmax probabilities (N, num_classes) float32 on the CPU for a preprocessed batch (N, 3, H, W).
+
+    ``engine``: ``"auto"`` (the fastest engine that matches torch, see :mod:`carnet_core.engines`), ``"torch"``
+    (the reference) or ``"onnxruntime"``.
+    """
+    from .engines import select_engine
+
+    logits = select_engine(model, engine).engine.logits(batch)
+    return torch.softmax(logits.float(), dim=1)
 
 
-def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk: int = 5) -> PredictionBatch:
+def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk: int = 5,
+            engine: str = "auto") -> PredictionBatch:
     """Classify a batch of images.
 
     Preprocessing comes from the model's data config (timm), never from the caller.
@@ -90,6 +96,7 @@ def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk
         model: a loaded :class:`~carnet_core.model.Classifier`.
         images: RGB PIL images, or anything :func:`~carnet_core.images.load_image` accepts.
         topk: how many classes to return per image (clipped to the number of classes).
+        engine: inference engine (see :func:`predict_probabilities`).
 
     Returns:
         A :class:`PredictionBatch` with top-k names and probabilities and the measured latency (ms).
@@ -102,12 +109,15 @@ def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk
         raise ValueError("predict() needs at least one image")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    from .engines import select_engine
+
+    select_engine(model, engine)  # a first call exports and measures once; not part of the latency
     pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
     t0 = time.perf_counter()
     batch = model.preprocess(pil)
     _sync(model.device)
     t1 = time.perf_counter()
-    probs = predict_probabilities(model, batch)
+    probs = predict_probabilities(model, batch, engine)
     t2 = time.perf_counter()
     return PredictionBatch(topk_predictions(probs, model.class_names, topk), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 

@@ -5,6 +5,7 @@ import streamlit as st
 import ui
 from carnet_core import ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
+from carnet_core.engines import select_engine
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")
@@ -34,7 +35,8 @@ if not images:
 
 batch = predict(model, images, topk=5)
 st.caption(f"{len(images)} image(s) in {batch.latency_ms:.0f} ms model time "
-           f"({batch.latency_ms / len(images):.0f} ms per image) + {batch.preprocess_ms:.0f} ms preprocessing")
+           f"({batch.latency_ms / len(images):.0f} ms per image) + {batch.preprocess_ms:.0f} ms preprocessing · "
+           f"engine: {select_engine(model).reason}")
 
 for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
     left, right = st.columns([1, 2])

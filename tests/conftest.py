@@ -15,6 +15,11 @@ MOBILENET_TIMM = SHARED / "weights" / "mobilenetv2_100_timm_in1k_from_qnnpack-a3
 
 # Tests never touch the network and never read the developer's own weights folder or HF cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ONNX exports go to a throw-away cache, never the developer's ~/.cache/carnet.
+if "CARNET_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CARNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="carnet-test-cache-")
 
 
 def need(path: Path) -> Path:
