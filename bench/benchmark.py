@@ -31,18 +31,14 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from carnet_core import CarNetError, list_models, load_model, predict  # noqa: E402
-from carnet_core.engines import OnnxRuntimeEngine, select_engine  # noqa: E402
+from carnet_core.engines import OnnxRuntimeEngine, onnxruntime_session, select_engine  # noqa: E402
 from carnet_core.predict import predict_probabilities  # noqa: E402
 
 
-def onnxruntime_session(model):
-    """A plain ONNX Runtime session on the model's exported file: the anchor CarNet is measured against."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # same settings as CarNet's engine
-    return ort.InferenceSession(str(OnnxRuntimeEngine(model).path), options, providers=["CPUExecutionProvider"])
+def anchor_session(model):
+    """A plain ONNX Runtime session on the model's exported file, CarNet's settings: the anchor CarNet is measured
+    against."""
+    return onnxruntime_session(OnnxRuntimeEngine(model).path)
 
 
 COLD_START = """
@@ -110,7 +106,7 @@ def main() -> None:
         engine = select_engine(model).engine.name
         model_ms = statistics.median(predict(model, [image]).latency_ms for _ in range(args.repeats + 5))
         total_ms = median_ms(lambda: predict(model, [image]), args.repeats)
-        ort_session = onnxruntime_session(model)
+        ort_session = anchor_session(model)
         xn = x.cpu().numpy()
         ort_ms = median_ms(lambda: ort_session.run(None, {"input": xn}), args.repeats)
         print(f"{name:<20} {kind:<7} {engine:<12} {timm_ms:>10.1f} {model_ms:>7.1f} {ort_ms:>6.1f} "

@@ -121,15 +121,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .engines import TorchEngine, export_onnx
+    from .engines import TorchEngine, export_onnx, onnxruntime_session
 
     model = _load_member(args.model, not args.no_hub)
     model.to("cpu")
     out = args.out or Path(f"{model.name}.onnx")
     export_onnx(model, out)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(out)
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     onnx_probs = torch.softmax(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), 1)
     diff = float((onnx_probs - torch.softmax(TorchEngine(model).logits(x), 1)).abs().max())

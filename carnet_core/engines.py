@@ -86,23 +86,27 @@ class TorchEngine:
             return self.model.module(batch.to(self.model.device)).float().cpu()
 
 
+def onnxruntime_session(path: str | os.PathLike):
+    """An ONNX Runtime CPU session with CarNet's settings: all graph optimisations, no busy-waiting threads (on a
+    small CPU, spinning threads compete with torch's for the cores and made batch-1 latency ~1.5x worse here)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeEngine:
     """ONNX Runtime (CPU execution provider, all graph optimisations) on the model's cached ONNX export."""
 
     name = "onnxruntime"
 
     def __init__(self, model: Classifier):
-        import onnxruntime as ort
-
         self.path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}.onnx"
         if not self.path.is_file():
             export_onnx(model, self.path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between runs: on a small CPU the spinning threads compete with torch's (preprocessing,
-        # Grad-CAM) and made batch-1 latency ~1.5x worse here.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime_session(self.path)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:  # InferenceSession.run is thread-safe
         return torch.from_numpy(self.session.run(None, {"input": batch.detach().cpu().numpy()})[0])
