@@ -43,12 +43,47 @@ def build_module(arch: str, head: str = "linear", num_classes: int = 1000) -> to
 
     if head not in HEADS:
         raise CarNetError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    if head != "linear":
-        raise CarNetError(f"the {head} head is not available in this version of CarNet")
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        module = timm.create_model(arch, pretrained=False, num_classes=num_classes)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise CarNetError(f"timm cannot build architecture {arch!r}: {exc}") from None
+    return add_ml_decoder(module) if head == "ml_decoder" else module
+
+
+def add_ml_decoder(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace a timm CNN's pooling + linear classifier with an ML-Decoder head (Ridnik et al. 2021, "ML-Decoder:
+    Scalable and Versatile Classification Head"), using ``timm.layers.ml_decoder``.
+
+    timm's ``add_ml_decoder_head`` calls ``exit()`` on architectures it does not support; this checks first and raises.
+
+    Raises:
+        CarNetError: the architecture has neither ``global_pool`` + ``fc`` (ResNet family) nor ``global_pool`` +
+            ``classifier`` (EfficientNet, MobileNet).
+    """
+    from timm.layers.ml_decoder import add_ml_decoder_head
+
+    if not hasattr(module, "global_pool") or not (hasattr(module, "fc") or hasattr(module, "classifier")):
+        raise CarNetError(f"the ML-Decoder head supports timm CNNs with global_pool and fc/classifier "
+                          f"(ResNet, SE-ResNet, EfficientNet, MobileNet), not {type(module).__name__}")
+    module = add_ml_decoder_head(module)
+    head = module.get_classifier()
+    # timm's decoder layer predates the arguments torch's nn.TransformerDecoder now passes to its layers; run the
+    # same layers (same parameters, same state-dict keys) in a plain loop instead.
+    head.decoder = _DecoderLayers(head.decoder.layers)
+    return module
+
+
+class _DecoderLayers(torch.nn.Module):
+    """``nn.TransformerDecoder`` without a final norm: each layer(tgt, memory) in turn."""
+
+    def __init__(self, layers: torch.nn.ModuleList):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            tgt = layer(tgt, memory)
+        return tgt
 
 
 def _data_config(module: torch.nn.Module) -> dict[str, Any]:
@@ -118,6 +153,14 @@ class Classifier:
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device."""
         return torch.stack([self.transform(im) for im in images]).to(self.device)
+
+    def backbone_and_head(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """(backbone parameters, head parameters): the head is timm's classifier module (``fc``, ``classifier``,
+        or the ML-Decoder that replaced it)."""
+        head = self.module.get_classifier()
+        head_ids = {id(p) for p in head.parameters()}
+        backbone = [p for p in self.module.parameters() if id(p) not in head_ids]
+        return backbone, list(head.parameters())
 
     def index_of(self, class_name: str) -> int:
         """Index of ``class_name``.

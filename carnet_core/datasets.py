@@ -1,0 +1,339 @@
+"""Dataset readers behind one interface: items → (image, label), class names, an optional label hierarchy.
+
+Readers (nothing is downloaded; a missing file gives a message saying exactly what to place where):
+
+- :func:`read_image_folder` — ``root/<class>/*`` (split automatically: stratified, seeded) or
+  ``root/train/<class>/*`` + ``root/val/<class>/*``;
+- :func:`read_stanford_cars` — torchvision's devkit layout (``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``,
+  ``cars_train/``, ``cars_test/``, ``cars_test_annos_withlabels.mat``), or the class-folder layout of the popular
+  copies (read as an image folder, with the make/model/year hierarchy parsed from the class names);
+- :func:`read_compcars` — CompCars ``data/image/<make id>/<model id>/<year>/*.jpg`` with ``data/misc/make_model_name.mat``,
+  labels at make, model or year level;
+- :func:`read_cifar100` — CIFAR-100's python files (``cifar-100-python/{train,test,meta}``), read with a restricted
+  unpickler that only rebuilds numpy arrays and plain containers.
+
+:func:`open_dataset` picks the reader from the folder's layout.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import CarNetError
+from .images import list_images, load_image
+
+Hierarchy = dict[str, dict[str, str]]  # class name -> {"make": ..., "model": ..., "year": ...}
+_SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
+_MULTIWORD_MAKES = ("AM General", "Aston Martin", "Land Rover")
+
+
+@dataclass
+class ImageDataset:
+    """A list of (item, label) with class names; indexable like a torch ``Dataset``.
+
+    Attributes:
+        items: (item, class index) pairs; an item is a path or, for in-memory datasets, an RGB uint8 array (H, W, 3).
+        class_names: one name per class index.
+        transform: applied to the RGB PIL image in ``__getitem__`` (e.g. timm's train or eval transform).
+        hierarchy: optional make / model / year of each class.
+        name: for reports.
+    """
+
+    items: list[tuple[Any, int]]
+    class_names: tuple[str, ...]
+    transform: Callable | None = None
+    hierarchy: Hierarchy | None = None
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Image.Image:
+        item = self.items[index][0]
+        return Image.fromarray(item) if isinstance(item, np.ndarray) else load_image(item)
+
+    def __getitem__(self, index: int):
+        image = self.load(index)
+        return (self.transform(image) if self.transform else image), self.items[index][1]
+
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        return replace(self, transform=transform)
+
+    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+        return replace(self, items=[self.items[i] for i in indices])
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(label for _, label in self.items)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
+
+
+@dataclass
+class DatasetSplits:
+    """A train and a val split over the same classes, and where they came from."""
+
+    train: ImageDataset
+    val: ImageDataset
+    kind: str
+    root: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.train.class_names
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float = 0.25, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of a seeded per-class split: ``val_fraction`` of each class (at least one image when the class has
+    two or more) goes to val."""
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        idx = by_class[label][:]
+        rng.shuffle(idx)
+        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) >= 2 else 0
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _find_split(root: Path, split: str) -> Path | None:
+    for name in _SPLIT_NAMES[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def parse_car_name(name: str) -> dict[str, str] | None:
+    """Make / model / year from a Stanford-Cars-style class name ("BMW M6 Convertible 2010"); None if no year."""
+    words = name.split()
+    if len(words) < 3 or not (words[-1].isdigit() and len(words[-1]) == 4):
+        return None
+    make = next((m for m in _MULTIWORD_MAKES if name.startswith(m + " ")), words[0])
+    model = name[len(make):].rsplit(" ", 1)[0].strip()
+    return {"make": make, "model": f"{make} {model}", "year": name}
+
+
+def _car_hierarchy(class_names: Sequence[str]) -> Hierarchy | None:
+    parsed = {c: parse_car_name(c) for c in class_names}
+    return parsed if all(parsed.values()) else None  # type: ignore[return-value]
+
+
+def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 0) -> DatasetSplits:
+    """Read ``root/<class>/*`` (split here) or ``root/{train,val}/<class>/*``.
+
+    Raises:
+        CarNetError: missing folder, no class folders, no images, or val classes missing from train.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CarNetError(f"{root}: no such folder")
+    train_dir, val_dir = _find_split(root, "train"), _find_split(root, "val")
+    notes = []
+    if train_dir and val_dir:
+        classes = [p.name for p in _class_folders(train_dir)]
+        if not classes:
+            raise CarNetError(f"{train_dir} has no class sub-folders: expected {train_dir}/<class name>/<images>")
+        extra = sorted({p.name for p in _class_folders(val_dir)} - set(classes))
+        if extra:
+            raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}")
+        index = {c: i for i, c in enumerate(classes)}
+        train = [(p, index[c.name]) for c in _class_folders(train_dir) for p in list_images(c)]
+        val = [(p, index[c.name]) for c in _class_folders(val_dir) for p in list_images(c)]
+        notes.append(f"train/val folders: {train_dir.name}/, {val_dir.name}/")
+    else:
+        folders = _class_folders(root)
+        if not folders:
+            raise CarNetError(f"{root} has no class sub-folders: expected {root}/<class name>/<images> or "
+                              f"{root}/train/<class name>/… and {root}/val/<class name>/…")
+        classes = [p.name for p in folders]
+        items = [(p, i) for i, c in enumerate(folders) for p in list_images(c)]
+        tr, va = stratified_split([label for _, label in items], val_fraction, seed)
+        train, val = [items[i] for i in tr], [items[i] for i in va]
+        notes.append(f"no train/val folders: stratified split, {val_fraction:.0%} to val, seed {seed}")
+    if not train:
+        raise CarNetError(f"{root}: the class folders hold no images")
+    names = tuple(classes)
+    hierarchy = _car_hierarchy(names)
+    return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
+                         ImageDataset(val, names, hierarchy=hierarchy, name=f"{root.name}/val"), "image_folder", root, notes)
+
+
+def _loadmat(path: Path) -> dict:
+    import scipy.io
+
+    if not path.is_file():
+        raise CarNetError(f"missing {path}")
+    try:
+        return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except Exception as exc:
+        raise CarNetError(f"{path}: not a readable .mat file ({exc})") from None
+
+
+def read_stanford_cars(root: str | Path) -> DatasetSplits:
+    """Stanford Cars (Krause et al., 3dRR 2013) in torchvision's devkit layout under ``root`` (or
+    ``root/stanford_cars``), or as class folders.
+
+    Raises:
+        CarNetError: a file of the layout is missing; the message names it.
+    """
+    root = Path(root)
+    if (root / "stanford_cars").is_dir():
+        root = root / "stanford_cars"
+    if not (root / "devkit").is_dir():
+        splits = read_image_folder(root)
+        return replace(splits, kind="stanford_cars (class folders)")
+    meta = _loadmat(root / "devkit" / "cars_meta.mat")
+    class_names = tuple(str(c) for c in np.atleast_1d(meta["class_names"]))
+
+    def annotations(mat: Path, images: Path) -> list[tuple[Path, int]]:
+        if not images.is_dir():
+            raise CarNetError(f"missing folder {images} (the images of cars_train.tgz / cars_test.tgz)")
+        out = []
+        for a in np.atleast_1d(_loadmat(mat)["annotations"]):
+            path = images / str(a.fname)
+            out.append((path, int(a["class"] if isinstance(a, dict) else a.__dict__["class"]) - 1))
+        return out
+
+    train = annotations(root / "devkit" / "cars_train_annos.mat", root / "cars_train")
+    test_mat = root / "cars_test_annos_withlabels.mat"
+    if not test_mat.is_file():
+        raise CarNetError(f"missing {test_mat}: the test labels (cars_test_annos_withlabels.mat) go there")
+    val = annotations(test_mat, root / "cars_test")
+    hierarchy = _car_hierarchy(class_names)
+    return DatasetSplits(ImageDataset(train, class_names, hierarchy=hierarchy, name="stanford_cars/train"),
+                         ImageDataset(val, class_names, hierarchy=hierarchy, name="stanford_cars/test"),
+                         "stanford_cars", root, ["devkit layout: train = cars_train, val = cars_test"])
+
+
+def read_compcars(root: str | Path, level: str = "model", val_fraction: float = 0.25, seed: int = 0) -> DatasetSplits:
+    """CompCars (Yang et al., CVPR 2015) web-nature images: ``data/image/<make id>/<model id>/<year>/*.jpg`` with names
+    from ``data/misc/make_model_name.mat``; classes at ``level`` "make", "model" or "year" (model + year).
+
+    Uses ``data/train_test_split/classification/{train,test}.txt`` when present, else a stratified split.
+
+    Raises:
+        CarNetError: missing files, or an unknown level.
+    """
+    if level not in ("make", "model", "year"):
+        raise CarNetError(f"CompCars level must be make, model or year, not {level!r}")
+    root = Path(root)
+    data = root / "data" if (root / "data").is_dir() else root
+    image_root = data / "image"
+    if not image_root.is_dir():
+        raise CarNetError(f"missing {image_root}: CompCars images go in data/image/<make id>/<model id>/<year>/")
+    names = _loadmat(data / "misc" / "make_model_name.mat")
+    makes = [str(x) for x in np.atleast_1d(names["make_names"])]
+    models = [str(x) for x in np.atleast_1d(names["model_names"])]
+    labelled, hierarchy = [], {}
+    for path in sorted(image_root.glob("*/*/*/*.jpg")):
+        make_id, model_id, year = (int(path.parts[-4]), int(path.parts[-3]), path.parts[-2])
+        make = makes[make_id - 1].strip()
+        model = f"{make} {models[model_id - 1].strip()}"
+        label = {"make": make, "model": model, "year": f"{model} {year}"}[level]
+        hierarchy[label] = {"make": make, "model": model, "year": f"{model} {year}"} if level == "year" else \
+            {"make": make, "model": model if level == "model" else "", "year": ""}
+        labelled.append((path, label))
+    if not labelled:
+        raise CarNetError(f"{image_root} holds no images in <make id>/<model id>/<year>/*.jpg")
+    classes = tuple(sorted({label for _, label in labelled}))
+    index = {c: i for i, c in enumerate(classes)}
+    items = [(p, index[label]) for p, label in labelled]
+    split_dir = data / "train_test_split" / "classification"
+    if (split_dir / "train.txt").is_file() and (split_dir / "test.txt").is_file():
+        wanted = {s: {line.strip() for line in (split_dir / f"{s}.txt").read_text().splitlines() if line.strip()}
+                  for s in ("train", "test")}
+        rel = [str(p.relative_to(image_root)) for p, _ in items]
+        train = [it for it, r in zip(items, rel) if r in wanted["train"]]
+        val = [it for it, r in zip(items, rel) if r in wanted["test"]]
+        note = "official classification split (train_test_split/classification)"
+    else:
+        tr, va = stratified_split([label for _, label in items], val_fraction, seed)
+        train, val = [items[i] for i in tr], [items[i] for i in va]
+        note = f"stratified split, {val_fraction:.0%} to val, seed {seed}"
+    h = hierarchy if level != "make" else None
+    return DatasetSplits(ImageDataset(train, classes, hierarchy=h, name=f"compcars-{level}/train"),
+                         ImageDataset(val, classes, hierarchy=h, name=f"compcars-{level}/val"), "compcars", root,
+                         [f"labels at {level} level", note])
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds plain containers and numpy arrays only; anything else in the pickle is refused."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused: the file asks to build {module}.{name}")
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise CarNetError(f"missing {path}: extract cifar-100-python.tar.gz so that cifar-100-python/train, test "
+                          f"and meta are in {path.parent.parent}")
+    try:
+        with open(path, "rb") as f:
+            return _DataOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise CarNetError(f"{path}: {exc}") from None
+
+
+def read_cifar100(root: str | Path, label_level: str = "fine") -> DatasetSplits:
+    """CIFAR-100 (Krizhevsky 2009) from its python files in ``root/cifar-100-python/``; val = the test set.
+
+    Raises:
+        CarNetError: a file is missing or holds something other than data.
+    """
+    root = Path(root)
+    base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
+    meta = _read_cifar_pickle(base / "meta")
+    names = tuple(meta[f"{label_level}_label_names"])
+
+    def split(name: str) -> ImageDataset:
+        d = _read_cifar_pickle(base / name)
+        images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = d[f"{label_level}_labels"]
+        return ImageDataset([(img, int(y)) for img, y in zip(images, labels)], names, name=f"cifar100/{name}")
+
+    return DatasetSplits(split("train"), split("test"), "cifar100", root, ["val = the CIFAR-100 test set"])
+
+
+def open_dataset(root: str | Path, kind: str = "auto", **kwargs: Any) -> DatasetSplits:
+    """Open a dataset with the reader for ``kind`` (``auto``, ``image_folder``, ``stanford_cars``, ``compcars``,
+    ``cifar100``); ``auto`` looks at the layout.
+
+    Raises:
+        CarNetError: unknown kind, or the reader's error.
+    """
+    root = Path(root)
+    readers = {"image_folder": read_image_folder, "stanford_cars": read_stanford_cars, "compcars": read_compcars,
+               "cifar100": read_cifar100}
+    if kind == "auto":
+        if (root / "cifar-100-python").is_dir() or (root / "meta").is_file() and (root / "train").is_file():
+            kind = "cifar100"
+        elif (root / "devkit").is_dir() or (root / "stanford_cars" / "devkit").is_dir():
+            kind = "stanford_cars"
+        elif (root / "data" / "image").is_dir() or ((root / "image").is_dir() and (root / "misc").is_dir()):
+            kind = "compcars"
+        else:
+            kind = "image_folder"
+    if kind not in readers:
+        raise CarNetError(f"unknown dataset kind {kind!r}; choose auto, {', '.join(readers)}")
+    return readers[kind](root, **kwargs)
