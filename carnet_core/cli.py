@@ -138,6 +138,55 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate_data(args: argparse.Namespace) -> int:
+    from .datacheck import validate_splits
+    from .datasets import open_dataset
+
+    splits = open_dataset(args.data, args.kind)
+    report = validate_splits(splits, min_per_class=args.min_per_class)
+    if args.json:
+        print(json.dumps({"kind": splits.kind, "notes": splits.notes, **report.to_dict()}, indent=2))
+    else:
+        print(f"{splits.kind} at {splits.root} ({'; '.join(splits.notes)})")
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import open_dataset
+    from .evaluate import evaluate
+
+    model = _load_member(str(args.checkpoint), not args.no_hub)
+    splits = open_dataset(args.data, args.kind)
+    report = evaluate(model, splits.val)
+    if args.json:
+        print(json.dumps({"model": model.name, "data": str(args.data), "split": splits.val.name, **report.to_dict()},
+                         indent=2))
+        return 0
+    print(f"{model.name} on {splits.val.name}: {report.num_images} images")
+    print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  ECE {report.ece:.3f}")
+    for level, acc in report.hierarchy.items():
+        print(f"{level} accuracy {acc:.1%}")
+    worst = sorted(report.per_class.items(), key=lambda kv: kv[1]["accuracy"])[:5]
+    print("worst classes: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in worst))
+    for a, b, n in report.most_confused(5):
+        print(f"  {a} → {b}: {n}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .train import TrainConfig, fine_tune
+
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    result = fine_tune(cfg)
+    if result.best_checkpoint:
+        print(f"best val top-1 {result.best_top1:.1%}: {result.best_checkpoint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,12 +236,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output file (default <model>.onnx)")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_export)
+
+    kinds = ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"]
+    p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
+    p.add_argument("data", type=Path)
+    p.add_argument("--kind", default="auto", choices=kinds)
+    p.add_argument("--min-per-class", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_validate_data)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a checkpoint on a dataset's val split")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--kind", default="auto", choices=kinds)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-hub", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="fine-tune a registry model on a dataset (Lightning Fabric: CPU, GPUs, nodes)")
+    p.add_argument("data", help="dataset folder (see validate-data)")
+    p.add_argument("--out", help="run folder (default runs/finetune); an existing run there is resumed")
+    p.add_argument("--dataset-kind", choices=kinds)
+    p.add_argument("--model", help="registry name (default efficientnet_lite0)")
+    p.add_argument("--head", choices=["linear", "ml_decoder"])
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--scheduler", choices=["cosine", "plateau"])
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--freeze-epochs", type=int)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--mixup", type=float)
+    p.add_argument("--cutmix", type=float)
+    p.add_argument("--randaugment", help="timm auto-augment string, or 'none'")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--early-stopping", type=int, help="patience in epochs on val top-1")
+    p.add_argument("--keep-best", type=int)
+    p.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--accelerator", help="auto, cpu, cuda")
+    p.add_argument("--devices", help="number of devices (processes)")
+    p.add_argument("--strategy", help="auto, ddp")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
+    p.add_argument("--limit-train-batches", type=int)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error)."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "randaugment", None) == "none":
+        args.randaugment = None
+    if isinstance(getattr(args, "devices", None), str) and args.devices.isdigit():
+        args.devices = int(args.devices)
     if getattr(args, "topk", 1) < 1:
         print("error: --topk must be at least 1", file=sys.stderr)
         return 2

@@ -194,7 +194,10 @@ class Trainer:
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        strategy = cfg.strategy
+        if strategy == "ddp" and cfg.freeze_epochs > 0:  # frozen backbone = parameters without gradients for DDP
+            strategy = "ddp_find_unused_parameters_true"
+        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy,
                         num_nodes=cfg.num_nodes, precision=self._precision(), loggers=_loggers(cfg, self.out))
         fabric.launch()
         fabric.seed_everything(cfg.seed + fabric.global_rank)

@@ -1,0 +1,299 @@
+"""Datasets, validation report, the fine-tuning loop (short runs on generated data), resume, ML-Decoder, DDP."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from carnet_core import CarNetError, load_model, predict
+from carnet_core.datacheck import validate_splits
+from carnet_core.datasets import open_dataset, parse_car_name, read_cifar100, read_compcars, read_stanford_cars
+from carnet_core.evaluate import evaluate, metrics_from_probabilities
+from carnet_core.train import TrainConfig, Trainer, fine_tune
+
+from conftest import ROOT
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def colour_image(rgb, seed, size=48):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(np.clip(np.array(rgb) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    """3 classes × 24 noisy flat-colour images, class folders only (the reader splits them)."""
+    root = tmp_path_factory.mktemp("colours")
+    for c, rgb in COLOURS.items():
+        (root / c).mkdir()
+        for i in range(24):
+            colour_image(rgb, hash((c, i)) % 2**32).save(root / c / f"{i:02d}.png")
+    return root
+
+
+FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-3, randaugment=None,
+            label_smoothing=0.0)
+
+
+# --- readers -------------------------------------------------------------------------------------------------
+
+def test_image_folder_split_is_stratified_and_seeded(colour_folder):
+    a, b = open_dataset(colour_folder), open_dataset(colour_folder)
+    assert a.kind == "image_folder" and a.class_names == ("blue", "green", "red")
+    assert len(a.train) == 54 and len(a.val) == 18
+    assert a.val.class_counts() == {"blue": 6, "green": 6, "red": 6}
+    assert [p for p, _ in a.val.items] == [p for p, _ in b.val.items]
+    image, label = a.train[0]
+    assert image.mode == "RGB" and label in (0, 1, 2)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(CarNetError, match="no such folder"):
+        open_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CarNetError, match="no class sub-folders"):
+        open_dataset(tmp_path / "empty")
+
+
+def _save_mat(path, **arrays):
+    import scipy.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), arrays)
+
+
+def test_stanford_cars_devkit_layout(tmp_path):
+    root = tmp_path / "stanford_cars"
+    names = np.array(["AM General Hummer SUV 2000", "Aston Martin Virage Coupe 2012"], dtype=object)
+    _save_mat(root / "devkit" / "cars_meta.mat", class_names=names)
+    dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    for split, mat in (("train", root / "devkit" / "cars_train_annos.mat"), ("test", root / "cars_test_annos_withlabels.mat")):
+        annos = np.zeros((1, 2), dtype=dtype)
+        for i in range(2):
+            fname = f"{split}{i:05d}.jpg"
+            colour_image((100, 100, 100), i).save((root / f"cars_{split}").mkdir(parents=True, exist_ok=True) or
+                                                 root / f"cars_{split}" / fname)
+            annos[0, i] = (1, 1, 10, 10, i + 1, fname)
+        _save_mat(mat, annotations=annos)
+    splits = open_dataset(tmp_path)
+    assert splits.kind == "stanford_cars" and splits.class_names == tuple(names)
+    assert [(p.name, y) for p, y in splits.train.items] == [("train00000.jpg", 0), ("train00001.jpg", 1)]
+    assert splits.val.hierarchy["Aston Martin Virage Coupe 2012"]["make"] == "Aston Martin"
+    (root / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(CarNetError, match="cars_test_annos_withlabels.mat"):
+        read_stanford_cars(tmp_path)
+
+
+def test_parse_car_name():
+    assert parse_car_name("BMW M6 Convertible 2010") == {"make": "BMW", "model": "BMW M6 Convertible",
+                                                         "year": "BMW M6 Convertible 2010"}
+    assert parse_car_name("pickup") is None
+
+
+def test_compcars_layout_at_three_levels(tmp_path):
+    data = tmp_path / "data"
+    _save_mat(data / "misc" / "make_model_name.mat", make_names=np.array(["Audi", "BMW"], dtype=object),
+              model_names=np.array(["A4", "A6", "X5"], dtype=object))
+    for make, model, year in ((1, 1, "2010"), (1, 1, "2011"), (1, 2, "2012"), (2, 3, "2013")):
+        folder = data / "image" / str(make) / str(model) / year
+        folder.mkdir(parents=True)
+        for i in range(4):
+            colour_image((90, 90, 90), i).save(folder / f"{i}.jpg")
+    assert read_compcars(tmp_path, "make").class_names == ("Audi", "BMW")
+    assert read_compcars(tmp_path, "model").class_names == ("Audi A4", "Audi A6", "BMW X3" if False else "BMW X5")
+    year = read_compcars(tmp_path, "year")
+    assert len(year.class_names) == 4 and year.train.hierarchy["Audi A4 2011"]["make"] == "Audi"
+    assert len(year.train) + len(year.val) == 16
+    with pytest.raises(CarNetError, match="make_model_name.mat"):
+        (data / "misc" / "make_model_name.mat").unlink() or read_compcars(tmp_path)
+
+
+def test_cifar100_python_files_and_a_malicious_one(tmp_path):
+    base = tmp_path / "cifar-100-python"
+    base.mkdir()
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": ["x"] * 20}, f)
+    for split, n in (("train", 10), ("test", 4)):
+        with open(base / split, "wb") as f:
+            pickle.dump({"data": np.arange(n * 3072, dtype=np.int64).astype(np.uint8).reshape(n, 3072),
+                         "fine_labels": list(range(n)), "coarse_labels": [0] * n}, f)
+    splits = open_dataset(tmp_path)
+    assert splits.kind == "cifar100" and len(splits.train) == 10 and len(splits.val) == 4
+    assert splits.train.load(3).size == (32, 32) and splits.train.items[3][1] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(base / "train", "wb") as f:
+        pickle.dump({"data": Evil()}, f)
+    with pytest.raises(CarNetError, match="refused"):
+        read_cifar100(tmp_path)
+
+
+def test_duplicates_across_splits_are_found(tmp_path):
+    for split in ("train", "val"):
+        for c, rgb in COLOURS.items():
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(6):
+                colour_image(rgb, hash((split, c, i)) % 2**32, size=64).save(tmp_path / split / c / f"{i}.png")
+    report = validate_splits(open_dataset(tmp_path))
+    assert report.duplicates == []
+    leak = tmp_path / "train" / "red" / "3.png"
+    Image.open(leak).save(tmp_path / "val" / "red" / "leaked.png")  # exact copy
+    Image.open(leak).resize((96, 96)).save(tmp_path / "val" / "blue" / "leaked_resized.jpg", quality=80)  # near copy
+    (tmp_path / "val" / "green" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    report = validate_splits(open_dataset(tmp_path), min_per_class=7)
+    found = {(Path(a).name, Path(b).name) for a, b, _ in report.duplicates}
+    assert found == {("3.png", "leaked.png"), ("3.png", "leaked_resized.jpg")}
+    assert [Path(p).name for p, _ in report.unreadable] == ["broken.jpg"]
+    assert sorted(report.small_classes) == ["blue", "green", "red"]  # 6 < 7 train images
+
+
+# --- evaluation metrics ----------------------------------------------------------------------------------------
+
+def test_metrics_on_a_known_confusion_pattern():
+    names = ["Audi A4 2010", "Audi A4 2011", "BMW X5 2012"]
+    hierarchy = {n: parse_car_name(n + "") or {} for n in names}
+    hierarchy = {"Audi A4 2010": {"make": "Audi", "model": "Audi A4", "year": "Audi A4 2010"},
+                 "Audi A4 2011": {"make": "Audi", "model": "Audi A4", "year": "Audi A4 2011"},
+                 "BMW X5 2012": {"make": "BMW", "model": "BMW X5", "year": "BMW X5 2012"}}
+    # 4 images: A4-2010 right (p 0.9), A4-2010 → A4-2011 (p 0.6), A4-2011 right (p 0.6), X5 → A4-2010 (p 0.9)
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.2, 0.6, 0.2], [0.9, 0.05, 0.05]])
+    labels = torch.tensor([0, 0, 1, 2])
+    m = metrics_from_probabilities(probs, labels, names, hierarchy)
+    assert m["top1"] == 0.5 and m["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    assert m["per_class"]["Audi A4 2010"]["accuracy"] == 0.5 and m["per_class"]["BMW X5 2012"]["accuracy"] == 0.0
+    assert m["hierarchy"] == {"make": 0.75, "model": 0.75, "year": 0.5}
+    # two bins: conf 0.6 (acc 0.5) and conf 0.9 (acc 0.5): ECE = 0.5·0.1 + 0.5·0.4
+    assert m["ece"] == pytest.approx(0.25)
+    assert m["top5"] == 1.0
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_run(colour_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, fine_tune(TrainConfig(data=str(colour_folder), out=str(out), epochs=4, **FAST))
+
+
+def test_short_run_lowers_the_loss_and_writes_everything(short_run, colour_folder):
+    out, result = short_run
+    losses = [h.train_loss for h in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.8, losses
+    assert losses[0] == pytest.approx(np.log(3), abs=0.25)  # zero-initialised head: uniform predictions at first
+    assert result.best_top1 >= 0.8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and {"top5", "lr", "images_per_s", "val_loss"} <= set(rows[0])
+    assert (out / "metrics.csv").read_text().startswith("epoch,train_loss,val_loss,top1,top5,lr,images_per_s,seconds")
+    assert len(list(out.glob("best-*.safetensors"))) == 2  # keep_best
+    model = load_model(checkpoint=result.best_checkpoint, device="cpu")
+    assert model.class_names == ("blue", "green", "red") and model.metrics["top1"] == result.best_top1
+    report = evaluate(model, open_dataset(colour_folder).val)
+    assert report.top1 == pytest.approx(result.best_top1)  # same val split, same numbers
+    assert predict(model, [colour_image(COLOURS["red"], 999)])[0].top1 == "red"
+
+
+class CrashAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, metrics):
+        if metrics.epoch == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_continues_with_the_saved_optimizer_and_schedule(colour_folder, tmp_path):
+    cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=3, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, [CrashAfter(2)]).fit()
+    saved = torch.load(tmp_path / "last_state.pt", weights_only=True)
+    assert saved["epoch"] == 2
+
+    class Capture:
+        def on_epoch_end(self, trainer, metrics):
+            self.lr = metrics.lr
+
+    cap = Capture()
+    result = Trainer(cfg, [cap]).fit()
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+    rows = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3]
+    # the cosine schedule continued: epoch 3 uses the lr the saved scheduler prescribes, not a fresh schedule's
+    fresh = TrainConfig(data=str(colour_folder), out=str(tmp_path / "fresh"), epochs=3, **FAST)
+    full = fine_tune(fresh)
+    assert cap.lr == pytest.approx(full.history[2].lr)
+    assert saved["optimizer"]["state"]  # Adam moments were saved and restored
+
+
+def test_corrupt_or_foreign_state_is_refused(colour_folder, tmp_path):
+    (tmp_path / "last_state.pt").write_bytes(b"garbage")
+    with pytest.raises(CarNetError, match="cannot resume.*corrupt"):
+        fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, **FAST))
+    (tmp_path / "last_state.pt").unlink()
+    fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, **FAST))
+    with pytest.raises(CarNetError, match="from a run with model='efficientnet_lite0'"):
+        fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=2,
+                              pretrained=False, **{**FAST, "model": "mobilenetv2_100"}))
+
+
+def test_ml_decoder_head_trains_and_round_trips(colour_folder, tmp_path):
+    result = fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=2, head="ml_decoder", **FAST))
+    model = load_model(checkpoint=result.best_checkpoint, device="cpu")
+    assert model.head == "ml_decoder" and type(model.module.get_classifier()).__name__ == "MLDecoder"
+    x = torch.randn(2, 3, 64, 64)
+    again = load_model(checkpoint=result.best_checkpoint, device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model.module(x), again.module(x))
+    from carnet_core.explain import explain
+
+    cam = explain(model, colour_image(COLOURS["red"], 5))
+    assert cam.layer == "bn2" and cam.heatmap.shape == (64, 64)
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "carnet_core", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_path):
+    args = ["train", str(colour_folder), "--out", str(tmp_path), "--epochs", "4", "--img-size", "64",
+            "--batch-size", "6", "--workers", "0", "--randaugment", "none"]
+    proc = _cli(*args)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    assert (tmp_path / "metrics.jsonl").exists(), proc.communicate()[0][-2000:] if proc.poll() is not None else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= len(done) < 4
+    proc = _cli(*args)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-2000:]
+    assert f"resuming after epoch {done[-1]}" in output
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_two_cpu_processes_end_with_identical_weights(colour_folder, tmp_path):
+    """DDP on CPU (gloo) through Lightning Fabric: the same command as for GPUs, with --devices 2."""
+    proc = _cli("train", str(colour_folder), "--out", str(tmp_path), "--epochs", "1", "--img-size", "64",
+                "--batch-size", "6", "--workers", "0", "--randaugment", "none", "--accelerator", "cpu",
+                "--devices", "2", "--strategy", "ddp")
+    output = proc.communicate(timeout=400)[0]
+    assert proc.returncode == 0, output[-3000:]
+    ranks = sorted((tmp_path / "rank_weights").glob("rank*.sha256"))
+    assert [p.name for p in ranks] == ["rank0.sha256", "rank1.sha256"]
+    assert ranks[0].read_text() == ranks[1].read_text()
