@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from carnet_core import CarNetError, list_models, load_model, predict  # noqa: E402
-from carnet_core.engines import OnnxRuntimeEngine, onnxruntime_session, select_engine  # noqa: E402
+from carnet_core.engines import OnnxRuntimeEngine, median_ms, onnxruntime_session, select_engine  # noqa: E402
 from carnet_core.predict import predict_probabilities  # noqa: E402
 
 
@@ -63,17 +63,6 @@ def cold_start() -> tuple[float, float, float]:
     return time.perf_counter() - t, float(out[0]), float(out[1])
 
 
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
@@ -102,13 +91,13 @@ def main() -> None:
             with torch.no_grad():
                 model.module(x)
 
-        timm_ms = median_ms(eager, args.repeats)
+        timm_ms = median_ms(eager, args.repeats, warmup=5)
         engine = select_engine(model).engine.name
         model_ms = statistics.median(predict(model, [image]).latency_ms for _ in range(args.repeats + 5))
-        total_ms = median_ms(lambda: predict(model, [image]), args.repeats)
+        total_ms = median_ms(lambda: predict(model, [image]), args.repeats, warmup=5)
         ort_session = anchor_session(model)
         xn = x.cpu().numpy()
-        ort_ms = median_ms(lambda: ort_session.run(None, {"input": xn}), args.repeats)
+        ort_ms = median_ms(lambda: ort_session.run(None, {"input": xn}), args.repeats, warmup=5)
         print(f"{name:<20} {kind:<7} {engine:<12} {timm_ms:>10.1f} {model_ms:>7.1f} {ort_ms:>6.1f} "
               f"{model_ms / ort_ms:>10.2f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f}")
         forward_ms[name] = (model, timm_ms)

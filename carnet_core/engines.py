@@ -19,7 +19,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import CarNetError
@@ -127,8 +126,10 @@ _choices: dict[int, EngineChoice] = {}
 _choice_lock = threading.Lock()
 
 
-def _median_ms(fn, repeats: int = 15) -> float:
-    fn()
+def median_ms(fn, repeats: int = 15, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -177,8 +178,8 @@ def _try_onnx(model: Classifier, reference: TorchEngine, required: bool) -> Engi
             raise CarNetError(f"ONNX Runtime differs from torch by {diff:.2e} > {PARITY_ATOL} for {model.name}")
         return EngineChoice(reference, f"torch (ONNX Runtime differs by {diff:.1e})", max_abs_diff=diff)
     x1 = x[:1]
-    torch_ms = _median_ms(lambda: reference.logits(x1))
-    onnx_ms = _median_ms(lambda: candidate.logits(x1))
+    torch_ms = median_ms(lambda: reference.logits(x1))
+    onnx_ms = median_ms(lambda: candidate.logits(x1))
     if onnx_ms < torch_ms or required:
         return EngineChoice(candidate, f"onnxruntime ({onnx_ms:.1f} ms vs torch {torch_ms:.1f} ms at batch 1)",
                             torch_ms, onnx_ms, diff)
