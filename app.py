@@ -14,9 +14,13 @@ st.markdown(
     "ImageNet-trained networks (EfficientNet, MobileNetV2, ResNet-50, SE-ResNet-50) think it is — with "
     "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
 )
-st.markdown("**Pages** (sidebar): **Classify** — upload, snap or pick photos and get the top-5 classes per image; "
-            "**Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer; "
-            "**Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder.")
+st.markdown("**Pages** (sidebar):\n"
+            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image;\n"
+            "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
+            "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
+            "- **Fine-tune** — teach a backbone your own classes in a background job and watch its curves;\n"
+            "- **Models** — what each model costs here (parameters, GMACs, latency, memory) and how it was made;\n"
+            "- **Evaluate** — a model on a labelled dataset: per-class accuracy, confusion, mistakes, calibration.")
 
 st.subheader("Models and their weights")
 rows = []

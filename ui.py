@@ -14,7 +14,9 @@ import torch
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
 from carnet_core.images import IMAGE_EXTENSIONS, list_images
+from carnet_core.jobs import jobs_dir
 from carnet_core.model import Classifier
+from carnet_core.registry import CheckpointEntry, list_checkpoints
 
 ROOT = Path(__file__).resolve().parent
 
@@ -29,8 +31,27 @@ def data_root() -> Path:
     return Path(os.environ.get("CARNET_DATA_ROOT", ROOT / "data"))
 
 
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
+def fine_tuned() -> dict[str, CheckpointEntry]:
+    """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first."""
+    return {CHECKPOINT_PREFIX + str(e.path): e for e in _checkpoints(str(jobs_dir()), str(W.weights_dir()))}
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _checkpoints(*folders: str) -> list[CheckpointEntry]:
+    return list_checkpoints(list(folders))
+
+
+def model_title(name: str) -> str:
+    """How a picker shows a model key: the registry name, or the checkpoint's title."""
+    entry = fine_tuned().get(name)
+    return f"★ {entry.title}" if entry else name
+
+
 def available_model_names() -> tuple[list[str], dict[str, str]]:
-    """Registered models with weights here, and {name: message} for those without."""
+    """Registered models with weights here plus fine-tuned checkpoints, and {name: message} for models without."""
     available, missing = [], {}
     for spec in list_models():
         ok, text = weights_status(spec.name)
@@ -38,12 +59,21 @@ def available_model_names() -> tuple[list[str], dict[str, str]]:
             available.append(spec.name)
         else:
             missing[spec.name] = text
-    return available, missing
+    return available + list(fine_tuned()), missing
+
+
+def cached_model(name: str) -> Classifier:
+    """A model by registry name or checkpoint key, loaded once per process and shared by all sessions."""
+    if name.startswith(CHECKPOINT_PREFIX):
+        path = Path(name[len(CHECKPOINT_PREFIX):])
+        return _cached_model(name, path.stat().st_mtime if path.exists() else 0.0)
+    return _cached_model(name, 0.0)
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
-def cached_model(name: str) -> Classifier:
-    """A model loaded once per process and shared by all sessions (never mutated by the pages)."""
+def _cached_model(name: str, mtime: float) -> Classifier:  # mtime: a re-written checkpoint is loaded again
+    if name.startswith(CHECKPOINT_PREFIX):
+        return load_model(checkpoint=name[len(CHECKPOINT_PREFIX):])
     return load_model(name)
 
 
@@ -69,12 +99,16 @@ def device_label() -> str:
 
 
 def model_picker(key: str, label: str = "Model", default: str = "efficientnet_lite0") -> Classifier:
-    """A model select box; stops the page with a clear message when the chosen model has no weights."""
+    """A model select box (registered models, then fine-tuned checkpoints marked ★); stops the page with a clear
+    message when the chosen model has no weights or its checkpoint cannot be loaded."""
     names = [s.name for s in list_models()]
     status = {n: weights_status(n) for n in names}
     names.sort(key=lambda n: not status[n][0])  # available first
+    checkpoints = fine_tuned()
+    status.update({k: (True, "") for k in checkpoints})
+    names = [n for n in names if status[n][0]] + list(checkpoints) + [n for n in names if not status[n][0]]
     pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
-                        format_func=lambda n: n if status[n][0] else f"{n} (no weights)")
+                        format_func=lambda n: model_title(n) if status[n][0] else f"{n} (no weights)")
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()
@@ -110,3 +144,117 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
                                     max_selections=None if multiple else 1)
             chosen += [(n, (folder / n).read_bytes()) for n in picked]
     return chosen
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def loader_workers() -> int:
+    """Data-loading processes for a fine-tune: the cores left over, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def dataset_folders() -> list[Path]:
+    """Dataset folders directly under the data root (and under its uploads/), sorted by name."""
+    root = data_root()
+    found = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name != "uploads"] \
+        if root.is_dir() else []
+    uploads = root / "uploads"
+    if uploads.is_dir():
+        for p in sorted(uploads.iterdir()):
+            if p.is_dir():
+                inner = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
+                found.append(inner[0] if len(inner) == 1 and not list_images(inner[0]) and
+                             any(c.is_dir() for c in inner[0].iterdir()) else p)
+    return found
+
+
+def extract_upload(name: str, data: bytes) -> Path:
+    """Extract an uploaded zip safely under ``<data root>/uploads/<name>-<hash>``; the same zip is reused."""
+    import hashlib
+
+    from carnet_core.uploads import safe_extract_zip
+
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
+    dest = data_root() / "uploads" / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
+    if dest.exists():
+        inner = [c for c in dest.iterdir() if not c.name.startswith(".")]
+        return inner[0] if len(inner) == 1 and inner[0].is_dir() else dest
+    return safe_extract_zip(data, dest)
+
+
+@st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)
+def _dataset_report(folder: str, mtime: float) -> dict:
+    from carnet_core.datacheck import validate_splits
+    from carnet_core.datasets import open_dataset
+
+    return validate_splits(open_dataset(folder)).to_dict()
+
+
+def dataset_report(folder: str) -> dict:
+    """The validation report of a dataset folder as a dict (cached until the folder changes)."""
+    path = Path(folder)
+    mtime = max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.iterdir()])
+    return _dataset_report(folder, mtime)
+
+
+@st.cache_data(show_spinner="Timing a training step on this machine…", max_entries=32)
+def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_train: int, n_val: int) -> dict:
+    from carnet_core.train import estimate_epoch_seconds
+
+    return estimate_epoch_seconds(model, head, img_size, batch_size, n_train, n_val)
+
+
+def mappings_dir() -> Path:
+    """Folder of label mapping files (dataset class → model classes): ``$CARNET_MAPPINGS_DIR`` or ``mappings/``."""
+    return Path(os.environ.get("CARNET_MAPPINGS_DIR", ROOT / "mappings"))
+
+
+def mapping_files() -> list[Path]:
+    folder = mappings_dir()
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".json", ".csv")) if folder.is_dir() else []
+
+
+def _key_mtime(key: str) -> float:
+    if key.startswith(CHECKPOINT_PREFIX):
+        path = Path(key[len(CHECKPOINT_PREFIX):])
+        return path.stat().st_mtime if path.exists() else 0.0
+    return 0.0
+
+
+def model_card(key: str) -> dict:
+    """The card of a registered model or checkpoint as a dict (:class:`carnet_core.cards.ModelCard` fields plus
+    ``has_weights``, ``metrics`` and the weights ``fingerprint``), cached per process. A registered model without
+    weights here gets a card counted on random weights (parameters and GMACs do not depend on them)."""
+    has_weights = key.startswith(CHECKPOINT_PREFIX) or weights_status(key)[0]
+    return _model_card(key, _key_mtime(key), has_weights)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _model_card(key: str, mtime: float, has_weights: bool) -> dict:
+    from carnet_core.cards import model_card as make_card
+    from carnet_core.engines import fingerprint
+
+    model = cached_model(key) if has_weights else load_model(key, weights="random", device="cpu")
+    card = make_card(key, model).to_dict()
+    card.update(has_weights=has_weights, metrics=dict(model.metrics or {}),
+                fingerprint=fingerprint(model) if has_weights else "")
+    return card
+
+
+def cached_cost(key: str) -> dict | None:
+    """Latency / peak memory measured earlier on this machine for this model's current weights, or None."""
+    from carnet_core.cards import cached_cost as read
+
+    card = model_card(key)
+    return read(key, card["fingerprint"]) if card["has_weights"] else None
+
+
+def measure(key: str) -> dict:
+    """Measure latency and peak memory of a model in a fresh process and cache the result (see carnet_core.cards)."""
+    from carnet_core.cards import measure_cost
+
+    card = model_card(key)
+    args = {"checkpoint": key[len(CHECKPOINT_PREFIX):]} if key.startswith(CHECKPOINT_PREFIX) else {"name": key}
+    return measure_cost(key, card["fingerprint"], args)

@@ -20,11 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carnet_core.train import TrainConfig, fine_tune  # noqa: E402
 
-#: One recipe for every dataset: standard timm transfer learning (AdamW, cosine, label smoothing, RandAugment),
-#: a 2-epoch head-only warm-up, then the whole network.
-RECIPE = dict(model="efficientnet_lite0", img_size=224, epochs=30, batch_size=32, lr=1e-3, weight_decay=0.05,
-              freeze_epochs=2, label_smoothing=0.1, randaugment="rand-m7-mstd0.5", mixup=0.0, cutmix=0.0,
-              ema_decay=None, keep_best=1)
+#: The recipe: LP-FT (fit the head on cached features, then fine-tune everything; Kumar et al. 2022) with AdamW,
+#: 1 warm-up epoch and cosine decay, label smoothing, RandAugment, bf16 autocast (AVX-512-BF16 / AMX CPUs, GPUs).
+RECIPE = dict(model="efficientnet_lite0", img_size=224, epochs=10, batch_size=32, lr=2e-4, weight_decay=0.05,
+              freeze_epochs=0, probe_init=True, warmup_epochs=1.0, label_smoothing=0.1,
+              randaugment="rand-m7-mstd0.5", precision="bf16-mixed", keep_best=1)
+#: Per-dataset changes: tiny_vehicles_6 photos are 100 px crops, 3× more of them.
+OVERRIDES = {"tiny_vehicles_6": dict(img_size=160, epochs=6)}
 LINEAR_PROBE = {"stanford_cars_40": 0.69, "tiny_vehicles_6": 0.96}  # val top-1, from the issue
 TARGET = {"stanford_cars_40": 0.80, "tiny_vehicles_6": 0.97}
 
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", nargs="+", help="dataset folders (class folders under train/ and val/)")
     ap.add_argument("--heads", nargs="+", default=["linear", "ml_decoder"], choices=["linear", "ml_decoder"])
     ap.add_argument("--out", default="runs/recipes")
-    ap.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
@@ -43,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     for data in args.data:
         name = Path(data).name
         for head in args.heads:
+            recipe = {**RECIPE, **OVERRIDES.get(name, {}), **({"epochs": args.epochs} if args.epochs else {})}
             cfg = TrainConfig(data=data, out=f"{args.out}/{name}-{head}", head=head, workers=args.workers,
-                              resume=False, **{**RECIPE, "epochs": args.epochs})
+                              resume=False, **recipe)
             t0 = time.perf_counter()
             result = fine_tune(cfg)
             best = max(result.history, key=lambda m: m.top1)
@@ -53,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                          "minutes": (time.perf_counter() - t0) / 60,
                          "images_per_s": sum(m.images_per_s for m in result.history) / len(result.history),
                          "linear_probe": LINEAR_PROBE.get(name), "target": TARGET.get(name),
-                         "checkpoint": str(result.best_checkpoint)})
+                         "checkpoint": str(result.best_checkpoint), "recipe": recipe})
             print(f"== {name} {head}: best val top-1 {best.top1:.1%} at epoch {best.epoch}", flush=True)
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\nEfficientNet-Lite0 fine-tune on {device}; recipe: {json.dumps({**RECIPE, 'epochs': args.epochs})}")
+    print(f"\nEfficientNet-Lite0 fine-tune on {device}; recipe: {json.dumps(RECIPE)}; per dataset: {OVERRIDES}")
     print(f"{'dataset':<18} {'head':<11} {'val top-1':>9} {'top-5':>7} {'epoch':>6} {'probe':>6} {'target':>7} {'min':>6}")
     for r in rows:
         probe = f"{r['linear_probe']:.0%}" if r["linear_probe"] else "-"
@@ -66,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['dataset']:<18} {r['head']:<11} {r['best_top1']:>9.1%} {r['best_top5']:>7.1%} "
               f"{r['best_epoch']:>6} {probe:>6} {target:>7} {r['minutes']:>6.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "recipe": {**RECIPE, "epochs": args.epochs},
-                                               "results": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"device": device, "results": rows}, indent=1))
     return 0
 
 

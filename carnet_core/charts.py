@@ -36,3 +36,106 @@ def accuracy_bar_figure(accuracy: dict[str, dict[str, float]]) -> go.Figure:
     fig.update_layout(barmode="group", yaxis=dict(range=[0, 100], title="accuracy (%)"), height=360,
                       margin=dict(l=0, r=0, t=10, b=0))
     return fig
+
+
+def training_curves_figure(history: Sequence[dict[str, float]], title: str | None = None) -> go.Figure:
+    """Live fine-tune curves: train / val loss, val top-1 / top-5 (%) and learning rate, per epoch.
+
+    Args:
+        history: per-epoch rows with ``epoch``, ``train_loss``, ``val_loss``, ``top1``, ``top5``, ``lr``
+            (:class:`carnet_core.train.EpochMetrics` as dicts, as in ``metrics.jsonl``).
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "val accuracy (%)", "learning rate"))
+    epochs = [r["epoch"] for r in history]
+    for key, name, col in (("train_loss", "train loss", 1), ("val_loss", "val loss", 1),
+                           ("top1", "top-1", 2), ("top5", "top-5", 2), ("lr", "learning rate", 3)):
+        scale = 100 if key in ("top1", "top5") else 1
+        fig.add_trace(go.Scatter(x=epochs, y=[r[key] * scale for r in history], name=name, mode="lines+markers"),
+                      row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(epochs) <= 15 else None)
+    fig.update_yaxes(type="log", row=1, col=3)
+    fig.update_layout(title=title, height=320, margin=dict(l=0, r=0, t=50 if title else 30, b=0),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def runs_overlay_figure(runs: dict[str, Sequence[dict[str, float]]], metric: str = "top1") -> go.Figure:
+    """One line per run of ``metric`` (``top1``, ``top5``, ``val_loss``, ``train_loss``) against epoch, to compare
+    fine-tunes. Accuracies are shown in %."""
+    scale = 100 if metric in ("top1", "top5") else 1
+    fig = go.Figure([go.Scatter(x=[r["epoch"] for r in rows], y=[r[metric] * scale for r in rows], name=label,
+                                mode="lines+markers") for label, rows in runs.items()])
+    label = {"top1": "val top-1 (%)", "top5": "val top-5 (%)", "val_loss": "val loss", "train_loss": "train loss"}
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label.get(metric, metric), height=340,
+                      margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def confusion_heatmap_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                             order: Sequence[int] | None = None, normalize: bool = True) -> go.Figure:
+    """Confusion matrix heatmap (rows = true class, columns = predicted), classes in ``order`` (e.g.
+    :func:`carnet_core.evaluate.confusion_order`, which puts confused classes together). With ``normalize`` each
+    row is shown as % of that class's images. Tick labels are hidden beyond 60 classes (hover shows the names), so
+    a 196-class matrix stays readable."""
+    import numpy as np
+
+    order = list(order) if order is not None else list(range(len(class_names)))
+    c = np.asarray(confusion, dtype=float)[np.ix_(order, order)]
+    names = [class_names[i] for i in order]
+    z = c / np.maximum(c.sum(1, keepdims=True), 1) * 100 if normalize else c
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Blues", customdata=c,
+                               colorbar=dict(title="% of row" if normalize else "images"),
+                               hovertemplate="true: %{y}<br>predicted: %{x}<br>%{z:.1f}"
+                                             + ("%" if normalize else "") + " (%{customdata:.0f} images)<extra></extra>"))
+    many = len(names) > 60
+    size = min(900, max(360, 14 * len(names) + 160))
+    fig.update_layout(height=size, margin=dict(l=0, r=0, t=10, b=0),
+                      xaxis=dict(title="predicted", showticklabels=not many, tickangle=-45),
+                      yaxis=dict(title="true", autorange="reversed", showticklabels=not many))
+    return fig
+
+
+def reliability_figure(reliability: Sequence[dict[str, float]], ece: float) -> go.Figure:
+    """Reliability diagram (Guo et al. 2017): accuracy against mean confidence per confidence bin (bars, width =
+    bin), the diagonal of perfect calibration, and the expected calibration error in the title."""
+    centers = [(b["bin_low"] + b["bin_high"]) / 2 * 100 for b in reliability]
+    fig = go.Figure([
+        go.Bar(x=centers, y=[b["accuracy"] * 100 for b in reliability], name="accuracy",
+               width=[(b["bin_high"] - b["bin_low"]) * 100 for b in reliability], marker_color="#2f7ed8",
+               customdata=[[b["confidence"] * 100, b["count"]] for b in reliability],
+               hovertemplate="confidence %{customdata[0]:.1f}%<br>accuracy %{y:.1f}%<br>%{customdata[1]} images"
+                             "<extra></extra>"),
+        go.Scatter(x=[0, 100], y=[0, 100], mode="lines", name="perfect calibration",
+                   line=dict(dash="dash", color="#888")),
+    ])
+    fig.update_layout(title=f"Expected calibration error: {ece * 100:.1f} %", height=360,
+                      xaxis=dict(title="confidence (%)", range=[0, 100]), yaxis=dict(title="accuracy (%)", range=[0, 100]),
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def cost_scatter_figure(rows: Sequence[dict]) -> go.Figure:
+    """Models as bubbles: batch-1 latency (ms) against top-1 accuracy (%) where known (else 0, marked "top-1
+    unknown"), bubble area ∝ parameters. Each row: name, latency_ms, top1 (0–1 or None), params, label_set."""
+    import math
+
+    known = [r for r in rows if r.get("latency_ms") is not None]
+    fig = go.Figure()
+    for has_acc in (True, False):
+        group = [r for r in known if (r.get("top1") is not None) == has_acc]
+        if not group:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r["latency_ms"] for r in group], y=[(r["top1"] or 0) * 100 for r in group],
+            mode="markers+text", text=[r["name"] for r in group], textposition="top center",
+            name="top-1 on its label set" if has_acc else "top-1 unknown",
+            marker=dict(size=[8 + 4 * math.sqrt(r["params"] / 1e6) for r in group], opacity=0.7,
+                        symbol="circle" if has_acc else "circle-open"),
+            customdata=[[r["params"] / 1e6, r.get("label_set", "")] for r in group],
+            hovertemplate="%{text}<br>%{x:.1f} ms<br>top-1 %{y:.1f}%<br>%{customdata[0]:.1f} M params · "
+                          "%{customdata[1]}<extra></extra>"))
+    fig.update_layout(xaxis_title="batch-1 latency on this machine (ms)", yaxis_title="val top-1 (%)", height=420,
+                      margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -153,24 +153,36 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import csv
+
     from .datasets import open_dataset
-    from .evaluate import evaluate
+    from .evaluate import evaluate, per_class_rows
+    from .folders import load_mapping
 
     model = _load_member(str(args.checkpoint), not args.no_hub)
     splits = open_dataset(args.data, args.kind)
-    report = evaluate(model, splits.val)
+    dataset = splits.val if args.split == "val" else splits.train
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    report = evaluate(model, dataset, mapping=mapping)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["class", "accuracy", "images", "most often predicted instead", "times"])
+            writer.writeheader()
+            writer.writerows(per_class_rows(report))
     if args.json:
-        print(json.dumps({"model": model.name, "data": str(args.data), "split": splits.val.name, **report.to_dict()},
+        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name, **report.to_dict()},
                          indent=2))
         return 0
-    print(f"{model.name} on {splits.val.name}: {report.num_images} images")
+    print(f"{model.name} on {dataset.name}: {report.num_images} images")
     print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  ECE {report.ece:.3f}")
     for level, acc in report.hierarchy.items():
         print(f"{level} accuracy {acc:.1%}")
-    worst = sorted(report.per_class.items(), key=lambda kv: kv[1]["accuracy"])[:5]
-    print("worst classes: " + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in worst))
+    worst = per_class_rows(report)[:5]
+    print("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.0%}" for r in worst))
     for a, b, n in report.most_confused(5):
         print(f"  {a} → {b}: {n}")
+    if args.csv:
+        print(f"per-class table written to {args.csv}")
     return 0
 
 
@@ -180,7 +192,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, fine_tune
 
     known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    if given.get("randaugment") == "none":  # flip + crop only
+        given["randaugment"] = None
+    cfg = TrainConfig(**given)
     result = fine_tune(cfg)
     if result.best_checkpoint:
         print(f"best val top-1 {result.best_top1:.1%}: {result.best_checkpoint}")
@@ -245,10 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_validate_data)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a checkpoint on a dataset's val split")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a model or checkpoint on a "
+                                        "dataset split (the Evaluate page's numbers)")
+    p.add_argument("checkpoint", help="a CarNet checkpoint file or a registry model name")
     p.add_argument("data", type=Path)
     p.add_argument("--kind", default="auto", choices=kinds)
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
+    p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-hub", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
@@ -263,11 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--head-lr-scale", type=float, help="head LR = lr × this (default 10)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
     p.add_argument("--scheduler", choices=["cosine", "plateau"])
-    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--freeze-epochs", type=int)
+    p.add_argument("--no-probe-init", dest="probe_init", action="store_false", default=None,
+                   help="skip LP-FT's first step (fitting the head on cached backbone features)")
+    p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--train-bn", dest="bn_eval", action="store_false", default=None,
+                   help="update BatchNorm statistics while fine-tuning (default: keep the pretrained ones)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--mixup", type=float)
     p.add_argument("--cutmix", type=float)
@@ -285,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
     p.add_argument("--limit-train-batches", type=int)
+    p.add_argument("--loggers", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+                   help="also log to tensorboard, mlflow and/or wandb (offline), comma-separated")
     p.set_defaults(func=_cmd_train)
     return parser
 
@@ -292,8 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error)."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "randaugment", None) == "none":
-        args.randaugment = None
     if isinstance(getattr(args, "devices", None), str) and args.devices.isdigit():
         args.devices = int(args.devices)
     if getattr(args, "topk", 1) < 1:

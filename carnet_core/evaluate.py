@@ -5,7 +5,7 @@ make / model / year hierarchy, accuracy at each level."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -98,18 +98,38 @@ def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_
 
 
 def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
-             progress: Callable[[float], None] | None = None) -> EvalReport:
-    """Evaluate ``model`` on ``dataset`` (whose class names must be the model's, in any order).
+             progress: Callable[[float], None] | None = None, mapping: dict[str, list[str]] | None = None) -> EvalReport:
+    """Evaluate ``model`` on ``dataset`` through the fast inference engine (:mod:`carnet_core.engines`).
+
+    Args:
+        model: any classifier; its class names must be the dataset's (in any order) unless ``mapping`` is given.
+        dataset: labelled images (any reader of :mod:`carnet_core.datasets`).
+        batch_size: images per forward pass.
+        progress: called with the fraction done (0–1) after each batch.
+        mapping: dataset class → model classes (e.g. ``mappings/tiny_vehicles_6_to_imagenet.json``) to score an
+            ImageNet model on other labels: its probabilities are summed per dataset class
+            (:class:`carnet_core.folders.LabelProjection`) and renormalised over the dataset's classes.
 
     Raises:
-        CarNetError: the label sets differ (the message names the difference), or no image could be read.
+        CarNetError: the label sets differ and no mapping is given (the message names the difference), a bad
+            mapping, or no image could be read.
     """
-    if set(dataset.class_names) != set(model.class_names):
-        only_d = sorted(set(dataset.class_names) - set(model.class_names))[:5]
-        only_m = sorted(set(model.class_names) - set(dataset.class_names))[:5]
-        raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: {', '.join(only_d) or '—'}; "
-                          f"only in the model: {', '.join(only_m) or '—'}")
-    to_model = [model.class_names.index(c) for c in dataset.class_names]
+    projection = None
+    if mapping is not None:
+        from .folders import LabelProjection
+
+        projection = LabelProjection(dataset.class_names, model.class_names, mapping)
+        names = list(dataset.class_names)
+        to_index = list(range(len(names)))
+    else:
+        if set(dataset.class_names) != set(model.class_names):
+            only_d = sorted(set(dataset.class_names) - set(model.class_names))[:5]
+            only_m = sorted(set(model.class_names) - set(dataset.class_names))[:5]
+            raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: "
+                              f"{', '.join(only_d) or '—'}; only in the model: {', '.join(only_m) or '—'} "
+                              f"(for an ImageNet model, give a mapping file)")
+        names = list(model.class_names)
+        to_index = [names.index(c) for c in dataset.class_names]
     probs, labels, rows, skipped = [], [], [], []
     for start in range(0, len(dataset), batch_size):
         images = []
@@ -120,19 +140,112 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
             except ImageError as exc:
                 skipped.append((str(item), str(exc)))
                 continue
-            labels.append(to_model[label])
+            labels.append(to_index[label])
             rows.append(str(item) if not isinstance(item, np.ndarray) else f"#{i}")
         if images:
-            probs.append(predict_probabilities(model, model.preprocess(images)))
+            p = predict_probabilities(model, model.preprocess(images))
+            if projection is not None:
+                p = projection.project(p)
+                p = p / p.sum(1, keepdim=True).clamp_min(1e-12)
+            probs.append(p)
         if progress:
             progress(min(1.0, (start + batch_size) / len(dataset)))
     if not probs:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
     p, y = torch.cat(probs), torch.tensor(labels)
-    names = list(model.class_names)
     m = metrics_from_probabilities(p, y, names, dataset.hierarchy)
     conf, pred = p.max(1)
     predictions = [{"path": r, "label": names[int(t)], "predicted": names[int(q)], "confidence": float(c)}
                    for r, t, q, c in zip(rows, y, pred, conf)]
     return EvalReport(names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"],
                       m["hierarchy"], predictions, skipped)
+
+
+def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
+    """A class order that puts classes confused with each other next to each other: average-linkage clustering of
+    the symmetrised, row-normalised confusion matrix with optimal leaf ordering (``scipy.cluster.hierarchy``), so a
+    196-class heatmap shows blocks instead of scattered dots. Returns indices into the class list."""
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import squareform
+
+    c = np.asarray(confusion, dtype=float)
+    if len(c) < 3:
+        return list(range(len(c)))
+    rates = c / np.maximum(c.sum(1, keepdims=True), 1)
+    similarity = (rates + rates.T) / 2
+    np.fill_diagonal(similarity, 0)
+    distance = 1.0 - similarity / max(similarity.max(), 1e-12)
+    np.fill_diagonal(distance, 0)
+    condensed = squareform(distance, checks=False)
+    tree = optimal_leaf_ordering(linkage(condensed, method="average"), condensed)
+    return [int(i) for i in leaves_list(tree)]
+
+
+def report_from_dict(data: dict) -> EvalReport:
+    """Rebuild an :class:`EvalReport` from :meth:`EvalReport.to_dict` (the evaluation cache and JSON exports)."""
+    return EvalReport(data["class_names"], data["num_images"], data["top1"], data["top5"], data["per_class"],
+                      data["confusion"], data["ece"], data["reliability"], data.get("hierarchy", {}),
+                      data.get("predictions", []), [(d["path"], d["reason"]) for d in data.get("skipped", [])])
+
+
+def per_class_rows(report: EvalReport) -> list[dict]:
+    """Per-class table rows, worst accuracy first: class, accuracy, images, most frequent wrong prediction."""
+    c = np.array(report.confusion)
+    rows = []
+    for i, name in enumerate(report.class_names):
+        off = c[i].copy()
+        off[i] = 0
+        j = int(off.argmax())
+        rows.append({"class": name, "accuracy": report.per_class[name]["accuracy"],
+                     "images": report.per_class[name]["count"],
+                     "most often predicted instead": report.class_names[j] if off[j] else "",
+                     "times": int(off[j])})
+    return sorted(rows, key=lambda r: (np.nan_to_num(r["accuracy"], nan=2.0), r["class"]))
+
+
+def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict | None = None) -> str:
+    """Identifies an evaluation: the model's weights fingerprint, the dataset's files (paths, sizes, mtimes) and
+    the mapping. A changed checkpoint or dataset gets a new key."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .engines import fingerprint
+
+    h = hashlib.sha256(fingerprint(model).encode())
+    h.update(json.dumps(mapping, sort_keys=True).encode())
+    h.update(json.dumps(list(dataset.class_names)).encode())
+    for item, label in dataset.items:
+        if isinstance(item, (str, Path)):
+            st = Path(item).stat() if Path(item).exists() else None
+            h.update(f"{item}|{label}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+        else:
+            h.update(np.ascontiguousarray(item).tobytes()[:4096])
+            h.update(str(label).encode())
+    return h.hexdigest()[:24]
+
+
+def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | None = None,
+                    progress: Callable[[float], None] | None = None, mapping: dict | None = None,
+                    refresh: bool = False) -> tuple[EvalReport, bool]:
+    """:func:`evaluate` with its report cached as JSON under ``cache_dir`` (default
+    ``$CARNET_CACHE_DIR/evaluations``). Returns (report, came from the cache)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from .engines import cache_dir as default_cache_dir
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir() / "evaluations"
+    path = root / f"{evaluation_cache_key(model, dataset, mapping)}.json"
+    if path.exists() and not refresh:
+        try:
+            return report_from_dict(json.loads(path.read_text())), True
+        except (ValueError, KeyError):
+            pass
+    report = evaluate(model, dataset, progress=progress, mapping=mapping)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report.to_dict()))
+    os.replace(tmp, path)
+    return report, False

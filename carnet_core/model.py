@@ -265,7 +265,8 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
     return Classifier(module=module, name=meta.get("name") or path.stem, arch=meta["arch"],
                       family=meta.get("family", ""), head=meta.get("head", "linear"), class_names=class_names,
                       data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
-                      label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}))
+                      label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}),
+                      extra={k: meta[k] for k in ("dataset", "recipe") if meta.get(k) is not None})
 
 
 def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: Path | None,

@@ -102,3 +102,79 @@ def get_spec(name: str) -> ModelSpec:
         return _MODELS[name]
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_MODELS)}") from None
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A fine-tuned CarNet checkpoint found on disk, listed next to the registered models (read from its metadata
+    only: listing never loads tensors)."""
+
+    path: "Path"
+    name: str
+    arch: str
+    head: str
+    label_set: str
+    class_names: tuple[str, ...]
+    metrics: dict
+    dataset: str | None
+    recipe: dict | None
+
+    @property
+    def title(self) -> str:
+        """E.g. ``"efficientnet_lite0-cars-e7 (20261121-101500-ab12cd) · linear · 40 classes · top-1 81.2 %"``: the
+        checkpoint's name, its run folder, head, label-set size and validation top-1."""
+        top1 = self.metrics.get("top1") if self.metrics else None
+        return " · ".join([f"{self.name} ({self.path.parent.name})", self.head, f"{len(self.class_names)} classes"]
+                          + ([f"top-1 {top1 * 100:.1f} %"] if top1 is not None else []))
+
+
+def list_checkpoints(folders: "list[Path | str] | None" = None) -> list[CheckpointEntry]:
+    """CarNet checkpoints under ``folders`` (default: the fine-tune jobs folder and the weights folder), newest
+    first. In a folder of one training run only its best checkpoint is listed (``best-eNNN-top1-XX.X``; else
+    ``last``). Unreadable or foreign files are skipped.
+    """
+    from pathlib import Path
+
+    from .checkpoint import read_metadata
+    from .errors import CarNetError
+
+    if folders is None:
+        from .jobs import jobs_dir
+        from .weights import weights_dir
+
+        folders = [jobs_dir(), weights_dir()]
+    found: dict[Path, Path] = {}  # run folder (or the file itself) -> chosen file
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.safetensors")):
+            if path.name.startswith("."):
+                continue
+            if path.name.startswith("best-e") or path.name == "last.safetensors":
+                current = found.get(path.parent)
+                if current is None or _run_rank(path) > _run_rank(current):
+                    found[path.parent] = path
+            else:
+                found[path] = path
+    entries = []
+    for path in found.values():
+        try:
+            meta = read_metadata(path)
+        except CarNetError:
+            continue
+        if not meta or "arch" not in meta or "class_names" not in meta:
+            continue
+        entries.append(CheckpointEntry(path, meta.get("name", path.stem), meta["arch"], meta.get("head", "linear"),
+                                       meta.get("label_set", ""), tuple(meta["class_names"]), meta.get("metrics") or {},
+                                       meta.get("dataset"), meta.get("recipe")))
+    return sorted(entries, key=lambda e: e.path.stat().st_mtime, reverse=True)
+
+
+def _run_rank(path: "Path") -> tuple[int, float]:
+    """Order of preference inside a run folder: any best-* (by top-1) over last.safetensors."""
+    if path.name.startswith("best-e"):
+        try:
+            return (1, float(path.stem.rsplit("-", 1)[1]))
+        except ValueError:
+            return (1, 0.0)
+    return (0, 0.0)

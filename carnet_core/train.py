@@ -4,7 +4,9 @@ Devices, precision and multi-GPU come from Lightning Fabric (the same command ru
 and several nodes); models, transforms, optimizers, schedules, mixup/cutmix, label smoothing and EMA from timm.
 Ours is the loop: freeze-backbone warm-up, early stopping on val top-1, best-k CarNet checkpoints, per-epoch
 metrics (CSV + JSONL), and resume after a crash or kill from the last finished epoch (state written atomically).
-Hooks for callers (Lightning-style callbacks): ``on_epoch_end(trainer, metrics)`` and ``should_stop(trainer)``.
+Hooks for callers (Lightning-style callbacks): ``on_train_batch_end(trainer, epoch, step, num_steps)``,
+``on_epoch_end(trainer, metrics)`` and ``should_stop(trainer)`` (asked after every batch: a stop mid-epoch drops only
+that epoch's unfinished work; the last finished epoch stays resumable).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from .model import Classifier, build_module, load_model
 from .registry import get_spec
 from .weights import WeightsSource
 
+PROBE_MAX_MB = 2048  # cached feature maps for probe_init, at most
 STATE_FILE = "last_state.pt"  # optimizer/scheduler/progress for resume; weights beside it in last.safetensors
 
 
@@ -43,16 +47,25 @@ class TrainConfig:
     img_size: int | None = None          # default: the model's data config
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-4                     # backbone learning rate (peak of the schedule)
+    head_lr_scale: float = 10.0          # the new head learns this many times faster (discriminative LRs); 1 after
+                                         # probe_init, whose head is already fitted (LP-FT fine-tunes all alike)
     weight_decay: float = 0.05
     optimizer: str = "adamw"             # or "sgd" (momentum 0.9)
     scheduler: str = "cosine"            # or "plateau" (reduce on val top-1 plateau)
-    warmup_epochs: int = 0              # linear LR warm-up epochs (the head-only epochs already warm the head up)
-    freeze_epochs: int = 1               # train only the head for this many epochs, then everything
+    warmup_epochs: float = 1.0           # linear LR warm-up once the backbone is unfrozen (Adam's first full-size
+                                         # steps on a pretrained backbone otherwise wreck its features)
+    freeze_epochs: int = 0               # train only the head for this many epochs, then everything
+    bn_eval: bool = True                 # BatchNorm keeps its pretrained statistics while fine-tuning (Keras'
+                                         # transfer-learning guide; robust with small datasets and batches)
+    probe_init: bool = True              # LP-FT: first fit the head on cached backbone features (Kumar et al. 2022)
+    probe_epochs: int = 40               # passes over the cached features for probe_init (seconds, not minutes)
     label_smoothing: float = 0.1
     mixup: float = 0.0                   # mixup alpha (0 = off)
     cutmix: float = 0.0                  # cutmix alpha (0 = off)
     randaugment: str | None = "rand-m7-mstd0.5"  # timm auto-augment string, None = resize/crop/flip only
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range (ImageNet from scratch: 0.08–1;
+                                         # on whole-car photos a 8 % crop is a wheel, not a car)
     ema_decay: float | None = None       # e.g. 0.999; validation then uses the EMA weights
     early_stopping: int | None = None    # stop after this many epochs without a better val top-1
     keep_best: int = 2
@@ -101,7 +114,8 @@ def _transforms(data_config: dict, cfg: TrainConfig):
 
     dc = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()}
     train_tf = timm.data.create_transform(input_size=dc["input_size"], is_training=True, auto_augment=cfg.randaugment,
-                                          interpolation=dc["interpolation"], mean=dc["mean"], std=dc["std"])
+                                          interpolation=dc["interpolation"], mean=dc["mean"], std=dc["std"],
+                                          scale=tuple(cfg.crop_scale))
     eval_tf = timm.data.create_transform(**dc, is_training=False)
     return train_tf, eval_tf
 
@@ -131,6 +145,49 @@ def _initial_model(cfg: TrainConfig, class_names: tuple[str, ...]) -> Classifier
                       label_set=Path(cfg.data).name)
 
 
+def _param_groups(backbone: Sequence[torch.nn.Parameter], head: Sequence[torch.nn.Parameter],
+                  cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone at ``lr``, head at ``lr * head_lr_scale``; no weight decay on biases and norm weights (ndim <= 1),
+    as timm's ``param_groups_weight_decay``. The backbone's decayed group comes first (it is the logged LR)."""
+    groups = []
+    for params, lr in ((backbone, cfg.lr), (head, cfg.lr * (1.0 if cfg.probe_init else cfg.head_lr_scale))):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _cosine_after_freeze(cfg: TrainConfig, steps_per_epoch: int):
+    """LR factor per optimizer step for ``LambdaLR``: 1 during the head-only epochs, then a linear warm-up from 1 %
+    over ``warmup_epochs`` and a cosine decay to 1 % at the last step (timm's cosine-with-warmup, counted from the
+    moment the backbone starts learning)."""
+    import math
+
+    frozen = cfg.freeze_epochs * steps_per_epoch
+    total = max(1, (cfg.epochs - cfg.freeze_epochs) * steps_per_epoch)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        u = step - frozen
+        if u < 0:
+            return 1.0
+        if u < warmup:
+            return 0.01 + 0.99 * u / warmup
+        progress = (u - warmup) / max(1, total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _backbone_norms_eval(module: torch.nn.Module) -> None:
+    head = module.get_classifier()
+    head_modules = set(head.modules())
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub not in head_modules:
+            sub.eval()
+
+
 def _head_prefix(module: torch.nn.Module) -> str:
     head = module.get_classifier()
     for name, sub in module.named_modules():
@@ -140,6 +197,11 @@ def _head_prefix(module: torch.nn.Module) -> str:
 
 
 def _loggers(cfg: TrainConfig, out: Path):
+    """Fabric loggers for ``cfg.loggers``: TensorBoard (Fabric's own), MLflow and Weights & Biases (thin adapters
+    in :mod:`carnet_core._loggers`; W&B offline unless ``WANDB_MODE`` says otherwise, MLflow to ``out/mlruns`` unless
+    ``MLFLOW_TRACKING_URI`` is set)."""
+    from . import _loggers
+
     made = []
     for name in cfg.loggers:
         try:
@@ -147,14 +209,16 @@ def _loggers(cfg: TrainConfig, out: Path):
                 from lightning_fabric.loggers import TensorBoardLogger
 
                 made.append(TensorBoardLogger(str(out), name="tensorboard"))
-            elif name in ("mlflow", "wandb"):
-                raise CarNetError(f"the {name} logger is not wired in this version; metrics are in "
-                                  f"{out}/metrics.csv and metrics.jsonl")
+            elif name == "mlflow":
+                made.append(_loggers.MLflowLogger(out, asdict(cfg)))
+            elif name == "wandb":
+                made.append(_loggers.WandbLogger(out, asdict(cfg)))
             else:
-                raise CarNetError(f"unknown logger {name!r}; choose tensorboard")
+                raise CarNetError(f"unknown logger {name!r}; choose tensorboard, mlflow or wandb")
         except ModuleNotFoundError as exc:
-            raise CarNetError(f"the {name} logger needs a package that is not installed: {exc.name} "
-                              f"(pip install {exc.name})") from None
+            package = exc.name or ("tensorboardX" if name == "tensorboard" else name)
+            raise CarNetError(f"the {name} logger needs a package that is not installed: {package} "
+                              f"(pip install {package})") from None
     return made
 
 
@@ -184,7 +248,6 @@ class Trainer:
         """
         import timm
         import timm.optim
-        import timm.scheduler
         import timm.utils
         from lightning_fabric import Fabric
         from timm.data import Mixup
@@ -219,15 +282,14 @@ class Trainer:
         val_loader = torch.utils.data.DataLoader(val_ds.with_transform(eval_tf), shuffle=False, **loader_kw)
         train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
 
-        module = clf.module
-        if fabric.device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
-        backbone_params, _ = clf.backbone_and_head()
-        optimizer = timm.optim.create_optimizer_v2(module, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                   momentum=0.9)
-        if cfg.scheduler == "cosine":
-            scheduler = timm.scheduler.CosineLRScheduler(optimizer, t_initial=cfg.epochs, lr_min=cfg.lr * 0.01,
-                                                         warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr * 0.01)
+        module = clf.module.to(memory_format=torch.channels_last)  # faster convolutions on GPUs and on CPUs
+        backbone_params, head_params = clf.backbone_and_head()
+        head_params = list(head_params)
+        optimizer = timm.optim.create_optimizer_v2(_param_groups(backbone_params, head_params, cfg), opt=cfg.optimizer,
+                                                   lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+        steps_per_epoch = min(len(train_loader), cfg.limit_train_batches or len(train_loader))
+        if cfg.scheduler == "cosine":  # stepped after every optimizer step
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_after_freeze(cfg, steps_per_epoch))
         elif cfg.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=2)
         else:
@@ -244,6 +306,10 @@ class Trainer:
         if cfg.resume and state_path.is_file():
             start_epoch, history, best = self._resume(state_path, module, optimizer, scheduler, ema)
             fabric.print(f"resuming after epoch {start_epoch} from {state_path}")
+        elif cfg.probe_init:
+            self._probe_init(module, train_ds.with_transform(eval_tf), head_params, len(splits.class_names))
+            if ema is not None:
+                ema.set(module)
 
         result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history)
         since_best = 0
@@ -252,14 +318,18 @@ class Trainer:
             for p in backbone_params:
                 p.requires_grad_(not frozen)
             module.train()
+            if frozen or cfg.bn_eval:  # pretrained BatchNorm statistics kept (inference mode), see bn_eval
+                _backbone_norms_eval(clf.module)
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}{' (head only)' if frozen else ''}",
-                       disable=not fabric.is_global_zero, leave=False)
+                       disable=not (fabric.is_global_zero and sys.stderr.isatty()), leave=False)
+            num_steps = min(len(train_loader), cfg.limit_train_batches or len(train_loader))
+            stop_now = False
+            lr = optimizer.param_groups[0]["lr"]
             for step, (x, y) in enumerate(bar):
                 if cfg.limit_train_batches is not None and step >= cfg.limit_train_batches:
                     break
-                if fabric.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 target = y
                 if mixup is not None and len(x) % 2 == 0:
                     x, target = mixup(x, y)
@@ -269,19 +339,27 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]  # the backbone's LR of this step (logged per epoch)
+                if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step()
                 if ema is not None:
                     ema.update(module)
                 seen += len(x)
                 loss_sum += float(loss.detach()) * len(x)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+                self._call("on_train_batch_end", epoch + 1, step + 1, num_steps)
+                if any(self._call("should_stop")):
+                    stop_now = True
+                    break
+            if stop_now:
+                fabric.print(f"stopped during epoch {epoch + 1}; epochs 1–{epoch} are saved and resumable")
+                result.cancelled = True
+                break
             train_seconds = time.perf_counter() - t0
             eval_module = ema.module if ema is not None else module
             val_loss, top1, top5 = self._validate(eval_module, val_loader, val_loss_fn)
-            lr = optimizer.param_groups[0]["lr"]
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(top1)
-            else:
-                scheduler.step(epoch + 1)
             seen_all = float(fabric.all_reduce(torch.tensor(float(seen), device=fabric.device), reduce_op="sum"))
             loss_all = float(fabric.all_reduce(torch.tensor(loss_sum, device=fabric.device), reduce_op="sum"))
             metrics = EpochMetrics(epoch + 1, loss_all / max(seen_all, 1), val_loss, top1, top5, lr,
@@ -306,7 +384,51 @@ class Trainer:
                 result.stopped_early = True
                 break
         self._write_rank_fingerprint(module)
+        for logger in fabric.loggers:
+            logger.finalize("success" if not result.cancelled else "aborted")
         return result
+
+    def _probe_init(self, module, dataset, head_params, num_classes: int) -> None:
+        """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): fit the new head on the frozen
+        backbone's features of the (un-augmented) train images, cached once, before fine-tuning everything. One
+        pass of inference replaces the slow head-only epochs, and fine-tuning starts from a linear probe."""
+        cfg, fabric = self.cfg, self.fabric
+        raw = getattr(module, "module", module)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
+        raw.eval()
+        feats, labels = [], []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for x, y in loader:
+                x = x.to(fabric.device).contiguous(memory_format=torch.channels_last)
+                with fabric.autocast():
+                    feats.append(raw.forward_features(x).float())
+                labels.append(y.to(fabric.device))
+                need_mb = feats[0][0].numel() * 4 * len(dataset) / 2**20
+                if need_mb > PROBE_MAX_MB:
+                    fabric.print(f"probe init skipped: caching the features would take {need_mb:,.0f} MB "
+                                 f"(limit {PROBE_MAX_MB} MB); the head-only epochs warm the head up instead")
+                    return
+        feats, labels = torch.cat(feats), torch.cat(labels)
+        lr = 1e-2 if cfg.head == "linear" else 1e-3  # a linear head takes a large step; attention layers do not
+        optimizer = torch.optim.AdamW(head_params, lr=lr, weight_decay=cfg.weight_decay)
+        steps = cfg.probe_epochs * max(1, -(-len(feats) // cfg.batch_size))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.probe_epochs):
+            for idx in torch.randperm(len(feats), generator=generator).split(cfg.batch_size):
+                idx = idx.to(feats.device)
+                loss = loss_fn(raw.forward_head(feats[idx]), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        with torch.no_grad():
+            acc = float((raw.forward_head(feats).argmax(1) == labels).float().mean())
+        fabric.print(f"probe init: head fitted on {len(feats)} cached feature maps in {time.perf_counter() - t0:.0f} s "
+                     f"(train top-1 {acc:.1%}, loss {float(loss.detach()):.3f})")
+        del feats
 
     def _validate(self, module, loader, loss_fn) -> tuple[float, float, float]:
         module.eval()
@@ -404,3 +526,54 @@ class Trainer:
 def fine_tune(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Run :class:`Trainer` for ``cfg``."""
     return Trainer(cfg, callbacks).fit()
+
+
+def estimate_epoch_seconds(model: str, head: str, img_size: int, batch_size: int, num_train: int, num_val: int,
+                           device: str | torch.device | None = None, steps: int = 2) -> dict[str, float]:
+    """Measure one fine-tuning step on this machine and extrapolate to an epoch.
+
+    Builds the architecture with random weights (speed does not depend on them), then times ``steps`` training
+    steps (forward, backward, AdamW update; channels_last, bf16 autocast on GPUs) of a random batch after one
+    warm-up step, and one evaluation batch. Data loading is not included.
+
+    Returns:
+        ``{"train_s", "val_s", "epoch_s", "train_images_per_s"}`` (seconds per epoch, images per second).
+    Raises:
+        UnknownModelError: ``model`` is not registered.
+    """
+    spec = get_spec(model)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = build_module(spec.arch, head, 10).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        with torch.autocast(**amp):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    train_per_image = (time.perf_counter() - t0) / (steps * batch_size)
+    module.eval()
+    with torch.no_grad(), torch.autocast(**amp):
+        module(x)
+        sync()
+        t0 = time.perf_counter()
+        module(x)
+        sync()
+    val_per_image = (time.perf_counter() - t0) / batch_size
+    train_s, val_s = train_per_image * num_train, val_per_image * num_val
+    return {"train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s, "train_images_per_s": 1 / train_per_image}

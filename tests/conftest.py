@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CARNET_SHARED_DIR", ROOT.parent / "shared"))
@@ -48,3 +50,28 @@ def lite0():
 def car_photos() -> list[Path]:
     """All real Stanford Cars validation photos (274), sorted."""
     return sorted(need(CARS_VAL).glob("*/*.jpg"))
+
+
+# --- generated data: 3 classes of noisy flat colours, learnable in a few CPU seconds -------------------------
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def colour_image(rgb, seed, size=48):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(np.clip(np.array(rgb) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def colour_folder(tmp_path_factory):
+    """3 classes × 24 noisy flat-colour images, class folders only (the reader splits them)."""
+    root = tmp_path_factory.mktemp("colours")
+    for k, (c, rgb) in enumerate(COLOURS.items()):
+        (root / c).mkdir()
+        for i in range(24):
+            colour_image(rgb, 100 * k + i).save(root / c / f"{i:02d}.png")
+    return root
+
+
+FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-3, randaugment=None,
+            label_smoothing=0.0, probe_init=False, freeze_epochs=1)

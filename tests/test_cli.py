@@ -52,3 +52,10 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     assert Image.open(out_png).size == (224, 224) and data["layer"] == "bn2" and data["class"]
     out = run_cli("explain", str(car_photos[0]), "--class", "sport car", "--out", str(out_png))
     assert out.returncode == 2 and "did you mean 'sports car'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_procfile_serves_headless_on_port_in_hosted_mode():
+    line = (ROOT / "Procfile").read_text().strip()
+    assert line.startswith("web: ") and "streamlit run app.py" in line
+    assert "--server.headless true" in line and "--server.port $PORT" in line
+    assert "CARNET_HOSTED=${CARNET_HOSTED:-1}" in line  # public deployments cannot train unless told otherwise

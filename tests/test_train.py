@@ -20,30 +20,7 @@ from carnet_core.datasets import open_dataset, parse_car_name, read_cifar100, re
 from carnet_core.evaluate import evaluate, metrics_from_probabilities
 from carnet_core.train import TrainConfig, Trainer, fine_tune
 
-from conftest import ROOT
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-
-
-def colour_image(rgb, seed, size=48):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(np.clip(np.array(rgb) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def colour_folder(tmp_path_factory):
-    """3 classes × 24 noisy flat-colour images, class folders only (the reader splits them)."""
-    root = tmp_path_factory.mktemp("colours")
-    for k, (c, rgb) in enumerate(COLOURS.items()):
-        (root / c).mkdir()
-        for i in range(24):
-            colour_image(rgb, 100 * k + i).save(root / c / f"{i:02d}.png")
-    return root
-
-
-FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-3, randaugment=None,
-            label_smoothing=0.0)
-
+from conftest import COLOURS, FAST, ROOT, SHARED, colour_image, need
 
 # --- readers -------------------------------------------------------------------------------------------------
 
@@ -285,6 +262,27 @@ def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_pat
     assert f"resuming after epoch {done[-1]}" in output
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
+    from carnet_core.checkpoint import read_metadata
+
+    assert read_metadata(tmp_path / "last.safetensors")["recipe"]["randaugment"] is None  # "--randaugment none"
+
+
+def test_real_fine_tune_clearly_beats_the_linear_probe(tmp_path):
+    """EfficientNet-Lite0 (bundled ImageNet weights) fine-tuned on the 824 real Stanford Cars train photos of
+    ../shared (40 classes), scored on their 274 val photos. A linear probe (frozen Lite0 features + logistic
+    regression, measured independently) reaches 69 % val top-1.
+
+    Short CPU recipe (~3 min here): LP-FT — head fitted on cached features, then 3 epochs of everything at 224 px,
+    AdamW 2e-4 with 1 warm-up epoch and cosine decay, RandAugment m7, bf16 autocast. Measured: 75.5 %. The full
+    recipe (bench/recipes.py, README) trains longer.
+    """
+    data = need(SHARED / "data" / "stanford_cars_40")
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path), img_size=224, epochs=3, lr=2e-4,
+                                   precision="bf16-mixed", workers=2, keep_best=1))
+    print(f"val top-1 per epoch: {[round(h.top1, 3) for h in result.history]}")
+    assert result.best_top1 >= 0.73  # the linear probe: 0.69
+    model = load_model(checkpoint=result.best_checkpoint, device="cpu")
+    assert len(model.class_names) == 40 and model.data_config["input_size"] == [3, 224, 224]
 
 
 def test_two_cpu_processes_end_with_identical_weights(colour_folder, tmp_path):
@@ -297,3 +295,17 @@ def test_two_cpu_processes_end_with_identical_weights(colour_folder, tmp_path):
     ranks = sorted((tmp_path / "rank_weights").glob("rank*.sha256"))
     assert [p.name for p in ranks] == ["rank0.sha256", "rank1.sha256"]
     assert ranks[0].read_text() == ranks[1].read_text()
+
+
+def test_metrics_also_go_to_tensorboard_mlflow_and_wandb_offline(colour_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=2,
+                          loggers=("tensorboard", "mlflow", "wandb"), **FAST))
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    [top1] = list((tmp_path / "mlruns").rglob("metrics/top1"))
+    steps = [int(line.split()[2]) for line in top1.read_text().splitlines()]
+    assert steps == [1, 2]  # one value per epoch, stepped by epoch
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    with pytest.raises(CarNetError, match="unknown logger"):
+        fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path / "x"), epochs=1, loggers=("comet",), **FAST))

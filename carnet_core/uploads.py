@@ -1,0 +1,108 @@
+"""Safe extraction of an uploaded zip of class folders (the fine-tune page's "upload a dataset").
+
+Refused, with a message naming the member: absolute paths and ``..`` (path traversal, "zip slip"), links, more
+than ``max_files`` members, more than ``max_bytes`` uncompressed (counted while writing, so a zip that lies about
+its sizes is stopped too), and members compressed more than ``max_ratio`` times (zip bombs). Nothing is written
+outside ``dest``; a refused zip leaves no partial folder behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from .errors import CarNetError
+
+MAX_FILES = 50_000
+MAX_BYTES = 2 * 1024**3  # 2 GiB uncompressed
+MAX_RATIO = 200          # a JPEG compresses ~1×; 200× is a bomb
+_SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
+
+
+class UnsafeArchiveError(CarNetError, ValueError):
+    """A zip that cannot be extracted safely (traversal, links, too many files, too large, a bomb)."""
+
+
+def safe_extract_zip(source: str | os.PathLike | bytes | BinaryIO, dest: str | os.PathLike, *,
+                     max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES, max_ratio: float = MAX_RATIO) -> Path:
+    """Extract a zip into the new folder ``dest`` and return the dataset root inside it.
+
+    Args:
+        source: a path, the zip's bytes, or a binary file object (e.g. a Streamlit upload).
+        dest: a folder that must not exist yet (created here).
+        max_files / max_bytes / max_ratio: limits (members, uncompressed bytes, compression ratio per member).
+
+    Returns:
+        ``dest``, or its single top-level folder when the zip holds exactly one (``cars.zip`` → ``cars/``).
+
+    Raises:
+        UnsafeArchiveError: a limit or a safety rule is broken (nothing is left in ``dest``).
+        CarNetError: not a zip file, or ``dest`` exists.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise CarNetError(f"{dest} already exists; choose another name")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CarNetError(f"not a readable zip file ({exc})") from None
+    with archive:
+        members = [m for m in archive.infolist() if not any(part in m.filename for part in _SKIP)]
+        _check_members(members, max_files, max_bytes, max_ratio)
+        dest.mkdir(parents=True)
+        try:
+            _extract(archive, members, dest.resolve(), max_bytes)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    tops = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    return tops[0] if len(tops) == 1 and tops[0].is_dir() else dest
+
+
+def _check_members(members: list[zipfile.ZipInfo], max_files: int, max_bytes: int, max_ratio: float) -> None:
+    if not members:
+        raise UnsafeArchiveError("the zip is empty")
+    if len(members) > max_files:
+        raise UnsafeArchiveError(f"the zip has {len(members):,} entries; the limit is {max_files:,}")
+    total = 0
+    for m in members:
+        name = m.filename
+        path = PurePosixPath(name.replace("\\", "/"))
+        if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+            raise UnsafeArchiveError(f"refused: {name!r} is an absolute path")
+        if ".." in path.parts:
+            raise UnsafeArchiveError(f"refused: {name!r} points outside the folder (..)")
+        mode = m.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise UnsafeArchiveError(f"refused: {name!r} is a symbolic link")
+        total += m.file_size
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
+        if m.compress_size and m.file_size / m.compress_size > max_ratio and m.file_size > 1_000_000:
+            raise UnsafeArchiveError(f"refused: {name!r} is compressed {m.file_size / m.compress_size:,.0f}× "
+                                     f"(a zip bomb?)")
+
+
+def _extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Path, max_bytes: int) -> None:
+    written = 0
+    for m in members:
+        target = (dest / m.filename.replace("\\", "/")).resolve()
+        if dest not in target.parents and target != dest:
+            raise UnsafeArchiveError(f"refused: {m.filename!r} points outside the folder")
+        if m.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(m) as src, open(target, "wb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:  # the sizes in the zip's directory were wrong
+                    raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
+                out.write(chunk)

@@ -1,0 +1,210 @@
+"""Fine-tune: pick a dataset, launch a short fine-tune in the background, watch its curves, reuse the result."""
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from carnet_core import CarNetError
+from carnet_core.charts import runs_overlay_figure, training_curves_figure
+from carnet_core.jobs import FINISHED, JobRunner, hosted_mode
+from carnet_core.registry import get_spec
+from carnet_core.train import TrainConfig
+
+st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
+st.title("Fine-tune")
+st.caption("Teach a pretrained backbone your own classes. Each fine-tune runs in its own process — reload the page or "
+           "restart the app and it keeps going; the result appears in every model picker, marked ★.")
+
+if hosted_mode():
+    st.info("Training is switched off on this hosted demo (`CARNET_HOSTED` is set): it cannot start jobs or read "
+            "server folders. Run CarNet on your own machine to fine-tune (see the README).")
+    st.stop()
+
+runner = JobRunner()
+if not ui.has_gpu():
+    st.warning(f"No GPU here: fine-tunes run on this machine's {os.cpu_count()} CPU cores. Expect about a minute "
+               "per epoch for a few hundred photos at 224 px; use a small image size and few epochs (and the linear-"
+               "probe start), or a machine with a GPU.")
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# --- the running job (refreshed every 2 s without rerunning the page) ----------------------------------------
+@st.fragment(run_every=2)
+def live_panel() -> None:
+    jobs = runner.jobs()
+    active = [j for j in jobs if j.state == "running"]
+    queued = [j for j in jobs if j.state == "queued"]
+    seen = st.session_state.setdefault("finetune_active", [])
+    if seen and not active and not queued:  # something just finished: refresh pickers and history
+        st.session_state["finetune_active"] = []
+        st.rerun(scope="app")
+    st.session_state["finetune_active"] = [j.id for j in active + queued]
+    if not active:
+        if queued:
+            st.info(f"{len(queued)} job(s) queued.")
+        return
+    job = active[0]
+    st.subheader(f"Running: {job.label}")
+    p = job.progress
+    if p:
+        st.progress(min(max(p["fraction"], 0.0), 1.0),
+                    text=f"epoch {p['epoch']}/{p['epochs']} · batch {p['step']}/{p['num_steps']} · "
+                         f"elapsed {_fmt_s(p['elapsed_s'])} · ETA {_fmt_s(p['eta_s'])}")
+        st.caption(f"{p['device']} · memory {p['memory_mb']:,.0f} MB"
+                   + (f" · {len(queued)} more queued" if queued else ""))
+    else:
+        st.progress(0.0, text="preparing: checking the dataset and loading the model…")
+    if job.history:
+        st.plotly_chart(training_curves_figure(job.history), width="stretch", key="live_curves")
+    with st.expander("Log", expanded=not job.history):
+        st.code(job.log_tail(15) or "(no output yet)", language=None)
+    if st.button("Stop", key="finetune_stop", type="secondary",
+                 help="Stops after the current batch; finished epochs are kept and the run can be resumed."):
+        runner.cancel(job.id)
+        st.toast("Stopping after the current batch…")
+
+
+live_panel()
+
+# --- a new fine-tune --------------------------------------------------------------------------------------------
+st.subheader("New fine-tune")
+source = st.radio("Dataset", ["Folder under the data root", "Upload a zip of class folders"], horizontal=True,
+                  key="finetune_source")
+dataset = None
+if source.startswith("Folder"):
+    folders = ui.dataset_folders()
+    if not folders:
+        st.info(f"No dataset folders in `{ui.data_root()}`. Put one there (class sub-folders of images, optionally "
+                f"under train/ and val/), set `CARNET_DATA_ROOT`, or upload a zip.")
+    else:
+        dataset = st.selectbox("Folder", folders, format_func=lambda p: p.name, key="finetune_folder")
+else:
+    upload = st.file_uploader("Zip of class folders (cars/<class>/*.jpg, optionally with train/ and val/)",
+                              type=["zip"], key="finetune_zip")
+    if upload is not None:
+        try:
+            dataset = ui.extract_upload(upload.name, upload.getvalue())
+            st.success(f"Extracted to `{dataset}`.")
+        except CarNetError as exc:
+            st.error(f"Upload refused — {exc}")
+
+if dataset is None:
+    st.stop()
+try:
+    report = ui.dataset_report(str(dataset))
+except CarNetError as exc:
+    st.error(str(exc))
+    st.stop()
+n_train = sum(c["train"] for c in report["counts"].values())
+n_val = sum(c["val"] for c in report["counts"].values())
+cols = st.columns(4)
+cols[0].metric("classes", len(report["counts"]))
+cols[1].metric("train images", n_train)
+cols[2].metric("val images", n_val)
+cols[3].metric("problems", len(report["unreadable"]) + len(report["small_classes"]) + len(report["duplicates"]))
+with st.expander("Validation report", expanded=bool(report["duplicates"] or report["unreadable"])):
+    st.dataframe(pd.DataFrame([{"class": k, **v} for k, v in report["counts"].items()]), hide_index=True,
+                 width="stretch", height=min(400, 35 * len(report["counts"]) + 38))
+    if report["unreadable"]:
+        st.warning(f"{len(report['unreadable'])} unreadable file(s) will be skipped:")
+        st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True)
+    if report["small_classes"]:
+        st.warning(f"Classes with too few images: {', '.join(report['small_classes'])}")
+    if report["duplicates"]:
+        st.error(f"{len(report['duplicates'])} val image(s) duplicate train images (perceptual hash): val accuracy "
+                 "will be too optimistic. Remove them from one split.")
+        st.dataframe(pd.DataFrame(report["duplicates"]), hide_index=True)
+
+available, _ = ui.available_model_names()
+backbones = [n for n in available if not n.startswith(ui.CHECKPOINT_PREFIX)]
+with st.form("finetune_form"):
+    left, mid, right = st.columns(3)
+    model = left.selectbox("Backbone", backbones, key="finetune_model")
+    head = left.radio("Head", ["linear", "ml_decoder"], horizontal=True, key="finetune_head",
+                      format_func=lambda h: {"linear": "linear", "ml_decoder": "ML-Decoder (CarNet)"}[h])
+    img_size = left.select_slider("Image size (px)", [96, 128, 160, 192, 224, 256, 288], value=160 if not
+                                  ui.has_gpu() else 224, key="finetune_img")
+    epochs = mid.number_input("Epochs", 1, 200, 5, key="finetune_epochs")
+    batch_size = mid.number_input("Batch size", 1, 512, 32, key="finetune_batch")
+    lr = mid.number_input("Learning rate", 1e-6, 1.0, 2e-4, format="%.0e", key="finetune_lr",
+                          help="Peak of a cosine schedule after a 1-epoch warm-up (AdamW).")
+    probe = right.toggle("Start from a linear probe (LP-FT)", value=True, key="finetune_probe",
+                         help="Fit the new head on the frozen backbone's features first (one inference pass), then "
+                              "fine-tune everything — fast and stable, especially on a CPU.")
+    freeze = right.number_input("Head-only epochs first", 0, 50, 0, key="finetune_freeze",
+                                help="Without the linear probe: train only the head this many epochs.")
+    augment = right.selectbox("Augmentation", ["RandAugment (m7)", "flip + crop only"], key="finetune_aug")
+    mixup = right.toggle("Mixup / CutMix", key="finetune_mixup")
+    estimate_clicked = st.form_submit_button("Estimate time per epoch", key="finetune_estimate")
+    launch_clicked = st.form_submit_button("Launch", type="primary", key="finetune_launch")
+
+if estimate_clicked:
+    try:
+        est = ui.epoch_estimate(model, head, int(img_size), int(batch_size), n_train, n_val)
+        st.info(f"About {_fmt_s(est['epoch_s'])} per epoch on {ui.device_label()} "
+                f"({est['train_images_per_s']:.0f} training images/s, data loading not counted): "
+                f"{_fmt_s(est['epoch_s'] * epochs)} for {epochs} epochs.")
+    except CarNetError as exc:
+        st.error(str(exc))
+if launch_clicked:
+    cfg = TrainConfig(data=str(dataset), model=model, head=head, img_size=int(img_size), epochs=int(epochs),
+                      batch_size=int(batch_size), lr=float(lr), freeze_epochs=int(freeze), probe_init=probe,
+                      randaugment="rand-m7-mstd0.5" if augment.startswith("Rand") else None,
+                      mixup=0.2 if mixup else 0.0, cutmix=1.0 if mixup else 0.0, workers=ui.loader_workers())
+    try:
+        job = runner.submit(cfg, label=f"{get_spec(model).name} · {head} · {dataset.name}")
+        st.session_state["finetune_active"] = [job.id]
+        st.success(f"Launched job {job.id}.")
+        time.sleep(0.5)
+        st.rerun()
+    except CarNetError as exc:
+        st.error(str(exc))
+
+# --- history ----------------------------------------------------------------------------------------------------
+st.subheader("Runs")
+jobs = runner.jobs()
+if not jobs:
+    st.caption("No fine-tunes yet.")
+    st.stop()
+st.dataframe(pd.DataFrame([{
+    "job": j.id, "dataset": Path(j.spec.get("data", "")).name, "model": j.spec.get("model"),
+    "head": j.spec.get("head"), "status": j.state, "epochs": f"{len(j.history)}/{j.spec.get('epochs')}",
+    "best top-1 (%)": None if j.best_top1 is None else round(j.best_top1 * 100, 1),
+    "duration": _fmt_s(j.duration_s)} for j in jobs]), hide_index=True, width="stretch")
+
+with_curves = {j.id: j for j in jobs if j.history}
+if with_curves:
+    picked = st.multiselect("Compare runs", list(with_curves), default=list(with_curves)[:3], key="finetune_overlay",
+                            format_func=lambda i: with_curves[i].label + f" ({i})")
+    metric = st.radio("Curve", ["top1", "top5", "val_loss", "train_loss"], horizontal=True, key="finetune_metric",
+                      format_func=lambda m: {"top1": "val top-1", "top5": "val top-5", "val_loss": "val loss",
+                                             "train_loss": "train loss"}[m])
+    if picked:
+        st.plotly_chart(runs_overlay_figure({f"{with_curves[i].label} ({i})": with_curves[i].history for i in picked},
+                                            metric), width="stretch", key="overlay")
+
+chosen = st.selectbox("Run", [j.id for j in jobs], key="finetune_run",
+                      format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).label}")
+job = runner.get(chosen)
+if job.state == "failed":
+    st.error(job.status.get("error") or "failed")
+if job.best_checkpoint:
+    st.caption(f"Best checkpoint: `{job.best_checkpoint}` — pick it (★) on Classify, Explain or Compare.")
+left, right = st.columns(2)
+if job.resumable and left.button("Resume", key="finetune_resume"):
+    runner.resume(job.id)
+    st.rerun()
+if job.state in FINISHED and right.button("Delete run", key="finetune_delete"):
+    runner.delete(job.id)
+    st.rerun()

@@ -1,0 +1,101 @@
+"""Models: a card per model and fine-tuned checkpoint — what it is, what it costs here, and how it was made."""
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from carnet_core.charts import cost_scatter_figure
+from carnet_core.registry import list_models
+
+st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
+st.title("Models")
+st.caption("Pick a model by what it costs and how well it does. Parameters and GMACs are counted (PyTorch's FLOP "
+           "counter, 1 MAC = 2 FLOPs); latency and peak memory are measured on this machine and cached.")
+
+show_all = st.toggle("All registered architectures (not only the defaults)", key="models_all")
+keys = [s.name for s in list_models(default_only=not show_all)] + list(ui.fine_tuned())
+cards = {}
+with st.spinner("Counting parameters and multiply-accumulates…"):
+    for key in keys:
+        cards[key] = ui.model_card(key)
+
+rows = []
+for key, card in cards.items():
+    cost = ui.cached_cost(key)
+    rows.append({"model": ui.model_title(key).removeprefix("★ ").split(" · ")[0],
+                 "key": key, "architecture": card["arch"], "head": card["head"], "label set": card["label_set"],
+                 "classes": len(card["class_names"]), "params (M)": round(card["params"] / 1e6, 2),
+                 "GMACs": round(card["gmacs"], 2), "input (px)": card["input_px"],
+                 "file (MB)": None if card["file_mb"] is None else round(card["file_mb"], 1),
+                 "latency (ms)": None if not cost else round(cost["latency_ms"], 1),
+                 "peak memory (MB)": None if not cost else round(cost["peak_memory_mb"]),
+                 "val top-1 (%)": None if card["top1"] is None else round(card["top1"] * 100, 1),
+                 "weights": card["provenance"] if card["has_weights"] else "no weights here"})
+table = pd.DataFrame(rows)
+
+st.subheader("Cost against accuracy")
+measured = [r for r in rows if r["latency (ms)"] is not None]
+if measured:
+    st.plotly_chart(cost_scatter_figure([{"name": r["model"], "latency_ms": r["latency (ms)"],
+                                          "top1": None if r["val top-1 (%)"] is None else r["val top-1 (%)"] / 100,
+                                          "params": r["params (M)"] * 1e6, "label_set": r["label set"]}
+                                         for r in measured]), width="stretch", key="models_scatter")
+    st.caption("Accuracy is known for fine-tuned checkpoints (their validation top-1, on their own label set); "
+               "ImageNet models are drawn as open circles.")
+unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None and r["weights"] != "no weights here"]
+if unmeasured:
+    st.info(f"Latency not measured yet for {len(unmeasured)} model(s) on this machine.")
+    if st.button(f"Measure {len(unmeasured)} model(s) (about 10 s each)", key="models_measure_all"):
+        bar = st.progress(0.0)
+        for i, key in enumerate(unmeasured):
+            bar.progress(i / len(unmeasured), text=f"Measuring {key}…")
+            ui.measure(key)
+        st.rerun()
+
+st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch")
+
+st.subheader("Model card")
+pick = st.selectbox("Model", keys, format_func=ui.model_title, key="models_pick")
+card = cards[pick]
+cost = ui.cached_cost(pick)
+st.markdown(f"### {ui.model_title(pick)}")
+st.caption(f"timm architecture `{card['arch']}` · head **{card['head']}** · label set **{card['label_set']}** "
+           f"({len(card['class_names'])} classes) · weights: {card['provenance']}")
+m = st.columns(5)
+m[0].metric("parameters", f"{card['params'] / 1e6:.2f} M")
+m[1].metric(f"GMACs at {card['input_px']} px", f"{card['gmacs']:.2f}")
+m[2].metric("file size", "–" if card["file_mb"] is None else f"{card['file_mb']:.1f} MB")
+m[3].metric("batch-1 latency", "–" if not cost else f"{cost['latency_ms']:.1f} ms")
+m[4].metric("peak memory", "–" if not cost else f"{cost['peak_memory_mb']:,.0f} MB")
+if card["has_weights"] and st.button("Measure again" if cost else "Measure latency and memory", key="models_measure"):
+    with st.spinner(f"Measuring {pick} in a fresh process…"):
+        ui.measure(pick)
+    st.rerun()
+if cost:
+    st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
+               "inference engine; peak memory is the measuring process's resident high-water mark.")
+
+if card["top1"] is not None or card["recipe"]:
+    st.markdown("**Fine-tune**")
+    recipe = card["recipe"] or {}
+    st.write(f"Dataset `{card['dataset']}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
+             + (f", top-5 {card['metrics'].get('top5', 0) * 100:.1f}%" if card["metrics"].get("top5") else "")
+             + (f" (epoch {card['metrics'].get('epoch')})" if card["metrics"].get("epoch") else ""))
+    if recipe:
+        keep = ["model", "head", "img_size", "epochs", "batch_size", "lr", "optimizer", "scheduler", "freeze_epochs",
+                "probe_init", "label_smoothing", "randaugment", "mixup", "cutmix", "ema_decay", "precision"]
+        st.dataframe(pd.DataFrame([{"setting": k, "value": str(recipe.get(k))} for k in keep if k in recipe]),
+                     hide_index=True)
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Layers** (stages and what comes out of them, batch of 1)")
+    st.dataframe(pd.DataFrame([{"layer": r["name"], "type": r["kind"], "output": " × ".join(map(str, r["output_shape"][1:])),
+                                "params": f"{r['params']:,}"} for r in card["layers"]]), hide_index=True,
+                 width="stretch")
+with right:
+    st.markdown("**Classes**")
+    query = st.text_input("Search classes", key="models_class_search", placeholder="e.g. wagon, BMW, 2012")
+    names = [n for n in card["class_names"] if query.lower() in n.lower()] if query else card["class_names"]
+    st.caption(f"{len(names)} of {len(card['class_names'])}")
+    st.dataframe(pd.DataFrame({"class": names}), hide_index=True, width="stretch", height=300)

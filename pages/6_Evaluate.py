@@ -1,0 +1,152 @@
+"""Evaluate: a model on a labelled dataset — accuracy, per-class, confusion, mistakes (with Grad-CAM), calibration."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from carnet_core import CarNetError, ImageError, load_image
+from carnet_core.charts import confusion_heatmap_figure, reliability_figure
+from carnet_core.datasets import open_dataset
+from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_rows
+from carnet_core.explain import explain
+from carnet_core.folders import load_mapping
+
+st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
+st.title("Evaluate")
+st.caption("How a model does on a labelled dataset, class by class, and where it goes wrong. Results are cached per "
+           "model and dataset; the same numbers come from `python -m carnet_core evaluate`.")
+
+model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_title)
+model = ui.cached_model(model_key)
+
+folders = ui.dataset_folders()
+if not folders:
+    st.info(f"No dataset folders in `{ui.data_root()}`. Put one there (class sub-folders, optionally under train/ and "
+            f"val/; or Stanford Cars, CompCars, CIFAR-100 in their own layouts), or set `CARNET_DATA_ROOT`.")
+    st.stop()
+left, mid, right = st.columns(3)
+folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder")
+kind = mid.selectbox("Layout", ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"], key="evaluate_kind")
+split = right.radio("Split", ["val", "train"], horizontal=True, key="evaluate_split")
+try:
+    splits = open_dataset(folder, kind)
+except CarNetError as exc:
+    st.error(str(exc))
+    st.stop()
+dataset = splits.val if split == "val" else splits.train
+
+mapping, mapping_name = None, None
+if set(dataset.class_names) != set(model.class_names):
+    files = ui.mapping_files()
+    suggested = [f for f in files if f.stem.startswith(folder.name)]
+    st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
+            "Pick a mapping file (dataset class → model classes) to score it.")
+    pick = st.selectbox("Mapping", files, index=files.index(suggested[0]) if suggested else None,
+                        key="evaluate_mapping", format_func=lambda p: p.name,
+                        placeholder="choose a mapping file") if files else None
+    if pick is None:
+        st.warning(f"No mapping file for {folder.name} chosen (mapping files live in `{ui.mappings_dir()}`). Or pick a "
+                   "model fine-tuned on these classes (★).")
+        st.stop()
+    try:
+        mapping, mapping_name = load_mapping(pick), pick.name
+    except CarNetError as exc:
+        st.error(str(exc))
+        st.stop()
+
+state_key = f"evaluation::{model_key}::{folder}::{kind}::{split}::{mapping_name}"
+cols = st.columns([1, 2, 3])
+run = cols[0].button("Evaluate", type="primary", key="evaluate_run")
+rerun = cols[1].button("Re-run (ignore cache)", key="evaluate_refresh")
+if run or rerun:
+    bar = st.progress(0.0, text=f"Evaluating {model.name} on {len(dataset)} images…")
+    try:
+        report, cached = evaluate_cached(model, dataset, progress=lambda f: bar.progress(f), mapping=mapping,
+                                         refresh=rerun)
+    except CarNetError as exc:
+        bar.empty()
+        st.error(str(exc))
+        st.stop()
+    bar.empty()
+    st.session_state[state_key] = (report, cached)
+if state_key not in st.session_state:
+    st.stop()
+report, cached = st.session_state[state_key]
+
+st.subheader("Results")
+if cached:
+    st.caption("From the cache (same model weights, same dataset files). Re-run to measure again.")
+m = st.columns(4)
+m[0].metric("top-1", f"{report.top1 * 100:.1f}%")
+m[1].metric("top-5", f"{report.top5 * 100:.1f}%")
+m[2].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
+m[3].metric("images", report.num_images)
+if report.skipped:
+    st.warning(f"{len(report.skipped)} unreadable image(s) skipped.")
+if report.hierarchy:
+    st.markdown("**By level of the label hierarchy** (a prediction of the right make in the wrong year still counts "
+                "at make level)")
+    st.dataframe(pd.DataFrame([{"level": k, "accuracy (%)": round(v * 100, 1)} for k, v in report.hierarchy.items()]),
+                 hide_index=True)
+
+rows = per_class_rows(report)
+table = pd.DataFrame(rows).assign(accuracy=lambda d: (d["accuracy"] * 100).round(1)).rename(
+    columns={"accuracy": "accuracy (%)"})
+export = st.columns(3)
+export[0].download_button("Per-class table (CSV)", table.to_csv(index=False), "per_class.csv", "text/csv",
+                          key="evaluate_csv")
+export[1].download_button("Full report (JSON)", json.dumps({"model": model.name, "dataset": str(folder),
+                                                             "split": split, "mapping": mapping_name,
+                                                             **report.to_dict()}, indent=1),
+                          "evaluation.json", "application/json", key="evaluate_json")
+
+tab_classes, tab_confusion, tab_mistakes, tab_calibration = st.tabs(
+    ["Per class", "Confusion", "Mistakes", "Calibration"])
+with tab_classes:
+    st.dataframe(table, hide_index=True, width="stretch", height=min(600, 35 * len(table) + 38))
+with tab_confusion:
+    order_by = st.radio("Order", ["clustered (confused classes together)", "alphabetical"], horizontal=True,
+                        key="evaluate_order")
+    order = confusion_order(report.confusion) if order_by.startswith("clustered") else None
+    st.plotly_chart(confusion_heatmap_figure(report.confusion, report.class_names, order), width="stretch",
+                    key="evaluate_confusion")
+    pairs = report.most_confused(15)
+    st.markdown("**Most confused pairs**")
+    st.dataframe(pd.DataFrame(pairs, columns=["true class", "predicted as", "images"]), hide_index=True,
+                 width="stretch")
+with tab_mistakes:
+    wrong = [p for p in report.predictions if p["label"] != p["predicted"]]
+    if not wrong:
+        st.success("No mistakes.")
+    else:
+        only = st.selectbox("True class", ["all"] + sorted({p["label"] for p in wrong}), key="evaluate_wrong_class")
+        shown = [p for p in wrong if only == "all" or p["label"] == only]
+        shown.sort(key=lambda p: -p["confidence"])
+        st.caption(f"{len(shown)} mistake(s), most confident first; showing up to 24.")
+        grid = st.columns(6)
+        for i, p in enumerate(shown[:24]):
+            with grid[i % 6]:
+                if Path(p["path"]).is_file():
+                    st.image(p["path"], width="stretch")
+                st.caption(f"**{p['label']}** → {p['predicted']} ({p['confidence'] * 100:.0f}%)")
+                if st.button("Grad-CAM", key=f"evaluate_cam_{i}"):
+                    st.session_state["evaluate_cam"] = p
+        picked = st.session_state.get("evaluate_cam")
+        if picked and Path(picked["path"]).is_file():
+            st.markdown(f"**What {model.name} looked at** — `{Path(picked['path']).name}`: true "
+                        f"**{picked['label']}**, predicted **{picked['predicted']}**")
+            try:
+                image = load_image(picked["path"])
+                target = picked["predicted"] if picked["predicted"] in model.class_names else None
+                exp = explain(model, image, class_name=target)
+                c1, c2, _ = st.columns([1, 1, 1])
+                c1.image(image, caption="photo", width="stretch")
+                c2.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")
+            except (CarNetError, ImageError) as exc:
+                st.error(str(exc))
+with tab_calibration:
+    st.plotly_chart(reliability_figure(report.reliability, report.ece), width="stretch", key="evaluate_reliability")
+    st.caption("Bars below the diagonal: the model is over-confident in that confidence range.")

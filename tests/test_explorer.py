@@ -1,0 +1,191 @@
+"""Model explorer: model cards (counted numbers, layer table, measured cost), evaluation views, the Models and
+Evaluate pages, and CLI parity on real photos."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from carnet_core import load_model
+from carnet_core.cards import cached_cost, count_macs, measure_cost, model_card
+from carnet_core.charts import confusion_heatmap_figure, reliability_figure
+from carnet_core.datasets import open_dataset
+from carnet_core.engines import fingerprint
+from carnet_core.evaluate import (confusion_order, evaluate, evaluate_cached, metrics_from_probabilities,
+                                  per_class_rows, report_from_dict)
+from carnet_core.train import TrainConfig, fine_tune
+
+from conftest import FAST, ROOT, SHARED, need
+
+TIMEOUT = 300
+
+
+# --- cards ---------------------------------------------------------------------------------------------------------
+
+def test_resnet50_card_matches_the_published_numbers():
+    model = load_model("resnet50", weights="random", device="cpu")
+    card = model_card("resnet50", model)
+    assert card.params == 25_557_032
+    assert card.gmacs == pytest.approx(4.1, rel=0.03)  # He et al. 2016 / timm: ~4.1 GMACs at 224 px
+    layers = {r.name: r for r in card.layers}
+    assert layers["conv1"].output_shape == (1, 64, 112, 112)
+    assert layers["layer4"].output_shape == (1, 2048, 7, 7) and layers["fc"].output_shape == (1, 1000)
+    assert sum(r.params for r in card.layers) == card.params
+    assert card.input_px == 224 and card.provenance.startswith("RANDOM")
+
+
+def test_macs_scale_with_input_size(lite0):
+    full = count_macs(lite0.module, (3, 224, 224))
+    large = count_macs(lite0.module, (3, 448, 448))
+    assert large / full == pytest.approx(4.0, rel=0.05)  # convolutions scale with the pixel count
+    assert full / 1e9 == pytest.approx(0.385, rel=0.05)  # EfficientNet-Lite0: 0.39 GFLOPs(MACs) in its paper table
+
+
+def test_measured_cost_is_cached_per_weights(lite0):
+    fp = fingerprint(lite0)
+    assert cached_cost("efficientnet_lite0", fp) is None
+    cost = measure_cost("efficientnet_lite0", fp, {"name": "efficientnet_lite0"}, repeats=3)
+    assert 0 < cost["latency_ms"] < 2000 and 100 < cost["peak_memory_mb"] < 8000
+    assert cached_cost("efficientnet_lite0", fp) == cost
+    assert cached_cost("efficientnet_lite0", "other weights") is None
+
+
+# --- evaluation views on a known confusion pattern ----------------------------------------------------------------
+
+def _known_pattern():
+    """6 classes, 20 images each; class 1 is predicted as 4 half of the time, class 2 as 5 a quarter of the time,
+    everything else right. Confidence 0.9 on every prediction."""
+    names = ["a", "b", "c", "d", "e", "f"]
+    labels, preds = [], []
+    for c in range(6):
+        for i in range(20):
+            labels.append(c)
+            preds.append(4 if (c == 1 and i < 10) else 5 if (c == 2 and i < 5) else c)
+    probs = torch.full((120, 6), 0.02)
+    probs[torch.arange(120), torch.tensor(preds)] = 0.9
+    return names, probs, torch.tensor(labels)
+
+
+def test_views_from_a_known_confusion_pattern():
+    names, probs, labels = _known_pattern()
+    m = metrics_from_probabilities(probs, labels, names)
+    assert m["top1"] == pytest.approx(105 / 120)
+    c = np.array(m["confusion"])
+    assert c[1, 4] == 10 and c[2, 5] == 5 and c.trace() == 105
+    from carnet_core.evaluate import EvalReport
+
+    report = EvalReport(names, 120, m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"])
+    assert report.most_confused(2) == [("b", "e", 10), ("c", "f", 5)]
+    rows = per_class_rows(report)
+    assert [r["class"] for r in rows[:2]] == ["b", "c"] and rows[0]["accuracy"] == 0.5
+    assert rows[0]["most often predicted instead"] == "e" and rows[0]["times"] == 10
+    order = confusion_order(m["confusion"])
+    assert sorted(order) == list(range(6))
+    assert abs(order.index(1) - order.index(4)) == 1 and abs(order.index(2) - order.index(5)) == 1
+    # calibration: every prediction says 0.9, 87.5 % are right -> ECE 0.025, one bin
+    assert m["ece"] == pytest.approx(0.9 - 105 / 120, abs=1e-6)
+    assert len(m["reliability"]) == 1 and m["reliability"][0]["count"] == 120
+    heat = confusion_heatmap_figure(m["confusion"], names, order).data[0]
+    assert list(heat.y) == [names[i] for i in order] and np.allclose(np.array(heat.z).sum(1), 100)
+    assert reliability_figure(m["reliability"], m["ece"]).layout.title.text.endswith("2.5 %")
+
+
+def test_196_class_heatmap_stays_readable():
+    rng = np.random.default_rng(0)
+    c = np.diag(rng.integers(5, 10, 196)) + (rng.random((196, 196)) < 0.01)
+    fig = confusion_heatmap_figure(c.tolist(), [f"class {i}" for i in range(196)], confusion_order(c.tolist()))
+    assert fig.layout.xaxis.showticklabels is False and fig.layout.height <= 900
+
+
+@pytest.fixture(scope="module")
+def colour_checkpoint(colour_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("colour_run")
+    result = fine_tune(TrainConfig(data=str(colour_folder), out=str(out), epochs=2, **FAST))
+    return result.best_checkpoint
+
+
+def test_evaluation_is_cached_and_invalidated(colour_checkpoint, colour_folder, tmp_path):
+    model = load_model(checkpoint=colour_checkpoint, device="cpu")
+    data = tmp_path / "colours"
+    shutil.copytree(colour_folder, data)
+    val = open_dataset(data).val
+    first, cached = evaluate_cached(model, val, cache_dir=tmp_path / "cache")
+    assert not cached and first.num_images == 18
+    again, cached = evaluate_cached(model, val, cache_dir=tmp_path / "cache")
+    assert cached and again.to_dict() == first.to_dict()
+    assert report_from_dict(json.loads(json.dumps(first.to_dict()))).to_dict() == first.to_dict()
+    victim = val.items[0][0]
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(victim)  # the dataset changed: measured again
+    _, cached = evaluate_cached(model, open_dataset(data).val, cache_dir=tmp_path / "cache")
+    assert not cached
+
+
+# --- pages ----------------------------------------------------------------------------------------------------------
+
+def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
+    at = AppTest.from_file(str(ROOT / "pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("architecture")
+    assert table.loc["resnet50", "params (M)"] == 25.56 and table.loc["resnet50", "GMACs"] == pytest.approx(4.09, abs=0.01)
+    assert table.loc["resnet50", "weights"] == "no weights here"
+    starred = [o for o in at.selectbox(key="models_pick").options if o.startswith("★")]
+    assert len(starred) == 1
+    at.selectbox(key="models_pick").set_value("efficientnet_lite0").run()
+    assert [x.value for x in at.metric][:2] == ["4.65 M", "0.39"]
+    at.button(key="models_measure").click().run()
+    assert not at.exception, at.exception
+    latency = at.metric[3].value
+    assert latency.endswith(" ms") and float(latency.split()[0]) > 0
+    assert at.get("plotly_chart")  # the scatter appears once something is measured
+
+
+def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_checkpoint, colour_folder, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path))
+    shutil.copytree(colour_folder, tmp_path / "colours")
+    at = AppTest.from_file(str(ROOT / "pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="evaluate_model")
+    starred = [o for o in box.options if o.startswith("★")]
+    assert len(starred) == 1 and "3 classes" in starred[0]
+    box.select_index(box.options.index(starred[0])).run()
+    at.button(key="evaluate_run").click().run()
+    assert not at.exception, at.exception
+    expected = evaluate(load_model(checkpoint=colour_checkpoint, device="cpu"), open_dataset(colour_folder).val)
+    assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[3].value == "18"
+    charts = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
+    assert "heatmap" in charts and "bar" in charts
+    assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
+
+
+def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatch):
+    """EfficientNet-Lite0 (bundled ImageNet weights) on the 785 real tiny_vehicles_6 val crops, scored through
+    mappings/tiny_vehicles_6_to_imagenet.json: the page and `python -m carnet_core evaluate` agree."""
+    import subprocess
+    import sys
+
+    data = need(SHARED / "data" / "tiny_vehicles_6")
+    cli = subprocess.run([sys.executable, "-m", "carnet_core", "evaluate", "efficientnet_lite0", str(data),
+                          "--mapping", str(ROOT / "mappings" / "tiny_vehicles_6_to_imagenet.json"), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    numbers = json.loads(cli.stdout)
+    assert numbers["num_images"] == 785 and 0.3 < numbers["top1"] < 0.6  # zero-shot (see README)
+
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(data.parent))
+    at = AppTest.from_file(str(ROOT / "pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    folders = at.selectbox(key="evaluate_folder")
+    folders.select_index(folders.options.index("tiny_vehicles_6")).run()
+    assert at.selectbox(key="evaluate_mapping").value.name == "tiny_vehicles_6_to_imagenet.json"
+    at.button(key="evaluate_run").click().run()
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.metric]
+    assert shown[:4] == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
+                         f"{numbers['ece'] * 100:.1f}%", "785"]

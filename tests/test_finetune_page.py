@@ -1,0 +1,81 @@
+"""The Fine-tune page through AppTest: launch on generated data, poll until done, curves and the new model appear."""
+
+import json
+import shutil
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+
+TIMEOUT = 180
+PAGE = str(ROOT / "pages" / "4_Fine-tune.py")
+
+
+@pytest.fixture
+def dirs(colour_folder, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(colour_folder, data / "colours")
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(tmp_path / "jobs"))
+    return data
+
+
+def test_launch_watch_and_reuse_a_fine_tune(dirs):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="finetune_folder").value.name == "colours"
+    assert [m.value for m in at.metric][:3] == ["3", "54", "18"]  # classes, train, val (seeded 75/25 split)
+    at.select_slider(key="finetune_img").set_value(96)
+    at.number_input(key="finetune_epochs").set_value(2)
+    at.number_input(key="finetune_batch").set_value(6)
+    at.number_input(key="finetune_lr").set_value(1e-3)
+    at.selectbox(key="finetune_aug").set_value("flip + crop only")
+    at.button(key="finetune_estimate").click().run()
+    assert any("per epoch" in i.value for i in at.info), [i.value for i in at.info]
+    at.button(key="finetune_launch").click().run()
+    assert not at.exception, at.exception
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        table = at.dataframe[-1].value if at.dataframe else None
+        if table is not None and "status" in table and set(table["status"]) == {"done"}:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the fine-tune did not finish")
+    row = table.iloc[0]
+    assert row["model"] == "efficientnet_lite0" and row["epochs"] == "2/2" and row["best top-1 (%)"] > 50
+    overlay = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert overlay and [len(t["x"]) for t in overlay[-1]["data"]] == [2]  # one run, two epochs
+    assert any("Best checkpoint" in c.value for c in at.caption)
+
+    classify = AppTest.from_file(str(ROOT / "pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    picker = classify.selectbox(key="classify_model")
+    starred = [o for o in picker.options if o.startswith("★")]
+    assert len(starred) == 1 and "3 classes" in starred[0]
+
+
+def test_unsafe_zip_upload_is_refused(dirs):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../../evil.png", b"x")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio(key="finetune_source").set_value("Upload a zip of class folders").run()
+    at.file_uploader(key="finetune_zip").set_value(("evil.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception
+    assert any("Upload refused" in e.value and "outside" in e.value for e in at.error)
+
+
+def test_hosted_mode_cannot_launch(dirs, monkeypatch):
+    monkeypatch.setenv("CARNET_HOSTED", "1")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("switched off" in i.value for i in at.info)
+    assert not at.get("selectbox") and not at.get("button") and not at.get("file_uploader")

@@ -1,0 +1,161 @@
+"""The background job runner (lifecycle, cancel, kill -9, restart) and safe zip extraction."""
+
+import io
+import os
+import signal
+import time
+import zipfile
+
+import pytest
+
+from carnet_core import CarNetError, load_model
+from carnet_core.jobs import JobRunner
+from carnet_core.registry import list_checkpoints
+from carnet_core.train import TrainConfig
+from carnet_core.uploads import UnsafeArchiveError, safe_extract_zip
+
+from conftest import FAST
+
+
+def _cfg(data, epochs=2, **kw):
+    return TrainConfig(data=str(data), epochs=epochs, **{**FAST, **kw})
+
+
+def _wait_for(predicate, timeout=240, poll=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError("condition not met")
+
+
+def test_job_lifecycle_queue_and_restart(colour_folder, tmp_path):
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    first = runner.submit(_cfg(colour_folder, epochs=2), label="colours")
+    second = runner.submit(_cfg(colour_folder, epochs=1, head="ml_decoder"))
+    assert runner.get(first.id).state == "running" and runner.get(second.id).state == "queued"  # one per slot
+    first = runner.wait(first.id, timeout=300)
+    assert first.state == "done", first.log_tail()
+    assert [r["epoch"] for r in first.history] == [1, 2] and first.best_top1 >= 0.8
+    assert first.progress["fraction"] == pytest.approx(1.0) and first.progress["device"] == "CPU"
+    assert first.best_checkpoint.exists() and first.duration_s > 0
+
+    second = runner.wait(second.id, timeout=300)  # started by the first worker when it finished
+    assert second.state == "done", second.log_tail()
+
+    # the registry lists both checkpoints, with their label set and metrics; each loads and predicts
+    listed = {e.path: e for e in list_checkpoints([tmp_path / "jobs"])}
+    assert set(listed) == {first.best_checkpoint, second.best_checkpoint}
+    entry = listed[first.best_checkpoint]
+    assert entry.class_names == ("blue", "green", "red") and entry.metrics["top1"] == first.best_top1
+    assert entry.head == "linear" and listed[second.best_checkpoint].head == "ml_decoder"
+    assert load_model(checkpoint=entry.path, device="cpu").class_names == entry.class_names
+
+    # "an app restart": a new runner object sees the same history
+    again = JobRunner(tmp_path / "jobs", slots=1)
+    assert [(j.id, j.state) for j in again.jobs()] == [(second.id, "done"), (first.id, "done")]
+    assert again.get(first.id).label == "colours"
+    with pytest.raises(CarNetError, match="only failed or cancelled"):
+        again.resume(first.id)
+    again.delete(second.id)
+    assert [j.id for j in again.jobs()] == [first.id]
+
+
+def test_cancel_a_running_job_and_a_queued_one(colour_folder, tmp_path):
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    running = runner.submit(_cfg(colour_folder, epochs=50))
+    queued = runner.submit(_cfg(colour_folder, epochs=1))
+    assert runner.cancel(queued.id).state == "cancelled"
+    _wait_for(lambda: runner.get(running.id).progress.get("step"))
+    runner.cancel(running.id)
+    job = runner.wait(running.id, timeout=120)
+    assert job.state == "cancelled" and len(job.history) < 50
+    assert runner.get(queued.id).state == "cancelled"  # never started
+    assert not (runner.get(queued.id).dir / "log.txt").exists()
+
+
+def test_killed_worker_is_failed_then_resumed(colour_folder, tmp_path):
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    job = runner.submit(_cfg(colour_folder, epochs=4))
+    _wait_for(lambda: len(runner.get(job.id).history) >= 1)
+    os.kill(runner.get(job.id).status["pid"], signal.SIGKILL)
+
+    def failed():
+        fresh = JobRunner(tmp_path / "jobs", slots=1)  # as after an app restart
+        fresh.pump()
+        found = fresh.get(job.id)
+        return found if found.state == "failed" else None
+
+    job = _wait_for(failed, timeout=30)
+    assert "stopped without finishing" in job.status["error"] and job.resumable
+    done_before = len(job.history)
+    assert 1 <= done_before < 4
+    job = runner.wait(runner.resume(job.id).id, timeout=300)
+    assert job.state == "done", job.log_tail()
+    assert [r["epoch"] for r in job.history] == [1, 2, 3, 4]  # continued, nothing redone
+    assert f"resuming after epoch {done_before}" in (job.dir / "log.txt").read_text()
+
+
+def test_bad_job_fails_with_a_message(tmp_path):
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    job = runner.wait(runner.submit(_cfg(tmp_path / "empty")).id, timeout=120)
+    assert job.state == "failed" and "image" in job.status["error"].lower()
+    with pytest.raises(CarNetError, match="does not exist"):
+        runner.submit(_cfg(tmp_path / "nowhere"))
+
+
+def test_hosted_mode_refuses_to_train(colour_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARNET_HOSTED", "1")
+    with pytest.raises(CarNetError, match="hosted"):
+        JobRunner(tmp_path / "jobs", slots=1).submit(_cfg(colour_folder))
+    assert not any((tmp_path / "jobs").iterdir())
+
+
+# --- zip uploads ------------------------------------------------------------------------------------------------
+
+def _zip(entries: dict[str, bytes], **kw) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=kw.get("compression", zipfile.ZIP_STORED)) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zip_of_class_folders_is_extracted(tmp_path):
+    root = safe_extract_zip(_zip({"cars/red/a.png": b"x", "cars/blue/b.png": b"y", "__MACOSX/._a": b"z"}),
+                            tmp_path / "upload")
+    assert root == tmp_path / "upload" / "cars"
+    assert sorted(p.name for p in root.iterdir()) == ["blue", "red"]
+    assert not (tmp_path / "upload" / "__MACOSX").exists()
+
+
+@pytest.mark.parametrize("entries, limits, message", [
+    ({"../evil.png": b"x"}, {}, "outside"),
+    ({"a/../../evil.png": b"x"}, {}, "outside"),
+    ({"/etc/evil.png": b"x"}, {}, "absolute"),
+    ({f"c/{i}.png": b"x" for i in range(11)}, {"max_files": 10}, "11 entries"),
+    ({"c/big.png": b"x" * 5000}, {"max_bytes": 4096}, "more than"),
+])
+def test_unsafe_zips_are_refused(tmp_path, entries, limits, message):
+    with pytest.raises(UnsafeArchiveError, match=message):
+        safe_extract_zip(_zip(entries), tmp_path / "upload", **limits)
+    assert not (tmp_path / "upload").exists()
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_symlinks_bombs_and_non_zips_are_refused(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        info = zipfile.ZipInfo("c/link.png")
+        info.external_attr = (0o120777 << 16)
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+        safe_extract_zip(buf.getvalue(), tmp_path / "a")
+    bomb = _zip({"c/bomb.png": b"\0" * 20_000_000}, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(UnsafeArchiveError, match="zip bomb"):
+        safe_extract_zip(bomb, tmp_path / "b")
+    with pytest.raises(CarNetError, match="not a readable zip"):
+        safe_extract_zip(b"not a zip", tmp_path / "c")
