@@ -39,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="override every recipe's epochs")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--skip", nargs="*", default=[], help="dataset-head pairs already measured, e.g. stanford_cars_40-linear")
     args = ap.parse_args(argv)
 
     rows = []
     for data in args.data:
         name = Path(data).name
         for head in args.heads:
+            if f"{name}-{head}" in args.skip:
+                continue
             recipe = {**RECIPE, **OVERRIDES.get(name, {}), **({"epochs": args.epochs} if args.epochs else {})}
             cfg = TrainConfig(data=data, out=f"{args.out}/{name}-{head}", head=head, workers=args.workers,
                               resume=False, **recipe)

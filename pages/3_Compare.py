@@ -13,6 +13,7 @@ from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_probabilities
 from carnet_core.explain import explain
 from carnet_core.folders import compare_on_folder, load_mapping
+from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
 
 st.set_page_config(page_title="CarNet · Compare", page_icon="🚗", layout="wide")
@@ -86,7 +87,14 @@ else:
 st.subheader("Measured on a labelled folder")
 st.caption("A folder with one sub-folder of images per class. If its class names are not the models' classes, "
            "choose a mapping (folder class → model classes).")
-folder = st.text_input("Folder", value=str(ui.data_root()), key="compare_folder")
+if hosted_mode():  # a public demo: only the folders the operator put under the data root, no typed paths
+    choices = ui.dataset_folders()
+    if not choices:
+        st.info("No labelled folders are offered on this hosted demo.")
+        st.stop()
+    folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted"))
+else:
+    folder = st.text_input("Folder", value=str(ui.data_root()), key="compare_folder")
 mapping_files = sorted((ui.ROOT / "mappings").glob("*.json"))
 mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classes)"] + [p.name for p in mapping_files]
                               + ["upload…"], key="compare_mapping")

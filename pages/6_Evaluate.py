@@ -45,7 +45,7 @@ if set(dataset.class_names) != set(model.class_names):
     st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
             "Pick a mapping file (dataset class → model classes) to score it.")
     pick = st.selectbox("Mapping", files, index=files.index(suggested[0]) if suggested else None,
-                        key="evaluate_mapping", format_func=lambda p: p.name,
+                        key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,
                         placeholder="choose a mapping file") if files else None
     if pick is None:
         st.warning(f"No mapping file for {folder.name} chosen (mapping files live in `{ui.mappings_dir()}`). Or pick a "

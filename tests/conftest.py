@@ -73,5 +73,5 @@ def colour_folder(tmp_path_factory):
     return root
 
 
-FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-3, randaugment=None,
+FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-4, randaugment=None,
             label_smoothing=0.0, probe_init=False, freeze_epochs=1)

@@ -79,3 +79,19 @@ def test_hosted_mode_cannot_launch(dirs, monkeypatch):
     assert not at.exception
     assert any("switched off" in i.value for i in at.info)
     assert not at.get("selectbox") and not at.get("button") and not at.get("file_uploader")
+
+
+def test_hosted_mode_compare_offers_only_the_data_root(dirs, tmp_path, monkeypatch):
+    import os
+
+    from conftest import MOBILENET_TIMM, need
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    os.symlink(need(MOBILENET_TIMM), weights / "mobilenetv2_100.pth")  # Compare needs two models
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("CARNET_HOSTED", "1")
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert not [t for t in at.text_input if t.key == "compare_folder"]  # no free-typed server paths
+    assert at.selectbox(key="compare_folder_hosted").options == ["colours"]

@@ -159,3 +159,13 @@ def test_symlinks_bombs_and_non_zips_are_refused(tmp_path):
         safe_extract_zip(bomb, tmp_path / "b")
     with pytest.raises(CarNetError, match="not a readable zip"):
         safe_extract_zip(b"not a zip", tmp_path / "c")
+
+
+def test_gpu_out_of_memory_message_suggests_a_batch_size():
+    import torch
+
+    from carnet_core.jobs import _explain_failure
+
+    message = _explain_failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                               {"batch_size": 64, "img_size": 224})
+    assert "ran out of memory at batch size 64" in message and "try batch size 32" in message
