@@ -156,17 +156,16 @@ def loader_workers() -> int:
 
 
 def dataset_folders() -> list[Path]:
-    """Dataset folders directly under the data root (and under its uploads/), sorted by name."""
+    """Dataset folders directly under the data root, then the extracted uploads under its uploads/, sorted by name."""
+    from carnet_core.uploads import dataset_root
+
     root = data_root()
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name != "uploads"] \
-        if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name != "uploads"]
     uploads = root / "uploads"
     if uploads.is_dir():
-        for p in sorted(uploads.iterdir()):
-            if p.is_dir():
-                inner = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
-                found.append(inner[0] if len(inner) == 1 and not list_images(inner[0]) and
-                             any(c.is_dir() for c in inner[0].iterdir()) else p)
+        found += [dataset_root(p) for p in sorted(uploads.iterdir()) if p.is_dir()]
     return found
 
 
@@ -174,14 +173,11 @@ def extract_upload(name: str, data: bytes) -> Path:
     """Extract an uploaded zip safely under ``<data root>/uploads/<name>-<hash>``; the same zip is reused."""
     import hashlib
 
-    from carnet_core.uploads import safe_extract_zip
+    from carnet_core.uploads import dataset_root, safe_extract_zip
 
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
     dest = data_root() / "uploads" / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
-    if dest.exists():
-        inner = [c for c in dest.iterdir() if not c.name.startswith(".")]
-        return inner[0] if len(inner) == 1 and inner[0].is_dir() else dest
-    return safe_extract_zip(data, dest)
+    return dataset_root(dest) if dest.exists() else safe_extract_zip(data, dest)
 
 
 @st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)

@@ -48,8 +48,8 @@ from carnet_core import load_model, predict
 from PIL import Image
 model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
 predict(model, [Image.new("RGB", (640, 480), (90, 90, 90))])
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]  # peak RSS of this process, kB
-print(f"{time.perf_counter() - t0:.2f} {int(hwm) / 1024:.0f}")
+from carnet_core._proc import peak_rss_mb
+print(f"{time.perf_counter() - t0:.2f} {peak_rss_mb():.0f}")
 """
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,12 @@ def measure_cost(key: str, fingerprint: str, load_args: dict[str, Any], repeats:
 import json, time, statistics, torch
 from PIL import Image
 from carnet_core import load_model, predict
+from carnet_core._proc import peak_rss_mb
 m = load_model(**{json.dumps(load_args)}, device="cpu")
 img = Image.new("RGB", (320, 240), (120, 130, 140))
 predict(m, [img]); predict(m, [img])
 ts = [predict(m, [img]).latency_ms for _ in range({int(repeats)})]
-hwm = [l for l in open("/proc/self/status").read().splitlines() if l.startswith("VmHWM")] if __import__("os").path.exists("/proc/self/status") else []
-peak = int(hwm[0].split()[1]) / 1024 if hwm else __import__("resource").getrusage(0).ru_maxrss / 1024
-print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak}}))
+print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak_rss_mb()}}))
 """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                      os.environ.get("PYTHONPATH")])))
@@ -170,7 +170,7 @@ print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak}}
     if proc.returncode != 0:
         raise RuntimeError("measuring failed: " + "\n".join((proc.stdout + proc.stderr).splitlines()[-5:]))
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["measured"] = __import__("time").strftime("%Y-%m-%d %H:%M")
+    result["measured"] = time.strftime("%Y-%m-%d %H:%M")
     path = _cache_file()
     try:
         data = json.loads(path.read_text())

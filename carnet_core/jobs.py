@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._proc import rss_mb
 from .errors import CarNetError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -363,23 +364,11 @@ class _WorkerCallbacks:
         if device.type == "cuda":
             name, memory = torch.cuda.get_device_name(device), torch.cuda.max_memory_allocated(device) / 2**20
         else:
-            name, memory = "CPU", _rss_mb()
+            name, memory = "CPU", rss_mb()
         _write_json(self.folder / "progress.json", {
             "epoch": epoch, "epochs": self.epochs, "step": step, "num_steps": num_steps, "fraction": fraction,
             "elapsed_s": elapsed, "eta_s": elapsed / done * (1 - fraction), "device": name, "memory_mb": memory,
             "updated": time.time()})
-
-
-def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(folder: str | os.PathLike) -> int:

@@ -155,8 +155,9 @@ def _param_groups(backbone: Sequence[torch.nn.Parameter], head: Sequence[torch.n
     for params, lr in ((backbone, cfg.lr), (head, cfg.lr * (1.0 if fitted else cfg.head_lr_scale))):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
-                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        role = "backbone" if params is backbone else "head"
+        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "role": role},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0, "role": role}]
     return [g for g in groups if g["params"]]
 
 
@@ -297,6 +298,7 @@ class Trainer:
         else:
             raise CarNetError(f"unknown scheduler {cfg.scheduler!r}; choose cosine or plateau")
         module, optimizer = fabric.setup(module, optimizer)
+        self.optimizer = optimizer  # for callbacks (as Lightning's trainer.optimizers)
         ema = timm.utils.ModelEmaV3(module, decay=cfg.ema_decay) if cfg.ema_decay else None
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                       num_classes=len(splits.class_names)) if (cfg.mixup or cfg.cutmix) else None
@@ -314,9 +316,15 @@ class Trainer:
                 for row in history:
                     self._write_metrics(row)
         elif cfg.probe_init:
-            self._probe_init(module, train_ds.with_transform(eval_tf), head_params, len(splits.class_names))
-            if ema is not None:
-                ema.set(module)
+            if self._probe_init(module, train_ds.with_transform(eval_tf), head_params):
+                if ema is not None:
+                    ema.set(module)
+            elif cfg.head == "linear":  # no probe after all: the zero-initialised head needs its faster LR back
+                for i, group in enumerate(optimizer.param_groups):
+                    if group.get("role") == "head":
+                        group["lr"] *= cfg.head_lr_scale
+                        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                            scheduler.base_lrs[i] *= cfg.head_lr_scale
 
         result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history)
         since_best = 0
@@ -397,10 +405,11 @@ class Trainer:
             logger.finalize("success" if not result.cancelled else "aborted")
         return result
 
-    def _probe_init(self, module, dataset, head_params, num_classes: int) -> None:
+    def _probe_init(self, module, dataset, head_params) -> bool:
         """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): fit the new head on the frozen
         backbone's features of the (un-augmented) train images, cached once, before fine-tuning everything. One
-        pass of inference replaces the slow head-only epochs, and fine-tuning starts from a linear probe."""
+        pass of inference replaces the slow head-only epochs, and fine-tuning starts from a linear probe. Returns
+        False (and changes nothing) when the cached features would exceed :data:`PROBE_MAX_MB`."""
         cfg, fabric = self.cfg, self.fabric
         raw = getattr(module, "module", module)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
@@ -416,8 +425,8 @@ class Trainer:
                 need_mb = feats[0][0].numel() * 4 * len(dataset) / 2**20
                 if need_mb > PROBE_MAX_MB:
                     fabric.print(f"probe init skipped: caching the features would take {need_mb:,.0f} MB "
-                                 f"(limit {PROBE_MAX_MB} MB); the head-only epochs warm the head up instead")
-                    return
+                                 f"(limit {PROBE_MAX_MB} MB); the head trains with the backbone instead")
+                    return False
         feats, labels = torch.cat(feats), torch.cat(labels)
         lr = 1e-2 if cfg.head == "linear" else 1e-3  # a linear head takes a large step; attention layers do not
         optimizer = torch.optim.AdamW(head_params, lr=lr, weight_decay=cfg.weight_decay)
@@ -438,7 +447,7 @@ class Trainer:
             acc = float((raw.forward_head(feats).argmax(1) == labels).float().mean())
         fabric.print(f"probe init: head fitted on {len(feats)} cached feature maps in {time.perf_counter() - t0:.0f} s "
                      f"(train top-1 {acc:.1%}, loss {float(loss.detach()):.3f})")
-        del feats
+        return True
 
     def _validate(self, module, loader, loss_fn) -> tuple[float, float, float]:
         module.eval()

@@ -62,8 +62,14 @@ def safe_extract_zip(source: str | os.PathLike | bytes | BinaryIO, dest: str | o
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
-    tops = [p for p in dest.iterdir() if not p.name.startswith(".")]
-    return tops[0] if len(tops) == 1 and tops[0].is_dir() else dest
+    return dataset_root(dest)
+
+
+def dataset_root(folder: str | os.PathLike) -> Path:
+    """``folder``, or its single top-level sub-folder when it holds exactly one (an extracted ``cars.zip`` → ``cars/``)."""
+    folder = Path(folder)
+    tops = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return tops[0] if len(tops) == 1 and tops[0].is_dir() else folder
 
 
 def _check_members(members: list[zipfile.ZipInfo], max_files: int, max_bytes: int, max_ratio: float) -> None:

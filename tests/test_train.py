@@ -326,3 +326,22 @@ def test_precision_auto_is_bf16_or_fp16_on_gpus_and_fp32_on_cpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert trainer._precision() == "16-mixed"
     assert Trainer(TrainConfig(data="x", precision="bf16-mixed"))._precision() == "bf16-mixed"
+
+
+def test_head_learns_faster_when_the_probe_is_skipped(colour_folder, tmp_path, monkeypatch, capsys):
+    """probe_init on, but features too large to cache: the zero-initialised head gets head_lr_scale back."""
+    import carnet_core.train as T
+
+    monkeypatch.setattr(T, "PROBE_MAX_MB", 0)
+    seen = {}
+
+    class Probe:
+        def on_train_batch_end(self, trainer, epoch, step, num_steps):
+            for g in trainer.optimizer.param_groups:
+                seen.setdefault(g["role"], g["lr"])
+
+    cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, **{**FAST, "probe_init": True,
+                                                                                 "freeze_epochs": 0})
+    Trainer(cfg, [Probe()]).fit()
+    assert "probe init skipped" in capsys.readouterr().out
+    assert seen["head"] == pytest.approx(seen["backbone"] * cfg.head_lr_scale)

@@ -1,0 +1,34 @@
+"""This process's memory, for progress reports, model cards and the benchmark (Linux /proc; elsewhere the
+``resource`` module's peak, which is all it offers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    return None
+
+
+def _ru_maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """Resident memory now, MB."""
+    value = _status_mb("VmRSS")
+    return value if value is not None else _ru_maxrss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Resident-memory high-water mark of this process, MB."""
+    value = _status_mb("VmHWM")
+    return value if value is not None else _ru_maxrss_mb()
