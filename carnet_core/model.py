@@ -24,10 +24,11 @@ from .registry import HEADS, ModelSpec, get_spec
 from .weights import WeightsSource
 
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-#: CarNet classifies the whole photo a user uploads: no center crop (timm's ImageNet configs use 0.875).
+#: No margin crop (timm's ImageNet configs keep the central 87.5 %): shorter side resized to the input size, centre
+#: square kept.
 #: Car photos are framed tight; the 87.5 % crop cuts the car's edges off and turns "sports car" into "grille".
 #: Measured on the 274 Stanford Cars val photos in ../shared, vehicle class at top-1: EfficientNet-Lite0
-#: 93.8 % -> 95.3 %, MobileNetV2 91.2 % -> 93.1 %. Grad-CAM overlays then cover the whole uploaded image too.
+#: 93.8 % -> 95.3 %, MobileNetV2 91.2 % -> 93.1 %.
 INFERENCE_CROP_PCT = 1.0
 
 

@@ -134,7 +134,7 @@ def test_real_tiny_vehicles_ensemble_is_not_worse_than_the_weaker_member(real_pa
     785 real tiny_vehicles_6 val photos (100×100 px traffic-camera crops), ImageNet probabilities summed per class
     with mappings/tiny_vehicles_6_to_imagenet.json (no training).
 
-    Measured here (whole photo), top-1: Lite0 43.9 %, MobileNetV2 30.6 %, soft vote 41.4 %, geometric 39.2 %, hard 42.5 %
+    Measured here (crop_pct 1.0), top-1: Lite0 43.9 %, MobileNetV2 30.6 %, soft vote 41.4 %, geometric 39.2 %, hard 42.5 %
     (chance: 16.7 %). Zero-shot ImageNet classes fit these low-quality crops poorly; fine-tuning is another issue.
     """
     folder = need(SHARED / "data" / "tiny_vehicles_6" / "val")

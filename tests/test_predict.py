@@ -36,7 +36,7 @@ def test_predict_batch_shapes_and_latency():
 
 def test_offline_default_sees_vehicles_in_real_car_photos(lite0, car_photos):
     """EfficientNet-Lite0 (bundled ImageNet weights, timm data config: 224 px, bicubic, mean = std = 0.5,
-    whole image: CarNet's crop_pct 1.0) on the 274 real Stanford Cars val photos.
+    CarNet's crop_pct 1.0, no margin crop) on the 274 real Stanford Cars val photos.
 
     Measured here: 261/274 = 95.3 % have a road-vehicle class at top-1 (timm's 0.875 center crop: 257/274,
     most misses "grille" or "car wheel"); with the vehicle view, 274/274 show a vehicle class in their top-5.
