@@ -1,18 +1,23 @@
-"""CarNet benchmark: batch-1 classify latency per default model, next to plain timm eager fp32, same run.
+"""CarNet benchmark: batch-1 classify latency per default model, next to plain timm eager fp32 and plain ONNX Runtime
+fp32, same run.
 
-    python bench/benchmark.py [--repeats 30] [--models efficientnet_lite0,mobilenetv2_100,...]
+    python bench/benchmark.py [--repeats 30] [--models efficientnet_lite0,...] [--photos DIR] [--compile]
 
 Latency does not depend on the weights' values, so models without weights on this machine run with random
-weights. "timm eager" is ``model(x)`` under ``torch.no_grad()`` on the already preprocessed 224 px tensor;
-"CarNet" is :func:`carnet_core.predict` on a PIL image (its model time, and model + preprocessing), with the engine
-it chose (see carnet_core.engines); "ORT" is a plain ONNX Runtime session (fp32, CPU, all graph optimisations) on the
-same exported model, the anchor. Numbers are medians in ms; ratios: CarNet / ORT (target <= 1.0) and
-timm eager / CarNet (speed-up). Then throughput at batch 1, 8, 32 (images/s, model time), app cold start (a new
-process: imports, model load, first prediction) and its peak RSS.
+weights. "timm eager" is a plain ``timm.create_model`` network (NCHW, fp32) called under ``torch.no_grad()`` on the
+already preprocessed tensor; "CarNet" is :func:`carnet_core.predict` on a PIL image (its model time, and model +
+preprocessing), with the engine it chose (see carnet_core.engines); "ORT" is a default ``onnxruntime.InferenceSession``
+(fp32, CPU) on the same exported file, the anchor. The three are timed in alternating blocks of 10 calls, each after a pause
+and 3 untimed calls (drift on a shared machine hits them alike; no engine's threads still busy-wait during another's); numbers are medians in ms; ratios: CarNet / ORT (target <= 1.0) and timm eager /
+CarNet (speed-up).
 
-Then Grad-CAM: per method and model, :func:`carnet_core.explain.explain` latency next to one forward pass of the
-same model (target: GradCAM <= 3.5x). ScoreCAM and AblationCAM run one forward pass per channel (minutes on a CPU):
-add ``--expensive`` to include them.
+``--photos DIR`` (default: ../shared/data/stanford_cars_40/val when present) gives the real photos on which the
+reduced-precision candidates (bf16, int8) must keep the top-5 classes and the top-1 probability; each model's
+candidate table is printed. ``--compile`` also times ``torch.compile`` (inductor, fp32) and its compile time.
+
+Then throughput at batch 1, 8, 32 (images/s, model time), Grad-CAM per method and model next to one forward pass
+(``--expensive`` adds ScoreCAM and AblationCAM, minutes on a CPU), app cold start (a new process: imports, model load,
+first prediction) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -31,14 +36,52 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from carnet_core import CarNetError, list_models, load_model, predict  # noqa: E402
-from carnet_core.engines import OnnxRuntimeEngine, median_ms, onnxruntime_session, select_engine  # noqa: E402
+from carnet_core.engines import cached_export, median_ms, parity_photos, select_engine  # noqa: E402
 from carnet_core.predict import predict_probabilities  # noqa: E402
+
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars_40" / "val"
 
 
 def anchor_session(model):
-    """A plain ONNX Runtime session on the model's exported file, CarNet's settings: the anchor CarNet is measured
-    against."""
-    return onnxruntime_session(OnnxRuntimeEngine(model).path)
+    """A default ONNX Runtime CPU session (fp32, its default graph optimisations and threads) on the model's exported
+    file: the anchor CarNet is measured against."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(cached_export(model)), providers=["CPUExecutionProvider"])
+
+
+def alternating_ms(fns: dict, repeats: int, block: int = 10, pause_s: float = 0.2) -> dict:
+    """Median ms per function, timing them in alternating blocks of ``block`` calls, each block after 3 untimed
+    calls and a pause (so that one engine's busy-waiting threads have gone to sleep before the next is timed).
+    A function that returns a number (its own measure of its time, ms) is scored by the median of those instead."""
+    times = {k: [] for k in fns}
+    for _ in range(max(1, repeats // block)):
+        for k, fn in fns.items():
+            time.sleep(pause_s)
+            for _ in range(3):
+                fn()
+            for _ in range(block):
+                t = time.perf_counter()
+                own = fn()
+                times[k].append(own if isinstance(own, (int, float)) else (time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compiled_ms(model, x, repeats: int) -> tuple[float, float]:
+    """(compile + first call s, median ms) of ``torch.compile`` (inductor, default mode) on a copy of the network."""
+    import copy
+
+    net = torch.compile(copy.deepcopy(model.module).eval())
+    t = time.perf_counter()
+    with torch.no_grad():
+        net(x)
+    first = time.perf_counter() - t
+
+    def call():
+        with torch.no_grad():
+            net(x)
+
+    return first, median_ms(call, repeats, warmup=3)
 
 
 COLD_START = """
@@ -69,15 +112,20 @@ def main() -> None:
     parser.add_argument("--cam-repeats", type=int, default=5)
     parser.add_argument("--expensive", action="store_true", help="also time ScoreCAM and AblationCAM")
     parser.add_argument("--models", default=",".join(s.name for s in list_models(default_only=True)))
+    parser.add_argument("--photos", default=str(DEFAULT_PHOTOS) if DEFAULT_PHOTOS.is_dir() else None,
+                        help="real photos for the bf16 / int8 parity gate (none: those candidates are not tried)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
     args = parser.parse_args()
+
+    import timm
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    photos = parity_photos(args.photos) if args.photos else []
     print(f"# CarNet benchmark — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, batch 1, median of {args.repeats}")
-    print(f"{'model':<20} {'weights':<7} {'engine':<12} {'timm eager':>10} {'CarNet':>7} {'ORT':>6} "
-          f"{'CarNet/ORT':>10} {'speed-up':>9} {'CarNet+preproc':>15}")
-    forward_ms = {}
+          f"torch {torch.__version__}, batch 1, median of {args.repeats}; parity photos: "
+          f"{f'{len(photos)} from {args.photos}' if photos else 'none (bf16/int8 not tried)'}")
+    rows, forward_ms = [], {}
     for name in args.models.split(","):
         try:
             model = load_model(name, device="cpu", use_hub=False)
@@ -86,21 +134,30 @@ def main() -> None:
             model = load_model(name, weights="random", device="cpu")
             kind = "random"
         x = model.preprocess([image])
+        plain = timm.create_model(model.arch, pretrained=False, num_classes=len(model.class_names)).eval()
 
         def eager():
             with torch.no_grad():
-                model.module(x)
+                plain(x)
 
-        timm_ms = median_ms(eager, args.repeats, warmup=5)
-        engine = select_engine(model).engine.name
-        model_ms = statistics.median(predict(model, [image]).latency_ms for _ in range(args.repeats + 5))
-        total_ms = median_ms(lambda: predict(model, [image]), args.repeats, warmup=5)
+        choice = select_engine(model, photos=photos)
+        print(f"\n## {name}: {choice.reason}\n{choice.table()}", flush=True)
         ort_session = anchor_session(model)
         xn = x.cpu().numpy()
-        ort_ms = median_ms(lambda: ort_session.run(None, {"input": xn}), args.repeats, warmup=5)
+        ms = alternating_ms({"eager": eager, "carnet": lambda: predict(model, [image]).latency_ms,
+                             "carnet+preproc": lambda: predict(model, [image]),
+                             "ort": lambda: ort_session.run(None, {"input": xn})}, args.repeats)
+        compiled = compiled_ms(model, x, args.repeats) if args.compile else None
+        rows.append((name, kind, choice.engine.name, ms["eager"], ms["carnet"], ms["ort"], ms["carnet+preproc"], compiled))
+        forward_ms[name] = (model, ms["eager"])
+
+    print(f"\n# Classify latency, batch 1, ms\n{'model':<20} {'weights':<7} {'engine':<12} {'timm eager':>10} "
+          f"{'CarNet':>7} {'ORT':>6} {'CarNet/ORT':>10} {'speed-up':>9} {'CarNet+preproc':>15}"
+          + (f" {'torch.compile':>13} {'compile s':>9}" if args.compile else ""))
+    for name, kind, engine, timm_ms, model_ms, ort_ms, total_ms, compiled in rows:
         print(f"{name:<20} {kind:<7} {engine:<12} {timm_ms:>10.1f} {model_ms:>7.1f} {ort_ms:>6.1f} "
-              f"{model_ms / ort_ms:>10.2f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f}")
-        forward_ms[name] = (model, timm_ms)
+              f"{model_ms / ort_ms:>10.2f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f}"
+              + (f" {compiled[1]:>13.1f} {compiled[0]:>9.0f}" if compiled else ""))
 
     print("\n# Throughput, CarNet path (model time, images/s)")
     print(f"{'model':<20} " + " ".join(f"{'batch ' + str(b):>9}" for b in (1, 8, 32)))

@@ -25,8 +25,10 @@ from carnet_core.train import TrainConfig, fine_tune  # noqa: E402
 RECIPE = dict(model="efficientnet_lite0", img_size=224, epochs=10, batch_size=32, lr=2e-4, weight_decay=0.05,
               freeze_epochs=0, probe_init=True, warmup_epochs=1.0, label_smoothing=0.1,
               randaugment="rand-m7-mstd0.5", precision="bf16-mixed", keep_best=1)
-#: Per-dataset changes: tiny_vehicles_6 photos are 100 px crops, 3× more of them.
-OVERRIDES = {"tiny_vehicles_6": dict(img_size=160, epochs=6)}
+#: Per-dataset (and dataset-head) changes: tiny_vehicles_6 photos are 100 px crops, 3× more of them; on 824 photos
+#: of 40 classes the ML-Decoder head (6.5 M parameters) is still underfitting after 10 epochs (train loss 0.94 >
+#: val loss 0.83, val top-1 flat at 76.6 % from epoch 8 as the LR decays), so it gets a longer schedule.
+OVERRIDES = {"tiny_vehicles_6": dict(img_size=160, epochs=6), "stanford_cars_40-ml_decoder": dict(epochs=20)}
 LINEAR_PROBE = {"stanford_cars_40": 0.69, "tiny_vehicles_6": 0.96}  # val top-1, from the issue
 TARGET = {"stanford_cars_40": 0.80, "tiny_vehicles_6": 0.97}
 
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         for head in args.heads:
             if f"{name}-{head}" in args.skip:
                 continue
-            recipe = {**RECIPE, **OVERRIDES.get(name, {}), **({"epochs": args.epochs} if args.epochs else {})}
+            recipe = {**RECIPE, **OVERRIDES.get(name, {}), **OVERRIDES.get(f"{name}-{head}", {}),
+                      **({"epochs": args.epochs} if args.epochs else {})}
             cfg = TrainConfig(data=data, out=f"{args.out}/{name}-{head}", head=head, workers=args.workers,
                               resume=False, **recipe)
             t0 = time.perf_counter()

@@ -138,6 +138,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from .engines import parity_photos, select_engine
+
+    photos = None
+    if args.photos:
+        photos = parity_photos(args.photos)
+        if not photos:
+            print(f"error: no photos under {args.photos}", file=sys.stderr)
+            return 2
+    model = _load_member(args.model, not args.no_hub)
+    model.to("cpu")
+    choice = select_engine(model, photos=photos)
+    print(f"{model.name} on the CPU: {choice.reason}")
+    print(choice.table())
+    return 0
+
+
 def _cmd_validate_data(args: argparse.Namespace) -> int:
     from .datacheck import validate_splits
     from .datasets import open_dataset
@@ -253,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     kinds = ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"]
+    p = sub.add_parser("engines", help="measure the CPU inference engines for a model (parity gate, batch-1 ms) and "
+                                       "show which one classification uses")
+    p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
+    p.add_argument("--photos", help="folder of real photos for the bf16 / int8 parity gate (default "
+                                    "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    p.set_defaults(func=_cmd_engines)
+
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
     p.add_argument("data", type=Path)
     p.add_argument("--kind", default="auto", choices=kinds)

@@ -1,10 +1,17 @@
-"""Inference engines for classification: plain torch (the reference) and ONNX Runtime on exported models.
+"""Inference engines for classification: plain torch (the reference), ONNX Runtime on exported models, and two
+reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8) that are used only when they pass a parity gate.
 
-The fast path is chosen per model by measurement (:func:`select_engine`): the model is exported to ONNX once
-(cached on disk under a fingerprint of its architecture and weights, so a changed checkpoint gets a new file),
-checked against torch fp32 (softmax probabilities within :data:`PARITY_ATOL`), and timed against torch at batch 1.
-ONNX Runtime is used only when it is both equal and faster. Grad-CAM always uses the torch module.
-``CARNET_ENGINE=torch`` forces the reference path everywhere.
+The fast path is chosen per model by measurement (:func:`select_engine`). The model is exported to ONNX once
+(cached on disk under a fingerprint of its architecture and weights, so a changed checkpoint gets a new file) and
+every candidate is checked against torch fp32 before it is timed at batch 1:
+
+- fp32 paths: softmax probabilities within :data:`PARITY_ATOL` (random inputs, and the real photos when given);
+- reduced precision (bf16, int8): on real photos (``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``), the top-5
+  classes identical, in order, on every photo and the top-1 probability within :data:`TOP1_PROB_ATOL`. Without
+  real photos they are not tried; int8 is calibrated on half of the photos and checked on the other half.
+
+The fastest candidate that passes is used; torch is always available as the reference and for Grad-CAM.
+``CARNET_ENGINE=torch`` (or any engine name) forces that engine everywhere.
 """
 
 from __future__ import annotations
@@ -16,18 +23,29 @@ import statistics
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
+from PIL import Image
 
 from .errors import CarNetError
+from .images import IMAGE_EXTENSIONS, ImageSource, load_image
 from .model import Classifier
 
-ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
-#: Largest allowed difference of any softmax probability between an engine and torch fp32.
+FP32_ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
+REDUCED_ENGINES: tuple[str, ...] = ("torch-bf16", "onnxruntime-int8")
+ENGINES: tuple[str, ...] = FP32_ENGINES + REDUCED_ENGINES
+#: Largest allowed difference of any softmax probability between an fp32 engine and torch fp32.
 PARITY_ATOL = 1e-4
+#: Reduced precision: largest allowed difference of the reference top-1 class's probability, per photo.
+TOP1_PROB_ATOL = 0.01
 ONNX_OPSET = 17
+#: Bumped when the export itself changes, so cached files from an older export are not reused.
+EXPORT_VERSION = 2
+#: Photos used by the reduced-precision gate, at most (evenly spaced over the sorted folder).
+MAX_PARITY_PHOTOS = 64
 
 
 def cache_dir() -> Path:
@@ -44,27 +62,77 @@ def fingerprint(model: Classifier) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
-    """Export ``model`` to ONNX (fp32, dynamic batch; input ``input`` (N, 3, H, W), output ``logits`` (N, C)),
-    with a ``<path>.json`` beside it holding the class names, data config and provenance.
+class _StaticPadConv(torch.nn.Module):
+    """A TF-"SAME" convolution with its padding fixed for one input size: ``F.pad`` by constants, then the conv.
+    Exports as Pad + Conv, which ONNX Runtime fuses, instead of the shape arithmetic of a dynamic pad."""
 
-    Uses torch's TorchScript-based exporter (``dynamo=False``), which handles every timm CNN here.
+    def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]):
+        super().__init__()
+        self.conv, self.pads = conv, pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, self.pads), c.weight, c.bias, c.stride, 0,
+                                          c.dilation, c.groups)
+
+
+def static_padding(module: torch.nn.Module, input_size: Sequence[int]) -> tuple[torch.nn.Module, int]:
+    """A copy of ``module`` whose timm ``Conv2dSame`` layers (TF "SAME" padding, computed from the input shape at
+    every call: ``tf_efficientnet_*``) pad by constants computed for ``input_size`` (3, H, W). Same outputs at that
+    size; used for the ONNX export, whose H and W are fixed. Returns (module, number of layers replaced)."""
+    import copy
+
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    names = [n for n, m in module.named_modules() if isinstance(m, Conv2dSame)]
+    if not names:
+        return module, 0
+    module = copy.deepcopy(module)
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [module.get_submodule(n).register_forward_pre_hook(
+        lambda _m, args, n=n: sizes.__setitem__(n, tuple(args[0].shape[-2:]))) for n in names]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    for n in names:
+        conv, (ih, iw) = module.get_submodule(n), sizes[n]
+        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        parent, _, leaf = n.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf,
+                _StaticPadConv(conv, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
+    return module, len(names)
+
+
+def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
+    """Export ``model`` to ONNX (fp32, dynamic batch, H and W fixed to the data config's input size; input ``input``
+    (N, 3, H, W), output ``logits`` (N, C)), with a ``<path>.json`` beside it holding the class names, data config
+    and provenance.
+
+    Uses torch's TorchScript-based exporter (``dynamo=False``), which handles every timm CNN here. TF-"SAME"
+    padding is fixed for the input size first (:func:`static_padding`; 1.5-2x faster in ONNX Runtime for
+    EfficientNet-Lite0).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, *model.data_config["input_size"])
-    module = model.module
+    input_size = model.data_config["input_size"]
+    x = torch.zeros(1, *input_size)
     device = model.device
-    tmp = path.with_suffix(".tmp.onnx")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with model.lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            module.to("cpu")
-            torch.onnx.export(module, (x,), str(tmp), input_names=["input"], output_names=["logits"],
+            model.module.to("cpu")
+            module, _ = static_padding(model.module, input_size)
+            torch.onnx.export(module.eval(), (x,), str(tmp), input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
                               dynamo=False)
         finally:
-            module.to(device)
+            model.module.to(device)
     os.replace(tmp, path)
     meta = {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),
             "data_config": model.data_config, "weights": model.weights.to_dict(), "input": "input", "output": "logits"}
@@ -72,8 +140,16 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     return path
 
 
+def cached_export(model: Classifier) -> Path:
+    """The model's ONNX export in :func:`cache_dir`, written on first use (keyed by :func:`fingerprint`)."""
+    path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
+    if not path.is_file():
+        export_onnx(model, path)
+    return path
+
+
 class TorchEngine:
-    """The reference: the torch module in eval mode under ``inference_mode``."""
+    """The reference: the torch module in eval mode under ``inference_mode``, fp32."""
 
     name = "torch"
 
@@ -81,53 +157,175 @@ class TorchEngine:
         self.model = model
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
         with self.model.lock, torch.inference_mode():
             return self.model.module(batch.to(self.model.device)).float().cpu()
 
 
+class TorchBF16Engine(TorchEngine):
+    """The torch module under bf16 autocast (oneDNN bf16 kernels on CPUs with AVX-512-BF16 or AMX; on GPUs)."""
+
+    name = "torch-bf16"
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        device = self.model.device
+        with self.model.lock, torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return self.model.module(batch.to(device)).float().cpu()
+
+
 def onnxruntime_session(path: str | os.PathLike):
-    """An ONNX Runtime CPU session with CarNet's settings: all graph optimisations, no busy-waiting threads (on a
-    small CPU, spinning threads compete with torch's for the cores and made batch-1 latency ~1.5x worse here)."""
+    """An ONNX Runtime CPU session: all graph optimisations, one intra-op thread per core, ONNX Runtime's default
+    thread spinning (turning it off cost 30-40 % at batch 1 here; what had made it look harmful was torch's OpenMP
+    threads busy-waiting after torch preprocessing, which :meth:`Classifier.preprocess` now avoids)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeEngine:
-    """ONNX Runtime (CPU execution provider, all graph optimisations) on the model's cached ONNX export."""
+    """ONNX Runtime (CPU execution provider, all graph optimisations) on the model's cached fp32 ONNX export."""
 
     name = "onnxruntime"
 
     def __init__(self, model: Classifier):
-        self.path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}.onnx"
-        if not self.path.is_file():
-            export_onnx(model, self.path)
+        self.path = cached_export(model)
         self.session = onnxruntime_session(self.path)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:  # InferenceSession.run is thread-safe
-        return torch.from_numpy(self.session.run(None, {"input": batch.detach().cpu().numpy()})[0])
+        """Logits (N, C) float32 for a preprocessed batch (N, 3, H, W)."""
+        return torch.from_numpy(self.session.run(None, {"input": batch.detach().cpu().float().numpy()})[0])
+
+
+class OnnxInt8Engine(OnnxRuntimeEngine):
+    """ONNX Runtime on an int8 model: static post-training quantization of the fp32 export (onnxruntime.quantization:
+    QDQ format, per-channel int8 weights, int8 activations, min-max calibration on ``calibration`` photos).
+    Cached on disk per model fingerprint and calibration set."""
+
+    name = "onnxruntime-int8"
+
+    def __init__(self, model: Classifier, calibration: Sequence[Image.Image]):
+        fp32 = cached_export(model)
+        batches = [model.preprocess([im]).numpy() for im in calibration]
+        h = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
+        self.path = fp32.with_name(f"{fp32.stem}-int8-{h}.onnx")
+        if not self.path.is_file():
+            _quantize(fp32, self.path, batches)
+        self.session = onnxruntime_session(self.path)
+
+
+def _quantize(src: Path, dst: Path, batches: list) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": b} for b in batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre, tmp = dst.with_suffix(f".{os.getpid()}.pre.tmp"), dst.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        os.replace(tmp, dst)
+    finally:
+        pre.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class ParityReport:
+    """How a candidate engine's probabilities compare with torch fp32 (the reference) on the same inputs."""
+
+    engine: str
+    inputs: str                    # "random" or "N photos"
+    max_abs_diff: float            # largest |p - p_ref| over all classes and inputs
+    top5_identical: float          # fraction of inputs whose top-5 classes are the same, in the same order
+    max_top1_prob_diff: float      # largest |p[ref top-1] - p_ref[ref top-1]|
+    passed: bool
+    rule: str                      # the rule that was applied
+
+    def summary(self) -> str:
+        return (f"{'passes' if self.passed else 'FAILS'} ({self.rule}) on {self.inputs}: top-5 identical on "
+                f"{self.top5_identical:.0%}, top-1 probability off by up to {self.max_top1_prob_diff:.3f}, any "
+                f"probability by up to {self.max_abs_diff:.1e}")
+
+
+def parity(reference: torch.Tensor, candidate: torch.Tensor, engine: str, inputs: str) -> ParityReport:
+    """Compare probabilities (N, C) of ``candidate`` with the torch fp32 ``reference``. fp32 engines pass when every
+    probability is within :data:`PARITY_ATOL`; reduced-precision engines (:data:`REDUCED_ENGINES`) when the top-5
+    classes are identical (in order) on every input and the top-1 probability is within :data:`TOP1_PROB_ATOL`."""
+    k = min(5, reference.shape[1])
+    ref_top, cand_top = reference.topk(k, dim=1).indices, candidate.topk(k, dim=1).indices
+    top5 = float((ref_top == cand_top).all(dim=1).float().mean())
+    top1 = float((reference.gather(1, ref_top[:, :1]) - candidate.gather(1, ref_top[:, :1])).abs().max())
+    diff = float((reference - candidate).abs().max())
+    if engine in REDUCED_ENGINES:
+        rule = f"top-5 identical on every photo, top-1 probability within {TOP1_PROB_ATOL}"
+        passed = top5 == 1.0 and top1 <= TOP1_PROB_ATOL
+    else:
+        rule = f"every probability within {PARITY_ATOL:g}"
+        passed = diff <= PARITY_ATOL
+    return ParityReport(engine, inputs, diff, top5, top1, passed, rule)
+
+
+def parity_photos(folder: str | os.PathLike | None = None, limit: int = MAX_PARITY_PHOTOS) -> list[Path]:
+    """Real photos for the reduced-precision gate: image files anywhere under ``folder`` (default
+    ``$CARNET_PARITY_PHOTOS``; none if unset), at most ``limit``, evenly spaced over the sorted list."""
+    folder = folder or os.environ.get("CARNET_PARITY_PHOTOS")
+    if not folder or not Path(folder).is_dir():
+        return []
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    step = max(1, len(files) / limit) if files else 1
+    return [files[int(i * step)] for i in range(min(limit, len(files)))]
+
+
+@dataclass
+class Candidate:
+    """One engine tried by :func:`select_engine`: its parity report, batch-1 latency (ms) and verdict."""
+
+    name: str
+    parity: ParityReport | None = None
+    ms: float | None = None
+    note: str = ""
 
 
 @dataclass
 class EngineChoice:
-    """What :func:`select_engine` decided, and why (shown in the UI and the benchmark)."""
+    """What :func:`select_engine` decided, and why (shown in the UI, the CLI and the benchmark)."""
 
     engine: object
     reason: str
     torch_ms: float | None = None
     candidate_ms: float | None = None
     max_abs_diff: float | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def table(self) -> str:
+        """One line per candidate: name, batch-1 ms, verdict, parity."""
+        lines = [f"{'engine':<17} {'batch-1 ms':>10}  {'verdict':<16} parity with torch fp32"]
+        for c in self.candidates:
+            ms = f"{c.ms:10.1f}" if c.ms is not None else f"{'-':>10}"
+            lines.append(f"{c.name:<17} {ms}  {c.note:<16} {c.parity.summary() if c.parity else ''}".rstrip())
+        return "\n".join(lines)
 
 
 _choices: dict[int, EngineChoice] = {}
 _choice_lock = threading.Lock()
 
 
-def median_ms(fn, repeats: int = 15, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after ``warmup`` untimed calls."""
+def median_ms(fn, repeats: int = 15, warmup: int = 2, pause_s: float = 0.05) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after a pause (threads that another engine left
+    busy-waiting go to sleep) and ``warmup`` untimed calls."""
+    time.sleep(pause_s)
     for _ in range(warmup):
         fn()
     times = []
@@ -138,13 +336,19 @@ def median_ms(fn, repeats: int = 15, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def select_engine(model: Classifier, engine: str = "auto") -> EngineChoice:
-    """The engine for ``model``: ``"torch"``, ``"onnxruntime"`` (raises if it fails parity), or ``"auto"``:
-    ONNX Runtime when the model is on the CPU, its probabilities are within :data:`PARITY_ATOL` of torch on a random
-    batch and it is faster at batch 1; else torch. Decided once per model object and remembered.
+def select_engine(model: Classifier, engine: str = "auto",
+                  photos: Sequence[ImageSource] | None = None) -> EngineChoice:
+    """The engine for ``model``, decided once per model object and remembered.
+
+    ``engine``: ``"auto"`` — on the CPU, every candidate that passes its parity gate (see :func:`parity`) is timed at
+    batch 1 (median of 15) and the fastest is used; torch fp32 is the reference and the fallback. The
+    reduced-precision candidates (``torch-bf16``, ``onnxruntime-int8``) are tried only with real ``photos`` (default:
+    :func:`parity_photos`, i.e. ``$CARNET_PARITY_PHOTOS``). On a GPU: torch. Or an engine name from
+    :data:`ENGINES` to use that engine (``$CARNET_ENGINE`` overrides the argument).
 
     Raises:
-        CarNetError: unknown engine, or ``"onnxruntime"`` asked for and unavailable or not equal to torch.
+        CarNetError: unknown engine; a named engine that is unavailable, fails its parity gate, or (reduced
+            precision) has no photos to be checked on.
     """
     engine = os.environ.get("CARNET_ENGINE", engine)
     if engine not in ("auto", *ENGINES):
@@ -155,33 +359,85 @@ def select_engine(model: Classifier, engine: str = "auto") -> EngineChoice:
     with _choice_lock:
         if key in _choices and (engine == "auto" or _choices[key].engine.name == engine):
             return _choices[key]
-        reference = TorchEngine(model)
         if model.device.type != "cpu" and engine == "auto":
-            choice = EngineChoice(reference, f"torch on {model.device.type}")
+            choice = EngineChoice(TorchEngine(model), f"torch on {model.device.type}")
         else:
-            choice = _try_onnx(model, reference, required=engine == "onnxruntime")
+            choice = _measure(model, engine, photos)
         _choices[key] = choice
         return choice
 
 
-def _try_onnx(model: Classifier, reference: TorchEngine, required: bool) -> EngineChoice:
-    try:
-        candidate = OnnxRuntimeEngine(model)
-    except Exception as exc:  # export or runtime problems: fall back to the reference
-        if required:
-            raise CarNetError(f"ONNX Runtime is not available for {model.name}: {exc}") from None
-        return EngineChoice(reference, f"torch (ONNX export failed: {type(exc).__name__})")
-    x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
-    diff = float((torch.softmax(candidate.logits(x), 1) - torch.softmax(reference.logits(x), 1)).abs().max())
-    if diff > PARITY_ATOL:
-        if required:
-            raise CarNetError(f"ONNX Runtime differs from torch by {diff:.2e} > {PARITY_ATOL} for {model.name}")
-        return EngineChoice(reference, f"torch (ONNX Runtime differs by {diff:.1e})", max_abs_diff=diff)
-    x1 = x[:1]
-    torch_ms = median_ms(lambda: reference.logits(x1))
-    onnx_ms = median_ms(lambda: candidate.logits(x1))
-    if onnx_ms < torch_ms or required:
-        return EngineChoice(candidate, f"onnxruntime ({onnx_ms:.1f} ms vs torch {torch_ms:.1f} ms at batch 1)",
-                            torch_ms, onnx_ms, diff)
-    return EngineChoice(reference, f"torch ({torch_ms:.1f} ms vs onnxruntime {onnx_ms:.1f} ms at batch 1)",
-                        torch_ms, onnx_ms, diff)
+def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
+    """The readable ones of ``photos`` (default :func:`parity_photos`) as RGB images."""
+    paths = parity_photos() if photos is None else photos
+    images = []
+    for p in paths:
+        try:
+            images.append(load_image(p))
+        except Exception:  # an unreadable file in the folder is not a reason to refuse a fast path
+            continue
+    return images
+
+
+def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | None) -> EngineChoice:
+    reference = TorchEngine(model)
+    names = FP32_ENGINES if engine == "auto" else ("torch", engine)
+    images = _load_photos(photos) if (engine == "auto" or engine in REDUCED_ENGINES) else []
+    if engine in REDUCED_ENGINES and len(images) < 4:
+        raise CarNetError(f"{engine} is used only after a parity check on real photos: pass photos= or set "
+                          f"CARNET_PARITY_PHOTOS to a folder with at least 4 photos")
+    if engine == "auto" and len(images) >= 4:
+        names = ENGINES
+    # int8 is calibrated on the even-numbered photos and checked on the odd ones; the others use all of them
+    calibration, held_out = images[0::2], images[1::2]
+    x_random = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    x_photos = model.preprocess(images).cpu() if images else None
+    x_held_out = model.preprocess(held_out).cpu() if held_out else None
+    ref_random = torch.softmax(reference.logits(x_random), 1)
+    ref_photos = torch.softmax(reference.logits(x_photos), 1) if x_photos is not None else None
+    x1 = x_random[:1]
+    candidates = [Candidate("torch", ms=median_ms(lambda: reference.logits(x1)), note="reference")]
+    engines = {"torch": reference}
+    for name in names[1:]:
+        cand = Candidate(name)
+        candidates.append(cand)
+        try:
+            if name == "onnxruntime":
+                eng = OnnxRuntimeEngine(model)
+            elif name == "torch-bf16":
+                eng = TorchBF16Engine(model)
+            else:
+                eng = OnnxInt8Engine(model, calibration)
+        except Exception as exc:  # export, quantization or runtime problems: not a candidate
+            cand.note = f"unavailable ({type(exc).__name__}: {str(exc)[:120]})"
+            if engine == name:
+                raise CarNetError(f"{name} is not available for {model.name}: {exc}") from None
+            continue
+        if name in REDUCED_ENGINES:
+            x, ref = (x_held_out, torch.softmax(reference.logits(x_held_out), 1)) if name == "onnxruntime-int8" \
+                else (x_photos, ref_photos)
+            cand.parity = parity(ref, torch.softmax(eng.logits(x), 1), name, f"{len(x)} photos")
+        else:
+            cand.parity = parity(ref_random, torch.softmax(eng.logits(x_random), 1), name, "random inputs")
+            if cand.parity.passed and ref_photos is not None:
+                cand.parity = parity(ref_photos, torch.softmax(eng.logits(x_photos), 1), name, f"{len(images)} photos")
+        if not cand.parity.passed:
+            if engine == name:
+                raise CarNetError(f"{name} fails the parity gate for {model.name}: {cand.parity.summary()}")
+            cand.note = "not used"
+        cand.ms = median_ms(lambda: eng.logits(x1))  # timed either way: what a failed gate would have saved
+        if cand.parity.passed:
+            engines[name] = eng
+    usable = [c for c in candidates if c.name in engines]
+    best = usable[-1] if engine != "auto" else min(usable, key=lambda c: c.ms)
+    for c in usable:
+        c.note = ("reference, " if c.name == "torch" else "") + ("used" if c is best else "slower")
+    others = ", ".join(f"{c.name} {c.ms:.1f} ms" for c in usable if c is not best)
+    tried = [c.name for c in candidates if c.parity is not None and not c.parity.passed]
+    reason = (f"{best.name} ({best.ms:.1f} ms at batch 1" + (f"; {others}" if others else "") + ")"
+              + (f"; failed parity: {', '.join(tried)}" if tried else ""))
+    if engine != "auto":
+        reason = f"asked for {engine}: " + reason
+    torch_ms = candidates[0].ms
+    diff = best.parity.max_abs_diff if best.parity else 0.0
+    return EngineChoice(engines[best.name], reason, torch_ms, best.ms, diff, candidates)

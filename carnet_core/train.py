@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-4                     # backbone learning rate (peak of the schedule)
     head_lr_scale: float = 10.0          # the new head learns this many times faster (discriminative LRs); 1 after
-                                         # a linear probe_init, whose head is already fitted (LP-FT tunes all alike)
+                                         # probe_init, which has already fitted the head (LP-FT tunes all alike)
     weight_decay: float = 0.05
     optimizer: str = "adamw"             # or "sgd" (momentum 0.9)
     scheduler: str = "cosine"            # or "plateau" (reduce on val top-1 plateau)
@@ -60,7 +61,7 @@ class TrainConfig:
                                          # transfer-learning guide; robust with small datasets and batches)
     probe_init: bool = True              # LP-FT: first fit the head on cached backbone features (Kumar et al. 2022)
     probe_epochs: int | None = None      # passes over the cached features for probe_init; default 40 for a linear
-                                         # head (seconds), 5 for ML-Decoder (its 6.5 M-parameter head costs ~1 s/step)
+                                         # head (seconds), 20 for ML-Decoder (~0.4 s/step on a 2-core CPU)
     label_smoothing: float = 0.1
     mixup: float = 0.0                   # mixup alpha (0 = off)
     cutmix: float = 0.0                  # cutmix alpha (0 = off)
@@ -151,7 +152,7 @@ def _param_groups(backbone: Sequence[torch.nn.Parameter], head: Sequence[torch.n
     """Backbone at ``lr``, head at ``lr * head_lr_scale``; no weight decay on biases and norm weights (ndim <= 1),
     as timm's ``param_groups_weight_decay``. The backbone's decayed group comes first (it is the logged LR)."""
     groups = []
-    fitted = cfg.probe_init and cfg.head == "linear"  # a linear probe is converged; ML-Decoder's is only warmed up
+    fitted = cfg.probe_init  # the probe has fitted the head; a skipped probe restores the scale (Trainer.run)
     for params, lr in ((backbone, cfg.lr), (head, cfg.lr * (1.0 if fitted else cfg.head_lr_scale))):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
@@ -165,7 +166,6 @@ def _cosine_after_freeze(cfg: TrainConfig, steps_per_epoch: int):
     """LR factor per optimizer step for ``LambdaLR``: 1 during the head-only epochs, then a linear warm-up from 1 %
     over ``warmup_epochs`` and a cosine decay to 1 % at the last step (timm's cosine-with-warmup, counted from the
     moment the backbone starts learning)."""
-    import math
 
     frozen = cfg.freeze_epochs * steps_per_epoch
     total = max(1, (cfg.epochs - cfg.freeze_epochs) * steps_per_epoch)
@@ -319,7 +319,7 @@ class Trainer:
             if self._probe_init(module, train_ds.with_transform(eval_tf), head_params):
                 if ema is not None:
                     ema.set(module)
-            elif cfg.head == "linear":  # no probe after all: the zero-initialised head needs its faster LR back
+            else:  # no probe after all: the untrained head needs its faster LR back
                 for i, group in enumerate(optimizer.param_groups):
                     if group.get("role") == "head":
                         group["lr"] *= cfg.head_lr_scale
@@ -428,13 +428,18 @@ class Trainer:
                                  f"(limit {PROBE_MAX_MB} MB); the head trains with the backbone instead")
                     return False
         feats, labels = torch.cat(feats), torch.cat(labels)
-        lr = 1e-2 if cfg.head == "linear" else 1e-3  # a linear head takes a large step; attention layers do not
-        optimizer = torch.optim.AdamW(head_params, lr=lr, weight_decay=cfg.weight_decay)
-        probe_epochs = cfg.probe_epochs or (40 if cfg.head == "linear" else 5)
+        linear = cfg.head == "linear"
+        optimizer = torch.optim.AdamW(head_params, lr=1e-2 if linear else 1e-3, weight_decay=cfg.weight_decay)
+        probe_epochs = cfg.probe_epochs or (40 if linear else 20)
         steps = probe_epochs * max(1, -(-len(feats) // cfg.batch_size))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        # cosine decay; the ML-Decoder's attention layers also need a linear warm-up over the first 5 % of steps
+        # (measured on stanford_cars_40: 20 epochs at 1e-3 with warm-up reach 70.8 % val top-1, a linear probe 69 %)
+        warmup = 0 if linear else max(1, steps // 20)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup if warmup else 1.0) * 0.5 * (1 + math.cos(math.pi * s / steps)))
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         generator = torch.Generator().manual_seed(cfg.seed)
+        raw.get_classifier().train()  # dropout in the decoder layers; the backbone is not run here
         for _ in range(probe_epochs):
             for idx in torch.randperm(len(feats), generator=generator).split(cfg.batch_size):
                 idx = idx.to(feats.device)
@@ -443,6 +448,7 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+        raw.get_classifier().eval()
         with torch.no_grad():
             acc = float((raw.forward_head(feats).argmax(1) == labels).float().mean())
         fabric.print(f"probe init: head fitted on {len(feats)} cached feature maps in {time.perf_counter() - t0:.0f} s "

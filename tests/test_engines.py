@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from carnet_core import load_model, predict
-from carnet_core.engines import PARITY_ATOL, OnnxRuntimeEngine, fingerprint, select_engine
+from carnet_core import CarNetError
+from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, OnnxRuntimeEngine, fingerprint, parity,
+                                 select_engine, static_padding)
 
 from conftest import MOBILENET_TIMM, need
 
@@ -21,15 +23,66 @@ def test_onnxruntime_matches_torch_for_default_architectures(name):
 
 
 def test_fast_path_is_chosen_and_equal_on_real_photos(lite0, car_photos):
+    """With real photos every candidate, bf16 and int8 included, is gated; whatever is chosen keeps torch's top-5
+    and probabilities on other photos, and a candidate that failed its gate is never the one used."""
     mnv2 = load_model("mobilenetv2_100", checkpoint=need(MOBILENET_TIMM), device="cpu")
-    photos = car_photos[::9]
+    gate, check = car_photos[::7], car_photos[3::9]
     for model in (lite0, mnv2):
-        choice = select_engine(model)
-        assert choice.engine.name == "onnxruntime", choice.reason  # faster than torch on this CPU
-        fast, ref = predict(model, photos), predict(model, photos, engine="torch")
+        choice = select_engine(model, photos=gate)
+        tried = {c.name: c for c in choice.candidates}
+        assert set(tried) == {"torch", "onnxruntime", *REDUCED_ENGINES}, choice.table()
+        assert all(tried[n].parity is not None for n in ("onnxruntime", *REDUCED_ENGINES))
+        assert tried[choice.engine.name].parity is None or tried[choice.engine.name].parity.passed
+        assert choice.engine.name != "torch", choice.reason  # ONNX Runtime fp32 beats eager torch on a CPU
+        fast, ref = predict(model, check), predict(model, check, engine="torch")
+        tol = TOP1_PROB_ATOL if choice.engine.name in REDUCED_ENGINES else PARITY_ATOL
         for a, b in zip(fast.predictions, ref.predictions):
             assert a.class_names == b.class_names
-            assert a.probabilities == pytest.approx(b.probabilities, abs=PARITY_ATOL)
+            assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=tol)
+
+
+def test_parity_rules():
+    ref = torch.softmax(torch.randn(6, 1000, generator=torch.Generator().manual_seed(0)) * 3, 1)
+    assert parity(ref, ref + 5e-5, "onnxruntime", "x").passed
+    assert not parity(ref, ref + 2e-4, "onnxruntime", "x").passed
+    noisy = ref.clone()
+    top = ref.topk(5, dim=1).indices
+    noisy[0, top[0, 0]] -= 0.005  # top-1 probability off by 0.005: reduced precision may keep it
+    report = parity(ref, noisy, "torch-bf16", "6 photos")
+    assert report.passed and report.top5_identical == 1.0 and report.max_top1_prob_diff == pytest.approx(0.005)
+    assert not parity(ref, noisy, "onnxruntime", "x").passed  # but fp32 may not
+    noisy[1, top[1, 0]] -= 2 * TOP1_PROB_ATOL
+    assert not parity(ref, noisy, "torch-bf16", "x").passed
+    swapped = ref.clone()  # the 4th and 5th classes trade places: top-5 no longer identical
+    swapped[2, top[2, 3]], swapped[2, top[2, 4]] = ref[2, top[2, 4]], ref[2, top[2, 3]] - 1e-6
+    report = parity(ref, swapped, "onnxruntime-int8", "6 photos")
+    assert not report.passed and report.top5_identical == pytest.approx(5 / 6)
+
+
+def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, monkeypatch):
+    with pytest.raises(CarNetError, match="parity check on real photos"):
+        select_engine(lite0, "torch-bf16", photos=[])
+    monkeypatch.setattr("carnet_core.engines.TOP1_PROB_ATOL", -1.0)  # nothing can pass
+    with pytest.raises(CarNetError, match="fails the parity gate"):
+        select_engine(lite0, "torch-bf16", photos=car_photos[::40])
+    monkeypatch.setenv("CARNET_ENGINE", "fp8")
+    with pytest.raises(CarNetError, match="unknown engine 'fp8'"):
+        select_engine(lite0)
+
+
+def test_static_padding_export_keeps_outputs_and_drops_shape_arithmetic(lite0, tmp_path):
+    import onnx
+
+    from carnet_core.engines import export_onnx
+
+    module, replaced = static_padding(lite0.module, (3, 224, 224))
+    assert replaced == 5 and module is not lite0.module  # the five stride-2 TF-"SAME" convolutions
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(module(x), lite0.module(x))
+    assert static_padding(load_model("mobilenetv2_100", weights="random").module, (3, 224, 224))[1] == 0
+    ops = {n.op_type for n in onnx.load(export_onnx(lite0, tmp_path / "l0.onnx")).graph.node}
+    assert "Shape" not in ops and "Pad" in ops
 
 
 def test_export_cache_is_reused_and_invalidated_by_new_weights():
@@ -61,3 +114,15 @@ def test_export_cli(tmp_path):
     assert "max probability difference vs torch" in out.stdout
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["data_config"]["mean"] == [0.5, 0.5, 0.5] and meta["class_names"][817] == "sports car"
+
+
+def test_engines_cli(tmp_path):
+    from test_cli import run_cli
+
+    out = run_cli("engines", "efficientnet_lite0")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[2:]}
+    assert set(lines) == {"torch", "onnxruntime"}  # no photos: bf16 / int8 are not tried
+    assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
+    out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
+    assert out.returncode == 2 and f"no photos under {tmp_path}" in out.stderr

@@ -70,3 +70,17 @@ def test_topk_bar_figure():
     bar = fig.data[0]
     assert list(bar.y) == ["convertible", "sports car"]  # most probable on top
     assert list(bar.text) == ["20.0%", "70.0%"]
+
+
+def test_preprocess_is_bitwise_timms_transform(lite0, car_photos):
+    """The NumPy to-tensor/normalise step gives exactly timm's eval transform, on real photos and odd shapes,
+    for Lite0 (mean = std = 0.5) and ResNet-50 (ImageNet mean/std, 224 px from bilinear/bicubic resize)."""
+    from PIL import Image
+
+    from carnet_core.images import load_image
+
+    images = [load_image(p) for p in car_photos[::30]] + [Image.new("RGB", (37, 301), (1, 2, 250)),
+                                                          Image.new("RGB", (1, 1), (255, 0, 7))]
+    for model in (lite0, load_model("resnet50", weights="random", device="cpu")):
+        ref = torch.stack([model.transform(im) for im in images])
+        assert torch.equal(model.preprocess(images), ref)

@@ -345,3 +345,23 @@ def test_head_learns_faster_when_the_probe_is_skipped(colour_folder, tmp_path, m
     Trainer(cfg, [Probe()]).fit()
     assert "probe init skipped" in capsys.readouterr().out
     assert seen["head"] == pytest.approx(seen["backbone"] * cfg.head_lr_scale)
+
+
+def test_ml_decoder_probe_fits_the_head_before_fine_tuning(colour_folder, tmp_path, capsys):
+    """LP-FT with the ML-Decoder head: the probe (AdamW with warm-up on cached features) fits the decoder, which then
+    fine-tunes at the backbone's LR like a fitted linear head."""
+    import re
+
+    seen = {}
+
+    class Probe:
+        def on_train_batch_end(self, trainer, epoch, step, num_steps):
+            for g in trainer.optimizer.param_groups:
+                seen.setdefault(g["role"], g["lr"])
+
+    cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, head="ml_decoder",
+                      **{**FAST, "probe_init": True, "freeze_epochs": 0, "probe_epochs": 10})
+    Trainer(cfg, [Probe()]).fit()
+    fitted = re.search(r"probe init: head fitted on \d+ cached feature maps .*train top-1 ([\d.]+)%", capsys.readouterr().out)
+    assert fitted and float(fitted.group(1)) >= 90.0
+    assert seen["head"] == pytest.approx(seen["backbone"])
