@@ -1,9 +1,11 @@
-"""This process's memory, for progress reports, model cards and the benchmark (Linux /proc; elsewhere the
-``resource`` module's peak, which is all it offers)."""
+"""Process helpers: this process's memory, for progress reports, model cards and the benchmark (Linux /proc;
+elsewhere the ``resource`` module's peak, which is all it offers), and a file lock for shared state files."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 
 def _status_mb(field: str) -> float | None:
@@ -32,3 +34,21 @@ def peak_rss_mb() -> float:
     """Resident-memory high-water mark of this process, MB."""
     value = _status_mb("VmHWM")
     return value if value is not None else _ru_maxrss_mb()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created if missing) for the ``with`` block:
+    serialises read-modify-write of shared files between processes and threads. A no-op where ``fcntl`` does not
+    exist (Windows, where one app process is the common case)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

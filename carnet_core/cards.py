@@ -171,13 +171,22 @@ print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak_r
         raise RuntimeError("measuring failed: " + "\n".join((proc.stdout + proc.stderr).splitlines()[-5:]))
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["measured"] = time.strftime("%Y-%m-%d %H:%M")
-    path = _cache_file()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[_cost_key(key, fingerprint)] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    _store_cost(key, fingerprint, result)
     return result
+
+
+def _store_cost(key: str, fingerprint: str, result: dict[str, Any]) -> None:
+    """Add one measurement to the cache file: read, change and replace it under a file lock, so that sessions
+    measuring at the same moment do not drop each other's entries."""
+    from ._proc import file_lock
+
+    path = _cache_file()
+    with file_lock(path.with_suffix(".lock")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[_cost_key(key, fingerprint)] = result
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)

@@ -26,9 +26,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ._proc import rss_mb
+from ._proc import file_lock, rss_mb
 from .errors import CarNetError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -311,19 +311,8 @@ class JobRunner:
         status = {**(_read_json(job.dir / "status.json", {}) or {}), **changes}
         _write_json(job.dir / "status.json", status)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # Windows: one app process is the common case
-            yield
-            return
-        with open(self.root / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _lock(self):
+        return file_lock(self.root / ".lock")
 
 
 class _WorkerCallbacks:

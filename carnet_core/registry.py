@@ -8,6 +8,7 @@ architecture and travels with the loaded model and its checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import UnknownModelError
 from .labels import IMAGENET_1K
@@ -109,7 +110,7 @@ class CheckpointEntry:
     """A fine-tuned CarNet checkpoint found on disk, listed next to the registered models (read from its metadata
     only: listing never loads tensors)."""
 
-    path: "Path"
+    path: Path
     name: str
     arch: str
     head: str
@@ -128,13 +129,11 @@ class CheckpointEntry:
                           + ([f"top-1 {top1 * 100:.1f} %"] if top1 is not None else []))
 
 
-def list_checkpoints(folders: "list[Path | str] | None" = None) -> list[CheckpointEntry]:
+def list_checkpoints(folders: list[Path | str] | None = None) -> list[CheckpointEntry]:
     """CarNet checkpoints under ``folders`` (default: the fine-tune jobs folder and the weights folder), newest
     first. In a folder of one training run only its best checkpoint is listed (``best-eNNN-top1-XX.X``; else
     ``last``). Unreadable or foreign files are skipped.
     """
-    from pathlib import Path
-
     from .checkpoint import read_metadata
     from .errors import CarNetError
 
@@ -170,7 +169,7 @@ def list_checkpoints(folders: "list[Path | str] | None" = None) -> list[Checkpoi
     return sorted(entries, key=lambda e: e.path.stat().st_mtime, reverse=True)
 
 
-def _run_rank(path: "Path") -> tuple[int, float]:
+def _run_rank(path: Path) -> tuple[int, float]:
     """Order of preference inside a run folder: any best-* (by top-1) over last.safetensors."""
     if path.name.startswith("best-e"):
         try:

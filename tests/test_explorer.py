@@ -186,3 +186,27 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     shown = [m.value for m in at.metric]
     assert shown[:4] == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
                          f"{numbers['ece'] * 100:.1f}%", "785"]
+
+
+def test_cost_cache_keeps_every_entry_when_sessions_write_at_once(tmp_path, monkeypatch):
+    """Eight sessions (processes) store measurements at the same moment; none is lost (file lock)."""
+    import multiprocessing
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_store_many, args=(i,)) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    for i in range(8):
+        for j in range(25):
+            assert cached_cost(f"model-{i}-{j}", "fp") == {"latency_ms": float(j)}
+
+
+def _store_many(i: int) -> None:
+    from carnet_core.cards import _store_cost
+
+    for j in range(25):
+        _store_cost(f"model-{i}-{j}", "fp", {"latency_ms": float(j)})
