@@ -7,8 +7,9 @@ Latency does not depend on the weights' values, so models without weights on thi
 weights. "timm eager" is a plain ``timm.create_model`` network (NCHW, fp32) called under ``torch.no_grad()`` on the
 already preprocessed tensor; "CarNet" is :func:`carnet_core.predict` on a PIL image (its model time, and model +
 preprocessing), with the engine it chose (see carnet_core.engines); "ORT" is a default ``onnxruntime.InferenceSession``
-(fp32, CPU) on the same exported file, the anchor. The three are timed in alternating blocks of 10 calls, each after a pause
-and 3 untimed calls (drift on a shared machine hits them alike; no engine's threads still busy-wait during another's); numbers are medians in ms; ratios: CarNet / ORT (target <= 1.0) and timm eager /
+(fp32, CPU) on the same exported file, the anchor. The three are timed in alternating blocks of 10 calls, each
+after a pause and 3 untimed calls (drift on a shared machine hits them alike, and no engine's threads still
+busy-wait while another is timed); numbers are medians in ms; ratios: CarNet / ORT (target <= 1.0) and timm eager /
 CarNet (speed-up).
 
 ``--photos DIR`` (default: ../shared/data/stanford_cars_40/val when present) gives the real photos on which the

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .errors import CarNetError
+from .errors import CarNetError, ImageError
 from .images import IMAGE_EXTENSIONS, ImageSource, load_image
 from .model import Classifier
 
@@ -42,8 +42,8 @@ PARITY_ATOL = 1e-4
 #: Reduced precision: largest allowed difference of the reference top-1 class's probability, per photo.
 TOP1_PROB_ATOL = 0.01
 ONNX_OPSET = 17
-#: Bumped when the export itself changes, so cached files from an older export are not reused.
-EXPORT_VERSION = 2
+#: Part of the cache key: bumped when the export itself changes, so files from an older export are not reused.
+EXPORT_VERSION = 3
 #: Photos used by the reduced-precision gate, at most (evenly spaced over the sorted folder).
 MAX_PARITY_PHOTOS = 64
 
@@ -62,77 +62,27 @@ def fingerprint(model: Classifier) -> str:
     return h.hexdigest()
 
 
-class _StaticPadConv(torch.nn.Module):
-    """A TF-"SAME" convolution with its padding fixed for one input size: ``F.pad`` by constants, then the conv.
-    Exports as Pad + Conv, which ONNX Runtime fuses, instead of the shape arithmetic of a dynamic pad."""
-
-    def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]):
-        super().__init__()
-        self.conv, self.pads = conv, pads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, self.pads), c.weight, c.bias, c.stride, 0,
-                                          c.dilation, c.groups)
-
-
-def static_padding(module: torch.nn.Module, input_size: Sequence[int]) -> tuple[torch.nn.Module, int]:
-    """A copy of ``module`` whose timm ``Conv2dSame`` layers (TF "SAME" padding, computed from the input shape at
-    every call: ``tf_efficientnet_*``) pad by constants computed for ``input_size`` (3, H, W). Same outputs at that
-    size; used for the ONNX export, whose H and W are fixed. Returns (module, number of layers replaced)."""
-    import copy
-
-    from timm.layers.conv2d_same import Conv2dSame
-    from timm.layers.padding import get_same_padding
-
-    names = [n for n, m in module.named_modules() if isinstance(m, Conv2dSame)]
-    if not names:
-        return module, 0
-    module = copy.deepcopy(module)
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [module.get_submodule(n).register_forward_pre_hook(
-        lambda _m, args, n=n: sizes.__setitem__(n, tuple(args[0].shape[-2:]))) for n in names]
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    for n in names:
-        conv, (ih, iw) = module.get_submodule(n), sizes[n]
-        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
-        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        parent, _, leaf = n.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, leaf,
-                _StaticPadConv(conv, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
-    return module, len(names)
-
-
 def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
-    """Export ``model`` to ONNX (fp32, dynamic batch, H and W fixed to the data config's input size; input ``input``
-    (N, 3, H, W), output ``logits`` (N, C)), with a ``<path>.json`` beside it holding the class names, data config
-    and provenance.
+    """Export ``model`` to ONNX (fp32, dynamic batch; input ``input`` (N, 3, H, W), output ``logits`` (N, C)),
+    with a ``<path>.json`` beside it holding the class names, data config and provenance.
 
-    Uses torch's TorchScript-based exporter (``dynamo=False``), which handles every timm CNN here. TF-"SAME"
-    padding is fixed for the input size first (:func:`static_padding`; 1.5-2x faster in ONNX Runtime for
-    EfficientNet-Lite0).
+    Uses torch's TorchScript-based exporter (``dynamo=False``), which handles every timm CNN here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    input_size = model.data_config["input_size"]
-    x = torch.zeros(1, *input_size)
+    x = torch.zeros(1, *model.data_config["input_size"])
+    module = model.module
     device = model.device
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with model.lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model.module.to("cpu")
-            module, _ = static_padding(model.module, input_size)
-            torch.onnx.export(module.eval(), (x,), str(tmp), input_names=["input"], output_names=["logits"],
+            module.to("cpu")
+            torch.onnx.export(module, (x,), str(tmp), input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
                               dynamo=False)
         finally:
-            model.module.to(device)
+            module.to(device)
     os.replace(tmp, path)
     meta = {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),
             "data_config": model.data_config, "weights": model.weights.to_dict(), "input": "input", "output": "logits"}
@@ -175,8 +125,8 @@ class TorchBF16Engine(TorchEngine):
 
 def onnxruntime_session(path: str | os.PathLike):
     """An ONNX Runtime CPU session: all graph optimisations, one intra-op thread per core, ONNX Runtime's default
-    thread spinning (turning it off cost 30-40 % at batch 1 here; what had made it look harmful was torch's OpenMP
-    threads busy-waiting after torch preprocessing, which :meth:`Classifier.preprocess` now avoids)."""
+    thread spinning (turning it off cost 25-35 % at batch 1 in ``predict()`` here; what had made it look harmful was
+    torch's OpenMP threads busy-waiting after torch preprocessing, which :meth:`Classifier.preprocess` now avoids)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -205,9 +155,10 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
 
     name = "onnxruntime-int8"
 
-    def __init__(self, model: Classifier, calibration: Sequence[Image.Image]):
+    def __init__(self, model: Classifier, calibration: torch.Tensor):
+        """``calibration``: preprocessed photos (N, 3, H, W), fed to the calibrator one at a time."""
         fp32 = cached_export(model)
-        batches = [model.preprocess([im]).numpy() for im in calibration]
+        batches = [x[None].numpy() for x in calibration.cpu()]
         h = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
         self.path = fp32.with_name(f"{fp32.stem}-int8-{h}.onnx")
         if not self.path.is_file():
@@ -374,7 +325,7 @@ def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
     for p in paths:
         try:
             images.append(load_image(p))
-        except Exception:  # an unreadable file in the folder is not a reason to refuse a fast path
+        except ImageError:  # an unreadable file in the folder is not a reason to refuse a fast path
             continue
     return images
 
@@ -388,11 +339,8 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
                           f"CARNET_PARITY_PHOTOS to a folder with at least 4 photos")
     if engine == "auto" and len(images) >= 4:
         names = ENGINES
-    # int8 is calibrated on the even-numbered photos and checked on the odd ones; the others use all of them
-    calibration, held_out = images[0::2], images[1::2]
     x_random = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     x_photos = model.preprocess(images).cpu() if images else None
-    x_held_out = model.preprocess(held_out).cpu() if held_out else None
     ref_random = torch.softmax(reference.logits(x_random), 1)
     ref_photos = torch.softmax(reference.logits(x_photos), 1) if x_photos is not None else None
     x1 = x_random[:1]
@@ -407,15 +355,14 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
             elif name == "torch-bf16":
                 eng = TorchBF16Engine(model)
             else:
-                eng = OnnxInt8Engine(model, calibration)
+                eng = OnnxInt8Engine(model, x_photos[0::2])  # calibrated on the even photos, checked on the odd
         except Exception as exc:  # export, quantization or runtime problems: not a candidate
             cand.note = f"unavailable ({type(exc).__name__}: {str(exc)[:120]})"
             if engine == name:
                 raise CarNetError(f"{name} is not available for {model.name}: {exc}") from None
             continue
         if name in REDUCED_ENGINES:
-            x, ref = (x_held_out, torch.softmax(reference.logits(x_held_out), 1)) if name == "onnxruntime-int8" \
-                else (x_photos, ref_photos)
+            x, ref = (x_photos[1::2], ref_photos[1::2]) if name == "onnxruntime-int8" else (x_photos, ref_photos)
             cand.parity = parity(ref, torch.softmax(eng.logits(x), 1), name, f"{len(x)} photos")
         else:
             cand.parity = parity(ref_random, torch.softmax(eng.logits(x_random), 1), name, "random inputs")

@@ -166,7 +166,6 @@ def _cosine_after_freeze(cfg: TrainConfig, steps_per_epoch: int):
     """LR factor per optimizer step for ``LambdaLR``: 1 during the head-only epochs, then a linear warm-up from 1 %
     over ``warmup_epochs`` and a cosine decay to 1 % at the last step (timm's cosine-with-warmup, counted from the
     moment the backbone starts learning)."""
-
     frozen = cfg.freeze_epochs * steps_per_epoch
     total = max(1, (cfg.epochs - cfg.freeze_epochs) * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)

@@ -6,7 +6,7 @@ import torch
 from carnet_core import load_model, predict
 from carnet_core import CarNetError
 from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, OnnxRuntimeEngine, fingerprint, parity,
-                                 select_engine, static_padding)
+                                 select_engine)
 
 from conftest import MOBILENET_TIMM, need
 
@@ -68,21 +68,6 @@ def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, mo
     monkeypatch.setenv("CARNET_ENGINE", "fp8")
     with pytest.raises(CarNetError, match="unknown engine 'fp8'"):
         select_engine(lite0)
-
-
-def test_static_padding_export_keeps_outputs_and_drops_shape_arithmetic(lite0, tmp_path):
-    import onnx
-
-    from carnet_core.engines import export_onnx
-
-    module, replaced = static_padding(lite0.module, (3, 224, 224))
-    assert replaced == 5 and module is not lite0.module  # the five stride-2 TF-"SAME" convolutions
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(module(x), lite0.module(x))
-    assert static_padding(load_model("mobilenetv2_100", weights="random").module, (3, 224, 224))[1] == 0
-    ops = {n.op_type for n in onnx.load(export_onnx(lite0, tmp_path / "l0.onnx")).graph.node}
-    assert "Shape" not in ops and "Pad" in ops
 
 
 def test_export_cache_is_reused_and_invalidated_by_new_weights():
