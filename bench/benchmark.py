@@ -7,16 +7,20 @@ Latency does not depend on the weights' values, so models without weights on thi
 weights. "timm eager" is a plain ``timm.create_model`` network (NCHW, fp32) called under ``torch.no_grad()`` on the
 already preprocessed tensor; "CarNet" is :func:`carnet_core.predict` on a PIL image (its model time, and model +
 preprocessing), with the engine it chose (see carnet_core.engines); "ORT" is a default ``onnxruntime.InferenceSession``
-(fp32, CPU) on the same exported file, the anchor. The three are timed in alternating blocks of 10 calls, each
-after a pause and 3 untimed calls (drift on a shared machine hits them alike, and no engine's threads still
-busy-wait while another is timed); numbers are medians in ms; ratios: CarNet / ORT (target <= 1.0) and timm eager /
-CarNet (speed-up).
+(fp32, CPU) on the same exported file, the anchor, timed like CarNet's model time: one call right after the same
+preprocessing of the same image ("ORT back-to-back": called in a tight loop on a ready tensor, its threads still
+spinning, which no classify request gets); "ORT + timm preproc" is the whole classify step as a user of that anchor
+would write it: timm's eval transform on the same PIL image, then the session. All are timed in alternating blocks of 10 calls, each after a pause and 3 untimed calls
+(drift on a shared machine hits them alike, and no engine's threads still busy-wait while another is timed); numbers
+are medians in ms; ratios: CarNet / ORT (model time; target <= 1.0), timm eager / CarNet (speed-up) and CarNet +
+preprocessing / ORT + timm preprocessing (the whole step).
 
 ``--photos DIR`` (default: ../shared/data/stanford_cars_40/val when present) gives the real photos on which the
 reduced-precision candidates (bf16, int8) must keep the top-5 classes and the top-1 probability; each model's
 candidate table is printed. ``--compile`` also times ``torch.compile`` (inductor, fp32) and its compile time.
 
-Then throughput at batch 1, 8, 32 (images/s, model time), Grad-CAM per method and model next to one forward pass
+Then throughput at batch 1, 8, 32 (images/s, model time; CarNet next to the ORT anchor given the whole batch in one
+call), Grad-CAM per method and model next to one forward pass
 (``--expensive`` adds ScoreCAM and AblationCAM, minutes on a CPU), app cold start (a new process: imports, model load,
 first prediction) and its peak RSS.
 """
@@ -51,15 +55,27 @@ def anchor_session(model):
     return ort.InferenceSession(str(cached_export(model)), providers=["CPUExecutionProvider"])
 
 
-def alternating_ms(fns: dict, repeats: int, block: int = 10, pause_s: float = 0.2) -> dict:
-    """Median ms per function, timing them in alternating blocks of ``block`` calls, each block after 3 untimed
-    calls and a pause (so that one engine's busy-waiting threads have gone to sleep before the next is timed).
+def ort_in_situ(model, image, session) -> float:
+    """The anchor's model time (ms) in the situation CarNet's is measured in: the image preprocessed the same way just
+    before (CPU caches and ONNX Runtime's idle threads as in ``predict()``), then one default-session call."""
+    x = model.preprocess([image]).numpy()
+    t = time.perf_counter()
+    session.run(None, {"input": x})
+    return (time.perf_counter() - t) * 1e3
+
+
+def alternating_ms(fns: dict, repeats: int, block: int = 10, pause_s: float = 0.2, warmup: int = 3) -> dict:
+    """Median ms per function, timing them in alternating blocks of ``block`` calls (the order rotating from round to
+    round), each block after ``warmup`` untimed calls and a pause (so that one engine's busy-waiting threads have
+    gone to sleep before the next is timed).
     A function that returns a number (its own measure of its time, ms) is scored by the median of those instead."""
     times = {k: [] for k in fns}
-    for _ in range(max(1, repeats // block)):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(max(1, repeats // block)):
+        for k in names[r % len(names):] + names[:r % len(names)]:  # each starts a round in turn: no order bias
+            fn = fns[k]
             time.sleep(pause_s)
-            for _ in range(3):
+            for _ in range(warmup):
                 fn()
             for _ in range(block):
                 t = time.perf_counter()
@@ -151,29 +167,39 @@ def main() -> None:
         print(f"\n## {name}: {choice.reason}\n{choice.table()}", flush=True)
         ort_session = anchor_session(model)
         xn = x.cpu().numpy()
+        transform = timm.data.create_transform(**model.data_config)  # timm's own eval transform, torch tensors
         ms = alternating_ms({"eager": eager, "carnet": lambda: predict(model, [image]).latency_ms,
                              "carnet+preproc": lambda: predict(model, [image]),
-                             "ort": lambda: ort_session.run(None, {"input": xn})}, args.repeats)
+                             "ort": lambda: ort_in_situ(model, image, ort_session),
+                             "ort back-to-back": lambda: ort_session.run(None, {"input": xn}),
+                             "ort+preproc": lambda: ort_session.run(None, {"input": transform(image)[None].numpy()})},
+                            args.repeats)
         compiled = compiled_ms(model, x, args.repeats) if args.compile else None
-        rows.append((name, kind, choice.engine.name, ms["eager"], ms["carnet"], ms["ort"], ms["carnet+preproc"], compiled))
-        forward_ms[name] = (model, ms["eager"])
+        rows.append((name, kind, choice.engine.name, ms["eager"], ms["carnet"], ms["ort"], ms["ort back-to-back"],
+                     ms["carnet+preproc"], ms["ort+preproc"], compiled))
+        forward_ms[name] = (model, ms["eager"], ort_session)
 
     print(f"\n# Classify latency, batch 1, ms\n{'model':<20} {'weights':<7} {'engine':<12} {'timm eager':>10} "
-          f"{'CarNet':>7} {'ORT':>6} {'CarNet/ORT':>10} {'speed-up':>9} {'CarNet+preproc':>15}"
+          f"{'CarNet':>7} {'ORT':>6} {'CarNet/ORT':>10} {'ORT back-to-back':>16} {'speed-up':>9} {'CarNet+preproc':>15}"
+          f" {'ORT+timm preproc':>17}"
+          f" {'ratio':>6}"
           + (f" {'torch.compile':>13} {'compile s':>9}" if args.compile else ""))
-    for name, kind, engine, timm_ms, model_ms, ort_ms, total_ms, compiled in rows:
+    for name, kind, engine, timm_ms, model_ms, ort_ms, ort_b2b_ms, total_ms, ort_total_ms, compiled in rows:
         print(f"{name:<20} {kind:<7} {engine:<12} {timm_ms:>10.1f} {model_ms:>7.1f} {ort_ms:>6.1f} "
-              f"{model_ms / ort_ms:>10.2f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f}"
+              f"{model_ms / ort_ms:>10.2f} {ort_b2b_ms:>16.1f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f} {ort_total_ms:>17.1f}"
+              f" {total_ms / ort_total_ms:>6.2f}"
               + (f" {compiled[1]:>13.1f} {compiled[0]:>9.0f}" if compiled else ""))
 
-    print("\n# Throughput, CarNet path (model time, images/s)")
-    print(f"{'model':<20} " + " ".join(f"{'batch ' + str(b):>9}" for b in (1, 8, 32)))
-    for name, (model, _) in forward_ms.items():
+    print("\n# Throughput, images/s (model time): CarNet path / the ORT anchor with the batch in one call")
+    print(f"{'model':<20} " + " ".join(f"{'batch ' + str(b):>11}" for b in (1, 8, 32)))
+    for name, (model, _, ort_session) in forward_ms.items():
         cells = []
         for b in (1, 8, 32):
             batch = torch.randn(b, *model.data_config["input_size"])
-            ms = median_ms(lambda: predict_probabilities(model, batch), max(3, args.repeats // b))
-            cells.append(f"{b / ms * 1e3:>9.0f}")
+            ms = alternating_ms({"carnet": lambda: predict_probabilities(model, batch),
+                                 "ort": lambda: ort_session.run(None, {"input": batch.numpy()})},
+                                max(12, args.repeats // b), block=max(2, 10 // b), warmup=1)
+            cells.append(f"{b / ms['carnet'] * 1e3:>5.0f} /{b / ms['ort'] * 1e3:>4.0f}")
         print(f"{name:<20} " + " ".join(cells))
 
     from carnet_core.explain import EXPENSIVE_METHODS, METHODS, explain
@@ -181,7 +207,7 @@ def main() -> None:
     methods = [m for m in METHODS if args.expensive or m not in EXPENSIVE_METHODS]
     print(f"\n# Grad-CAM latency (median of {args.cam_repeats}, ms) and ratio to one forward pass")
     print(f"{'model':<20} {'forward':>8} " + " ".join(f"{m:>17}" for m in methods))
-    for name, (model, fwd) in forward_ms.items():
+    for name, (model, fwd, _) in forward_ms.items():
         cells = []
         for method in methods:
             ms = statistics.median(explain(model, image, method=method).latency_ms

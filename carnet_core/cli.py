@@ -90,10 +90,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_member(spec: str, use_hub: bool):
+def _load_member(spec: str, use_hub: bool, arch: str | None = None):
+    """A registry name, or a checkpoint file (``arch``: the registry name a plain state dict is for)."""
     from .model import load_model
 
-    return load_model(checkpoint=spec, use_hub=use_hub) if Path(spec).is_file() else load_model(spec, use_hub=use_hub)
+    if Path(spec).is_file():
+        return load_model(arch, checkpoint=spec, use_hub=use_hub)
+    return load_model(spec, use_hub=use_hub)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -123,7 +126,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from .engines import TorchEngine, export_onnx, onnxruntime_session
 
-    model = _load_member(args.model, not args.no_hub)
+    model = _load_member(args.model, not args.no_hub, args.arch)
     model.to("cpu")
     out = args.out or Path(f"{model.name}.onnx")
     export_onnx(model, out)
@@ -139,6 +142,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
+    import torch
+
     from .engines import parity_photos, select_engine
 
     photos = None
@@ -147,11 +152,14 @@ def _cmd_engines(args: argparse.Namespace) -> int:
         if not photos:
             print(f"error: no photos under {args.photos}", file=sys.stderr)
             return 2
-    model = _load_member(args.model, not args.no_hub)
+    model = _load_member(args.model, not args.no_hub, args.arch)
     model.to("cpu")
     choice = select_engine(model, photos=photos)
     print(f"{model.name} on the CPU: {choice.reason}")
     print(choice.table())
+    if hasattr(choice.engine, "batching"):  # ONNX Runtime decides how to run batches on the first one it gets
+        choice.engine.logits(torch.randn(8, *model.data_config["input_size"]))
+        print(f"{choice.engine.name}: {choice.engine.batching}")
     return 0
 
 
@@ -266,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", type=Path, help="output file (default <model>.onnx)")
+    p.add_argument("--model", dest="arch", metavar="NAME",
+                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_export)
 
@@ -275,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
     p.add_argument("--photos", help="folder of real photos for the bf16 / int8 parity gate (default "
                                     "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
+    p.add_argument("--model", dest="arch", metavar="NAME",
+                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_engines)
 

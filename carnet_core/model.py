@@ -177,8 +177,12 @@ class Classifier:
         by 1.3-1.6x on a 2-core CPU.
         """
         pil, mean, std = self._pil_steps
-        arrays = [(np.asarray(pil(im), np.float32).transpose(2, 0, 1) / np.float32(255) - mean) / std for im in images]
-        return torch.from_numpy(np.stack(arrays)).to(self.device)
+        batch = np.empty((len(images), 3, *self.data_config["input_size"][1:]), np.float32)
+        for x, im in zip(batch, images):
+            np.divide(np.asarray(pil(im), np.float32).transpose(2, 0, 1), np.float32(255), out=x)
+            x -= mean
+            x /= std
+        return torch.from_numpy(batch).to(self.device)
 
     def backbone_and_head(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
         """(backbone parameters, head parameters): the head is timm's classifier module (``fc``, ``classifier``,

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -82,8 +83,18 @@ def predict_probabilities(model: Classifier, batch: torch.Tensor, engine: str = 
     """
     from .engines import select_engine
 
-    logits = select_engine(model, engine).engine.logits(batch)
-    return torch.softmax(logits.float(), dim=1)
+    return softmax(select_engine(model, engine).engine.logits(batch))
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities (N, C) float32 from logits (N, C) on the CPU, computed in NumPy (max-subtracted exponentials).
+
+    Not ``torch.softmax``: on a batch it wakes torch's OpenMP threads, and their busy-waiting afterwards slowed the
+    next ONNX Runtime call by up to 1.4x on a 2-core CPU (MobileNetV2, batches of 8: 182 against 257 images/s).
+    """
+    x = logits.detach().float().cpu().numpy()
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return torch.from_numpy(e / e.sum(axis=1, keepdims=True))
 
 
 def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk: int = 5,

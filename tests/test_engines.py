@@ -5,8 +5,9 @@ import torch
 
 from carnet_core import load_model, predict
 from carnet_core import CarNetError
-from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, OnnxRuntimeEngine, fingerprint, parity,
-                                 select_engine)
+from carnet_core.images import load_image
+from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, OnnxRuntimeEngine, fingerprint,
+                                 onnxruntime_session, parity, select_engine)
 
 from conftest import MOBILENET_TIMM, need
 
@@ -39,6 +40,42 @@ def test_fast_path_is_chosen_and_equal_on_real_photos(lite0, car_photos):
         for a, b in zip(fast.predictions, ref.predictions):
             assert a.class_names == b.class_names
             assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=tol)
+
+
+def test_onnxruntime_sessions_on_real_photos(lite0, car_photos):
+    """Single images run on a session whose batch dimension is fixed to 1 (it refuses two images); a batch is run
+    either way after a measurement, and both ways match torch on real photos."""
+    engine = OnnxRuntimeEngine(lite0)
+    x = lite0.preprocess([load_image(p) for p in car_photos[::12][:10]])
+    with pytest.raises(Exception, match="dimensions"):
+        engine.session.run(None, {"input": x[:2].numpy()})
+    with torch.no_grad():
+        ref = torch.softmax(lite0.module(x), 1)
+    assert engine.batching is None
+    assert (torch.softmax(engine.logits(x[:1]), 1) - ref[:1]).abs().max() <= PARITY_ATOL
+    assert engine.batching is None  # one image: no batching decision yet
+    probs = torch.softmax(engine.logits(x), 1)
+    assert engine.batching.startswith("batches run ") and "batch 8:" in engine.batching
+    assert (probs - ref).abs().max() <= PARITY_ATOL
+    for session in (engine.batched_session, None):  # whichever was measured faster, and the other
+        engine.batched_session = session or onnxruntime_session(engine.path)
+        assert (torch.softmax(engine.logits(x), 1) - ref).abs().max() <= PARITY_ATOL
+    assert engine.logits(x[:0]).shape == (0, 1000)
+
+
+@pytest.mark.parametrize("single_ms, whole_ms, atol, batched", [(2.0, 1.0, PARITY_ATOL, True),
+                                                                 (1.0, 2.0, PARITY_ATOL, False),
+                                                                 (2.0, 1.0, -1.0, False)])
+def test_batching_follows_the_measurement_and_parity(monkeypatch, single_ms, whole_ms, atol, batched):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    engine = OnnxRuntimeEngine(model)
+    times = iter([single_ms * 4, whole_ms * 4])  # median_ms of the 4 batch-1 calls, then of the one call
+    monkeypatch.setattr("carnet_core.engines.median_ms", lambda fn, *a, **k: next(times))
+    monkeypatch.setattr("carnet_core.engines.PARITY_ATOL", atol)
+    engine.logits(torch.randn(4, 3, 224, 224))
+    assert (engine.batched_session is not None) == batched, engine.batching
+    assert ("in one call (" in engine.batching) == batched
+    assert ("fails parity" in engine.batching) == (atol < 0)
 
 
 def test_parity_rules():
@@ -106,8 +143,22 @@ def test_engines_cli(tmp_path):
 
     out = run_cli("engines", "efficientnet_lite0")
     assert out.returncode == 0, out.stderr
-    lines = {line.split()[0]: line for line in out.stdout.splitlines()[2:]}
+    *table, batching = out.stdout.splitlines()[2:]
+    lines = {line.split()[0]: line for line in table}
     assert set(lines) == {"torch", "onnxruntime"}  # no photos: bf16 / int8 are not tried
     assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
+    assert batching.startswith("onnxruntime: batches run ") and "ms/image" in batching
     out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
     assert out.returncode == 2 and f"no photos under {tmp_path}" in out.stderr
+
+
+def test_engines_cli_on_a_plain_state_dict():
+    """A plain state dict (no CarNet metadata) needs its architecture: the error names the option, which exists."""
+    from test_cli import run_cli
+
+    weights = str(need(MOBILENET_TIMM))
+    out = run_cli("engines", weights)
+    assert out.returncode != 0 and "--model NAME" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("engines", weights, "--model", "mobilenetv2_100")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("mobilenetv2_100 on the CPU: onnxruntime")

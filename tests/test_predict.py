@@ -4,7 +4,7 @@ import torch
 from carnet_core import load_model, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.labels import VEHICLE_CLASSES, imagenet_class_names
-from carnet_core.predict import topk_predictions
+from carnet_core.predict import softmax, topk_predictions
 
 
 def test_topk_predictions_on_known_probabilities():
@@ -19,6 +19,17 @@ def test_topk_predictions_on_known_probabilities():
     assert p.probabilities == pytest.approx([0.5, 0.3, 0.15])
     assert p.vehicle_class_names[:2] == ["pickup", "minivan"]  # the vehicle view skips car parts
     assert p.vehicle_share == pytest.approx(0.45)
+
+
+def test_softmax_matches_torch_and_is_stable():
+    logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0)) * 8
+    logits[3] += 1e4  # exp() of these alone would overflow float32
+    logits[4, :] = 0.0
+    probs = softmax(logits)
+    assert probs.dtype == torch.float32 and probs.shape == (16, 1000) and torch.isfinite(probs).all()
+    assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-6, rtol=0)
+    assert torch.allclose(probs.sum(1), torch.ones(16), atol=1e-5)
+    assert softmax(torch.zeros(0, 10)).shape == (0, 10)
 
 
 def test_predict_batch_shapes_and_latency():
