@@ -52,15 +52,17 @@ def test_onnxruntime_sessions_on_real_photos(lite0, car_photos):
     with torch.no_grad():
         ref = torch.softmax(lite0.module(x), 1)
     assert engine.batching is None
+    assert (engine.probabilities(x[:1]) - ref[:1]).abs().max() <= PARITY_ATOL  # the export's softmax output
     assert (torch.softmax(engine.logits(x[:1]), 1) - ref[:1]).abs().max() <= PARITY_ATOL
     assert engine.batching is None  # one image: no batching decision yet
-    probs = torch.softmax(engine.logits(x), 1)  # whichever way was measured faster
+    probs = engine.probabilities(x)  # whichever way was measured faster
     assert engine.batching.startswith("batches run ") and "batch 8:" in engine.batching
     assert (probs - ref).abs().max() <= PARITY_ATOL
-    one_by_one = torch.softmax(engine.logits_one_by_one(x.numpy()), 1)
-    one_call = torch.softmax(torch.from_numpy(onnxruntime_session(engine.path).run(None, {"input": x.numpy()})[0]), 1)
+    assert (torch.softmax(engine.logits(x), 1) - ref).abs().max() <= PARITY_ATOL
+    one_by_one = engine.one_by_one(x.numpy())
+    one_call = torch.from_numpy(onnxruntime_session(engine.path).run(["probabilities"], {"input": x.numpy()})[0])
     assert (one_by_one - ref).abs().max() <= PARITY_ATOL and (one_call - ref).abs().max() <= PARITY_ATOL
-    assert engine.logits(x[:0]).shape == (0, 1000)
+    assert engine.probabilities(x[:0]).shape == (0, 1000) and engine.logits(x[:0]).shape == (0, 1000)
 
 
 @pytest.mark.parametrize("single_ms, whole_ms, atol, batched", [(2.0, 1.0, PARITY_ATOL, True),
@@ -110,6 +112,7 @@ def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, mo
 def test_export_cache_is_reused_and_invalidated_by_new_weights():
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     first = OnnxRuntimeEngine(model).path
+    assert not model.module.training  # exporting left the model in eval mode (BatchNorm on its running statistics)
     mtime = first.stat().st_mtime_ns
     assert OnnxRuntimeEngine(model).path == first and first.stat().st_mtime_ns == mtime  # reused, not re-exported
     before = fingerprint(model)
@@ -136,6 +139,12 @@ def test_export_cli(tmp_path):
     assert "max probability difference vs torch" in out.stdout
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["data_config"]["mean"] == [0.5, 0.5, 0.5] and meta["class_names"][817] == "sports car"
+    assert meta["outputs"] == ["logits", "probabilities"]
+    session = onnxruntime_session(tmp_path / "m.onnx")
+    assert [o.name for o in session.get_outputs()] == meta["outputs"]
+    logits, probs = session.run(None, {"input": torch.randn(2, 3, 224, 224).numpy()})
+    assert probs.sum(1) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert (torch.softmax(torch.from_numpy(logits), 1) - torch.from_numpy(probs)).abs().max() <= 1e-6
 
 
 def test_engines_cli(tmp_path):
