@@ -14,6 +14,9 @@ The fastest candidate that passes is used; torch is always available as the refe
 ``CARNET_ENGINE=torch`` (or any engine name) forces that engine everywhere. ONNX Runtime runs single images on a
 session specialised to batch 1, and batches as batch-1 calls or in one call, whichever its first batch measured
 faster (:class:`OnnxRuntimeEngine`).
+
+Every engine has ``logits(batch)`` and ``probabilities(batch)`` (both (N, C) float32 on the CPU); classification uses
+the probabilities, which ONNX Runtime computes inside the exported graph (its ``probabilities`` output).
 """
 
 from __future__ import annotations
