@@ -34,9 +34,7 @@ if not images:
     st.stop()
 
 batch = predict(model, images, topk=5)
-st.caption(f"{len(images)} image(s) in {batch.latency_ms:.0f} ms model time "
-           f"({batch.latency_ms / len(images):.0f} ms per image) + {batch.preprocess_ms:.0f} ms preprocessing · "
-           f"engine: {select_engine(model).reason}")
+st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
 
 for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
     left, right = st.columns([1, 2])

@@ -4,7 +4,7 @@ import torch
 from carnet_core import load_model, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.labels import VEHICLE_CLASSES, imagenet_class_names
-from carnet_core.predict import softmax, topk_predictions
+from carnet_core.predict import PredictionBatch, softmax, topk_predictions
 
 
 def test_topk_predictions_on_known_probabilities():
@@ -43,6 +43,13 @@ def test_predict_batch_shapes_and_latency():
     assert batch.latency_ms > 0 and batch.preprocess_ms > 0
     with pytest.raises(ValueError):
         predict(model, [], topk=5)
+
+
+def test_timing_in_words():
+    one = PredictionBatch(topk_predictions(torch.eye(1, 10), list("abcdefghij")), preprocess_ms=18.2, latency_ms=31.4)
+    assert one.timing() == "31 ms model time + 18 ms preprocessing"
+    three = PredictionBatch(topk_predictions(torch.eye(3, 10), list("abcdefghij")), preprocess_ms=40.0, latency_ms=63.0)
+    assert three.timing() == "3 images in 63 ms model time (21 ms per image) + 40 ms preprocessing"
 
 
 def test_offline_default_sees_vehicles_in_real_car_photos(lite0, car_photos):
