@@ -58,4 +58,5 @@ def test_procfile_serves_headless_on_port_in_hosted_mode():
     line = (ROOT / "Procfile").read_text().strip()
     assert line.startswith("web: ") and "streamlit run app.py" in line
     assert "--server.headless true" in line and "--server.port $PORT" in line
+    assert "--server.fileWatcherType none" in line  # no recursive watch over the deployed tree (its venv included)
     assert "CARNET_HOSTED=${CARNET_HOSTED:-1}" in line  # public deployments cannot train unless told otherwise
