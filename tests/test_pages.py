@@ -17,6 +17,20 @@ def image_captions(at):
     return [c for el in at.get("image") for c in el.captions]
 
 
+def test_navigation_has_every_page_and_each_runs():
+    import re
+
+    declared = re.findall(r'st\.Page\("(pages/[^"]+)", title="([^"]+)"', (ROOT / "app.py").read_text())
+    assert sorted(p for p, _ in declared) == sorted(f"pages/{f.name}" for f in (ROOT / "pages").glob("*.py"))
+    assert [t for _, t in declared] == ["Home", "Classify", "Explain", "Compare", "Fine-tune", "Models", "Evaluate"]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception and at.title[0].value == "🚗 CarNet"  # the default page: Home
+    for path, title in declared[1:]:
+        at.switch_page(path).run()
+        assert not at.exception, path
+        assert at.title[0].value == title
+
+
 def test_home_lists_models_and_device():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception

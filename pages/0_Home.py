@@ -1,0 +1,36 @@
+"""Home: what CarNet is, which models have weights here, and which device runs them."""
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from carnet_core import list_models
+
+st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
+st.title("🚗 CarNet")
+st.markdown(
+    "An interactive demo and model explorer for **car image classification**. Upload a photo and see what "
+    "ImageNet-trained networks (EfficientNet, MobileNetV2, ResNet-50, SE-ResNet-50) think it is — with "
+    "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
+)
+st.markdown("**Pages** (sidebar):\n"
+            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image;\n"
+            "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
+            "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
+            "- **Fine-tune** — teach a backbone your own classes in a background job and watch its curves;\n"
+            "- **Models** — what each model costs here (parameters, GMACs, latency, memory) and how it was made;\n"
+            "- **Evaluate** — a model on a labelled dataset: per-class accuracy, confusion, mistakes, calibration.")
+
+st.subheader("Models and their weights")
+rows = []
+for spec in list_models():
+    available, where = ui.weights_status(spec.name)
+    rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
+                 "head": spec.head, "labels": spec.label_set, "weights": where if available else "missing",
+                 "about": spec.description})
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
+           f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them.")
+
+st.subheader("Device")
+st.write(ui.device_label())
