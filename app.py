@@ -1,15 +1,15 @@
-"""CarNet (`streamlit run app.py`): the app's navigation. Each page is a script in ``pages/``, listed here in the
+"""CarNet (`streamlit run app.py`): the app's navigation. Each page is a script in ``app_pages/``, listed here in the
 sidebar's order with its label, icon and URL (Streamlit's ``st.navigation``)."""
 
 import streamlit as st
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
 st.navigation([
-    st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/1_Classify.py", title="Classify", icon=":material/image_search:"),
-    st.Page("pages/2_Explain.py", title="Explain", icon=":material/visibility:"),
-    st.Page("pages/3_Compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/4_Fine-tune.py", title="Fine-tune", icon=":material/model_training:"),
-    st.Page("pages/5_Models.py", title="Models", icon=":material/view_list:"),
-    st.Page("pages/6_Evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+    st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/1_Classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("app_pages/2_Explain.py", title="Explain", icon=":material/visibility:"),
+    st.Page("app_pages/3_Compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", icon=":material/model_training:"),
+    st.Page("app_pages/5_Models.py", title="Models", icon=":material/view_list:"),
+    st.Page("app_pages/6_Evaluate.py", title="Evaluate", icon=":material/fact_check:"),
 ]).run()

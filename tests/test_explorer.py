@@ -120,7 +120,7 @@ def test_evaluation_is_cached_and_invalidated(colour_checkpoint, colour_folder, 
 
 def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
-    at = AppTest.from_file(str(ROOT / "pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     table = at.dataframe[0].value.set_index("architecture")
     assert table.loc["resnet50", "params (M)"] == 25.56 and table.loc["resnet50", "GMACs"] == pytest.approx(4.09, abs=0.01)
@@ -147,7 +147,7 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
     monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path))
     shutil.copytree(colour_folder, tmp_path / "colours")
-    at = AppTest.from_file(str(ROOT / "pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     box = at.selectbox(key="evaluate_model")
     starred = [o for o in box.options if o.startswith("★")]
@@ -177,7 +177,7 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     assert numbers["num_images"] == 785 and 0.3 < numbers["top1"] < 0.6  # zero-shot (see README)
 
     monkeypatch.setenv("CARNET_DATA_ROOT", str(data.parent))
-    at = AppTest.from_file(str(ROOT / "pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
     folders = at.selectbox(key="evaluate_folder")
     folders.select_index(folders.options.index("tiny_vehicles_6")).run()
     assert at.selectbox(key="evaluate_mapping_tiny_vehicles_6").value.name == "tiny_vehicles_6_to_imagenet.json"

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT
 
 TIMEOUT = 180
-PAGE = str(ROOT / "pages" / "4_Fine-tune.py")
+PAGE = str(ROOT / "app_pages" / "4_Fine-tune.py")
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_launch_watch_and_reuse_a_fine_tune(dirs):
     assert overlay and [len(t["x"]) for t in overlay[-1]["data"]] == [2]  # one run, two epochs
     assert any("Best checkpoint" in c.value for c in at.caption)
 
-    classify = AppTest.from_file(str(ROOT / "pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    classify = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     picker = classify.selectbox(key="classify_model")
     starred = [o for o in picker.options if o.startswith("★")]
     assert len(starred) == 1 and "3 classes" in starred[0]
@@ -91,7 +91,7 @@ def test_hosted_mode_compare_offers_only_the_data_root(dirs, tmp_path, monkeypat
     os.symlink(need(MOBILENET_TIMM), weights / "mobilenetv2_100.pth")  # Compare needs two models
     monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
     monkeypatch.setenv("CARNET_HOSTED", "1")
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert not [t for t in at.text_input if t.key == "compare_folder"]  # no free-typed server paths
     assert at.selectbox(key="compare_folder_hosted").options == ["colours"]

@@ -20,9 +20,12 @@ def image_captions(at):
 def test_navigation_has_every_page_and_each_runs():
     import re
 
-    declared = re.findall(r'st\.Page\("(pages/[^"]+)", title="([^"]+)"', (ROOT / "app.py").read_text())
-    assert sorted(p for p, _ in declared) == sorted(f"pages/{f.name}" for f in (ROOT / "pages").glob("*.py"))
+    declared = re.findall(r'st\.Page\("(app_pages/[^"]+)", title="([^"]+)"', (ROOT / "app.py").read_text())
+    assert sorted(p for p, _ in declared) == sorted(f"app_pages/{f.name}" for f in (ROOT / "app_pages").glob("*.py"))
     assert [t for _, t in declared] == ["Home", "Classify", "Explain", "Compare", "Fine-tune", "Models", "Evaluate"]
+    # no pages/ folder: with one, a fresh server routes a deep link (/Classify) the legacy way, running that page
+    # alone with an "app" entry in the sidebar, until someone opens the home page
+    assert not (ROOT / "pages").exists()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception and at.title[0].value == "🚗 CarNet"  # the default page: Home
     for path, title in declared[1:]:
@@ -40,7 +43,7 @@ def test_home_lists_models_and_device():
 
 
 def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos):
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("gallery is empty" in i.value for i in at.info)
     at.file_uploader[0].set_value([
@@ -54,7 +57,7 @@ def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos
 
 
 def test_classify_model_without_weights_says_where_to_put_a_file():
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     at.selectbox(key="classify_model").set_value("resnet50").run()
     assert not at.exception
     assert any("No ImageNet weights found for resnet50" in e.value for e in at.error)
@@ -66,7 +69,7 @@ def test_gallery_and_vehicle_view(car_photos, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CARNET_GALLERY_DIR", str(tmp_path))
     shutil.copy(car_photos[0], tmp_path / "sample.jpg")
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     at.multiselect(key="classify_gallery").set_value(["sample.jpg"]).run()
     at.toggle(key="classify_vehicles").set_value(True).run()
     assert not at.exception
@@ -77,7 +80,7 @@ def test_gallery_and_vehicle_view(car_photos, tmp_path, monkeypatch):
 
 
 def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()
     assert not at.exception and not at.error
@@ -98,7 +101,7 @@ def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
 
 
 def test_explain_page_non_image():
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
     assert not at.exception and at.error
 
@@ -125,7 +128,7 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
             (data / c / p.name).write_bytes(p.read_bytes())
     monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
 
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("resnet50" in w.value and "not available" in w.value for w in at.warning)  # said plainly
     assert at.multiselect(key="compare_models").value == ["mobilenetv2_100", "efficientnet_lite0"]
@@ -145,7 +148,7 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
 
 
 def test_compare_page_with_one_available_model_says_so():
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("at least two models" in e.value for e in at.error)
     assert not at.get("plotly_chart")
