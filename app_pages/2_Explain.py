@@ -6,8 +6,8 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image, predict
-from carnet_core.explain import COLORMAPS, EXPENSIVE_METHODS, METHODS, default_layer, estimate_seconds, explain, \
-    spatial_layers
+from carnet_core.explain import COLORMAPS, EXPENSIVE_METHODS, METHOD_NAMES, METHODS, default_layer, estimate_seconds, \
+    explain, spatial_layers
 
 st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
 st.title("Explain")
@@ -29,7 +29,8 @@ except ImageError as exc:
 top5 = predict(model, [image], topk=5)[0]
 layers = list(spatial_layers(model))
 controls = st.columns(4)
-method = controls[0].selectbox("Method", METHODS, key="explain_method")
+method = controls[0].selectbox("Method", METHODS, format_func=METHOD_NAMES.get, key="explain_method")
+method_name = METHOD_NAMES[method]
 class_options = [f"{c} ({p * 100:.1f}%)" for c, p in zip(top5.class_names, top5.probabilities)]
 picked = controls[1].selectbox("Class", class_options + ["other…"], key="explain_class")
 class_name = top5.class_names[class_options.index(picked)] if picked != "other…" else \
@@ -41,13 +42,13 @@ colormap = controls[3].selectbox("Colormap", COLORMAPS, key="explain_colormap")
 
 if method in EXPENSIVE_METHODS:
     seconds = estimate_seconds(model, method, layer)
-    st.warning(f"{method} runs one forward pass per channel of `{layer}` "
+    st.warning(f"{method_name} runs one forward pass per channel of `{layer}` "
                f"({spatial_layers(model)[layer][0]} channels): about {seconds:.0f} s on this machine.")
-    if not st.button(f"Run {method}", key="explain_run"):
+    if not st.button(f"Run {method_name}", key="explain_run"):
         st.stop()
 
 try:
-    with st.spinner(f"Computing {method}…"):
+    with st.spinner(f"Computing {method_name}…"):
         result = explain(model, image, method=method, class_name=class_name, layer=layer)
 except CarNetError as exc:
     st.error(str(exc))
@@ -55,7 +56,7 @@ except CarNetError as exc:
 
 original, heat, over = st.columns(3)
 original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
-heat.image(result.heatmap_image(colormap), caption=f"{method} heatmap · layer {result.layer}", width="stretch")
+heat.image(result.heatmap_image(colormap), caption=f"{method_name} heatmap · layer {result.layer}", width="stretch")
 overlay_image = result.overlay(alpha, colormap)
 over.image(overlay_image, caption=f"{result.class_name}: {result.probability * 100:.1f}%", width="stretch")
 st.caption(f"Faithfulness: keeping only the highlighted region changes the probability of **{result.class_name}** by "
@@ -68,14 +69,14 @@ st.download_button("Download overlay (PNG)", buffer.getvalue(), file_name=f"{met
 
 st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
-chosen = st.multiselect("Methods", METHODS, default=fast[:4], key="explain_compare",
+chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
                         help="ScoreCAM and AblationCAM take much longer than the others.")
 if chosen and st.button("Compare", key="explain_compare_run"):
     progress = st.progress(0.0, text="Computing…")
     cells = st.columns(min(len(chosen), 4))
     for i, m in enumerate(chosen):
-        progress.progress(i / len(chosen), text=f"{m} ({i + 1}/{len(chosen)})")
+        progress.progress(i / len(chosen), text=f"{METHOD_NAMES[m]} ({i + 1}/{len(chosen)})")
         r = explain(model, image, method=m, class_name=class_name, layer=layer)
-        cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch",
-                                    caption=f"{m} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms")
+        caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms"
+        cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
     progress.progress(1.0, text="Done")

@@ -43,6 +43,10 @@ def _methods() -> dict[str, type]:
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam",
                             "ablationcam", "finercam")
+#: How the methods are written in the UI: the names their papers and pytorch-grad-cam give them.
+METHOD_NAMES: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "hirescam": "HiResCAM",
+                                "xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+                                "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "finercam": "FinerCAM"}
 #: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
 EXPENSIVE_METHODS: frozenset[str] = frozenset({"scorecam", "ablationcam"})
 #: Default target layer per architecture family: the last block with spatial output.

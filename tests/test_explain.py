@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from carnet_core import CarNetError, predict
-from carnet_core.explain import METHODS, default_layer, explain, spatial_layers
+from carnet_core.explain import METHOD_NAMES, METHODS, default_layer, explain, spatial_layers
 from carnet_core.model import Classifier, build_module
 from carnet_core.weights import WeightsSource
 
@@ -45,6 +45,10 @@ def test_every_method_on_three_architectures(family, method):
     assert result.layer == default_layer(model) and np.isfinite(result.faithfulness)
     assert no_hooks(model)
     assert all(p.grad is None and p.requires_grad for p in model.module.parameters())  # restored after the CAM
+
+
+def test_every_method_has_its_display_name():
+    assert list(METHOD_NAMES) == list(METHODS) and METHOD_NAMES["gradcam++"] == "GradCAM++"
 
 
 def test_default_layers_per_family():

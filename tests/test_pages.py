@@ -97,7 +97,8 @@ def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
     at.button(key="explain_compare_run").click().run()
     assert not at.exception
     grid = [c for c in image_captions(at) if "faithfulness" in c]
-    assert [c.split(" ·")[0] for c in grid] == ["gradcam", "eigencam"]
+    assert [c.split(" ·")[0] for c in grid] == ["GradCAM", "EigenCAM"]  # as their papers write them
+    assert at.selectbox(key="explain_method").options[:3] == ["GradCAM", "GradCAM++", "HiResCAM"]
 
 
 def test_explain_page_non_image():
