@@ -59,7 +59,8 @@ if inputs:
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
                 cam = explain(model, image, method="gradcam", class_name=pred.top1)
                 st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
-                st.caption(f"{times[i]:.0f} ms · {model.num_params / 1e6:.1f} M parameters · {model.weights.source}")
+                st.caption(f"{times[i]:.0f} ms model time · {model.num_params / 1e6:.1f} M parameters · "
+                           f"weights: {model.weights.describe()}")
 
         st.markdown("**Ensemble**")
         left, right = st.columns([1, 2])

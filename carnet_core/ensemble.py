@@ -9,6 +9,7 @@ Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -86,18 +87,18 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
 
 
 def member_probabilities(models: Sequence[Classifier], images) -> tuple[torch.Tensor, list[float]]:
-    """(M, N, C) probabilities of each member on the same images, re-indexed to the first member's class order,
-    and each member's model time in ms."""
-    from .predict import predict_probabilities
-
-    import time
+    """(M, N, C) probabilities of each member on the same images (RGB PIL images), re-indexed to the first member's
+    class order, and each member's model time in ms (engine call only: a member's first call chooses its engine,
+    which exports and measures, before the timer starts — as in :func:`carnet_core.predict`)."""
+    from .engines import select_engine
 
     names = aligned_class_names(models)
     out, times = [], []
     for model in models:
+        probabilities = select_engine(model).engine.probabilities
         batch = model.preprocess(images)
         t = time.perf_counter()
-        probs = predict_probabilities(model, batch)
+        probs = probabilities(batch)
         times.append((time.perf_counter() - t) * 1e3)
         if model.class_names != names:
             order = [model.class_names.index(c) for c in names]

@@ -62,6 +62,23 @@ def colour_model(name, weight, classes):
                       weights=WeightsSource("random"), label_set="colours")
 
 
+def test_member_model_time_leaves_out_the_engine_choice(monkeypatch):
+    """A member's first call chooses its engine (an ONNX export and timings, seconds); the Compare page's "ms" is the
+    model time only, as in predict()."""
+    import time
+
+    from carnet_core import engines
+    from carnet_core.ensemble import member_probabilities
+
+    choose = engines.select_engine
+    monkeypatch.setattr(engines, "select_engine", lambda *a, **k: (time.sleep(1.0), choose(*a, **k))[1])
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+    red, blue = colour_model("a", [[1, 0, 0], [0, 0, 1]], "rb"), colour_model("b", [[2, 0, 0], [0, 0, 2]], "rb")
+    probs, times = member_probabilities([red, blue], [Image.new("RGB", (8, 8), (255, 0, 0))])
+    assert probs.shape == (2, 1, 2) and probs[:, 0, 0].min() > 0.99
+    assert all(0 < t < 1000 for t in times)  # a 3-weight model: well under a millisecond, against the 1 s choice
+
+
 def test_label_set_mismatch_names_the_difference():
     a = colour_model("a", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
     b = colour_model("b", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "cyan"])

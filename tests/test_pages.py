@@ -137,6 +137,8 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert not at.exception and not at.error
     assert len(bars(at)) == 3  # two members + the ensemble
     assert sum("Grad-CAM" in c for c in image_captions(at)) == 2
+    member_captions = [c.value for c in at.caption if "model time" in c.value]
+    assert len(member_captions) == 2 and "weights: file in the weights folder: mobilenetv2_100.pth" in member_captions[0]
     assert [m.label for m in at.metric] == ["Same top-1", "Top-5 overlap", "Jensen–Shannon divergence"]
     at.slider(key="compare_weight_1").set_value(0.0).run()  # ensemble = MobileNetV2 alone
     assert bars(at)[2]["y"] == bars(at)[0]["y"]
