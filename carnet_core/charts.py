@@ -20,7 +20,9 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
     names = list(class_names)[::-1]
     pct = [p * 100 for p in probabilities][::-1]
     fig = go.Figure(go.Bar(x=pct, y=names, orientation="h", text=[f"{p:.1f}%" for p in pct],
-                           textposition="auto", marker_color="#2f7ed8",
+                           # inside long bars, beside short ones: same size and never turned sideways
+                           textposition=["inside" if p >= 20 else "outside" for p in pct], textangle=0,
+                           insidetextanchor="end", cliponaxis=False, marker_color="#2f7ed8",
                            hovertemplate="%{y}: %{x:.2f}%<extra></extra>"))
     fig.update_layout(title=title, height=height_px or 40 * len(names) + 60, margin=dict(l=0, r=10, t=30 if title else 10, b=0),
                       xaxis=dict(range=[0, 100], title="probability (%)"), yaxis=dict(automargin=True))

@@ -87,7 +87,9 @@ def test_topk_bar_figure():
     fig = topk_bar_figure(["sports car", "convertible"], [0.7, 0.2], title="t")
     bar = fig.data[0]
     assert list(bar.y) == ["convertible", "sports car"]  # most probable on top
-    assert list(bar.text) == ["20.0%", "70.0%"]
+    assert list(bar.text) == ["20.0%", "70.0%"] and bar.textangle == 0  # labels never turned sideways
+    assert list(bar.textposition) == ["inside", "inside"]
+    assert list(topk_bar_figure(["a", "b"], [0.9, 0.05]).data[0].textposition) == ["outside", "inside"]
 
 
 def test_preprocess_is_bitwise_timms_transform(lite0, car_photos):
