@@ -31,6 +31,11 @@ def data_root() -> Path:
     return Path(os.environ.get("CARNET_DATA_ROOT", ROOT / "data"))
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in agreement: "1 mistake", "440 mistakes" (nouns here take a plain -s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 CHECKPOINT_PREFIX = "checkpoint:"
 
 

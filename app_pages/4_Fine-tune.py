@@ -52,7 +52,7 @@ def live_panel() -> None:
     st.session_state["finetune_active"] = [j.id for j in active + queued]
     if not active:
         if queued:
-            st.info(f"{len(queued)} job(s) queued.")
+            st.info(f"{ui.count(len(queued), 'job')} queued.")
         return
     job = active[0]
     st.subheader(f"Running: {job.label}")
@@ -117,13 +117,13 @@ with st.expander("Validation report", expanded=bool(report["duplicates"] or repo
     st.dataframe(pd.DataFrame([{"class": k, **v} for k, v in report["counts"].items()]), hide_index=True,
                  width="stretch", height=min(400, 35 * len(report["counts"]) + 38))
     if report["unreadable"]:
-        st.warning(f"{len(report['unreadable'])} unreadable file(s) will be skipped:")
+        st.warning(f"{ui.count(len(report['unreadable']), 'unreadable file')} will be skipped:")
         st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True)
     if report["small_classes"]:
         st.warning(f"Classes with too few images: {', '.join(report['small_classes'])}")
     if report["duplicates"]:
-        st.error(f"{len(report['duplicates'])} val image(s) duplicate train images (perceptual hash): val accuracy "
-                 "will be too optimistic. Remove them from one split.")
+        st.error(f"{ui.count(len(report['duplicates']), 'val image')} also in train (perceptual-hash duplicates): val "
+                 "accuracy will be too optimistic. Remove them from one split.")
         st.dataframe(pd.DataFrame(report["duplicates"]), hide_index=True)
 
 available, _ = ui.available_model_names()

@@ -44,8 +44,8 @@ if measured:
                "ImageNet models are drawn as open circles.")
 unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None and r["weights"] != "no weights here"]
 if unmeasured:
-    st.info(f"Latency not measured yet for {len(unmeasured)} model(s) on this machine.")
-    if st.button(f"Measure {len(unmeasured)} model(s) (about 10 s each)", key="models_measure_all"):
+    st.info(f"Latency not measured yet for {ui.count(len(unmeasured), 'model')} on this machine.")
+    if st.button(f"Measure {ui.count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all"):
         bar = st.progress(0.0)
         for i, key in enumerate(unmeasured):
             bar.progress(i / len(unmeasured), text=f"Measuring {key}…")

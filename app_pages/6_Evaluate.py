@@ -43,7 +43,7 @@ if set(dataset.class_names) != set(model.class_names):
     files = ui.mapping_files()
     suggested = [f for f in files if f.stem.startswith(folder.name)]
     st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
-            "Pick a mapping file (dataset class → model classes) to score it.")
+            "It is scored through a mapping file (dataset class → model classes).")
     pick = st.selectbox("Mapping", files, index=files.index(suggested[0]) if suggested else None,
                         key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,
                         placeholder="choose a mapping file") if files else None
@@ -85,7 +85,7 @@ m[1].metric("top-5", f"{report.top5 * 100:.1f}%")
 m[2].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
 m[3].metric("images", report.num_images)
 if report.skipped:
-    st.warning(f"{len(report.skipped)} unreadable image(s) skipped.")
+    st.warning(f"{ui.count(len(report.skipped), 'unreadable image')} skipped.")
 if report.hierarchy:
     st.markdown("**By level of the label hierarchy** (a prediction of the right make in the wrong year still counts "
                 "at make level)")
@@ -125,7 +125,7 @@ with tab_mistakes:
         only = st.selectbox("True class", ["all"] + sorted({p["label"] for p in wrong}), key="evaluate_wrong_class")
         shown = [p for p in wrong if only == "all" or p["label"] == only]
         shown.sort(key=lambda p: -p["confidence"])
-        st.caption(f"{len(shown)} mistake(s), most confident first; showing up to 24.")
+        st.caption(f"{ui.count(len(shown), 'mistake')}, most confident first; showing up to 24.")
         grid = st.columns(6)
         for i, p in enumerate(shown[:24]):
             with grid[i % 6]:

@@ -34,6 +34,13 @@ def test_navigation_has_every_page_and_each_runs():
         assert at.title[0].value == title
 
 
+def test_counts_read_as_words():
+    import ui
+
+    assert (ui.count(1, "mistake"), ui.count(440, "mistake"), ui.count(0, "job")) == ("1 mistake", "440 mistakes",
+                                                                                       "0 jobs")
+
+
 def test_home_lists_models_and_device():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
