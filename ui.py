@@ -75,6 +75,23 @@ def cached_model(name: str) -> Classifier:
     return _cached_model(name, 0.0)
 
 
+def input_view(path: str | Path, model: Classifier):
+    """The photo at ``path`` as ``model`` sees it (:meth:`Classifier.input_view`), cached per file and data config;
+    None when it cannot be read. Thumbnails of one size, so a grid of them lines up."""
+    path = Path(path)
+    try:
+        return _input_view(str(path), path.stat().st_mtime, repr(model.data_config), model)
+    except (OSError, CarNetError):
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _input_view(path: str, mtime: float, data_config: str, _model: Classifier):  # _model: not hashed
+    from carnet_core import load_image
+
+    return _model.input_view(load_image(path))
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _cached_model(name: str, mtime: float) -> Classifier:  # mtime: a re-written checkpoint is loaded again
     if name.startswith(CHECKPOINT_PREFIX):

@@ -125,12 +125,15 @@ with tab_mistakes:
         only = st.selectbox("True class", ["all"] + sorted({p["label"] for p in wrong}), key="evaluate_wrong_class")
         shown = [p for p in wrong if only == "all" or p["label"] == only]
         shown.sort(key=lambda p: -p["confidence"])
-        st.caption(f"{ui.count(len(shown), 'mistake')}, most confident first; showing up to 24.")
-        grid = st.columns(6)
+        st.caption(f"{ui.count(len(shown), 'mistake')}, most confident first; showing up to 24, as the model sees them "
+                   "(resized and center-cropped).")
         for i, p in enumerate(shown[:24]):
-            with grid[i % 6]:
-                if Path(p["path"]).is_file():
-                    st.image(p["path"], width="stretch")
+            if i % 6 == 0:
+                row = st.columns(6)  # a row at a time: each row starts level
+            with row[i % 6]:
+                thumbnail = ui.input_view(p["path"], model)
+                if thumbnail is not None:
+                    st.image(thumbnail, width="stretch")
                 st.caption(f"**{p['label']}** → {p['predicted']} ({p['confidence'] * 100:.0f}%)")
                 if st.button("Grad-CAM", key=f"evaluate_cam_{i}"):
                     st.session_state["evaluate_cam"] = p

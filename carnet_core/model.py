@@ -168,6 +168,11 @@ class Classifier:
         std = np.asarray(self.data_config["std"], np.float32).reshape(3, 1, 1)
         return Compose(steps), mean, std
 
+    def input_view(self, image: Image.Image) -> Image.Image:
+        """``image`` (RGB) as the model sees it, before normalisation: resized and center-cropped by the data config
+        (timm's PIL steps of :attr:`transform`), H x W px of ``input_size``."""
+        return self._pil_steps[0](image)
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device.
 

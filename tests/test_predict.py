@@ -104,3 +104,21 @@ def test_preprocess_is_bitwise_timms_transform(lite0, car_photos):
     for model in (lite0, load_model("resnet50", weights="random", device="cpu")):
         ref = torch.stack([model.transform(im) for im in images])
         assert torch.equal(model.preprocess(images), ref)
+
+
+def test_input_view_is_what_preprocess_normalises(lite0, car_photos, tmp_path):
+    """The thumbnail the Evaluate page shows is the model's input: a real photo resized and center-cropped to
+    224 x 224 px, whose normalisation is exactly preprocess()'s tensor; an unreadable file gives no thumbnail."""
+    import numpy as np
+
+    import ui
+    from carnet_core.images import load_image
+
+    photo = load_image(car_photos[0])
+    view = lite0.input_view(photo)
+    assert photo.size != (224, 224) and view.size == (224, 224)
+    x = (np.asarray(view, np.float32).transpose(2, 0, 1) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+    assert torch.equal(torch.from_numpy(x)[None], lite0.preprocess([photo]))
+    assert ui.input_view(car_photos[0], lite0).tobytes() == view.tobytes()
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert ui.input_view(tmp_path / "broken.jpg", lite0) is None and ui.input_view(tmp_path / "gone.jpg", lite0) is None
