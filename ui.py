@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 import torch
+from PIL import Image
 
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
@@ -75,7 +76,7 @@ def cached_model(name: str) -> Classifier:
     return _cached_model(name, 0.0)
 
 
-def input_view(path: str | Path, model: Classifier):
+def input_view(path: str | Path, model: Classifier) -> Image.Image | None:
     """The photo at ``path`` as ``model`` sees it (:meth:`Classifier.input_view`), cached per file and data config;
     None when it cannot be read. Thumbnails of one size, so a grid of them lines up."""
     path = Path(path)
@@ -85,8 +86,8 @@ def input_view(path: str | Path, model: Classifier):
         return None
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _input_view(path: str, mtime: float, data_config: str, _model: Classifier):  # _model: not hashed
+@st.cache_data(show_spinner=False, max_entries=256)  # 150 kB each at 224 px
+def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -> Image.Image:  # _model: not hashed
     from carnet_core import load_image
 
     return _model.input_view(load_image(path))

@@ -73,7 +73,9 @@ class PredictionBatch:
         """The timings in words: "31 ms model time + 18 ms preprocessing" for one image; for N > 1, "N images in
         X ms model time (X/N ms per image) + P ms preprocessing"."""
         n, ms = len(self), self.latency_ms
-        model = f"{ms:.0f} ms model time" if n == 1 else f"{n} images in {ms:.0f} ms model time ({ms / n:.0f} ms per image)"
+        model = f"{ms:.0f} ms model time"
+        if n > 1:
+            model = f"{n} images in {model} ({ms / n:.0f} ms per image)"
         return f"{model} + {self.preprocess_ms:.0f} ms preprocessing"
 
 
