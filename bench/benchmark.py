@@ -202,11 +202,11 @@ def main() -> None:
             cells.append(f"{b / ms['carnet'] * 1e3:>5.0f} /{b / ms['ort'] * 1e3:>4.0f}")
         print(f"{name:<20} " + " ".join(cells))
 
-    from carnet_core.explain import EXPENSIVE_METHODS, METHODS, explain
+    from carnet_core.explain import EXPENSIVE_METHODS, METHOD_NAMES, METHODS, explain
 
     methods = [m for m in METHODS if args.expensive or m not in EXPENSIVE_METHODS]
     print(f"\n# Grad-CAM latency (median of {args.cam_repeats}, ms) and ratio to one forward pass")
-    print(f"{'model':<20} {'forward':>8} " + " ".join(f"{m:>17}" for m in methods))
+    print(f"{'model':<20} {'forward':>8} " + " ".join(f"{METHOD_NAMES[m]:>17}" for m in methods))
     for name, (model, fwd, _) in forward_ms.items():
         cells = []
         for method in methods:
