@@ -9,7 +9,6 @@ Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -88,18 +87,14 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
 
 def member_probabilities(models: Sequence[Classifier], images) -> tuple[torch.Tensor, list[float]]:
     """(M, N, C) probabilities of each member on the same images (RGB PIL images), re-indexed to the first member's
-    class order, and each member's model time in ms (engine call only: a member's first call chooses its engine,
-    which exports and measures, before the timer starts — as in :func:`carnet_core.predict`)."""
-    from .engines import select_engine
+    class order, and each member's model time in ms (as :func:`carnet_core.predict` times it: not its engine choice)."""
+    from .predict import timed_probabilities
 
     names = aligned_class_names(models)
     out, times = [], []
     for model in models:
-        probabilities = select_engine(model).engine.probabilities
-        batch = model.preprocess(images)
-        t = time.perf_counter()
-        probs = probabilities(batch)
-        times.append((time.perf_counter() - t) * 1e3)
+        probs, _, model_ms = timed_probabilities(model, images)
+        times.append(model_ms)
         if model.class_names != names:
             order = [model.class_names.index(c) for c in names]
             probs = probs[:, order]

@@ -131,9 +131,22 @@ def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk
         raise ValueError("predict() needs at least one image")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    probs, preprocess_ms, model_ms = timed_probabilities(model, images, engine)
+    return PredictionBatch(topk_predictions(probs, model.class_names, topk), preprocess_ms, model_ms)
+
+
+def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.Image],
+                        engine: str = "auto") -> tuple[torch.Tensor, float, float]:
+    """(probabilities (N, C) float32 on the CPU, preprocessing ms, model ms) for ``images`` (RGB PIL images, or
+    anything :func:`~carnet_core.images.load_image` accepts). The engine is chosen first (a model's first call exports
+    and measures, see :func:`~carnet_core.engines.select_engine`), outside both timers; decoding is not timed either.
+
+    Raises:
+        ImageError: an input that is not a PIL image cannot be decoded.
+    """
     from .engines import select_engine
 
-    probabilities = select_engine(model, engine).engine.probabilities  # a first call exports and measures; not timed
+    probabilities = select_engine(model, engine).engine.probabilities
     pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
     t0 = time.perf_counter()
     batch = model.preprocess(pil)
@@ -141,7 +154,7 @@ def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk
     t1 = time.perf_counter()
     probs = probabilities(batch)
     t2 = time.perf_counter()
-    return PredictionBatch(topk_predictions(probs, model.class_names, topk), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+    return probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
 def topk_predictions(probs: torch.Tensor, class_names: Sequence[str], topk: int = 5) -> list[Prediction]:
