@@ -47,6 +47,55 @@ def test_every_method_on_three_architectures(family, method):
     assert all(p.grad is None and p.requires_grad for p in model.module.parameters())  # restored after the CAM
 
 
+GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
+
+
+@pytest.mark.parametrize("family", list(TINY))
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("layer", [None, "in-place"])
+def test_heatmap_equals_pytorch_grad_cam_run_plainly(family, method, layer):
+    """explain() stops the backward pass at the target layer; the heatmap is still pytorch-grad-cam's own result,
+    computed here as its examples do (input and weights in the autograd graph). "in-place": a layer whose output
+    the next module overwrites (ResNet's stem BN, then ``ReLU(inplace=True)``)."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from carnet_core.explain import _methods
+
+    model = tiny_model(family)
+    name = {"resnet": "bn1", "seresnet": "bn1", "mobilenetv2": "blocks.5.0.bn1"}[family] \
+        if layer == "in-place" else default_layer(model)
+    result = explain(model, photo(), method=method, class_name="class 1", layer=name)
+    module = dict(model.module.named_modules())[name]
+    with _methods()[method](model.module, [module]) as cam:
+        reference = cam(model.preprocess([photo()]), targets=[ClassifierOutputTarget(1)])[0]
+    model.module.zero_grad(set_to_none=True)
+    assert result.layer == name and result.heatmap.std() > 0.01
+    np.testing.assert_allclose(result.heatmap, reference, atol=1e-5)
+    assert pgc  # the reference is the library itself
+
+
+def test_backward_pass_stops_at_the_target_layer():
+    """No layer before the target takes part in the gradient computation (that is what makes a CAM cost little
+    more than a forward pass)."""
+    model = tiny_model("resnet")
+    spatial_layers(model)  # its own (inference-mode) forward pass first
+    seen = {}
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            seen.setdefault(name, output.requires_grad)  # the CAM's own forward pass, not the faithfulness check
+        return hook
+
+    handles = [model.module.get_submodule(n).register_forward_hook(record(n)) for n in ("conv1", "layer3", "fc")]
+    try:
+        explain(model, photo(), method="gradcam")
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {"conv1": False, "layer3": False, "fc": True}
+
+
 def test_every_method_has_its_display_name():
     assert list(METHOD_NAMES) == list(METHODS) and METHOD_NAMES["gradcam++"] == "GradCAM++"
 
