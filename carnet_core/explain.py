@@ -257,11 +257,15 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
         try:
             if method == "scorecam":
                 cam.batch_size = batch_size
-            if method == "finercam":  # FinerCAM needs the target class up front: one extra forward pass
-                with torch.no_grad():
-                    logits = model.module(x)
+            if method == "finercam":  # FinerCAM finds the top-1 class itself; the logits are caught on the way out
+                caught: list[torch.Tensor] = []
+                grab = model.module.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+                try:
+                    grayscale = cam(x, targets=None, target_idx=index)
+                finally:
+                    grab.remove()
+                logits = caught[0]
                 index = int(logits.argmax()) if index is None else index
-                grayscale = cam(x, targets=None, target_idx=index)
             else:  # the CAM's own forward pass gives the logits; targets=None means top-1
                 grayscale = cam(x, targets=None if index is None else [ClassifierOutputTarget(index)])
                 logits = cam.outputs
@@ -278,10 +282,14 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
             model.module.zero_grad(set_to_none=True)
         heatmap = grayscale[0].astype(np.float32)  # pytorch-grad-cam scales each CAM to [0, 1]
         latency_ms = (time.perf_counter() - t0) * 1e3
-        change = CamMultImageConfidenceChange()(x, heatmap[None], [ClassifierOutputSoftmaxTarget(index)], model.module)
+        # The metric's probability of the photo times the heatmap, less the CAM's own probability of the photo (the
+        # metric would run a second forward pass for that; return_diff=False skips it).
+        after = CamMultImageConfidenceChange()(x, heatmap[None], [ClassifierOutputSoftmaxTarget(index)], model.module,
+                                               return_diff=False)
+        change = float(np.asarray(after).ravel()[0]) - float(probs[index])
     if progress:
         progress(1.0)
     view = model.unnormalize(x)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
     return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
                        probability=float(probs[index]), method=method, layer=layer_name,
-                       faithfulness=float(np.asarray(change).ravel()[0]), latency_ms=latency_ms)
+                       faithfulness=change, latency_ms=latency_ms)

@@ -96,6 +96,31 @@ def test_backward_pass_stops_at_the_target_layer():
     assert seen == {"conv1": False, "layer3": False, "fc": True}
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("scorecam", "ablationcam")])
+@pytest.mark.parametrize("class_name", [None, "class 3"])
+def test_one_forward_pass_per_cam(method, class_name):
+    """The CAM's own forward pass gives the probabilities (and FinerCAM's top-1 class) and the faithfulness check's
+    starting point; the only other pass is the check's own, on the photo times the heatmap."""
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model = tiny_model("mobilenetv2")
+    spatial_layers(model)
+    calls = []
+    handle = model.module.register_forward_hook(lambda _m, _i, out: calls.append(out.requires_grad))
+    try:
+        result = explain(model, photo(), method=method, class_name=class_name)
+    finally:
+        handle.remove()
+    assert calls == [True, False]  # the CAM's, with gradients; the metric's, without
+    with torch.no_grad():
+        top1 = int(model.module(model.preprocess([photo()])).argmax())
+    assert result.class_index == (top1 if class_name is None else 3)
+    plain = CamMultImageConfidenceChange()(model.preprocess([photo()]), result.heatmap[None],
+                                           [ClassifierOutputSoftmaxTarget(result.class_index)], model.module)
+    assert result.faithfulness == pytest.approx(float(plain[0]), abs=1e-6)  # as the metric computes it alone
+
+
 def test_every_method_has_its_display_name():
     assert list(METHOD_NAMES) == list(METHODS) and METHOD_NAMES["gradcam++"] == "GradCAM++"
 
