@@ -5,6 +5,7 @@ Only UI glue lives here; everything a test can check without a browser is in ``c
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
+from carnet_core.explain import Explanation
 from carnet_core.images import IMAGE_EXTENSIONS, list_images
 from carnet_core.jobs import jobs_dir
 from carnet_core.model import Classifier
@@ -169,6 +171,31 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
     return chosen
 
 
+EXPLANATIONS_KEPT = 10  # per session (every method once, and one more); ~0.8 MB each at 224 px
+
+
+def explanation(model: Classifier, image: Image.Image, data: bytes, method: str, class_name: str | None,
+                layer: str | None, compute: bool = True) -> Explanation | None:
+    """The CAM of ``image`` (whose file bytes are ``data``) for this model, method, class and layer, remembered for
+    this session: a slider or colormap change, or a second look, does not compute it again (ScoreCAM takes about a
+    minute). ``compute=False``: only what is remembered, else None. The last :data:`EXPLANATIONS_KEPT` are kept.
+
+    Raises:
+        CarNetError: from :func:`carnet_core.explain.explain` (unknown class or layer).
+    """
+    import carnet_core.explain as cams
+
+    memory = st.session_state.setdefault("_explanations", {})
+    key = (id(model), model.name, hashlib.sha256(data).hexdigest(), method, class_name, layer)
+    if key in memory:
+        memory[key] = memory.pop(key)  # most recently used last
+    elif compute:
+        memory[key] = cams.explain(model, image, method=method, class_name=class_name, layer=layer)
+        while len(memory) > EXPLANATIONS_KEPT:
+            memory.pop(next(iter(memory)))
+    return memory.get(key)
+
+
 def has_gpu() -> bool:
     return torch.cuda.is_available()
 
@@ -194,8 +221,6 @@ def dataset_folders() -> list[Path]:
 
 def extract_upload(name: str, data: bytes) -> Path:
     """Extract an uploaded zip safely under ``<data root>/uploads/<name>-<hash>``; the same zip is reused."""
-    import hashlib
-
     from carnet_core.uploads import dataset_root, safe_extract_zip
 
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"

@@ -108,6 +108,34 @@ def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
     assert at.selectbox(key="explain_method").options[:3] == ["GradCAM", "GradCAM++", "HiResCAM"]
 
 
+def test_explain_page_keeps_cams_while_the_sliders_move(car_photos, monkeypatch):
+    """A CAM once computed (ScoreCAM: about a minute) stays on the page when the opacity or colormap changes, and is
+    not computed again; so does the compare grid. (ScoreCAM is stood in for by GradCAM here, for time.)"""
+    import carnet_core.explain as cams
+
+    calls, real = [], cams.explain
+
+    def counting(model, image, method="gradcam", **kwargs):
+        calls.append(method)
+        return real(model, image, method="gradcam" if method in cams.EXPENSIVE_METHODS else method, **kwargs)
+
+    monkeypatch.setattr(cams, "explain", counting)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()
+    at.selectbox(key="explain_method").set_value("scorecam").run()
+    assert calls == ["gradcam"] and at.warning and len(image_captions(at)) == 0  # estimate first, then a button
+    at.button(key="explain_run").click().run()
+    assert calls == ["gradcam", "scorecam"] and len(image_captions(at)) == 3
+    at.slider(key="explain_alpha").set_value(0.3).run()
+    at.selectbox(key="explain_colormap").set_value("viridis").run()
+    assert not at.exception and not at.warning and len(image_captions(at)) == 3  # still there, not recomputed
+    at.multiselect(key="explain_compare").set_value(["gradcam", "eigencam"]).run()
+    at.button(key="explain_compare_run").click().run()
+    at.slider(key="explain_alpha").set_value(0.7).run()
+    assert [c.split(" ·")[0] for c in image_captions(at) if "faithfulness" in c] == ["GradCAM", "EigenCAM"]
+    assert calls == ["gradcam", "scorecam", "eigencam"]  # the first GradCAM remembered too
+
+
 def test_explain_page_non_image():
     at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
