@@ -11,7 +11,6 @@ import ui
 from carnet_core import CarNetError, ImageError, load_image
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_probabilities
-from carnet_core.explain import explain
 from carnet_core.folders import compare_on_folder, load_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
@@ -57,7 +56,7 @@ if inputs:
             with column:
                 st.markdown(f"**{model.name}**")
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
-                cam = explain(model, image, method="gradcam", class_name=pred.top1)
+                cam = ui.explanation(model, image, data, "gradcam", pred.top1, None)  # remembered: sliders move fast
                 st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
                 st.caption(f"{times[i]:.0f} ms model time · {model.num_params / 1e6:.1f} M parameters · "
                            f"weights: {model.weights.describe()}")
