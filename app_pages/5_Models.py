@@ -52,7 +52,7 @@ if unmeasured:
             ui.measure(key)
         st.rerun()
 
-st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch")
+st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch", placeholder="–")  # not measured yet
 
 st.subheader("Model card")
 pick = st.selectbox("Model", keys, format_func=ui.model_title, key="models_pick")

@@ -106,7 +106,7 @@ export[1].download_button("Full report (JSON)", json.dumps({"model": model.name,
 tab_classes, tab_confusion, tab_mistakes, tab_calibration = st.tabs(
     ["Per class", "Confusion", "Mistakes", "Calibration"])
 with tab_classes:
-    st.dataframe(table, hide_index=True, width="stretch", height=min(600, 35 * len(table) + 38))
+    st.dataframe(table, hide_index=True, width="stretch", height=min(600, 35 * len(table) + 38), placeholder="–")
 with tab_confusion:
     order_by = st.radio("Order", ["clustered (confused classes together)", "alphabetical"], horizontal=True,
                         key="evaluate_order")

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -125,6 +126,7 @@ def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     table = at.dataframe[0].value.set_index("architecture")
     assert table.loc["resnet50", "params (M)"] == 25.56 and table.loc["resnet50", "GMACs"] == pytest.approx(4.09, abs=0.01)
     assert table.loc["resnet50", "weights"] == "no weights here"
+    assert pd.isna(table.loc["resnet50", "file (MB)"]) and at.dataframe[0].proto.placeholder == "–"  # not "None"
     starred = [o for o in at.selectbox(key="models_pick").options if o.startswith("★")]
     assert len(starred) == 1
     at.selectbox(key="models_pick").set_value("efficientnet_lite0").run()
