@@ -174,11 +174,17 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
 EXPLANATIONS_KEPT = 10  # per session (every method once, and one more); ~0.8 MB each at 224 px
 
 
-def explanation(model: Classifier, image: Image.Image, data: bytes, method: str, class_name: str | None,
+def digest(data: bytes) -> str:
+    """SHA-256 of an image file's bytes (hex): what :func:`explanation` remembers a photo by."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def explanation(model: Classifier, image: Image.Image, image_digest: str, method: str, class_name: str | None,
                 layer: str | None, compute: bool = True) -> Explanation | None:
-    """The CAM of ``image`` (whose file bytes are ``data``) for this model, method, class and layer, remembered for
-    this session: a slider or colormap change, or a second look, does not compute it again (ScoreCAM takes about a
-    minute). ``compute=False``: only what is remembered, else None. The last :data:`EXPLANATIONS_KEPT` are kept.
+    """The CAM of ``image`` (``image_digest``: :func:`digest` of its file) for this model, method, class and layer,
+    remembered for this session: a slider or colormap change, or a second look, does not compute it again (ScoreCAM
+    takes about a minute). ``compute=False``: only what is remembered, else None. The last
+    :data:`EXPLANATIONS_KEPT` are kept.
 
     Raises:
         CarNetError: from :func:`carnet_core.explain.explain` (unknown class or layer).
@@ -186,7 +192,7 @@ def explanation(model: Classifier, image: Image.Image, data: bytes, method: str,
     import carnet_core.explain as cams
 
     memory = st.session_state.setdefault("_explanations", {})
-    key = (id(model), model.name, hashlib.sha256(data).hexdigest(), method, class_name, layer)
+    key = (id(model), model.name, image_digest, method, class_name, layer)
     if key in memory:
         memory[key] = memory.pop(key)  # most recently used last
     elif compute:

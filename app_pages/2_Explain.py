@@ -25,6 +25,7 @@ try:
 except ImageError as exc:
     st.error(str(exc))
     st.stop()
+photo = ui.digest(data)
 
 top5 = predict(model, [image], topk=5)[0]
 layers = list(spatial_layers(model))
@@ -40,7 +41,8 @@ layer = controls[2].selectbox("Target layer", layers, index=layers.index(default
 alpha = controls[3].slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
 colormap = controls[3].selectbox("Colormap", COLORMAPS, key="explain_colormap")
 
-if method in EXPENSIVE_METHODS and ui.explanation(model, image, data, method, class_name, layer, compute=False) is None:
+remembered = ui.explanation(model, image, photo, method, class_name, layer, compute=False)
+if method in EXPENSIVE_METHODS and remembered is None:
     seconds = estimate_seconds(model, method, layer)
     st.warning(f"{method_name} runs one forward pass per channel of `{layer}` "
                f"({spatial_layers(model)[layer][0]} channels): about {seconds:.0f} s on this machine.")
@@ -49,7 +51,7 @@ if method in EXPENSIVE_METHODS and ui.explanation(model, image, data, method, cl
 
 try:
     with st.spinner(f"Computing {method_name}…"):
-        result = ui.explanation(model, image, data, method, class_name, layer)
+        result = ui.explanation(model, image, photo, method, class_name, layer)
 except CarNetError as exc:
     st.error(str(exc))
     st.stop()
@@ -71,13 +73,13 @@ st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
 chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
                         help="ScoreCAM and AblationCAM take much longer than the others.")
-remembered = all(ui.explanation(model, image, data, m, class_name, layer, compute=False) for m in chosen)
-if chosen and (st.button("Compare", key="explain_compare_run") or remembered):  # stays up while the sliders move
+all_remembered = all(ui.explanation(model, image, photo, m, class_name, layer, compute=False) for m in chosen)
+if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered):  # stays while the sliders move
     progress = st.progress(0.0, text="Computing…")
     cells = st.columns(min(len(chosen), 4))
     for i, m in enumerate(chosen):
         progress.progress(i / len(chosen), text=f"{METHOD_NAMES[m]} ({i + 1}/{len(chosen)})")
-        r = ui.explanation(model, image, data, m, class_name, layer)
+        r = ui.explanation(model, image, photo, m, class_name, layer)
         caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms"
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
     progress.progress(1.0, text="Done")

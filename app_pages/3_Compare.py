@@ -45,6 +45,7 @@ if inputs:
         st.error(str(exc))
         image = None
     if image is not None:
+        photo = ui.digest(data)
         try:
             probs, times = member_probabilities(models, [image])
         except CarNetError as exc:
@@ -56,7 +57,7 @@ if inputs:
             with column:
                 st.markdown(f"**{model.name}**")
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
-                cam = ui.explanation(model, image, data, "gradcam", pred.top1, None)  # remembered: sliders move fast
+                cam = ui.explanation(model, image, photo, "gradcam", pred.top1, None)  # remembered per session
                 st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
                 st.caption(f"{times[i]:.0f} ms model time · {model.num_params / 1e6:.1f} M parameters · "
                            f"weights: {model.weights.describe()}")

@@ -177,9 +177,9 @@ def estimate_seconds(model: Classifier, method: str, layer: str | None = None, b
     """Rough CAM duration on this machine, s, from one measured forward pass.
 
     Gradient methods: about 1.5 forward passes (the forward pass, then a backward pass that stops at the target
-    layer: 1.0-1.4x a forward pass measured here for GradCAM on the default models). ScoreCAM / AblationCAM: one forward pass per
-    channel of the target layer, run in batches of ``batch_size``; per-image cost is measured at that batch size
-    (on a 2-core CPU a batch of 32 costs ~2x per image what batch 1 does). Checked here on EfficientNet-Lite0
+    layer; GradCAM measured 0.8-1.7x a forward pass here on the default models). ScoreCAM / AblationCAM: one forward
+    pass per channel of the target layer, run in batches of ``batch_size``; per-image cost is measured at that batch
+    size (on a 2-core CPU a batch of 32 costs ~2x per image what batch 1 does). Checked here on EfficientNet-Lite0
     (1280 channels): estimate ~70 s, measured 70 s (ScoreCAM) and 63 s (AblationCAM).
     """
     expensive = method in EXPENSIVE_METHODS
