@@ -11,7 +11,6 @@ from carnet_core import CarNetError, ImageError, load_image
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_rows
-from carnet_core.explain import explain
 from carnet_core.folders import load_mapping
 
 st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
@@ -142,9 +141,10 @@ with tab_mistakes:
             st.markdown(f"**What {model.name} looked at** — `{Path(picked['path']).name}`: true "
                         f"**{picked['label']}**, predicted **{picked['predicted']}**")
             try:
-                image = load_image(picked["path"])
+                data = Path(picked["path"]).read_bytes()
+                image = load_image(data, name=Path(picked["path"]).name)
                 target = picked["predicted"] if picked["predicted"] in model.class_names else None
-                exp = explain(model, image, class_name=target)
+                exp = ui.explanation(model, image, ui.digest(data), "gradcam", target, None)  # remembered per session
                 c1, c2, _ = st.columns([1, 1, 1])
                 c1.image(image, caption="photo", width="stretch")
                 c2.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")

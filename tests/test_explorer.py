@@ -188,6 +188,10 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     shown = [m.value for m in at.metric]
     assert shown[:4] == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
                          f"{numbers['ece'] * 100:.1f}%", "785"]
+    at.button(key="evaluate_cam_0").click().run()  # the most confident mistake: what the model looked at
+    assert not at.exception and not at.error
+    assert any("looked at" in m.value for m in at.markdown)
+    assert any(c.startswith("Grad-CAM for '") for el in at.get("image") for c in el.captions)
 
 
 def test_cost_cache_keeps_every_entry_when_sessions_write_at_once(tmp_path, monkeypatch):
