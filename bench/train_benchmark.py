@@ -102,8 +102,9 @@ def timm_train_script(script: Path, data: Path, steps: int, batch_size: int, img
     cmd = [sys.executable, str(script), str(data), "--model", "tf_efficientnet_lite0", "--num-classes", str(num_classes),
            "-b", str(batch_size), "--img-size", str(img_size), "--epochs", "1", "--workers", str(workers),
            "--opt", "adamw", "--lr", "2e-4", "--aa", "rand-m7-mstd0.5", "--log-interval", str(max(1, steps // 2)),
-           "--no-prefetcher", "--device", "cpu", "--output", tempfile.mkdtemp()]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600).stdout + ""
+           "--no-prefetcher", "--device", "cpu"]
+    with tempfile.TemporaryDirectory() as out_dir:
+        out = subprocess.run(cmd + ["--output", out_dir], capture_output=True, text=True, timeout=3600).stdout
     rates = re.findall(r"([\d.]+)/s", out)
     if not rates:
         raise RuntimeError("could not read a throughput from train.py's output:\n" + out[-2000:])

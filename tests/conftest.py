@@ -18,10 +18,14 @@ MOBILENET_TIMM = SHARED / "weights" / "mobilenetv2_100_timm_in1k_from_qnnpack-a3
 # Tests never touch the network and never read the developer's own weights folder or HF cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # ONNX exports go to a throw-away cache, never the developer's ~/.cache/carnet.
+# It is removed when the test process exits (each run's exports come to a few hundred MB).
 if "CARNET_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["CARNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="carnet-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CARNET_CACHE_DIR"], ignore_errors=True)
 
 
 def need(path: Path) -> Path:
