@@ -154,6 +154,7 @@ def main() -> None:
             model = load_model(name, device="cpu", use_hub=False)
             kind = "real"
         except CarNetError:
+            torch.manual_seed(0)  # the same random weights every run: the cached export is reused, not added to
             model = load_model(name, weights="random", device="cpu")
             kind = "random"
         x = model.preprocess([image])

@@ -2,8 +2,9 @@
 reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8) that are used only when they pass a parity gate.
 
 The fast path is chosen per model by measurement (:func:`select_engine`). The model is exported to ONNX once
-(cached on disk under a fingerprint of its architecture and weights, so a changed checkpoint gets a new file) and
-every candidate is checked against torch fp32 before it is timed at batch 1:
+(cached on disk under a fingerprint of its architecture and weights, so a changed checkpoint gets a new file; the
+cache is bounded, least recently used first: :func:`prune_cache`) and every candidate is checked against torch fp32
+before it is timed at batch 1:
 
 - fp32 paths: softmax probabilities within :data:`PARITY_ATOL` (random inputs, and the real photos when given);
 - reduced precision (bf16, int8): on real photos (``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``), the top-5
@@ -117,11 +118,65 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
 
 
 def cached_export(model: Classifier) -> Path:
-    """The model's ONNX export in :func:`cache_dir`, written on first use (keyed by :func:`fingerprint`)."""
+    """The model's ONNX export in :func:`cache_dir`, written on first use (keyed by :func:`fingerprint`). A reused
+    file has its modification time set to now, so :func:`prune_cache` drops the least recently used first."""
     path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
-    if not path.is_file():
+    if path.is_file():
+        _touch(path)
+    else:
         export_onnx(model, path)
+        prune_cache(keep=(path,))
     return path
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache still works, it just is not pruned by use
+        pass
+
+
+#: Default bound of the export cache (``$CARNET_CACHE_MAX_MB`` overrides it).
+CACHE_MAX_MB = 2000
+#: A leftover ``*.tmp`` (an export or quantization interrupted by a crash) older than this is removed.
+STALE_TMP_S = 3600
+
+
+def prune_cache(max_mb: float | None = None, keep: Sequence[Path] = ()) -> list[Path]:
+    """Bound the ONNX export cache (``cache_dir()/onnx``) to ``max_mb`` MB (default ``$CARNET_CACHE_MAX_MB`` or
+    :data:`CACHE_MAX_MB`): remove models least recently used first (modification time, refreshed on every reuse), each
+    with its ``.json`` sidecar, never one in ``keep``; and temporary files older than :data:`STALE_TMP_S`. Every file
+    here can be made again from its model (each checkpoint and each random-weight model gets its own export, so
+    without a bound the folder only grows). Runs after each new export or quantized model. Returns what was removed.
+    """
+    folder = cache_dir() / "onnx"
+    limit = float(os.environ.get("CARNET_CACHE_MAX_MB", CACHE_MAX_MB) if max_mb is None else max_mb) * 2**20
+    keep = {Path(k).resolve() for k in keep}
+    removed: list[Path] = []
+    try:
+        files = [(p, p.stat()) for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return removed
+    now = time.time()
+    for p, st in files:
+        if p.name.endswith(".tmp") and now - st.st_mtime > STALE_TMP_S:
+            removed.append(p)
+    models = sorted(((p, st) for p, st in files if p.suffix == ".onnx"), key=lambda f: f[1].st_mtime)
+    total = sum(st.st_size for p, st in files if p not in removed)
+    for p, st in models:
+        if total <= limit:
+            break
+        if p.resolve() in keep:
+            continue
+        sidecar = p.with_name(p.name + ".json")
+        removed += [p] + ([sidecar] if sidecar.is_file() else [])
+        total -= st.st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
+    for p in removed:
+        try:
+            p.unlink()
+        except OSError:  # another process removed it or holds it: not an error for a cache
+            pass
+    return removed
 
 
 class TorchEngine:
@@ -229,7 +284,11 @@ class OnnxRuntimeEngine:
         ``repeats``, ms per image); keep that session for later batches only if it is faster and its probabilities
         pass :func:`parity` against torch fp32 on ``x``. Returns what was measured."""
         n = len(x)
-        session = onnxruntime_session(self.path)
+        try:
+            session = onnxruntime_session(self.path)
+        except Exception as exc:  # the file left the cache (prune_cache) since this engine opened it
+            self.batched_session = None
+            return f"batches run as batch-1 calls (no dynamic-batch session: {type(exc).__name__})"
         single = median_ms(lambda: self.one_by_one(x), repeats, warmup=1) / n
         whole = median_ms(lambda: session.run(["probabilities"], {"input": x}), repeats, warmup=1) / n
         report = parity(self.reference.probabilities(torch.from_numpy(x)),
@@ -255,8 +314,11 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
         batches = [x[None].numpy() for x in calibration.cpu()]
         h = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
         path = fp32.with_name(f"{fp32.stem}-u8s8-{h}.onnx")  # fp32.stem carries EXPORT_VERSION
-        if not path.is_file():
+        if path.is_file():
+            _touch(path)
+        else:
             _quantize(fp32, path, batches)
+            prune_cache(keep=(path, fp32))
         self._open(path, model)
 
 

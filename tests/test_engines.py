@@ -6,8 +6,8 @@ import torch
 from carnet_core import load_model, predict
 from carnet_core import CarNetError
 from carnet_core.images import load_image
-from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, OnnxRuntimeEngine, fingerprint,
-                                 onnxruntime_session, parity, select_engine)
+from carnet_core.engines import (PARITY_ATOL, REDUCED_ENGINES, STALE_TMP_S, TOP1_PROB_ATOL, OnnxRuntimeEngine,
+                                 TorchEngine, fingerprint, onnxruntime_session, parity, prune_cache, select_engine)
 
 from conftest import MOBILENET_TIMM, need
 
@@ -113,8 +113,8 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     first = OnnxRuntimeEngine(model).path
     assert not model.module.training  # exporting left the model in eval mode (BatchNorm on its running statistics)
-    mtime = first.stat().st_mtime_ns
-    assert OnnxRuntimeEngine(model).path == first and first.stat().st_mtime_ns == mtime  # reused, not re-exported
+    inode = first.stat().st_ino  # an export writes a new file (os.replace): a reuse keeps the inode
+    assert OnnxRuntimeEngine(model).path == first and first.stat().st_ino == inode  # reused, not re-exported
     before = fingerprint(model)
     with torch.no_grad():
         model.module.classifier.bias.add_(1.0)
@@ -123,6 +123,49 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
     assert second != first and second.is_file()
     meta = json.loads(second.with_name(second.name + ".json").read_text())
     assert meta["arch"] == "mobilenetv2_100" and len(meta["class_names"]) == 1000
+
+
+def test_prune_cache_drops_the_least_recently_used_exports(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    now = time.time()
+
+    def put(name, age_s, mb=1.0):
+        p = folder / name
+        p.write_bytes(b"x" * int(mb * 2**20))
+        os.utime(p, (now - age_s, now - age_s))
+        return p
+
+    kept = put("a.onnx", 400)  # the oldest, but the caller is using it
+    old, old_json = put("b.onnx", 300), put("b.onnx.json", 300, 0.01)
+    new, new_json = put("c.onnx", 100), put("c.onnx.json", 100, 0.01)
+    stale, fresh = put("d.123.tmp", STALE_TMP_S + 60, 0.1), put("e.456.tmp", 10, 0.1)  # a crashed / a running export
+    removed = prune_cache(max_mb=2.5, keep=[kept])
+    assert sorted(p.name for p in removed) == ["b.onnx", "b.onnx.json", "d.123.tmp"]
+    assert kept.exists() and new.exists() and new_json.exists() and fresh.exists()
+    assert not old.exists() and not old_json.exists() and not stale.exists()
+    assert prune_cache(max_mb=2.5, keep=[kept]) == []  # within the bound now
+    assert {p.name for p in prune_cache(max_mb=0)} == {"a.onnx", "c.onnx", "c.onnx.json"}
+
+
+def test_a_bounded_cache_evicts_older_exports_and_their_engines_keep_working(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CARNET_CACHE_MAX_MB", "1")  # below one export: each new one evicts the others
+    first_model, second_model = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
+    first = OnnxRuntimeEngine(first_model)
+    second = OnnxRuntimeEngine(second_model)
+    assert second.path.is_file() and not first.path.exists()  # the new export is kept, the older one evicted
+    assert not first.path.with_name(first.path.name + ".json").exists()
+    x = torch.randn(4, 3, 224, 224)
+    ref = TorchEngine(first_model).probabilities(x)
+    assert (first.probabilities(x[:1]) - ref[:1]).abs().max() <= PARITY_ATOL  # its open session still runs
+    assert (first.probabilities(x) - ref).abs().max() <= PARITY_ATOL  # a batch, with no file to open
+    assert "as batch-1 calls (no dynamic-batch session" in first.batching
+    assert OnnxRuntimeEngine(first_model).path == first.path and first.path.is_file()  # exported again on demand
 
 
 def test_carnet_engine_torch_forces_the_reference(monkeypatch):
