@@ -65,7 +65,9 @@ def _pid_alive(pid: int | None, token: str = "") -> bool:
     if not pid:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None:  # started by this process: its pid cannot be reused before we reap it
+        if child.poll() is None:
+            return True
         _children.pop(pid, None)
         return False
     try:
@@ -81,7 +83,9 @@ def _pid_alive(pid: int | None, token: str = "") -> bool:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 return False
-            if token and token not in proc.joinpath("cmdline").read_bytes().decode(errors="replace"):
+            cmdline = proc.joinpath("cmdline").read_bytes().decode(errors="replace")
+            # empty while the new worker is still in exec (seen here right after Popen): alive, not a reused pid
+            if token and cmdline and token not in cmdline:
                 return False  # the pid was reused by another program
         except (OSError, IndexError):
             return False
@@ -378,7 +382,7 @@ def run_worker(folder: str | os.PathLike) -> int:
         callbacks = _WorkerCallbacks(folder, cfg.epochs)
         result = Trainer(cfg, [callbacks]).fit()
         best = result.best_checkpoint
-        finish(state="cancelled" if result.cancelled else "done", best_top1=result.best_top1,
+        finish(state="cancelled" if result.cancelled else "done", error=None, best_top1=result.best_top1,
                best_checkpoint=str(best) if best else None, stopped_early=result.stopped_early)
     except CarNetError as exc:
         print(f"error: {exc}", flush=True)

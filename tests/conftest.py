@@ -42,6 +42,24 @@ def _isolated_weights(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CARNET_GALLERY_DIR", str(tmp_path_factory.mktemp("gallery")))
 
 
+@pytest.fixture(autouse=True)
+def _no_job_worker_outlives_its_test():
+    """A test that fails half-way must not leave a fine-tune worker training for minutes beside the next tests."""
+    yield
+    import signal
+    import sys
+
+    jobs = sys.modules.get("carnet_core.jobs")
+    for pid, proc in list(jobs._children.items()) if jobs else []:
+        if proc.poll() is None:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # workers run in their own session: their loader processes too
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        jobs._children.pop(pid, None)
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The offline default model with its real ImageNet weights, on the CPU."""

@@ -40,7 +40,7 @@ def test_job_lifecycle_queue_and_restart(colour_folder, tmp_path):
     assert first.state == "done", first.log_tail()
     assert [r["epoch"] for r in first.history] == [1, 2] and first.best_top1 >= 0.8
     assert first.progress["fraction"] == pytest.approx(1.0) and first.progress["device"] == "CPU"
-    assert first.best_checkpoint.exists() and first.duration_s > 0
+    assert first.best_checkpoint.exists() and first.duration_s > 0 and first.status.get("error") is None
 
     second = runner.wait(second.id, timeout=300)  # started by the first worker when it finished
     assert second.state == "done", second.log_tail()
@@ -74,6 +74,34 @@ def test_cancel_a_running_job_and_a_queued_one(colour_folder, tmp_path):
     assert job.state == "cancelled" and len(job.history) < 50
     assert runner.get(queued.id).state == "cancelled"  # never started
     assert not (runner.get(queued.id).dir / "log.txt").exists()
+
+
+def test_a_just_started_worker_is_alive_and_a_reused_pid_is_not(monkeypatch):
+    """Right after Popen, /proc/PID/cmdline can still be empty (the worker is in exec): seen in CI, where the runner
+    took its own new worker for a reused pid, marked it failed and started the queued job beside it on the same
+    slot. A child of this process is judged by poll(); another process's by its cmdline, empty meaning in exec."""
+    import subprocess
+    from pathlib import Path
+
+    from carnet_core import jobs
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.3)  # exec'd: its cmdline is "sleep 30", which does not name the job
+        jobs._children[proc.pid] = proc
+        assert jobs._pid_alive(proc.pid, "20261122-104318-a7ae24")  # ours and running
+        del jobs._children[proc.pid]
+        assert not jobs._pid_alive(proc.pid, "20261122-104318-a7ae24")  # someone else's program: a reused pid
+        assert jobs._pid_alive(proc.pid, "sleep")
+        real_read_bytes = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda self: b"" if self.name == "cmdline" else real_read_bytes(self))
+        assert jobs._pid_alive(proc.pid, "20261122-104318-a7ae24")  # cmdline empty: a worker still in exec
+        jobs._children[proc.pid] = proc
+        proc.kill()
+        proc.wait()
+        assert not jobs._pid_alive(proc.pid, "20261122-104318-a7ae24") and proc.pid not in jobs._children
+    finally:
+        proc.kill()
 
 
 def test_killed_worker_is_failed_then_resumed(colour_folder, tmp_path):
