@@ -436,7 +436,6 @@ class EngineChoice:
         return "\n".join(lines)
 
 
-_choices: dict[int, EngineChoice] = {}
 _choice_lock = threading.Lock()
 
 
@@ -474,15 +473,15 @@ def select_engine(model: Classifier, engine: str = "auto",
         raise CarNetError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
     if engine == "torch":
         return EngineChoice(TorchEngine(model), "asked for torch")
-    key = id(model.module)
     with _choice_lock:
-        if key in _choices and photos is None and (engine == "auto" or _choices[key].engine.name == engine):
-            return _choices[key]
+        known = model._engine_choice  # remembered on the model, so it goes when the model goes (not in a global)
+        if known is not None and photos is None and (engine == "auto" or known.engine.name == engine):
+            return known
         if model.device.type != "cpu" and engine == "auto":
             choice = EngineChoice(TorchEngine(model), f"torch on {model.device.type}")
         else:
             choice = _measure(model, engine, photos)
-        _choices[key] = choice
+        model._engine_choice = choice
         return choice
 
 

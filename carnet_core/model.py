@@ -131,6 +131,9 @@ class Classifier:
     #: Held while the module runs. A cached model is shared by all app sessions, and Grad-CAM hooks a layer
     #: for the length of one call: a concurrent forward pass would feed its activations into that call.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    #: The inference engine :func:`carnet_core.engines.select_engine` chose for this model (kept here, not in a
+    #: module-level table, so that a model the app's cache drops is freed with its ONNX Runtime sessions).
+    _engine_choice: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:

@@ -168,6 +168,21 @@ def test_a_bounded_cache_evicts_older_exports_and_their_engines_keep_working(tmp
     assert OnnxRuntimeEngine(first_model).path == first.path and first.path.is_file()  # exported again on demand
 
 
+def test_a_dropped_model_is_freed_with_its_engine():
+    """The app keeps 8 models (st.cache_resource max_entries); the engine choice used to live in a module-level table
+    keyed by the module, which kept every model ever classified with, and its ONNX Runtime sessions, alive."""
+    import gc
+    import weakref
+
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    choice = select_engine(model)
+    assert select_engine(model) is choice  # decided once per model
+    module, session = weakref.ref(model.module), weakref.ref(choice.engine)
+    del model, choice
+    gc.collect()
+    assert module() is None and session() is None
+
+
 def test_carnet_engine_torch_forces_the_reference(monkeypatch):
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     monkeypatch.setenv("CARNET_ENGINE", "torch")
