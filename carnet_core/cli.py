@@ -96,6 +96,8 @@ def _load_member(spec: str, use_hub: bool, arch: str | None = None):
 
     if Path(spec).is_file():
         return load_model(arch, checkpoint=spec, use_hub=use_hub)
+    if "/" in spec or "\\" in spec or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        raise CarNetError(f"{spec}: no such checkpoint file")
     return load_model(spec, use_hub=use_hub)
 
 
@@ -368,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CarNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path given on the command line that cannot be read or written
+        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -22,6 +22,7 @@ the probabilities, which ONNX Runtime computes inside the exported graph (its ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -90,30 +91,39 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     data config and provenance.
 
     Uses torch's TorchScript-based exporter (``dynamo=False``), which handles every timm CNN here.
+
+    Raises:
+        CarNetError: ``path`` cannot be written (its folder cannot be created, no permission, disk full).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *model.data_config["input_size"])
     module = model.module
     device = model.device
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with model.lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            module.to("cpu")
-            # the wrapper in the module's mode: the exporter restores the wrapper's mode, recursively, after export
-            wrapper = _WithProbabilities(module).train(module.training)
-            torch.onnx.export(wrapper, (x,), str(tmp), input_names=["input"],
-                              output_names=["logits", "probabilities"],
-                              dynamic_axes={k: {0: "batch"} for k in ("input", "logits", "probabilities")},
-                              opset_version=ONNX_OPSET, dynamo=False)
-        finally:
-            module.to(device)
-    os.replace(tmp, path)
     meta = {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),
             "data_config": model.data_config, "weights": model.weights.to_dict(), "input": "input",
             "outputs": ["logits", "probabilities"]}
-    Path(str(path) + ".json").write_text(json.dumps(meta, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with model.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module.to("cpu")
+                # the wrapper in the module's mode: the exporter restores the wrapper's mode, recursively, after export
+                wrapper = _WithProbabilities(module).train(module.training)
+                torch.onnx.export(wrapper, (x,), str(tmp), input_names=["input"],
+                                  output_names=["logits", "probabilities"],
+                                  dynamic_axes={k: {0: "batch"} for k in ("input", "logits", "probabilities")},
+                                  opset_version=ONNX_OPSET, dynamo=False)
+            finally:
+                module.to(device)
+        os.replace(tmp, path)
+        Path(str(path) + ".json").write_text(json.dumps(meta, indent=1))
+    except OSError as exc:  # a folder that cannot be created or written, a full disk
+        raise CarNetError(f"cannot write the ONNX export to {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):  # after a failure, or os.replace already moved it
+            tmp.unlink(missing_ok=True)
     return path
 
 

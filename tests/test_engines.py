@@ -205,6 +205,20 @@ def test_export_cli(tmp_path):
     assert (torch.softmax(torch.from_numpy(logits), 1) - torch.from_numpy(probs)).abs().max() <= 1e-6
 
 
+def test_export_and_engines_cli_name_bad_paths_without_a_traceback(tmp_path, capsys):
+    from carnet_core.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["export", "efficientnet_lite0", "--format", "onnx", "--out", str(blocker / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write the ONNX export to {blocker / 'm.onnx'}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
+    for missing in (str(tmp_path / "gone.safetensors"), "runs/x.pth"):
+        assert main(["engines", missing]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {missing}: no such checkpoint file"
+
+
 def test_engines_cli(tmp_path):
     from test_cli import run_cli
 
