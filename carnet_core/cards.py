@@ -188,5 +188,8 @@ def _store_cost(key: str, fingerprint: str, result: dict[str, Any]) -> None:
             data = {}
         data[_cost_key(key, fingerprint)] = result
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, path)
+        except OSError:  # a full disk: the measurement is still shown, just measured again next time
+            tmp.unlink(missing_ok=True)

@@ -58,8 +58,19 @@ MAX_PARITY_PHOTOS = 64
 
 
 def cache_dir() -> Path:
-    """Where exported models are cached: ``$CARNET_CACHE_DIR`` or ``~/.cache/carnet``."""
-    return Path(os.environ.get("CARNET_CACHE_DIR", Path.home() / ".cache" / "carnet"))
+    """Where CarNet caches ONNX exports, evaluation reports and measured model costs: ``$CARNET_CACHE_DIR`` or
+    ``~/.cache/carnet``; when that folder cannot be created or written (a read-only home on some hosts), a folder in
+    the system's temporary directory instead, so the fast engine and the caches still work."""
+    configured = Path(os.environ.get("CARNET_CACHE_DIR", Path.home() / ".cache" / "carnet"))
+    try:
+        configured.mkdir(parents=True, exist_ok=True)
+        if os.access(configured, os.W_OK | os.X_OK):
+            return configured
+    except OSError:
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"carnet-cache-{getattr(os, 'getuid', lambda: 'user')()}"
 
 
 def fingerprint(model: Classifier) -> str:

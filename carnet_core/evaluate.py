@@ -230,6 +230,7 @@ def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | N
                     refresh: bool = False) -> tuple[EvalReport, bool]:
     """:func:`evaluate` with its report cached as JSON under ``cache_dir`` (default
     ``$CARNET_CACHE_DIR/evaluations``). Returns (report, came from the cache)."""
+    import contextlib
     import json
     import os
     from pathlib import Path
@@ -244,8 +245,12 @@ def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | N
         except (ValueError, KeyError):
             pass
     report = evaluate(model, dataset, progress=progress, mapping=mapping)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_dict()))
-    os.replace(tmp, path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report.to_dict()))
+        os.replace(tmp, path)
+    except OSError:  # an unwritable or full cache: the report is still returned, just not kept
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return report, False

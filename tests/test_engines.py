@@ -183,6 +183,25 @@ def test_a_dropped_model_is_freed_with_its_engine():
     assert module() is None and session() is None
 
 
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
+    """A read-only home (some hosts): exports go to the system's temporary folder, and ONNX Runtime is still used."""
+    import tempfile
+
+    from carnet_core.engines import cache_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(blocker / "cache"))  # cannot be created: a file is in the way
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cache_dir().parent == tmp_path / "tmp" and cache_dir().name.startswith("carnet-cache-")
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    engine = OnnxRuntimeEngine(model)
+    assert engine.path.is_relative_to(tmp_path / "tmp")
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path / "ok"))
+    assert cache_dir() == tmp_path / "ok"
+
+
 def test_carnet_engine_torch_forces_the_reference(monkeypatch):
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     monkeypatch.setenv("CARNET_ENGINE", "torch")

@@ -115,6 +115,10 @@ def test_evaluation_is_cached_and_invalidated(colour_checkpoint, colour_folder, 
     Image.new("RGB", (48, 48), (0, 0, 0)).save(victim)  # the dataset changed: measured again
     _, cached = evaluate_cached(model, open_dataset(data).val, cache_dir=tmp_path / "cache")
     assert not cached
+    blocker = tmp_path / "a-file"  # a cache that cannot be written: the report is still returned, nothing lost
+    blocker.write_text("")
+    report, cached = evaluate_cached(model, val, cache_dir=blocker / "cache")
+    assert not cached and report.num_images == 18
 
 
 # --- pages ----------------------------------------------------------------------------------------------------------
