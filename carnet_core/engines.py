@@ -457,7 +457,6 @@ class EngineChoice:
         return "\n".join(lines)
 
 
-_choice_lock = threading.Lock()
 
 
 def median_ms(fn, repeats: int = 15, warmup: int = 2, pause_s: float = 0.05) -> float:
@@ -494,9 +493,17 @@ def select_engine(model: Classifier, engine: str = "auto",
         raise CarNetError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
     if engine == "torch":
         return EngineChoice(TorchEngine(model), "asked for torch")
-    with _choice_lock:
-        known = model._engine_choice  # remembered on the model, so it goes when the model goes (not in a global)
+    def remembered() -> EngineChoice | None:  # kept on the model, so it goes when the model goes (not in a global)
+        known = model._engine_choice
         if known is not None and photos is None and (engine == "auto" or known.engine.name == engine):
+            return known
+        return None
+
+    if (known := remembered()) is not None:
+        return known
+    # one decision per model at a time; other models are not held up while this one is exported and measured
+    with model.lock:
+        if (known := remembered()) is not None:
             return known
         if model.device.type != "cpu" and engine == "auto":
             choice = EngineChoice(TorchEngine(model), f"torch on {model.device.type}")

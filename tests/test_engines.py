@@ -183,6 +183,36 @@ def test_a_dropped_model_is_freed_with_its_engine():
     assert module() is None and session() is None
 
 
+def test_choosing_one_models_engine_does_not_hold_up_another(monkeypatch):
+    """A hosted demo: one session's first use of a model (export + measurement, seconds) used to block every other
+    session's classification behind one global lock, whatever model it used."""
+    import threading
+
+    import carnet_core.engines as E
+
+    slow, fast = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
+    fast_choice = select_engine(fast, "torch")
+    fast._engine_choice = E.EngineChoice(fast_choice.engine, "known")
+    entered, release = threading.Event(), threading.Event()
+    def measure(model, engine, photos):  # an export and a measurement that take as long as the test wants
+        entered.set()
+        assert release.wait(30)
+        return E.EngineChoice(E.TorchEngine(model), "measured")
+
+    monkeypatch.setattr(E, "_measure", measure)
+    worker = threading.Thread(target=select_engine, args=(slow,))
+    worker.start()
+    assert entered.wait(30)
+    done = threading.Event()
+    threading.Thread(target=lambda: (select_engine(fast), done.set()), daemon=True).start()
+    try:
+        assert done.wait(5), "select_engine(fast) waited for another model's measurement"
+    finally:
+        release.set()
+        worker.join(60)
+    assert select_engine(slow).reason == "measured" and select_engine(fast).reason == "known"
+
+
 def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
     """A read-only home (some hosts): exports go to the system's temporary folder, and ONNX Runtime is still used."""
     import tempfile
