@@ -43,17 +43,35 @@ CHECKPOINT_PREFIX = "checkpoint:"
 
 
 def fine_tuned() -> dict[str, CheckpointEntry]:
-    """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first."""
-    return {CHECKPOINT_PREFIX + str(e.path): e for e in _checkpoints(str(jobs_dir()), str(W.weights_dir()))}
+    """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first. Read again as soon
+    as a checkpoint file is added, replaced or removed (a fine-tune that just finished is in the next picker)."""
+    folders = (str(jobs_dir()), str(W.weights_dir()))
+    return {CHECKPOINT_PREFIX + str(e.path): e for e in _checkpoints(folders, _checkpoint_files(folders))}
 
 
-@st.cache_data(ttl=3, show_spinner=False)
-def _checkpoints(*folders: str) -> list[CheckpointEntry]:
+def _checkpoint_files(folders: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime ns) of every ``.safetensors`` file under ``folders``: a few stat calls per rerun, against
+    opening every checkpoint's header."""
+    found = []
+    for folder in map(Path, folders):
+        for path in folder.rglob("*.safetensors") if folder.is_dir() else ():
+            try:
+                st_ = path.stat()
+            except OSError:  # removed while listing
+                continue
+            found.append((str(path), st_.st_size, st_.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _checkpoints(folders: tuple[str, ...], files: tuple[tuple[str, int, int], ...]) -> list[CheckpointEntry]:
     return list_checkpoints(list(folders))
 
 
 def model_title(name: str) -> str:
     """How a picker shows a model key: the registry name, or the checkpoint's title."""
+    if not name.startswith(CHECKPOINT_PREFIX):
+        return name
     entry = fine_tuned().get(name)
     return f"★ {entry.title}" if entry else name
 

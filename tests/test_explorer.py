@@ -121,6 +121,23 @@ def test_evaluation_is_cached_and_invalidated(colour_checkpoint, colour_folder, 
     assert not cached and report.num_images == 18
 
 
+def test_a_new_or_replaced_checkpoint_is_in_the_pickers_at_once(colour_checkpoint, tmp_path, monkeypatch):
+    """The pickers' checkpoint list used to be cached for 3 s: a fine-tune that had just finished could be missing from
+    Classify (seen in CI), or a replaced best checkpoint listed under its deleted name."""
+    import ui
+
+    jobs = tmp_path / "jobs"
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(jobs))
+    (jobs / "run1").mkdir(parents=True)
+    assert ui.fine_tuned() == {}
+    first = jobs / "run1" / "best-e001-top1-90.0.safetensors"
+    shutil.copy(colour_checkpoint, first)
+    assert [e.path for e in ui.fine_tuned().values()] == [first]
+    better = first.rename(first.with_name("best-e002-top1-95.0.safetensors"))  # a better epoch replaces it
+    assert [e.path for e in ui.fine_tuned().values()] == [better]
+    assert ui.model_title(ui.CHECKPOINT_PREFIX + str(better)).startswith("★ ")
+
+
 # --- pages ----------------------------------------------------------------------------------------------------------
 
 def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
