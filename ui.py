@@ -121,12 +121,18 @@ def _cached_model(name: str, mtime: float) -> Classifier:  # mtime: a re-written
 
 
 def weights_status(name: str) -> tuple[bool, str]:
-    """(available, provenance or the message saying where to put a file) for a registered model."""
-    return _weights_status(name, str(W.weights_dir()))
+    """(available, provenance or the message saying where to put a file) for a registered model. A file put in the
+    weights folder counts at the next rerun; the Hugging Face cache is looked at again after a minute."""
+    folder = W.weights_dir()
+    try:
+        files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+    except OSError:  # no weights folder (yet)
+        files = ()
+    return _weights_status(name, str(folder), files)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _weights_status(name: str, folder: str) -> tuple[bool, str]:
+def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, str]:  # files: the folder's listing
     from carnet_core import get_spec
 
     try:

@@ -19,7 +19,7 @@ from carnet_core.evaluate import (confusion_order, evaluate, evaluate_cached, me
                                   per_class_rows, report_from_dict)
 from carnet_core.train import TrainConfig, fine_tune
 
-from conftest import FAST, ROOT, SHARED, need
+from conftest import FAST, MOBILENET_TIMM, ROOT, SHARED, need
 
 TIMEOUT = 300
 
@@ -136,6 +136,20 @@ def test_a_new_or_replaced_checkpoint_is_in_the_pickers_at_once(colour_checkpoin
     better = first.rename(first.with_name("best-e002-top1-95.0.safetensors"))  # a better epoch replaces it
     assert [e.path for e in ui.fine_tuned().values()] == [better]
     assert ui.model_title(ui.CHECKPOINT_PREFIX + str(better)).startswith("★ ")
+
+
+def test_a_weights_file_put_in_the_folder_counts_at_the_next_rerun(tmp_path, monkeypatch):
+    """The page says where to put a weights file; the status used to stay "no weights" for up to a minute after."""
+    import ui
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(folder))
+    available, message = ui.weights_status("mobilenetv2_100")
+    assert not available and str(folder) in message
+    (folder / "mobilenetv2_100.pth").symlink_to(need(MOBILENET_TIMM))
+    available, provenance = ui.weights_status("mobilenetv2_100")
+    assert available and "mobilenetv2_100.pth" in provenance
 
 
 # --- pages ----------------------------------------------------------------------------------------------------------
