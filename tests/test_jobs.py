@@ -87,7 +87,7 @@ def test_a_just_started_worker_is_alive_and_a_reused_pid_is_not(monkeypatch):
 
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        time.sleep(0.3)  # exec'd: its cmdline is "sleep 30", which does not name the job
+        _wait_for(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes(), timeout=30, poll=0.05)  # exec'd: "sleep 30"
         jobs._children[proc.pid] = proc
         assert jobs._pid_alive(proc.pid, "20261122-104318-a7ae24")  # ours and running
         del jobs._children[proc.pid]
