@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from pathlib import Path
 
 import streamlit as st
@@ -217,13 +218,16 @@ def explanation(model: Classifier, image: Image.Image, image_digest: str, method
 
     memory = st.session_state.setdefault("_explanations", {})
     key = (id(model), model.name, image_digest, method, class_name, layer)
-    if key in memory:
-        memory[key] = memory.pop(key)  # most recently used last
-    elif compute:
-        memory[key] = cams.explain(model, image, method=method, class_name=class_name, layer=layer)
+    owner, found = memory.pop(key, (None, None))
+    if owner is not None and owner() is not model:  # an id reused by another model after the cache dropped this one
+        found = None
+    if found is None and compute:
+        found = cams.explain(model, image, method=method, class_name=class_name, layer=layer)
+    if found is not None:
+        memory[key] = (weakref.ref(model), found)  # most recently used last
         while len(memory) > EXPLANATIONS_KEPT:
             memory.pop(next(iter(memory)))
-    return memory.get(key)
+    return found
 
 
 def has_gpu() -> bool:

@@ -2,7 +2,10 @@
 
 import json
 
+from PIL import Image
 from streamlit.testing.v1 import AppTest
+
+from carnet_core import load_model
 
 from conftest import ROOT
 
@@ -134,6 +137,28 @@ def test_explain_page_keeps_cams_while_the_sliders_move(car_photos, monkeypatch)
     at.slider(key="explain_alpha").set_value(0.7).run()
     assert [c.split(" ·")[0] for c in image_captions(at) if "faithfulness" in c] == ["GradCAM", "EigenCAM"]
     assert calls == ["gradcam", "scorecam", "eigencam"]  # the first GradCAM remembered too
+
+
+def test_a_remembered_cam_is_never_shown_for_another_model(monkeypatch):
+    """CAMs are remembered per session under the model's id; once the app's cache drops a model, CPython may give its
+    id to the next one loaded (a checkpoint with the same name, say): that model gets its own CAM."""
+    import streamlit as st
+
+    import carnet_core.explain as cams
+    import ui
+
+    calls = []
+    monkeypatch.setattr(cams, "explain", lambda model, image, **kw: calls.append(model) or f"CAM of {id(model)}")
+    st.session_state["_explanations"] = {}
+    first, second = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
+    image = Image.new("RGB", (64, 64))
+    assert ui.explanation(first, image, "d1", "gradcam", None, None) == f"CAM of {id(first)}"
+    assert ui.explanation(first, image, "d1", "gradcam", None, None) == f"CAM of {id(first)}" and calls == [first]
+    memory = st.session_state["_explanations"]
+    [key] = memory
+    memory[(id(second),) + key[1:]] = memory.pop(key)  # as if `second` had been given `first`'s id
+    assert ui.explanation(second, image, "d1", "gradcam", None, None) == f"CAM of {id(second)}"
+    assert calls == [first, second]
 
 
 def test_explain_page_non_image():
