@@ -162,10 +162,16 @@ def model_picker(key: str, label: str = "Model", default: str = "efficientnet_li
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()
+    return model_or_stop(pick)
+
+
+def model_or_stop(name: str) -> Classifier:
+    """:func:`cached_model`, or, when the file cannot be loaded (a checkpoint that does not fit its architecture, a
+    damaged file), a message naming it and the reason, and the page stops there."""
     try:
-        return cached_model(pick)
+        return cached_model(name)
     except CarNetError as exc:
-        st.error(f"Cannot load {pick}: {exc}")
+        st.error(f"Cannot load {model_title(name)}: {exc}")
         st.stop()
 
 

@@ -33,7 +33,7 @@ names = st.multiselect("Models", available, default=defaults, key="compare_model
 if len(names) < 2:
     st.info("Pick at least two models.")
     st.stop()
-models = [ui.cached_model(n) for n in names]
+models = [ui.model_or_stop(n) for n in names]
 
 st.subheader("One photo")
 inputs = ui.image_inputs("compare", multiple=False)

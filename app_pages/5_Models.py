@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
 from carnet_core.registry import list_models
 
@@ -14,10 +15,16 @@ st.caption("Pick a model by what it costs and how well it does. Parameters and G
 
 show_all = st.toggle("All registered architectures (not only the defaults)", key="models_all")
 keys = [s.name for s in list_models(default_only=not show_all)] + list(ui.fine_tuned())
-cards = {}
+cards, broken = {}, []
 with st.spinner("Counting parameters and multiply-accumulates…"):
     for key in keys:
-        cards[key] = ui.model_card(key)
+        try:
+            cards[key] = ui.model_card(key)
+        except CarNetError as exc:  # a checkpoint that cannot be loaded: said once, the other cards still shown
+            broken.append(f"{ui.model_title(key)}: {exc}")
+for message in broken:
+    st.warning(f"Left out — {message}")
+keys = list(cards)
 
 rows = []
 for key, card in cards.items():

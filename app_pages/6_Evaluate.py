@@ -19,7 +19,7 @@ st.caption("How a model does on a labelled dataset, class by class, and where it
            "model and dataset; the same numbers come from `python -m carnet_core evaluate`.")
 
 model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_title)
-model = ui.cached_model(model_key)
+model = ui.model_or_stop(model_key)
 
 folders = ui.dataset_folders()
 if not folders:

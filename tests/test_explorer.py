@@ -199,6 +199,44 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
 
 
+def test_a_checkpoint_that_cannot_be_loaded_is_a_message_on_every_page(colour_checkpoint, colour_folder, tmp_path,
+                                                                        monkeypatch):
+    """A listed checkpoint whose tensors do not fit its architecture: Evaluate and Compare say so and stop (they used
+    to show a traceback), and Models leaves it out with a warning (the page used to fail for every visitor)."""
+    from carnet_core.checkpoint import read_metadata, read_state_dict, save_checkpoint
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path / "data"))
+    shutil.copytree(colour_folder, tmp_path / "data" / "colours")
+    meta = {**read_metadata(colour_checkpoint), "arch": "mobilenetv2_100", "name": "misfit"}
+    save_checkpoint(weights / "misfit.safetensors", read_state_dict(colour_checkpoint), meta)
+
+    def page(name):
+        return AppTest.from_file(str(ROOT / "app_pages" / name), default_timeout=TIMEOUT).run()
+
+    at = page("6_Evaluate.py")
+    box = at.selectbox(key="evaluate_model")
+    box.select_index([i for i, o in enumerate(box.options) if "misfit" in o][0]).run()
+    assert not at.exception and any("Cannot load ★ misfit" in e.value for e in at.error), [e.value for e in at.error]
+
+    at = page("3_Compare.py")
+    at.multiselect(key="compare_models").set_value(["efficientnet_lite0", ui_key(weights / "misfit.safetensors")]).run()
+    assert not at.exception and any("Cannot load ★ misfit" in e.value for e in at.error)
+
+    at = page("5_Models.py")
+    assert not at.exception, at.exception
+    assert any(w.value.startswith("Left out — ★ misfit") for w in at.warning)
+    assert at.dataframe and "efficientnet_lite0" in set(at.dataframe[0].value["model"])
+
+
+def ui_key(path):
+    import ui
+
+    return ui.CHECKPOINT_PREFIX + str(path)
+
+
 def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatch):
     """EfficientNet-Lite0 (bundled ImageNet weights) on the 785 real tiny_vehicles_6 val crops, scored through
     mappings/tiny_vehicles_6_to_imagenet.json: the page and `python -m carnet_core evaluate` agree."""
