@@ -77,10 +77,17 @@ def test_inference_uses_the_whole_photo(lite0):
 
 
 def test_random_model_is_not_a_vehicle_detector(car_photos):
-    """Guards the test above: random weights do not pass it."""
-    model = load_model("efficientnet_lite0", weights="random", device="cpu")
-    hits = sum(p.top1 in VEHICLE_CLASSES for p in predict(model, car_photos[::10]).predictions)
-    assert hits < 0.5 * len(car_photos[::10])
+    """Guards the test above: random weights do not pass it. A random network tends to give one class to every photo,
+    a vehicle class now and then (1 run in about 30 before this test looked at five seeded networks)."""
+    import torch
+
+    rates = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = load_model("efficientnet_lite0", weights="random", device="cpu")
+        predictions = predict(model, car_photos[::10], engine="torch").predictions
+        rates.append(sum(p.top1 in VEHICLE_CLASSES for p in predictions) / len(predictions))
+    assert sum(rates) / len(rates) < 0.5, rates  # the real weights: 0.95
 
 
 def test_topk_bar_figure():
