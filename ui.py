@@ -126,7 +126,7 @@ def weights_status(name: str) -> tuple[bool, str]:
     weights folder counts at the next rerun; the Hugging Face cache is looked at again after a minute."""
     folder = W.weights_dir()
     try:
-        files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+        files = tuple(sorted((p.name, st_.st_size, st_.st_mtime_ns) for p in folder.iterdir() for st_ in [p.stat()]))
     except OSError:  # no weights folder (yet)
         files = ()
     return _weights_status(name, str(folder), files)
@@ -158,7 +158,8 @@ def model_picker(key: str, label: str = "Model", default: str = "efficientnet_li
     status.update({k: (True, "") for k in checkpoints})
     names = [n for n in names if status[n][0]] + list(checkpoints) + [n for n in names if not status[n][0]]
     pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
-                        format_func=lambda n: model_title(n) if status[n][0] else f"{n} (no weights)")
+                        format_func=lambda n: f"★ {checkpoints[n].title}" if n in checkpoints
+                        else n if status[n][0] else f"{n} (no weights)")  # the checkpoints listed once per rerun
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()

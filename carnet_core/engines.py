@@ -182,16 +182,16 @@ def prune_cache(max_mb: float | None = None, keep: Sequence[Path] = ()) -> list[
     for p, st in files:
         if p.name.endswith(".tmp") and now - st.st_mtime > STALE_TMP_S:
             removed.append(p)
-    models = sorted(((p, st) for p, st in files if p.suffix == ".onnx"), key=lambda f: f[1].st_mtime)
-    total = sum(st.st_size for p, st in files if p not in removed)
-    for p, st in models:
+    sizes = {p: st.st_size for p, st in files}
+    total = sum(size for p, size in sizes.items() if p not in removed)
+    for p, st in sorted(((p, st) for p, st in files if p.suffix == ".onnx"), key=lambda f: f[1].st_mtime):
         if total <= limit:
             break
         if p.resolve() in keep:
             continue
         sidecar = p.with_name(p.name + ".json")
-        removed += [p] + ([sidecar] if sidecar.is_file() else [])
-        total -= st.st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
+        removed += [p] + ([sidecar] if sidecar in sizes else [])
+        total -= sizes[p] + sizes.get(sidecar, 0)
     for p in removed:
         try:
             p.unlink()
@@ -457,8 +457,6 @@ class EngineChoice:
         return "\n".join(lines)
 
 
-
-
 def median_ms(fn, repeats: int = 15, warmup: int = 2, pause_s: float = 0.05) -> float:
     """Median wall time of ``fn()`` in ms over ``repeats`` calls, after a pause (threads that another engine left
     busy-waiting go to sleep) and ``warmup`` untimed calls."""
@@ -493,6 +491,7 @@ def select_engine(model: Classifier, engine: str = "auto",
         raise CarNetError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
     if engine == "torch":
         return EngineChoice(TorchEngine(model), "asked for torch")
+
     def remembered() -> EngineChoice | None:  # kept on the model, so it goes when the model goes (not in a global)
         known = model._engine_choice
         if known is not None and photos is None and (engine == "auto" or known.engine.name == engine):
