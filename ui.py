@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -69,12 +70,16 @@ def _checkpoints(folders: tuple[str, ...], files: tuple[tuple[str, int, int], ..
     return list_checkpoints(list(folders))
 
 
+def model_titles() -> Callable[[str], str]:
+    """How a picker shows a model key — the registry name, or ★ and the checkpoint's title — as a ``format_func``
+    that reads the checkpoint list once, not once per option (hundreds of runs in the jobs folder)."""
+    checkpoints = fine_tuned()
+    return lambda name: f"★ {checkpoints[name].title}" if name in checkpoints else name
+
+
 def model_title(name: str) -> str:
-    """How a picker shows a model key: the registry name, or the checkpoint's title."""
-    if not name.startswith(CHECKPOINT_PREFIX):
-        return name
-    entry = fine_tuned().get(name)
-    return f"★ {entry.title}" if entry else name
+    """How a picker shows one model key (see :func:`model_titles`, for many)."""
+    return model_titles()(name) if name.startswith(CHECKPOINT_PREFIX) else name
 
 
 def available_model_names() -> tuple[list[str], dict[str, str]]:

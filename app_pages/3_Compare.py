@@ -29,7 +29,7 @@ if len(available) < 2:
     st.stop()
 defaults = [n for n in ("resnet50", "mobilenetv2_100") if n in available]
 defaults += [n for n in available if n not in defaults][: 2 - len(defaults)]
-names = st.multiselect("Models", available, default=defaults, key="compare_models", format_func=ui.model_title)
+names = st.multiselect("Models", available, default=defaults, key="compare_models", format_func=ui.model_titles())
 if len(names) < 2:
     st.info("Pick at least two models.")
     st.stop()

@@ -15,13 +15,14 @@ st.caption("Pick a model by what it costs and how well it does. Parameters and G
 
 show_all = st.toggle("All registered architectures (not only the defaults)", key="models_all")
 keys = [s.name for s in list_models(default_only=not show_all)] + list(ui.fine_tuned())
+title = ui.model_titles()
 cards, broken = {}, []
 with st.spinner("Counting parameters and multiply-accumulates…"):
     for key in keys:
         try:
             cards[key] = ui.model_card(key)
         except CarNetError as exc:  # a checkpoint that cannot be loaded: said once, the other cards still shown
-            broken.append(f"{ui.model_title(key)}: {exc}")
+            broken.append(f"{title(key)}: {exc}")
 for message in broken:
     st.warning(f"Left out — {message}")
 keys = list(cards)
@@ -29,7 +30,7 @@ keys = list(cards)
 rows = []
 for key, card in cards.items():
     cost = ui.cached_cost(key)
-    rows.append({"model": ui.model_title(key).removeprefix("★ ").split(" · ")[0],
+    rows.append({"model": title(key).removeprefix("★ ").split(" · ")[0],
                  "key": key, "architecture": card["arch"], "head": card["head"], "label set": card["label_set"],
                  "classes": len(card["class_names"]), "params (M)": round(card["params"] / 1e6, 2),
                  "GMACs": round(card["gmacs"], 2), "input (px)": card["input_px"],
@@ -62,10 +63,10 @@ if unmeasured:
 st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch", placeholder="–")  # not measured yet
 
 st.subheader("Model card")
-pick = st.selectbox("Model", keys, format_func=ui.model_title, key="models_pick")
+pick = st.selectbox("Model", keys, format_func=title, key="models_pick")
 card = cards[pick]
 cost = ui.cached_cost(pick)
-st.markdown(f"### {ui.model_title(pick)}")
+st.markdown(f"### {title(pick)}")
 st.caption(f"timm architecture `{card['arch']}` · head **{card['head']}** · label set **{card['label_set']}** "
            f"({len(card['class_names'])} classes) · weights: {card['provenance']}")
 m = st.columns(5)

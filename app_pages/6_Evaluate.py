@@ -18,7 +18,7 @@ st.title("Evaluate")
 st.caption("How a model does on a labelled dataset, class by class, and where it goes wrong. Results are cached per "
            "model and dataset; the same numbers come from `python -m carnet_core evaluate`.")
 
-model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_title)
+model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_titles())
 model = ui.model_or_stop(model_key)
 
 folders = ui.dataset_folders()

@@ -138,6 +138,33 @@ def test_a_new_or_replaced_checkpoint_is_in_the_pickers_at_once(colour_checkpoin
     assert ui.model_title(ui.CHECKPOINT_PREFIX + str(better)).startswith("★ ")
 
 
+def test_pickers_read_the_checkpoint_list_once_per_rerun_not_once_per_option(colour_checkpoint, tmp_path, monkeypatch):
+    """The Evaluate, Compare and Models pickers labelled each checkpoint option by listing the jobs folder again: with
+    hundreds of runs, hundreds of folder walks per rerun. The number of walks must not grow with the runs."""
+    import ui
+
+    jobs = tmp_path / "jobs"
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(jobs))
+    walks = []
+    listing = ui._checkpoint_files
+    monkeypatch.setattr(ui, "_checkpoint_files", lambda folders: walks.append(1) or listing(folders))
+
+    def walks_per_rerun(runs: int) -> dict[str, int]:
+        for i in range(runs):
+            (jobs / f"run{i}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(colour_checkpoint, jobs / f"run{i}" / f"best-e001-top1-{50 + i}.0.safetensors")
+        counts = {}
+        for page in ("6_Evaluate.py", "3_Compare.py", "5_Models.py"):
+            walks.clear()
+            at = AppTest.from_file(str(ROOT / "app_pages" / page), default_timeout=TIMEOUT).run()
+            assert not at.exception, at.exception
+            counts[page] = len(walks)
+        return counts
+
+    assert walks_per_rerun(1) == walks_per_rerun(12)  # 2 per page here; 4 → 26 on Compare with the old labels
+    assert ui.model_titles()(ui_key(jobs / "run3" / "best-e001-top1-53.0.safetensors")).startswith("★ ")
+
+
 def test_a_weights_file_put_in_the_folder_counts_at_the_next_rerun(tmp_path, monkeypatch):
     """The page says where to put a weights file; the status used to stay "no weights" for up to a minute after."""
     import ui
