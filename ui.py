@@ -18,7 +18,7 @@ from PIL import Image
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
 from carnet_core.explain import Explanation
-from carnet_core.images import IMAGE_EXTENSIONS, list_images
+from carnet_core.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
 from carnet_core.jobs import jobs_dir
 from carnet_core.model import Classifier
 from carnet_core.registry import CheckpointEntry, list_checkpoints
@@ -181,13 +181,16 @@ def model_or_stop(name: str) -> Classifier:
         st.stop()
 
 
+PHOTO_UPLOAD_MB = MAX_FILE_BYTES // 2**20  # the uploader says the library's limit, and refuses bigger files at once
+
+
 def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
     """Upload / camera / gallery tabs. Returns (display name, bytes-like source) pairs, possibly empty."""
     upload_tab, camera_tab, gallery_tab = st.tabs(["Upload", "Camera", "Sample gallery"])
     chosen: list[tuple[str, object]] = []
     with upload_tab:
         files = st.file_uploader("Car photos (JPEG, PNG, WebP, BMP, GIF, TIFF)", accept_multiple_files=multiple,
-                                 key=f"{key}_upload")
+                                 key=f"{key}_upload", max_upload_size=PHOTO_UPLOAD_MB)
         files = files if isinstance(files, list) else [files] if files else []
         chosen += [(f.name, f.getvalue()) for f in files]
     with camera_tab:

@@ -99,8 +99,8 @@ else:
 mapping_files = sorted((ui.ROOT / "mappings").glob("*.json"))
 mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classes)"] + [p.name for p in mapping_files]
                               + ["upload…"], key="compare_mapping")
-mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload") \
-    if mapping_choice == "upload…" else None
+mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
+                                  max_upload_size=5) if mapping_choice == "upload…" else None
 if st.button("Evaluate", key="compare_run"):
     try:
         mapping = None

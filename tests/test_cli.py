@@ -1,7 +1,9 @@
 import json
+import re
 import subprocess
 import sys
 
+from carnet_core.images import MAX_FILE_BYTES
 from conftest import ROOT
 
 
@@ -60,3 +62,6 @@ def test_procfile_serves_headless_on_port_in_hosted_mode():
     assert "--server.headless true" in line and "--server.port $PORT" in line
     assert "--server.fileWatcherType none" in line  # no recursive watch over the deployed tree (its venv included)
     assert "CARNET_HOSTED=${CARNET_HOSTED:-1}" in line  # public deployments cannot train unless told otherwise
+    # Streamlit holds uploads in memory, up to 200 MB per file by default: a public host takes no more than a photo
+    upload_mb = int(re.search(r"--server\.maxUploadSize \$\{CARNET_MAX_UPLOAD_MB:-(\d+)\}", line).group(1))
+    assert upload_mb == MAX_FILE_BYTES // 2**20

@@ -6,6 +6,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from carnet_core import load_model
+from carnet_core.images import MAX_FILE_BYTES
 
 from conftest import ROOT
 
@@ -56,6 +57,7 @@ def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos
     at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("gallery is empty" in i.value for i in at.info)
+    assert at.file_uploader[0].proto.max_upload_size_mb == MAX_FILE_BYTES // 2**20  # the library's limit, said at once
     at.file_uploader[0].set_value([
         ("car.jpg", car_photos[0].read_bytes(), "image/jpeg"),
         ("notes.txt", b"hello, this is text", "text/plain"),
