@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -82,6 +82,35 @@ class TrainConfig:
     resume: bool = True
     loggers: Sequence[str] = ()          # extra: "tensorboard", "mlflow", "wandb" (offline)
     limit_train_batches: int | None = None  # for tests and quick looks
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one line per setting (empty when they can be trained with), checked
+        before any work is done: values that would otherwise fail deep in torch or timm with a traceback (a batch
+        size of 0, a negative learning rate) or train without saying so (0 epochs, ``keep_best=0``: no best
+        checkpoint written; an EMA decay above 1)."""
+        def check(name: str, ok: Callable[[Any], bool], rule: str, optional: bool = False) -> str | None:
+            value = getattr(self, name)
+            return None if (value is None and optional) or (value is not None and ok(value)) else \
+                f"{name} must be {rule} (got {value})"
+
+        found = [check("epochs", lambda v: v >= 1, "at least 1"), check("batch_size", lambda v: v >= 1, "at least 1"),
+                 check("lr", lambda v: v > 0, "above 0"), check("head_lr_scale", lambda v: v > 0, "above 0"),
+                 check("weight_decay", lambda v: v >= 0, "at least 0"),
+                 check("warmup_epochs", lambda v: v >= 0, "at least 0"),
+                 check("freeze_epochs", lambda v: 0 <= v <= self.epochs, f"from 0 to epochs ({self.epochs})"),
+                 check("probe_epochs", lambda v: v >= 1, "at least 1", optional=True),
+                 check("label_smoothing", lambda v: 0 <= v < 1, "from 0 to below 1"),
+                 check("mixup", lambda v: v >= 0, "at least 0"), check("cutmix", lambda v: v >= 0, "at least 0"),
+                 check("ema_decay", lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.999", optional=True),
+                 check("early_stopping", lambda v: v >= 1, "at least 1 epoch", optional=True),
+                 check("keep_best", lambda v: v >= 1, "at least 1"), check("workers", lambda v: v >= 0, "at least 0"),
+                 check("num_nodes", lambda v: v >= 1, "at least 1"),
+                 check("val_fraction", lambda v: 0 < v < 1, "between 0 and 1"),
+                 check("img_size", lambda v: v >= 32, "at least 32 px", optional=True),
+                 check("limit_train_batches", lambda v: v >= 1, "at least 1", optional=True),
+                 check("crop_scale", lambda v: 0 < v[0] <= v[1] <= 1, "two area fractions, 0 < min <= max <= 1"),
+                 check("scheduler", lambda v: v in ("cosine", "plateau"), "cosine or plateau")]
+        return [p for p in found if p]
 
 
 @dataclass
@@ -257,12 +286,17 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        if problems := cfg.problems():
+            raise CarNetError("cannot fine-tune with these settings: " + "; ".join(problems))
         self.out.mkdir(parents=True, exist_ok=True)
         strategy = cfg.strategy
         if strategy == "ddp" and cfg.freeze_epochs > 0:  # frozen backbone = parameters without gradients for DDP
             strategy = "ddp_find_unused_parameters_true"
-        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy,
-                        num_nodes=cfg.num_nodes, precision=self._precision(), loggers=_loggers(cfg, self.out))
+        try:
+            fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy,
+                            num_nodes=cfg.num_nodes, precision=self._precision(), loggers=_loggers(cfg, self.out))
+        except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's own messages name the bad setting
+            raise CarNetError(f"cannot set up training: {exc}") from None
         fabric.launch()
         fabric.seed_everything(cfg.seed + fabric.global_rank)
         self.fabric = fabric
@@ -292,10 +326,8 @@ class Trainer:
         steps_per_epoch = min(len(train_loader), cfg.limit_train_batches or len(train_loader))
         if cfg.scheduler == "cosine":  # stepped after every optimizer step
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_after_freeze(cfg, steps_per_epoch))
-        elif cfg.scheduler == "plateau":
+        else:  # "plateau" (TrainConfig.problems() allows no other)
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=2)
-        else:
-            raise CarNetError(f"unknown scheduler {cfg.scheduler!r}; choose cosine or plateau")
         module, optimizer = fabric.setup(module, optimizer)
         self.optimizer = optimizer  # for callbacks (as Lightning's trainer.optimizers)
         ema = timm.utils.ModelEmaV3(module, decay=cfg.ema_decay) if cfg.ema_decay else None

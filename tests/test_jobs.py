@@ -133,6 +133,10 @@ def test_bad_job_fails_with_a_message(tmp_path):
     assert job.state == "failed" and "image" in job.status["error"].lower()
     with pytest.raises(CarNetError, match="does not exist"):
         runner.submit(_cfg(tmp_path / "nowhere"))
+    before = set((tmp_path / "jobs").iterdir())  # settings that cannot train: said at submit, not as a failed job
+    with pytest.raises(CarNetError, match=r"freeze_epochs must be from 0 to epochs \(2\) \(got 5\)"):
+        runner.submit(_cfg(tmp_path / "empty", epochs=2, freeze_epochs=5))
+    assert set((tmp_path / "jobs").iterdir()) == before
 
 
 def test_hosted_mode_refuses_to_train(colour_folder, tmp_path, monkeypatch):

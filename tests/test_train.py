@@ -229,6 +229,28 @@ def test_corrupt_or_foreign_state_is_refused(colour_folder, tmp_path):
                               pretrained=False, **{**FAST, "model": "mobilenetv2_100"}))
 
 
+def test_settings_that_cannot_train_are_a_message_before_any_work(colour_folder, tmp_path):
+    """These used to end in a traceback from torch, timm or Lightning (batch size 0, a negative learning rate, a
+    label smoothing of 1.5, an unknown precision) or to "succeed" doing nothing useful (0 epochs; keep_best=0: no best
+    checkpoint written; an EMA decay of 2: val loss 497)."""
+    bad = dict(epochs=0, batch_size=0, lr=-1.0, keep_best=0, ema_decay=2.0, label_smoothing=1.5, img_size=0,
+               mixup=-1.0, val_fraction=1.5)
+    with pytest.raises(CarNetError) as caught:
+        fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path / "run"), **bad))
+    for name, value in bad.items():
+        assert f"{name} must be" in str(caught.value) and f"(got {value})" in str(caught.value)
+    assert not (tmp_path / "run").exists()  # nothing done, nothing written
+    assert TrainConfig(data="x").problems() == []  # the defaults are fine
+    assert TrainConfig(data="x", epochs=2, freeze_epochs=3).problems() == ["freeze_epochs must be from 0 to epochs (2) "
+                                                                           "(got 3)"]
+    with pytest.raises(CarNetError, match="cannot set up training: Precision 'fp7' is invalid"):
+        fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path / "run"), precision="fp7"))
+    proc = _cli("train", str(colour_folder), "--out", str(tmp_path / "cli"), "--batch-size", "0", "--workers", "-1")
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and "Traceback" not in output, output[-2000:]
+    assert "batch_size must be at least 1 (got 0)" in output and "workers must be at least 0 (got -1)" in output
+
+
 def test_ml_decoder_head_trains_and_round_trips(colour_folder, tmp_path):
     result = fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=2, head="ml_decoder", **FAST))
     model = load_model(checkpoint=result.best_checkpoint, device="cpu")
