@@ -85,6 +85,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     return meta
 
 
+def check_suffix(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` has a weights file suffix (:data:`WEIGHT_SUFFIXES`)."""
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path.name}: unknown weights file type {path.suffix!r}; "
+                              f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a plain PyTorch state dict loaded without unpickling code.
 
@@ -103,9 +110,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise CheckpointError(f"{path.name}: unknown weights file type {path.suffix!r}; "
-                              f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    check_suffix(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -66,6 +66,10 @@ def test_foreign_and_corrupt_files_get_clear_messages(tmp_path):
         load_model(checkpoint=plain, device="cpu")
     with pytest.raises(CheckpointError, match="unknown weights file type"):
         read_state_dict(tmp_path.joinpath("x.txt").write_text("x") and tmp_path / "x.txt")
+    photo = tmp_path / "car.jpg"  # a photo given where the checkpoint goes: not "a plain state dict" (it said so)
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    with pytest.raises(CheckpointError, match=r"car.jpg: unknown weights file type '.jpg'"):
+        load_model(checkpoint=photo, device="cpu")
 
 
 def test_wrong_number_of_classes_is_explained(tmp_path):
