@@ -101,12 +101,20 @@ def _load_member(spec: str, use_hub: bool, arch: str | None = None):
     return load_model(spec, use_hub=use_hub)
 
 
+def _numbers(text: str) -> list[float]:
+    """``"0.7,0.3"`` → ``[0.7, 0.3]`` (argparse type: a bad value is a usage message, not a traceback)."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.7,0.3, not {text!r}") from None
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .folders import compare_on_folder, load_mapping
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     models = [_load_member(n, not args.no_hub) for n in names]
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = args.weights
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = compare_on_folder(models, args.folder, mapping, weights)
     if args.json:
@@ -270,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="folder with one sub-folder of images per class")
     p.add_argument("--models", required=True, help="comma-separated registry names or checkpoint files")
     p.add_argument("--mapping", type=Path, help="JSON or CSV: folder class -> model classes (see mappings/)")
-    p.add_argument("--weights", help="comma-separated member weights for the weighted votes (default equal)")
+    p.add_argument("--weights", type=_numbers, help="comma-separated member weights for the weighted votes, e.g. "
+                                                     "0.7,0.3 (default equal)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_compare)

@@ -27,9 +27,9 @@ def _weights(num_members: int, weights: Sequence[float] | None) -> torch.Tensor:
         return torch.full((num_members,), 1.0 / num_members)
     w = torch.tensor([float(x) for x in weights])
     if len(w) != num_members:
-        raise CarNetError(f"{len(w)} weights for {num_members} members")
-    if (w < 0).any() or w.sum() <= 0:
-        raise CarNetError(f"ensemble weights must be >= 0 and not all zero, got {list(weights)}")
+        raise CarNetError(f"{len(w)} weight{'s' * (len(w) != 1)} for {num_members} members")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:  # NaN or inf made every vote NaN, silently
+        raise CarNetError(f"ensemble weights must be finite, >= 0 and not all zero, got {list(weights)}")
     return w / w.sum()
 
 

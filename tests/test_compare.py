@@ -33,6 +33,11 @@ def test_soft_geometric_and_hard_votes_by_hand():
         combine(p, "median")
     with pytest.raises(CarNetError, match="not all zero"):
         combine(p, "soft", [0, 0])
+    for bad in ([math.nan, 1], [math.inf, 1]):  # every vote came out NaN, and was scored as accuracy
+        with pytest.raises(CarNetError, match="must be finite"):
+            combine(p, "soft", bad)
+    with pytest.raises(CarNetError, match="^1 weight for 2 members$"):
+        combine(p, "soft", [1])
 
 
 def test_agreement():
@@ -185,3 +190,5 @@ def test_cli_compare_json(tmp_path, monkeypatch):
     out = run_cli("compare", str(tmp_path / "data"), "--models", "efficientnet_lite0,mobilenetv2_100",
                   env_extra={"CARNET_WEIGHTS_DIR": str(weights)})
     assert out.returncode == 2 and "give a mapping" in out.stderr
+    out = run_cli("compare", str(tmp_path / "data"), "--models", "efficientnet_lite0,mobilenetv2_100", "--weights", "1,x")
+    assert out.returncode == 2 and "expected comma-separated numbers" in out.stderr and "Traceback" not in out.stderr
