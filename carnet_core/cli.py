@@ -197,30 +197,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, per_class_rows
     from .folders import load_mapping
 
+    if args.csv and not args.csv.resolve().parent.is_dir():  # said before the evaluation, not after it
+        raise CarNetError(f"{args.csv}: no folder {args.csv.resolve().parent} to write the per-class table in")
     model = _load_member(str(args.checkpoint), not args.no_hub)
     splits = open_dataset(args.data, args.kind)
     dataset = splits.val if args.split == "val" else splits.train
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = evaluate(model, dataset, mapping=mapping)
-    if args.csv:
+    if args.json:
+        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name, **report.to_dict()},
+                         indent=2))
+    else:
+        print(f"{model.name} on {dataset.name}: {report.num_images} images")
+        print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  ECE {report.ece:.3f}")
+        for level, acc in report.hierarchy.items():
+            print(f"{level} accuracy {acc:.1%}")
+        worst = per_class_rows(report)[:5]
+        print("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.0%}" for r in worst))
+        for a, b, n in report.most_confused(5):
+            print(f"  {a} → {b}: {n}")
+    if args.csv:  # after the numbers are out: a table that cannot be written loses nothing else
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["class", "accuracy", "images", "most often predicted instead", "times"])
             writer.writeheader()
             writer.writerows(per_class_rows(report))
-    if args.json:
-        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name, **report.to_dict()},
-                         indent=2))
-        return 0
-    print(f"{model.name} on {dataset.name}: {report.num_images} images")
-    print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  ECE {report.ece:.3f}")
-    for level, acc in report.hierarchy.items():
-        print(f"{level} accuracy {acc:.1%}")
-    worst = per_class_rows(report)[:5]
-    print("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.0%}" for r in worst))
-    for a, b, n in report.most_confused(5):
-        print(f"  {a} → {b}: {n}")
-    if args.csv:
-        print(f"per-class table written to {args.csv}")
+        if not args.json:
+            print(f"per-class table written to {args.csv}")
     return 0
 
 

@@ -56,6 +56,19 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     assert out.returncode == 2 and "did you mean 'sports car'" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path):
+    """The per-class CSV used to be written before anything was printed: a path that could not be written threw the
+    finished evaluation away. A missing folder is now said before evaluating; any other failure after the numbers."""
+    mapping = tmp_path / "colours.json"
+    mapping.write_text(json.dumps({"red": ["fire engine"], "green": ["golf ball"], "blue": ["jellyfish"]}))
+    evaluate = ["evaluate", "efficientnet_lite0", str(colour_folder), "--mapping", str(mapping)]
+    out = run_cli(*evaluate, "--csv", str(tmp_path / "no" / "t.csv"))
+    assert out.returncode == 2 and "no folder" in out.stderr and str(tmp_path / "no") in out.stderr
+    out = run_cli(*evaluate, "--json", "--csv", str(tmp_path))  # a folder
+    assert out.returncode == 2 and "Traceback" not in out.stderr and str(tmp_path) in out.stderr
+    assert json.loads(out.stdout)["num_images"] == 18  # the numbers came out first
+
+
 def test_procfile_serves_headless_on_port_in_hosted_mode():
     line = (ROOT / "Procfile").read_text().strip()
     assert line.startswith("web: ") and "streamlit run app.py" in line
