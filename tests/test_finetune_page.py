@@ -59,6 +59,18 @@ def test_launch_watch_and_reuse_a_fine_tune(dirs):
     assert len(starred) == 1 and "3 classes" in starred[0]
 
 
+def test_settings_that_cannot_train_are_refused_at_launch(dirs, tmp_path):
+    """More head-only epochs than epochs: said at Launch, and no job is queued (it used to train head-only)."""
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.toggle(key="finetune_probe").set_value(False)
+    at.number_input(key="finetune_epochs").set_value(2)
+    at.number_input(key="finetune_freeze").set_value(5)
+    at.button(key="finetune_launch").click().run()
+    assert not at.exception, at.exception
+    assert any("freeze_epochs must be from 0 to epochs (2) (got 5)" in e.value for e in at.error), at.error
+    assert not list((tmp_path / "jobs").glob("*/spec.json"))
+
+
 def test_unsafe_zip_upload_is_refused(dirs):
     import io
     import zipfile
