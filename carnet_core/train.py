@@ -87,20 +87,21 @@ class TrainConfig:
         """What is wrong with these settings, one line per setting (empty when they can be trained with), checked
         before any work is done: values that would otherwise fail deep in torch or timm with a traceback (a batch
         size of 0, a negative learning rate) or train without saying so (0 epochs, ``keep_best=0``: no best
-        checkpoint written; an EMA decay above 1)."""
+        checkpoint written; an EMA decay above 1; a NaN or infinite rate)."""
         def check(name: str, ok: Callable[[Any], bool], rule: str, optional: bool = False) -> str | None:
             value = getattr(self, name)
             return None if (value is None and optional) or (value is not None and ok(value)) else \
                 f"{name} must be {rule} (got {value})"
 
         found = [check("epochs", lambda v: v >= 1, "at least 1"), check("batch_size", lambda v: v >= 1, "at least 1"),
-                 check("lr", lambda v: v > 0, "above 0"), check("head_lr_scale", lambda v: v > 0, "above 0"),
-                 check("weight_decay", lambda v: v >= 0, "at least 0"),
-                 check("warmup_epochs", lambda v: v >= 0, "at least 0"),
-                 check("freeze_epochs", lambda v: 0 <= v <= self.epochs, f"from 0 to epochs ({self.epochs})"),
+                 check("lr", lambda v: 0 < v < math.inf, "a finite number above 0"), check("head_lr_scale", lambda v: 0 < v < math.inf, "a finite number above 0"),
+                 check("weight_decay", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
+                 check("warmup_epochs", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
+                 check("freeze_epochs", lambda v: 0 <= v <= max(self.epochs or 0, 0), f"from 0 to epochs ({self.epochs})"),
                  check("probe_epochs", lambda v: v >= 1, "at least 1", optional=True),
                  check("label_smoothing", lambda v: 0 <= v < 1, "from 0 to below 1"),
-                 check("mixup", lambda v: v >= 0, "at least 0"), check("cutmix", lambda v: v >= 0, "at least 0"),
+                 check("mixup", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
+                 check("cutmix", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
                  check("ema_decay", lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.999", optional=True),
                  check("early_stopping", lambda v: v >= 1, "at least 1 epoch", optional=True),
                  check("keep_best", lambda v: v >= 1, "at least 1"), check("workers", lambda v: v >= 0, "at least 0"),

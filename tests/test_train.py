@@ -234,7 +234,7 @@ def test_settings_that_cannot_train_are_a_message_before_any_work(colour_folder,
     label smoothing of 1.5, an unknown precision) or to "succeed" doing nothing useful (0 epochs; keep_best=0: no best
     checkpoint written; an EMA decay of 2: val loss 497)."""
     bad = dict(epochs=0, batch_size=0, lr=-1.0, keep_best=0, ema_decay=2.0, label_smoothing=1.5, img_size=0,
-               mixup=-1.0, val_fraction=1.5)
+               mixup=-1.0, val_fraction=1.5, weight_decay=float("nan"), warmup_epochs=float("inf"))
     with pytest.raises(CarNetError) as caught:
         fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path / "run"), **bad))
     for name, value in bad.items():
