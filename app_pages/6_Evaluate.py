@@ -135,8 +135,9 @@ with tab_mistakes:
                     st.image(thumbnail, width="stretch")
                 st.caption(f"**{p['label']}** → {p['predicted']} ({p['confidence'] * 100:.0f}%)")
                 if st.button("Grad-CAM", key=f"evaluate_cam_{i}"):
-                    st.session_state["evaluate_cam"] = p
-        picked = st.session_state.get("evaluate_cam")
+                    st.session_state["evaluate_cam"] = (state_key, p)
+        cam_for, picked = st.session_state.get("evaluate_cam", (None, None))
+        picked = picked if cam_for == state_key else None  # a mistake of this evaluation, not of another model's
         if picked and Path(picked["path"]).is_file():
             st.markdown(f"**What {model.name} looked at** — `{Path(picked['path']).name}`: true "
                         f"**{picked['label']}**, predicted **{picked['predicted']}**")

@@ -292,6 +292,10 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     assert not at.exception and not at.error
     assert any("looked at" in m.value for m in at.markdown)
     assert any(c.startswith("Grad-CAM for '") for el in at.get("image") for c in el.captions)
+    _, mistake = at.session_state["evaluate_cam"]  # a mistake picked in another evaluation (another model, split or
+    at.session_state["evaluate_cam"] = ("evaluation::another model", mistake)  # mapping) is not shown as this one's
+    at.run()
+    assert not at.exception and not any("looked at" in m.value for m in at.markdown)
 
 
 def test_cost_cache_keeps_every_entry_when_sessions_write_at_once(tmp_path, monkeypatch):
