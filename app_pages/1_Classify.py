@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from carnet_core import ImageError, load_image, predict
+from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
 
@@ -33,7 +33,11 @@ for name, data in inputs:
 if not images:
     st.stop()
 
-batch = predict(model, images, topk=5)
+try:
+    batch = predict(model, images, topk=5)
+except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
+    st.error(str(exc))
+    st.stop()
 st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
 
 for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):

@@ -27,7 +27,11 @@ except ImageError as exc:
     st.stop()
 photo = ui.digest(data)
 
-top5 = predict(model, [image], topk=5)[0]
+try:
+    top5 = predict(model, [image], topk=5)[0]
+except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
+    st.error(str(exc))
+    st.stop()
 layers = list(spatial_layers(model))
 controls = st.columns(4)
 method = controls[0].selectbox("Method", METHODS, format_func=METHOD_NAMES.get, key="explain_method")

@@ -55,10 +55,18 @@ if unmeasured:
     st.info(f"Latency not measured yet for {ui.count(len(unmeasured), 'model')} on this machine.")
     if st.button(f"Measure {ui.count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all"):
         bar = st.progress(0.0)
+        failed = []
         for i, key in enumerate(unmeasured):
             bar.progress(i / len(unmeasured), text=f"Measuring {key}…")
-            ui.measure(key)
-        st.rerun()
+            try:
+                ui.measure(key)
+            except CarNetError as exc:
+                failed.append(str(exc))
+        if not failed:
+            st.rerun()
+        bar.empty()
+        for message in failed:
+            st.error(message)
 
 st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch", placeholder="–")  # not measured yet
 
@@ -76,9 +84,12 @@ m[2].metric("file size", "–" if card["file_mb"] is None else f"{card['file_mb'
 m[3].metric("batch-1 latency", "–" if not cost else f"{cost['latency_ms']:.1f} ms")
 m[4].metric("peak memory", "–" if not cost else f"{cost['peak_memory_mb']:,.0f} MB")
 if card["has_weights"] and st.button("Measure again" if cost else "Measure latency and memory", key="models_measure"):
-    with st.spinner(f"Measuring {pick} in a fresh process…"):
-        ui.measure(pick)
-    st.rerun()
+    try:
+        with st.spinner(f"Measuring {pick} in a fresh process…"):
+            ui.measure(pick)
+        st.rerun()
+    except CarNetError as exc:
+        st.error(str(exc))
 if cost:
     st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
                "inference engine; peak memory is the measuring process's resident high-water mark.")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .errors import CarNetError
 from .model import Classifier
 
 
@@ -151,16 +152,20 @@ def measure_cost(key: str, fingerprint: str, load_args: dict[str, Any], repeats:
         load_args: keyword arguments of :func:`carnet_core.load_model` (``name`` and/or ``checkpoint``).
 
     Raises:
-        RuntimeError: the measuring process failed (its last output lines are in the message).
+        CarNetError: the model cannot be loaded or classified with (e.g. an engine forced by ``$CARNET_ENGINE`` that
+            it cannot use: that message), or the measuring process died (its last output lines).
     """
     code = f"""
-import json, time, statistics, torch
+import json, sys, time, statistics, torch
 from PIL import Image
-from carnet_core import load_model, predict
+from carnet_core import CarNetError, load_model, predict
 from carnet_core._proc import peak_rss_mb
-m = load_model(**{json.dumps(load_args)}, device="cpu")
-img = Image.new("RGB", (320, 240), (120, 130, 140))
-predict(m, [img]); predict(m, [img])
+try:
+    m = load_model(**{json.dumps(load_args)}, device="cpu")
+    img = Image.new("RGB", (320, 240), (120, 130, 140))
+    predict(m, [img]); predict(m, [img])
+except CarNetError as exc:
+    sys.exit("carnet: " + str(exc))
 ts = [predict(m, [img]).latency_ms for _ in range({int(repeats)})]
 print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak_rss_mb()}}))
 """
@@ -168,7 +173,9 @@ print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak_r
                                                                      os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError("measuring failed: " + "\n".join((proc.stdout + proc.stderr).splitlines()[-5:]))
+        said = [line[len("carnet: "):] for line in proc.stderr.splitlines() if line.startswith("carnet: ")]
+        raise CarNetError(f"measuring {key} failed: " + (said[-1] if said else
+                                                          "\n".join((proc.stdout + proc.stderr).splitlines()[-5:])))
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["measured"] = time.strftime("%Y-%m-%d %H:%M")
     _store_cost(key, fingerprint, result)

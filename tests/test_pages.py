@@ -169,6 +169,27 @@ def test_explain_page_non_image():
     assert not at.exception and at.error
 
 
+def test_an_engine_that_cannot_be_used_is_a_message(car_photos, monkeypatch):
+    """An operator forcing a reduced-precision engine ($CARNET_ENGINE) with no photos to check it on, or one that
+    fails its gate: Classify and Explain showed a traceback on every photo, and Models' "Measure" a RuntimeError
+    holding the measuring process's traceback."""
+    monkeypatch.setenv("CARNET_ENGINE", "torch-bf16")
+    monkeypatch.delenv("CARNET_PARITY_PHOTOS", raising=False)
+    for page, upload in (("1_Classify.py", [("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]),
+                         ("2_Explain.py", ("car.jpg", car_photos[0].read_bytes(), "image/jpeg"))):
+        at = AppTest.from_file(str(ROOT / "app_pages" / page), default_timeout=TIMEOUT).run()
+        at.file_uploader[0].set_value(upload).run()
+        assert not at.exception, (page, at.exception)
+        assert any("torch-bf16 is used only after a parity check" in e.value for e in at.error), page
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
+    at.selectbox(key="models_pick").set_value("efficientnet_lite0").run()
+    at.button(key="models_measure").click().run()  # measured in a fresh process, which inherits the setting
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["measuring efficientnet_lite0 failed: torch-bf16 is used only after a "
+                                           "parity check on real photos: pass photos= or set CARNET_PARITY_PHOTOS to "
+                                           "a folder with at least 4 photos"]
+
+
 def _with_mobilenet(tmp_path, monkeypatch):
     import os
 
