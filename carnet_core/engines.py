@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import statistics
 import threading
@@ -163,6 +164,24 @@ CACHE_MAX_MB = 2000
 STALE_TMP_S = 3600
 
 
+def cache_max_mb() -> float:
+    """The export cache's bound in MB: ``$CARNET_CACHE_MAX_MB`` or :data:`CACHE_MAX_MB`.
+
+    Raises:
+        CarNetError: ``$CARNET_CACHE_MAX_MB`` is not a number >= 0.
+    """
+    text = os.environ.get("CARNET_CACHE_MAX_MB", "").strip()
+    if not text:
+        return float(CACHE_MAX_MB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise CarNetError(f"CARNET_CACHE_MAX_MB must be a number of MB, at least 0, not {text!r}")
+    return value
+
+
 def prune_cache(max_mb: float | None = None, keep: Sequence[Path] = ()) -> list[Path]:
     """Bound the ONNX export cache (``cache_dir()/onnx``) to ``max_mb`` MB (default ``$CARNET_CACHE_MAX_MB`` or
     :data:`CACHE_MAX_MB`): remove models least recently used first (modification time, refreshed on every reuse), each
@@ -171,7 +190,7 @@ def prune_cache(max_mb: float | None = None, keep: Sequence[Path] = ()) -> list[
     without a bound the folder only grows). Runs after each new export or quantized model. Returns what was removed.
     """
     folder = cache_dir() / "onnx"
-    limit = float(os.environ.get("CARNET_CACHE_MAX_MB", CACHE_MAX_MB) if max_mb is None else max_mb) * 2**20
+    limit = (cache_max_mb() if max_mb is None else max_mb) * 2**20
     keep = {Path(k).resolve() for k in keep}
     removed: list[Path] = []
     try:
@@ -575,8 +594,9 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
         c.note = ("reference, " if c.name == "torch" else "") + ("used" if c is best else "slower")
     others = ", ".join(f"{c.name} {c.ms:.1f} ms" for c in usable if c is not best)
     tried = [c.name for c in candidates if c.parity is not None and not c.parity.passed]
+    missing = [f"{c.name} {c.note}" for c in candidates if c.note.startswith("unavailable")]  # say why it is slower
     reason = (f"{best.name} ({best.ms:.1f} ms at batch 1" + (f"; {others}" if others else "") + ")"
-              + (f"; failed parity: {', '.join(tried)}" if tried else ""))
+              + (f"; failed parity: {', '.join(tried)}" if tried else "") + "".join(f"; {m}" for m in missing))
     if engine != "auto":
         reason = f"asked for {engine}: " + reason
     torch_ms = candidates[0].ms

@@ -34,10 +34,26 @@ INFERENCE_CROP_PCT = 1.0
 
 
 def default_device() -> torch.device:
-    """``$CARNET_DEVICE`` if set, else the first CUDA GPU, else the CPU."""
-    if os.environ.get("CARNET_DEVICE"):
-        return torch.device(os.environ["CARNET_DEVICE"])
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``$CARNET_DEVICE`` if set, else the first CUDA GPU, else the CPU.
+
+    Raises:
+        CarNetError: ``$CARNET_DEVICE`` is not a device name torch knows, or names a GPU that is not there (torch's
+            own errors for these come only later, from deep inside the first ``.to(device)``).
+    """
+    name = os.environ.get("CARNET_DEVICE", "").strip()
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CarNetError(f"CARNET_DEVICE={name!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and (device.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise CarNetError(f"CARNET_DEVICE={name!r}, but this machine has {found} CUDA GPU{'s' * (found != 1)}; "
+                          "unset it to use " + ("the first GPU" if found else "the CPU"))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CarNetError(f"CARNET_DEVICE={name!r}, but Apple's MPS is not available here; unset it to use the CPU")
+    return device
 
 
 def build_module(arch: str, head: str = "linear", num_classes: int = 1000) -> torch.nn.Module:

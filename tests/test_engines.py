@@ -232,6 +232,36 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkey
     assert cache_dir() == tmp_path / "ok"
 
 
+def test_a_bad_cache_bound_is_named_in_the_engine_reason(tmp_path, monkeypatch):
+    """CARNET_CACHE_MAX_MB=abc made the export fail with a bare ValueError; classification then ran on torch, about 4x
+    slower, and the engine's reason (the Classify caption, `engines`) did not say why."""
+    from carnet_core.engines import CACHE_MAX_MB, cache_max_mb
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    for good, value in (("", CACHE_MAX_MB), ("100", 100.0), ("0", 0.0)):
+        monkeypatch.setenv("CARNET_CACHE_MAX_MB", good)
+        assert cache_max_mb() == value
+    for bad in ("abc", "-1", "nan", "inf"):
+        monkeypatch.setenv("CARNET_CACHE_MAX_MB", bad)
+        with pytest.raises(CarNetError, match=f"CARNET_CACHE_MAX_MB must be a number of MB, at least 0, not '{bad}'"):
+            cache_max_mb()
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    choice = select_engine(model)
+    assert choice.engine.name == "torch"
+    assert "onnxruntime unavailable (CarNetError: CARNET_CACHE_MAX_MB must be a number" in choice.reason
+
+
+def test_a_bad_carnet_device_is_a_message(monkeypatch):
+    from carnet_core.model import default_device
+
+    for bad, message in (("gpu", "is not a device name"), ("cuda:99", "this machine has"), ("cuda:x", "not a device")):
+        monkeypatch.setenv("CARNET_DEVICE", bad)
+        with pytest.raises(CarNetError, match=message):
+            load_model("mobilenetv2_100", weights="random")
+    monkeypatch.setenv("CARNET_DEVICE", "cpu")
+    assert default_device() == torch.device("cpu")
+
+
 def test_carnet_engine_torch_forces_the_reference(monkeypatch):
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     monkeypatch.setenv("CARNET_ENGINE", "torch")
