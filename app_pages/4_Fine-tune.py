@@ -24,7 +24,11 @@ if hosted_mode():
             "server folders. Run CarNet on your own machine to fine-tune (see the README).")
     st.stop()
 
-runner = JobRunner()
+try:
+    runner = JobRunner()
+except CarNetError as exc:  # e.g. a jobs folder that cannot be written
+    st.error(str(exc))
+    st.stop()
 if not ui.has_gpu():
     st.warning(f"No GPU here: fine-tunes run on this machine's {os.cpu_count()} CPU cores. Expect about a minute "
                "per epoch for a few hundred photos at 224 px; use a small image size and few epochs (and the linear-"

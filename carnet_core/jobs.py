@@ -168,7 +168,11 @@ class JobRunner:
 
     def __init__(self, root: str | os.PathLike | None = None, slots: int | None = None):
         self.root = Path(root).resolve() if root else jobs_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CarNetError(f"cannot keep fine-tune jobs in {self.root} ({exc.strerror}): set CARNET_JOBS_DIR to a "
+                              "folder this app can write") from None
         if slots is None:
             import torch
 

@@ -71,6 +71,15 @@ def test_settings_that_cannot_train_are_refused_at_launch(dirs, tmp_path):
     assert not list((tmp_path / "jobs").glob("*/spec.json"))
 
 
+def test_a_jobs_folder_that_cannot_be_written_is_a_message(dirs, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(blocker / "jobs"))  # cannot be created: a file is in the way
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert any("cannot keep fine-tune jobs in" in e.value and "CARNET_JOBS_DIR" in e.value for e in at.error)
+
+
 def test_unsafe_zip_upload_is_refused(dirs):
     import io
     import zipfile
