@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,11 +223,16 @@ class JobRunner:
             raise CarNetError("cannot fine-tune with these settings: " + "; ".join(problems))
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
-        folder.mkdir(parents=True)
         spec = {**asdict(cfg), "out": str(folder), "data": str(Path(cfg.data).resolve())}
         spec["loggers"] = list(spec.get("loggers") or ())
-        _write_json(folder / "spec.json", spec)
-        _write_json(folder / "status.json", {"state": "queued", "created": time.time(), "label": label})
+        try:
+            folder.mkdir(parents=True)
+            _write_json(folder / "spec.json", spec)
+            _write_json(folder / "status.json", {"state": "queued", "created": time.time(), "label": label})
+        except OSError as exc:  # a read-only or full disk: no half-written job is left to list
+            shutil.rmtree(folder, ignore_errors=True)
+            raise CarNetError(f"cannot write a new job in {self.root} ({exc.strerror}): set CARNET_JOBS_DIR to a "
+                              "folder this app can write") from None
         self.pump()
         return self.get(job_id)
 
@@ -261,8 +267,6 @@ class JobRunner:
 
     def delete(self, job_id: str) -> None:
         """Delete a job folder and its checkpoints. Raises CarNetError while it runs."""
-        import shutil
-
         job = self.get(job_id)
         if job.state == "running" and _pid_alive(job.status.get("pid"), job.id):
             raise CarNetError(f"job {job_id} is running; stop it first")

@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from carnet_core import CarNetError, load_model
+import carnet_core.jobs as jobs_module
 from carnet_core.jobs import JobRunner
 from carnet_core.registry import list_checkpoints
 from carnet_core.train import TrainConfig
@@ -126,7 +127,7 @@ def test_killed_worker_is_failed_then_resumed(colour_folder, tmp_path):
     assert f"resuming after epoch {done_before}" in (job.dir / "log.txt").read_text()
 
 
-def test_bad_job_fails_with_a_message(tmp_path):
+def test_bad_job_fails_with_a_message(tmp_path, monkeypatch):
     runner = JobRunner(tmp_path / "jobs", slots=1)
     (tmp_path / "empty" / "a").mkdir(parents=True)
     job = runner.wait(runner.submit(_cfg(tmp_path / "empty")).id, timeout=120)
@@ -137,6 +138,14 @@ def test_bad_job_fails_with_a_message(tmp_path):
     with pytest.raises(CarNetError, match=r"freeze_epochs must be from 0 to epochs \(2\) \(got 5\)"):
         runner.submit(_cfg(tmp_path / "empty", epochs=2, freeze_epochs=5))
     assert set((tmp_path / "jobs").iterdir()) == before
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jobs_module, "_write_json", full_disk)
+    with pytest.raises(CarNetError, match=r"cannot write a new job in .* \(No space left on device\)"):
+        runner.submit(_cfg(tmp_path / "empty"))
+    assert set((tmp_path / "jobs").iterdir()) == before  # no half-written job left behind
 
 
 def test_hosted_mode_refuses_to_train(colour_folder, tmp_path, monkeypatch):
