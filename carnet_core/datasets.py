@@ -173,15 +173,21 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
                          ImageDataset(val, names, hierarchy=hierarchy, name=f"{root.name}/val"), "image_folder", root, notes)
 
 
-def _loadmat(path: Path) -> dict:
+def _loadmat(path: Path, *keys: str) -> dict:
+    """A MATLAB file's variables; each of ``keys`` must be among them (a readable .mat file of another dataset, or
+    one saved wrongly, otherwise fails later with a bare KeyError)."""
     import scipy.io
 
     if not path.is_file():
         raise CarNetError(f"missing {path}")
     try:
-        return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+        data = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as exc:
         raise CarNetError(f"{path}: not a readable .mat file ({exc})") from None
+    if missing := [k for k in keys if k not in data]:
+        found = ", ".join(k for k in data if not k.startswith("__")) or "nothing"
+        raise CarNetError(f"{path}: no {', '.join(missing)} in it (it holds {found}); is it the dataset's own file?")
+    return data
 
 
 def read_stanford_cars(root: str | Path) -> DatasetSplits:
@@ -197,16 +203,23 @@ def read_stanford_cars(root: str | Path) -> DatasetSplits:
     if not (root / "devkit").is_dir():
         splits = read_image_folder(root)
         return replace(splits, kind="stanford_cars (class folders)")
-    meta = _loadmat(root / "devkit" / "cars_meta.mat")
+    meta = _loadmat(root / "devkit" / "cars_meta.mat", "class_names")
     class_names = tuple(str(c) for c in np.atleast_1d(meta["class_names"]))
 
     def annotations(mat: Path, images: Path) -> list[tuple[Path, int]]:
         if not images.is_dir():
             raise CarNetError(f"missing folder {images} (the images of cars_train.tgz / cars_test.tgz)")
         out = []
-        for a in np.atleast_1d(_loadmat(mat)["annotations"]):
-            path = images / str(a.fname)
-            out.append((path, int(a["class"] if isinstance(a, dict) else a.__dict__["class"]) - 1))
+        for a in np.atleast_1d(_loadmat(mat, "annotations")["annotations"]):
+            try:
+                label = int(a["class"] if isinstance(a, dict) else a.__dict__["class"]) - 1
+                path = images / str(a["fname"] if isinstance(a, dict) else a.fname)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise CarNetError(f"{mat}: its annotations have no class and fname fields") from None
+            if not 0 <= label < len(class_names):
+                raise CarNetError(f"{mat}: class {label + 1} of {path.name} is not one of the {len(class_names)} "
+                                  "classes in cars_meta.mat")
+            out.append((path, label))
         return out
 
     train = annotations(root / "devkit" / "cars_train_annos.mat", root / "cars_train")
@@ -236,7 +249,7 @@ def read_compcars(root: str | Path, level: str = "model", val_fraction: float = 
     image_root = data / "image"
     if not image_root.is_dir():
         raise CarNetError(f"missing {image_root}: CompCars images go in data/image/<make id>/<model id>/<year>/")
-    names = _loadmat(data / "misc" / "make_model_name.mat")
+    names = _loadmat(data / "misc" / "make_model_name.mat", "make_names", "model_names")
     makes = [str(x) for x in np.atleast_1d(names["make_names"])]
     models = [str(x) for x in np.atleast_1d(names["model_names"])]
     labelled, hierarchy = [], {}

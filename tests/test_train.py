@@ -66,6 +66,13 @@ def test_stanford_cars_devkit_layout(tmp_path):
     assert splits.kind == "stanford_cars" and splits.class_names == tuple(names)
     assert [(p.name, y) for p, y in splits.train.items] == [("train00000.jpg", 0), ("train00001.jpg", 1)]
     assert splits.val.hierarchy["Aston Martin Virage Coupe 2012"]["make"] == "Aston Martin"
+    _save_mat(root / "cars_test_annos_withlabels.mat", annotations=np.array([[(1, 1, 10, 10, 7, "test00000.jpg")]],
+                                                                             dtype=dtype))
+    with pytest.raises(CarNetError, match="class 7 of test00000.jpg is not one of the 2 classes"):
+        read_stanford_cars(tmp_path)  # an index out of the meta's range (it was accepted: label 6 of 2 classes)
+    _save_mat(root / "cars_test_annos_withlabels.mat", labels=np.zeros(3))  # another .mat (it was a KeyError)
+    with pytest.raises(CarNetError, match=r"cars_test_annos_withlabels.mat: no annotations in it \(it holds labels\)"):
+        read_stanford_cars(tmp_path)
     (root / "cars_test_annos_withlabels.mat").unlink()
     with pytest.raises(CarNetError, match="cars_test_annos_withlabels.mat"):
         read_stanford_cars(tmp_path)
