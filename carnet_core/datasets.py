@@ -254,7 +254,14 @@ def read_compcars(root: str | Path, level: str = "model", val_fraction: float = 
     models = [str(x) for x in np.atleast_1d(names["model_names"])]
     labelled, hierarchy = [], {}
     for path in sorted(image_root.glob("*/*/*/*.jpg")):
-        make_id, model_id, year = (int(path.parts[-4]), int(path.parts[-3]), path.parts[-2])
+        try:
+            make_id, model_id, year = (int(path.parts[-4]), int(path.parts[-3]), path.parts[-2])
+            if not (1 <= make_id <= len(makes) and 1 <= model_id <= len(models)):
+                raise ValueError
+        except ValueError:
+            raise CarNetError(f"{path.relative_to(image_root)}: CompCars images go in image/<make id>/<model id>/"
+                              f"<year>/, ids numbered as in make_model_name.mat ({len(makes)} makes, {len(models)} "
+                              "models)") from None
         make = makes[make_id - 1].strip()
         model = f"{make} {models[model_id - 1].strip()}"
         label = {"make": make, "model": model, "year": f"{model} {year}"}[level]

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +99,12 @@ def test_compcars_layout_at_three_levels(tmp_path):
     year = read_compcars(tmp_path, "year")
     assert len(year.class_names) == 4 and year.train.hierarchy["Audi A4 2011"]["make"] == "Audi"
     assert len(year.train) + len(year.val) == 16
+    for stray in ("9/1/2014", "audi/1/2014"):  # a make id not in the .mat, a folder not named by id: were tracebacks
+        (data / "image" / stray).mkdir(parents=True)
+        colour_image((90, 90, 90), 0).save(data / "image" / stray / "0.jpg")
+        with pytest.raises(CarNetError, match=f"{stray}/0.jpg: CompCars images go in image/<make id>/<model id>"):
+            read_compcars(tmp_path)
+        shutil.rmtree(data / "image" / stray.split("/")[0])
     (data / "misc" / "make_model_name.mat").unlink()
     with pytest.raises(CarNetError, match="make_model_name.mat"):
         read_compcars(tmp_path)
