@@ -77,10 +77,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{Path(path).name}: its CarNet metadata is not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{Path(path).name}: metadata key {METADATA_KEY!r} does not describe a CarNet checkpoint")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{Path(path).name}: checkpoint format version {meta['format_version']} is newer "
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{Path(path).name}: format_version {meta['format_version']!r} is not a number") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{Path(path).name}: checkpoint format version {version} is newer "
                               f"than this CarNet understands ({FORMAT_VERSION}); upgrade CarNet")
     return meta
 

@@ -309,14 +309,23 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
         data_config, class_names = meta["data_config"], tuple(meta["class_names"])
     except KeyError as exc:
         raise CheckpointError(f"{path.name}: CarNet metadata lacks {exc}") from None
+    if isinstance(meta["class_names"], str) or not all(isinstance(c, str) for c in class_names):
+        raise CheckpointError(f"{path.name}: its class_names are not a list of names")
     load_into(module, read_state_dict(path), source=path.name)
     origin = meta.get("weights", {})
     detail = f"fine-tuned from {origin.get('source')} weights" if origin.get("source") not in (None, "checkpoint") else ""
-    return Classifier(module=module, name=meta.get("name") or path.stem, arch=meta["arch"],
-                      family=meta.get("family", ""), head=meta.get("head", "linear"), class_names=class_names,
-                      data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
-                      label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}),
-                      extra={k: meta[k] for k in ("dataset", "recipe") if meta.get(k) is not None})
+    clf = Classifier(module=module, name=meta.get("name") or path.stem, arch=meta["arch"],
+                     family=meta.get("family", ""), head=meta.get("head", "linear"), class_names=class_names,
+                     data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
+                     label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}),
+                     extra={k: meta[k] for k in ("dataset", "recipe") if meta.get(k) is not None})
+    try:  # a hand-edited data config fails here, with the file's name, not at the first photo
+        if len(data_config["input_size"]) != 3 or not all(int(v) > 0 for v in data_config["input_size"]):
+            raise ValueError(f"input_size {data_config['input_size']} is not (3, H, W)")
+        clf._pil_steps  # timm's transform and the normalisation, built from the data config
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: its data config cannot be used ({type(exc).__name__}: {exc})") from None
+    return clf
 
 
 def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: Path | None,

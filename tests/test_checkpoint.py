@@ -27,6 +27,39 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(model.module(x), restored.module(x))
 
 
+def test_hand_edited_metadata_is_refused_when_loading_not_at_the_first_photo(tmp_path):
+    """Metadata that is JSON but not a CarNet description, or a data config / class list that cannot be used, gave
+    AttributeError, ValueError or KeyError tracebacks (the data config ones only at the first photo); a string as
+    the class list was split into letters."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from carnet_core.checkpoint import METADATA_KEY
+    from carnet_core.registry import list_checkpoints
+
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    good = model.save(tmp_path / "good.safetensors")
+    meta, tensors = read_metadata(good), load_file(good)
+    config = meta["data_config"]
+    cases = {"a list": ([1, 2], "does not describe a CarNet checkpoint"),
+             "a version": ({**meta, "format_version": "x"}, "format_version 'x' is not a number"),
+             "no input size": ({**meta, "data_config": {k: v for k, v in config.items() if k != "input_size"}},
+                               r"its data config cannot be used \(KeyError: 'input_size'\)"),
+             "one mean": ({**meta, "data_config": {**config, "mean": [0.5]}}, "its data config cannot be used"),
+             "a 2-d input": ({**meta, "data_config": {**config, "input_size": [224, 224]}}, "is not \\(3, H, W\\)"),
+             "letters": ({**meta, "class_names": "abc"}, "its class_names are not a list of names")}
+    for name, (edited, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, path, metadata={METADATA_KEY: json.dumps(edited)})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(checkpoint=path, device="cpu")
+    # the pickers leave out what is not a CarNet checkpoint (a list here made every picker fail); the others are
+    # listed, and picking one shows the message above (ui.model_or_stop)
+    listed = {e.path.stem for e in list_checkpoints([tmp_path])}
+    assert listed == {"good", "no input size", "one mean", "a 2-d input", "letters"}
+
+
 def test_checkpoint_write_is_atomic(tmp_path):
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     model.save(tmp_path / "a.safetensors")
