@@ -70,10 +70,11 @@ def _checkpoints(folders: tuple[str, ...], files: tuple[tuple[str, int, int], ..
     return list_checkpoints(list(folders))
 
 
-def model_titles() -> Callable[[str], str]:
+def model_titles(checkpoints: dict[str, CheckpointEntry] | None = None) -> Callable[[str], str]:
     """How a picker shows a model key — the registry name, or ★ and the checkpoint's title — as a ``format_func``
-    that reads the checkpoint list once, not once per option (hundreds of runs in the jobs folder)."""
-    checkpoints = fine_tuned()
+    that reads the checkpoint list once (or uses ``checkpoints``, :func:`fine_tuned` already read), not once per
+    option (hundreds of runs in the jobs folder)."""
+    checkpoints = fine_tuned() if checkpoints is None else checkpoints
     return lambda name: f"★ {checkpoints[name].title}" if name in checkpoints else name
 
 
@@ -160,11 +161,11 @@ def model_picker(key: str, label: str = "Model", default: str = "efficientnet_li
     status = {n: weights_status(n) for n in names}
     names.sort(key=lambda n: not status[n][0])  # available first
     checkpoints = fine_tuned()
+    title = model_titles(checkpoints)  # the checkpoints listed once per rerun
     status.update({k: (True, "") for k in checkpoints})
     names = [n for n in names if status[n][0]] + list(checkpoints) + [n for n in names if not status[n][0]]
     pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
-                        format_func=lambda n: f"★ {checkpoints[n].title}" if n in checkpoints
-                        else n if status[n][0] else f"{n} (no weights)")  # the checkpoints listed once per rerun
+                        format_func=lambda n: title(n) if status[n][0] else f"{n} (no weights)")
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()

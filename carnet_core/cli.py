@@ -92,11 +92,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _load_member(spec: str, use_hub: bool, arch: str | None = None):
     """A registry name, or a checkpoint file (``arch``: the registry name a plain state dict is for)."""
+    from .checkpoint import WEIGHT_SUFFIXES
     from .model import load_model
 
     if Path(spec).is_file():
         return load_model(arch, checkpoint=spec, use_hub=use_hub)
-    if "/" in spec or "\\" in spec or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin"):
+    if "/" in spec or "\\" in spec or Path(spec).suffix in WEIGHT_SUFFIXES:
         raise CarNetError(f"{spec}: no such checkpoint file")
     return load_model(spec, use_hub=use_hub)
 
@@ -114,9 +115,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     models = [_load_member(n, not args.no_hub) for n in names]
-    weights = args.weights
     mapping = load_mapping(args.mapping) if args.mapping else None
-    report = compare_on_folder(models, args.folder, mapping, weights)
+    report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
         print(json.dumps({"folder": str(args.folder), "weights": {m.name: m.weights.to_dict() for m in models},
                           **report.to_dict()}, indent=2))

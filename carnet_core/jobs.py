@@ -212,15 +212,14 @@ class JobRunner:
 
         Raises:
             CarNetError: in hosted mode (``CARNET_HOSTED``), when the dataset folder does not exist, or when the
-                settings cannot be trained with (:meth:`~carnet_core.train.TrainConfig.problems`): said at once, not
+                settings cannot be trained with (:meth:`~carnet_core.train.TrainConfig.check`): said at once, not
                 as a failed job.
         """
         if hosted_mode():
             raise CarNetError("training is switched off on this hosted demo (CARNET_HOSTED is set)")
         if not Path(cfg.data).is_dir():
             raise CarNetError(f"dataset folder {cfg.data} does not exist")
-        if problems := cfg.problems():
-            raise CarNetError("cannot fine-tune with these settings: " + "; ".join(problems))
+        cfg.check()
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
         spec = {**asdict(cfg), "out": str(folder), "data": str(Path(cfg.data).resolve())}

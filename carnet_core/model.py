@@ -47,8 +47,8 @@ def default_device() -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise CarNetError(f"CARNET_DEVICE={name!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and (device.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= found:
         raise CarNetError(f"CARNET_DEVICE={name!r}, but this machine has {found} CUDA GPU{'s' * (found != 1)}; "
                           "unset it to use " + ("the first GPU" if found else "the CPU"))
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -94,10 +94,12 @@ class TrainConfig:
                 f"{name} must be {rule} (got {value})"
 
         found = [check("epochs", lambda v: v >= 1, "at least 1"), check("batch_size", lambda v: v >= 1, "at least 1"),
-                 check("lr", lambda v: 0 < v < math.inf, "a finite number above 0"), check("head_lr_scale", lambda v: 0 < v < math.inf, "a finite number above 0"),
+                 check("lr", lambda v: 0 < v < math.inf, "a finite number above 0"),
+                 check("head_lr_scale", lambda v: 0 < v < math.inf, "a finite number above 0"),
                  check("weight_decay", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
                  check("warmup_epochs", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
-                 check("freeze_epochs", lambda v: 0 <= v <= max(self.epochs or 0, 0), f"from 0 to epochs ({self.epochs})"),
+                 check("freeze_epochs", lambda v: 0 <= v <= max(self.epochs or 0, 0),
+                       f"from 0 to epochs ({self.epochs})"),
                  check("probe_epochs", lambda v: v >= 1, "at least 1", optional=True),
                  check("label_smoothing", lambda v: 0 <= v < 1, "from 0 to below 1"),
                  check("mixup", lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
@@ -112,6 +114,11 @@ class TrainConfig:
                  check("crop_scale", lambda v: 0 < v[0] <= v[1] <= 1, "two area fractions, 0 < min <= max <= 1"),
                  check("scheduler", lambda v: v in ("cosine", "plateau"), "cosine or plateau")]
         return [p for p in found if p]
+
+    def check(self) -> None:
+        """Raise :class:`CarNetError` listing every one of :meth:`problems`, if there are any."""
+        if problems := self.problems():
+            raise CarNetError("cannot fine-tune with these settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -287,8 +294,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        if problems := cfg.problems():
-            raise CarNetError("cannot fine-tune with these settings: " + "; ".join(problems))
+        cfg.check()
         self.out.mkdir(parents=True, exist_ok=True)
         strategy = cfg.strategy
         if strategy == "ddp" and cfg.freeze_epochs > 0:  # frozen backbone = parameters without gradients for DDP
