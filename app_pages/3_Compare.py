@@ -101,6 +101,9 @@ mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classe
                               + ["upload…"], key="compare_mapping")
 mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
                                   max_upload_size=5) if mapping_choice == "upload…" else None
+weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
+settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
+            tuple(weights))  # what a folder report was made with
 if st.button("Evaluate", key="compare_run"):
     try:
         mapping = None
@@ -112,14 +115,17 @@ if st.button("Evaluate", key="compare_run"):
                 f.flush()
                 mapping = load_mapping(f.name)
         bar = st.progress(0.0, text="Classifying…")
-        weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
         report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,
                                    progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
-        st.session_state["compare_report"] = report
+        st.session_state["compare_report"] = (settings, report)
     except CarNetError as exc:
         st.error(str(exc))
 
-report = st.session_state.get("compare_report")
+made_with, report = st.session_state.get("compare_report", (None, None))
+if report is not None and made_with != settings:  # never a report under settings it was not made with
+    st.info("The models, folder, mapping or ensemble weights have changed since the last evaluation. "
+            "Press Evaluate to measure this selection.")
+    report = None
 if report is not None:
     st.markdown(f"{report.num_images} images · {len(report.classes)} classes · members disagree on "
                 f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"

@@ -89,6 +89,28 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     return meta
 
 
+def weights_in(folder: Path, limit: int = 4) -> str:
+    """Words for what weights files ``folder`` holds, for a message when a folder was given where a file goes."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    except OSError:
+        names = []
+    if not names:
+        return f"it holds no weights file ({', '.join(WEIGHT_SUFFIXES)})"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"it holds {', '.join(names[:limit])}{more}"
+
+
+def check_file(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a file with a weights file suffix (:data:`WEIGHT_SUFFIXES`):
+    the message says whether it is missing, a folder, or a file of another type."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a weights file; {weights_in(path)}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    check_suffix(path)
+
+
 def check_suffix(path: Path) -> None:
     """Raise :class:`CheckpointError` unless ``path`` has a weights file suffix (:data:`WEIGHT_SUFFIXES`)."""
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -107,14 +129,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             executed), a corrupt file, or a file without tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    check_file(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
-    check_suffix(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

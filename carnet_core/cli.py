@@ -92,13 +92,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _load_member(spec: str, use_hub: bool, arch: str | None = None):
     """A registry name, or a checkpoint file (``arch``: the registry name a plain state dict is for)."""
-    from .checkpoint import WEIGHT_SUFFIXES
+    from .checkpoint import WEIGHT_SUFFIXES, weights_in
     from .model import load_model
+    from .registry import list_models
 
     if Path(spec).is_file():
         return load_model(arch, checkpoint=spec, use_hub=use_hub)
-    if "/" in spec or "\\" in spec or Path(spec).suffix in WEIGHT_SUFFIXES:
-        raise CarNetError(f"{spec}: no such checkpoint file")
+    if spec not in {s.name for s in list_models()}:
+        if Path(spec).is_dir():
+            raise CarNetError(f"{spec}: is a folder, not a checkpoint file or a model name; "
+                              f"{weights_in(Path(spec))}")
+        if "/" in spec or "\\" in spec or Path(spec).suffix in WEIGHT_SUFFIXES:
+            raise CarNetError(f"{spec}: no such checkpoint file")
     return load_model(spec, use_hub=use_hub)
 
 

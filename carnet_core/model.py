@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from . import weights as _weights
-from .checkpoint import check_suffix, load_into, read_metadata, read_state_dict, save_checkpoint
+from .checkpoint import check_file, load_into, read_metadata, read_state_dict, save_checkpoint
 from .errors import CarNetError, CheckpointError, WeightsNotFoundError
 from .labels import label_set_names
 from .registry import HEADS, ModelSpec, get_spec
@@ -287,9 +287,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     meta = None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise CheckpointError(f"{checkpoint}: no such file")
-        check_suffix(checkpoint)  # a photo given as the checkpoint is not "a plain state dict without metadata"
+        check_file(checkpoint)  # a photo given as the checkpoint is not "a plain state dict without metadata"
         if checkpoint.suffix == ".safetensors":
             meta = read_metadata(checkpoint)
     if meta is not None:

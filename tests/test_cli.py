@@ -78,3 +78,26 @@ def test_procfile_serves_headless_on_port_in_hosted_mode():
     # Streamlit holds uploads in memory, up to 200 MB per file by default: a public host takes no more than a photo
     upload_mb = int(re.search(r"--server\.maxUploadSize \$\{CARNET_MAX_UPLOAD_MB:-(\d+)\}", line).group(1))
     assert upload_mb == MAX_FILE_BYTES // 2**20
+
+
+def test_a_member_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
+    import pytest
+
+    from carnet_core import CarNetError, load_model
+    from carnet_core.checkpoint import read_state_dict
+    from carnet_core.cli import _load_member
+    from carnet_core.errors import CheckpointError
+
+    (tmp_path / "last.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(CarNetError, match="is a folder, not a checkpoint file or a model name; it holds "
+                                          "last.safetensors$"):
+        _load_member(str(tmp_path), use_hub=False)  # a fine-tune's run folder instead of a checkpoint in it
+    for load in (lambda: load_model("efficientnet_lite0", checkpoint=tmp_path), lambda: read_state_dict(tmp_path)):
+        with pytest.raises(CheckpointError, match="is a folder, not a weights file; it holds last.safetensors$"):
+            load()  # the library says it too (it said "no such file")
+    with pytest.raises(CarNetError, match="no such checkpoint file"):
+        _load_member(str(tmp_path / "best.pt"), use_hub=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "efficientnet_lite0").mkdir()  # a folder that shares a registered name does not hide the model
+    assert _load_member("efficientnet_lite0", use_hub=False).name == "efficientnet_lite0"

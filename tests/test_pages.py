@@ -232,6 +232,15 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     table = at.dataframe[0].value
     assert len(table) == 5 and table["model / rule"].iloc[0] == "mobilenetv2_100"
 
+    # the report was made with MobileNetV2's weight 0: moving that slider hides it until Evaluate is pressed again
+    at.slider(key="compare_weight_1").set_value(1.0).run()
+    assert not at.exception and not at.dataframe and not at.get("download_button")
+    assert any("changed since the last evaluation" in i.value for i in at.info)
+    at.button(key="compare_run").click().run()
+    assert not at.exception and len(at.dataframe[0].value) == 5
+    at.selectbox(key="compare_mapping").set_value("none (folder classes are model classes)").run()
+    assert not at.dataframe  # nor under another mapping
+
 
 def test_compare_page_with_one_available_model_says_so():
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
