@@ -86,4 +86,4 @@ if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered
         r = ui.explanation(model, image, photo, m, class_name, layer)
         caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms"
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
-    progress.progress(1.0, text="Done")
+    progress.empty()  # the grid is the result: no bar left at "Done" on every rerun

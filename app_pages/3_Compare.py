@@ -115,8 +115,11 @@ if st.button("Evaluate", key="compare_run"):
                 f.flush()
                 mapping = load_mapping(f.name)
         bar = st.progress(0.0, text="Classifying…")
-        report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,
-                                   progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
+        try:
+            report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,
+                                       progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
+        finally:
+            bar.empty()  # done (or refused): no bar left at 100 % above the results
         st.session_state["compare_report"] = (settings, report)
     except CarNetError as exc:
         st.error(str(exc))

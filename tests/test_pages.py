@@ -139,6 +139,7 @@ def test_explain_page_keeps_cams_while_the_sliders_move(car_photos, monkeypatch)
     at.slider(key="explain_alpha").set_value(0.7).run()
     assert [c.split(" ·")[0] for c in image_captions(at) if "faithfulness" in c] == ["GradCAM", "EigenCAM"]
     assert calls == ["gradcam", "scorecam", "eigencam"]  # the first GradCAM remembered too
+    assert not at.get("progress")  # the grid is shown, with no bar left at "Done"
 
 
 def test_a_remembered_cam_is_never_shown_for_another_model(monkeypatch):
@@ -231,6 +232,7 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert len(table) == 5 and table["model / rule"].iloc[0] == "mobilenetv2_100"
+    assert not at.get("progress")  # the bar goes when the evaluation is done
 
     # the report was made with MobileNetV2's weight 0: moving that slider hides it until Evaluate is pressed again
     at.slider(key="compare_weight_1").set_value(1.0).run()
