@@ -255,26 +255,39 @@ def loader_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+#: Extracted zip uploads, under the data root. The leading "_" keeps them out of a dataset's class folders when the
+#: data root is itself one dataset; "uploads" is where earlier versions put them (still listed).
+UPLOADS = "_uploads"
+
+
 def dataset_folders() -> list[Path]:
-    """Dataset folders directly under the data root, then the extracted uploads under its uploads/, sorted by name."""
+    """Datasets offered by the pickers, sorted by name: the data root itself when it is one dataset
+    (:func:`~carnet_core.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
+    the folders directly under it; then the extracted zip uploads."""
+    from carnet_core.datasets import is_one_dataset
     from carnet_core.uploads import dataset_root
 
     root = data_root()
     if not root.is_dir():
         return []
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name != "uploads"]
-    uploads = root / "uploads"
-    if uploads.is_dir():
-        found += [dataset_root(p) for p in sorted(uploads.iterdir()) if p.is_dir()]
+    if is_one_dataset(root):
+        found, upload_dirs = [root], [root / UPLOADS]
+    else:
+        found = [p for p in sorted(root.iterdir())
+                 if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "uploads"]
+        upload_dirs = [root / UPLOADS, root / "uploads"]
+    for uploads in upload_dirs:
+        if uploads.is_dir():
+            found += [dataset_root(p) for p in sorted(uploads.iterdir()) if p.is_dir()]
     return found
 
 
 def extract_upload(name: str, data: bytes) -> Path:
-    """Extract an uploaded zip safely under ``<data root>/uploads/<name>-<hash>``; the same zip is reused."""
+    """Extract an uploaded zip safely under ``<data root>/_uploads/<name>-<hash>``; the same zip is reused."""
     from carnet_core.uploads import dataset_root, safe_extract_zip
 
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
-    dest = data_root() / "uploads" / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
+    dest = data_root() / UPLOADS / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
     return dataset_root(dest) if dest.exists() else safe_extract_zip(data, dest)
 
 

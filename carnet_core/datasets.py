@@ -346,14 +346,33 @@ def open_dataset(root: str | Path, kind: str = "auto", **kwargs: Any) -> Dataset
     readers = {"image_folder": read_image_folder, "stanford_cars": read_stanford_cars, "compcars": read_compcars,
                "cifar100": read_cifar100}
     if kind == "auto":
-        if (root / "cifar-100-python").is_dir() or (root / "meta").is_file() and (root / "train").is_file():
-            kind = "cifar100"
-        elif (root / "devkit").is_dir() or (root / "stanford_cars" / "devkit").is_dir():
-            kind = "stanford_cars"
-        elif (root / "data" / "image").is_dir() or ((root / "image").is_dir() and (root / "misc").is_dir()):
-            kind = "compcars"
-        else:
-            kind = "image_folder"
+        kind = _layout(root)
     if kind not in readers:
         raise CarNetError(f"unknown dataset kind {kind!r}; choose auto, {', '.join(readers)}")
     return readers[kind](root, **kwargs)
+
+
+def _layout(root: Path) -> str:
+    """The reader ``auto`` picks for ``root``: a CIFAR-100, Stanford Cars or CompCars layout, else image folders."""
+    if (root / "cifar-100-python").is_dir() or (root / "meta").is_file() and (root / "train").is_file():
+        return "cifar100"
+    if (root / "devkit").is_dir() or (root / "stanford_cars" / "devkit").is_dir():
+        return "stanford_cars"
+    if (root / "data" / "image").is_dir() or ((root / "image").is_dir() and (root / "misc").is_dir()):
+        return "compcars"
+    return "image_folder"
+
+
+def is_one_dataset(folder: str | Path) -> bool:
+    """True when ``folder`` is itself one dataset :func:`open_dataset` reads — a CIFAR-100, Stanford Cars or CompCars
+    layout, ``train/`` and ``val/`` splits, or class folders holding images — rather than a folder of datasets (one
+    per sub-folder). A folder that cannot be listed is neither: False."""
+    root = Path(folder)
+    try:
+        if not root.is_dir():
+            return False
+        if _layout(root) != "image_folder" or (_find_split(root, "train") and _find_split(root, "val")):
+            return True
+        return any(list_images(c) for c in _class_folders(root))
+    except OSError:
+        return False

@@ -116,3 +116,38 @@ def test_hosted_mode_compare_offers_only_the_data_root(dirs, tmp_path, monkeypat
     assert not at.exception
     assert not [t for t in at.text_input if t.key == "compare_folder"]  # no free-typed server paths
     assert at.selectbox(key="compare_folder_hosted").options == ["colours"]
+
+
+def test_a_data_root_that_is_one_dataset_is_offered_as_one(colour_folder, tmp_path, monkeypatch):
+    """CARNET_DATA_ROOT set to a dataset itself (class folders of images): that dataset is offered, not each of its
+    classes as a dataset ("…/red has no class sub-folders"); a zip uploaded there does not become one of its classes."""
+    import io
+    import zipfile
+
+    from carnet_core.datasets import is_one_dataset
+    from conftest import colour_image
+
+    data = tmp_path / "colours"
+    shutil.copytree(colour_folder, data)
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(tmp_path / "jobs"))
+    assert is_one_dataset(data) and not is_one_dataset(tmp_path)  # a folder of datasets is not one
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error, at.error
+    assert at.selectbox(key="finetune_folder").options == ["colours"]
+    assert [m.value for m in at.metric][:3] == ["3", "54", "18"]
+
+    buf, png = io.BytesIO(), io.BytesIO()
+    colour_image((0, 0, 255), 0).save(png, "PNG")
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in ("sky", "sea"):
+            z.writestr(f"blues/{c}/0.png", png.getvalue())
+    at.radio(key="finetune_source").set_value("Upload a zip of class folders").run()
+    at.file_uploader(key="finetune_zip").set_value(("blues.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception and any("Extracted" in s.value for s in at.success)
+    at.radio(key="finetune_source").set_value("Folder under the data root").run()
+    assert at.selectbox(key="finetune_folder").options == ["colours", "blues"]
+    assert [m.value for m in at.metric][:3] == ["3", "54", "18"]  # still 3 classes: the upload is not a fourth
+    evaluate = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not evaluate.exception and not evaluate.error, evaluate.error
+    assert evaluate.selectbox(key="evaluate_folder").options == ["colours", "blues"]
