@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -137,13 +138,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path.name}: refused — the file is a pickle that holds Python objects, not just tensors, and "
-            f"loading it could run arbitrary code. CarNet loads only safetensors files and plain state dicts. "
-            f"({str(exc).splitlines()[0]})") from None
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = (f"a pickle that holds Python objects ({found.group(1)}), not just tensors" if found else
+                "not plain tensors: a pickle of Python objects, or a corrupt file")
+        raise CheckpointError(f"{path.name}: refused — the file is {what}; loading Python objects could run "
+                              "arbitrary code. CarNet loads only safetensors files and plain state dicts.") from None
     except Exception as exc:  # zip errors, EOF, wrong magic number...
-        raise CheckpointError(f"{path.name}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path.name}: not a readable PyTorch weights file — corrupt, cut short or another "
+                              f"format ({type(exc).__name__}: {exc})") from None
     return _unwrap(obj, path.name)
 
 

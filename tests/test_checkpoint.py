@@ -77,9 +77,28 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
     path = tmp_path / "resnet50.pth"
     with open(path, "wb") as f:
         pickle.dump({"fc.weight": _Evil()}, f)
-    with pytest.raises(CheckpointError, match="refused.*arbitrary code"):
+    with pytest.raises(CheckpointError, match="refused.*arbitrary code") as refused:
         load_model("resnet50", checkpoint=path, device="cpu")
     assert not marker.exists()
+    assert "weights_only" not in str(refused.value)  # torch's advice to load it unsafely is not passed on
+
+
+def test_objects_and_random_bytes_are_told_apart_in_the_message(tmp_path):
+    import argparse
+
+    with_args = tmp_path / "train_state.pth"  # a training script's checkpoint: tensors plus its argparse options
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, with_args)
+    with pytest.raises(CheckpointError, match=r"refused — the file is a pickle that holds Python objects "
+                                              r"\(argparse.Namespace\)"):
+        read_state_dict(with_args)
+    noise = tmp_path / "download.pth"  # e.g. an interrupted download: not "a pickle that holds Python objects"
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="a pickle of Python objects, or a corrupt file"):
+        read_state_dict(noise)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch weights file — corrupt, cut short"):
+        read_state_dict(text)
 
 
 def test_foreign_and_corrupt_files_get_clear_messages(tmp_path):
