@@ -5,13 +5,15 @@ holds, as JSON under the key ``carnet``, everything needed to rebuild the model 
 architecture, head, class names, data config, weights provenance and metrics (in the spirit of nanoGPT's
 checkpoints and torchvision's weights that carry categories and transforms).
 
-Plain torchvision / timm state dicts (``.pth``, ``.pt``, ``.bin``) are accepted too. They are read with
+Plain torchvision / timm state dicts (``.pth``, ``.pt``, ``.bin``) and timm ``train.py`` checkpoints
+(``model_best.pth.tar``: the EMA weights when it has them) are accepted too. They are read with
 ``torch.load(weights_only=True)``, which refuses pickles that hold anything but tensors and plain
 containers, so a malicious file gets a clear refusal instead of running its code.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -30,7 +32,7 @@ from .errors import CheckpointError
 FORMAT = "carnet-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "carnet"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm train.py's .pth.tar
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 
 
@@ -136,11 +138,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # timm's train.py keeps its options in the checkpoint as an argparse.Namespace; timm's loader allows it too
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = (f"a pickle that holds Python objects ({found.group(1)}), not just tensors" if found else
+        found = _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = (f"a pickle that holds Python objects ({', '.join(found[:3])}), not just tensors" if found else
                 "not plain tensors: a pickle of Python objects, or a corrupt file")
         raise CheckpointError(f"{path.name}: refused — the file is {what}; loading Python objects could run "
                               "arbitrary code. CarNet loads only safetensors files and plain state dicts.") from None
@@ -148,6 +151,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path.name}: not a readable PyTorch weights file — corrupt, cut short or another "
                               f"format ({type(exc).__name__}: {exc})") from None
     return _unwrap(obj, path.name)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python classes and functions a zip-format PyTorch file asks to build (torch lists them without
+    unpickling); [] when it cannot tell (a legacy or corrupt file)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip-format checkpoint
+        return []
 
 
 def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:

@@ -84,13 +84,13 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
 
 
 def test_objects_and_random_bytes_are_told_apart_in_the_message(tmp_path):
-    import argparse
+    from pathlib import PurePosixPath
 
-    with_args = tmp_path / "train_state.pth"  # a training script's checkpoint: tensors plus its argparse options
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, with_args)
+    with_objects = tmp_path / "train_state.pth"  # a training script's checkpoint with an object beside the tensors
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "data_dir": PurePosixPath("/data")}, with_objects)
     with pytest.raises(CheckpointError, match=r"refused — the file is a pickle that holds Python objects "
-                                              r"\(argparse.Namespace\)"):
-        read_state_dict(with_args)
+                                              r"\(pathlib.PurePosixPath\)"):
+        read_state_dict(with_objects)
     noise = tmp_path / "download.pth"  # e.g. an interrupted download: not "a pickle that holds Python objects"
     noise.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(CheckpointError, match="a pickle of Python objects, or a corrupt file"):
@@ -153,3 +153,34 @@ def test_real_mobilenetv2_weights_load_from_both_key_layouts(tmp_path, car_photo
     os.symlink(MOBILENET_TV, tmp_path / MOBILENET_TV.name)
     found = load_model("mobilenetv2_100", device="cpu")
     assert found.weights.source == "weights_dir" and found.weights.location.endswith(MOBILENET_TV.name)
+
+
+def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeypatch):
+    """``model_best.pth.tar`` as timm's train.py writes it (timm's own CheckpointSaver: optimizer state, the run's
+    argparse options, EMA weights beside the model's) dropped into the weights folder: the EMA weights load."""
+    import argparse
+
+    import timm
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv2_100", pretrained=False)
+    ema = ModelEmaV3(net, decay=0.9)
+    with torch.no_grad():
+        ema.module.classifier.weight.mul_(2.0)  # the EMA weights differ from the model's, as after training
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = tmp_path / "output" / "train" / "20261122-mobilenetv2_100"
+    run.mkdir(parents=True)
+    saver = CheckpointSaver(net, optimizer, args=argparse.Namespace(model="mobilenetv2_100", lr=0.1, epochs=3),
+                            model_ema=ema, checkpoint_dir=str(run))
+    saver.save_checkpoint(epoch=0, metric=41.5)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (run / "model_best.pth.tar").rename(weights / "mobilenetv2_100-model_best.pth.tar")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+
+    model = load_model("mobilenetv2_100", device="cpu", use_hub=False)
+    assert model.weights.source == "weights_dir" and "model_best.pth.tar" in model.weights.describe()
+    loaded = model.module.state_dict()
+    assert torch.equal(loaded["classifier.weight"], ema.module.state_dict()["classifier.weight"])
+    assert not torch.equal(loaded["classifier.weight"], net.state_dict()["classifier.weight"])
