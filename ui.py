@@ -182,6 +182,7 @@ def model_or_stop(name: str) -> Classifier:
         st.stop()
 
 
+MAX_PHOTOS = 32  # classified per run of the Classify page (a classroom's worth; each is decoded at full size)
 PHOTO_UPLOAD_MB = MAX_FILE_BYTES // 2**20  # the uploader says the library's limit, and refuses bigger files at once
 
 

@@ -23,6 +23,11 @@ if not inputs:
     st.info("Upload one or more photos, take one with the camera, or pick samples from the gallery.")
     st.stop()
 
+if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hosted demo takes a class's worth
+    st.warning(f"{len(inputs)} photos given; classifying the first {ui.MAX_PHOTOS}. For a whole folder, use the "
+               "Evaluate page or `python -m carnet_core predict FOLDER/*.jpg`.")
+    inputs = inputs[:ui.MAX_PHOTOS]
+
 images, names = [], []
 for name, data in inputs:
     try:

@@ -68,6 +68,22 @@ def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos
     assert any("notes.txt" in e.value and "not an image" in e.value for e in at.error)
 
 
+def test_classify_takes_a_classroom_of_photos_and_says_when_there_are_more():
+    import io
+
+    from conftest import colour_image
+
+    from ui import MAX_PHOTOS
+
+    png = io.BytesIO()
+    colour_image((200, 30, 30), 0).save(png, "PNG")
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value([(f"{i:02d}.png", png.getvalue(), "image/png") for i in range(MAX_PHOTOS + 3)]).run()
+    assert not at.exception
+    assert len(bars(at)) == MAX_PHOTOS and image_captions(at)[-1] == f"{MAX_PHOTOS - 1:02d}.png"
+    assert any(f"{MAX_PHOTOS + 3} photos given; classifying the first {MAX_PHOTOS}" in w.value for w in at.warning)
+
+
 def test_classify_model_without_weights_says_where_to_put_a_file():
     at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     at.selectbox(key="classify_model").set_value("resnet50").run()
