@@ -25,7 +25,7 @@ if not inputs:
 
 if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hosted demo takes a class's worth
     st.warning(f"{len(inputs)} photos given; classifying the first {ui.MAX_PHOTOS}. For a whole folder, use the "
-               "Evaluate page or `python -m carnet_core predict FOLDER/*.jpg`.")
+               "Evaluate page or `python -m carnet_core predict FOLDER`.")
     inputs = inputs[:ui.MAX_PHOTOS]
 
 images, names = [], []

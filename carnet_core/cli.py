@@ -35,14 +35,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .images import load_image
+    from .images import IMAGE_EXTENSIONS, load_image
     from .model import load_model
     from .predict import predict
 
     model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
     results, failed = [], 0
-    for path in args.images:
+    for path in _image_paths(args.images):
         try:
+            if Path(path).is_dir():
+                raise CarNetError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
             image = load_image(path)
         except CarNetError as exc:
             failed += 1
@@ -66,8 +68,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  best vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
             print(f"  latency {r['latency_ms']:.1f} ms")
     if failed:
-        print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
+        print(f"{failed} of {len(results)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _image_paths(args: Sequence[str]) -> list[str]:
+    """The arguments with each folder replaced by the image files under it (sorted, sub-folders included, hidden ones
+    left out: a class-folder dataset is classified whole). A folder without images stays, for its message."""
+    from .images import IMAGE_EXTENSIONS
+
+    out = []
+    for arg in args:
+        folder = Path(arg)
+        found = sorted(str(p) for p in folder.rglob("*") if p.is_file()
+                       and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                       ) if folder.is_dir() else []
+        out += found or [arg]
+    return out
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -257,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("predict", help="classify images")
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files, or folders of them (searched recursively)")
     p.add_argument("--model", default="efficientnet_lite0", help="registry name (default: efficientnet_lite0)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")

@@ -101,3 +101,27 @@ def test_a_member_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "efficientnet_lite0").mkdir()  # a folder that shares a registered name does not hide the model
     assert _load_member("efficientnet_lite0", use_hub=False).name == "efficientnet_lite0"
+
+
+def test_predict_classifies_every_image_under_a_folder(tmp_path):
+    import shutil
+
+    from conftest import CARS_VAL, need
+
+    data = tmp_path / "cars"
+    classes = sorted(p for p in need(CARS_VAL).iterdir() if p.is_dir())[:2]
+    for c in classes:
+        (data / c.name).mkdir(parents=True)
+        for p in sorted(c.glob("*.jpg"))[:2]:
+            shutil.copy(p, data / c.name / p.name)
+    photos = sorted(str(p) for p in data.glob("*/*.jpg"))
+    (data / "README.txt").write_text("not a photo")  # skipped: not an image file
+    (data / ".thumbs").mkdir()
+    shutil.copy(next(data.rglob("*.jpg")), data / ".thumbs" / "x.jpg")  # hidden: skipped
+    (tmp_path / "empty").mkdir()
+    out = run_cli("predict", str(data), str(tmp_path / "empty"), "--json")
+    assert out.returncode == 1 and "1 of 5 images could not be read" in out.stderr
+    results = json.loads(out.stdout)["results"]
+    assert [r["image"] for r in results[:4]] == photos  # every class folder, in order
+    assert all(len(r["topk"]) == 5 for r in results[:4])
+    assert "a folder with no image files" in results[4]["error"]
