@@ -73,18 +73,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _image_paths(args: Sequence[str]) -> list[str]:
-    """The arguments with each folder replaced by the image files under it (sorted, sub-folders included, hidden ones
-    left out: a class-folder dataset is classified whole). A folder without images stays, for its message."""
-    from .images import IMAGE_EXTENSIONS
+    """The arguments with each folder replaced by the image files under it (sub-folders included: a class-folder
+    dataset is classified whole). A folder without images stays, for its message."""
+    from .images import list_images
 
     out = []
     for arg in args:
-        folder = Path(arg)
-        found = sorted(str(p) for p in folder.rglob("*") if p.is_file()
-                       and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                       ) if folder.is_dir() else []
-        out += found or [arg]
+        out += [str(p) for p in list_images(arg, recursive=True)] or [arg]
     return out
 
 

@@ -139,9 +139,12 @@ def _sniff(data: bytes) -> str:
         return ""
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by extension, see :data:`IMAGE_EXTENSIONS`) directly in ``folder``, sorted by name; [] if none."""
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files (by extension, see :data:`IMAGE_EXTENSIONS`) directly in ``folder`` — or anywhere under it with
+    ``recursive``, hidden files and folders left out — sorted by path; [] if none."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                  and not (recursive and any(part.startswith(".") for part in p.relative_to(folder).parts)))
