@@ -39,6 +39,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .model import load_model
     from .predict import predict
 
+    _check_csv_folder(args.csv, "predictions")
     model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
     results, failed = [], 0
     for path in _image_paths(args.images):
@@ -67,6 +68,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 best = r["vehicle_topk"][0]
                 print(f"  best vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
             print(f"  latency {r['latency_ms']:.1f} ms")
+    if args.csv:  # one row per image, as timm's inference script writes them; after the printed results
+        k = max([len(r["topk"]) for r in results if "topk" in r], default=0)
+        columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+        rows = [{"image": r["image"], "latency_ms": r.get("latency_ms"), "error": r.get("error", ""),
+                 **{f"{c}_{i}": t[key] for i, t in enumerate(r.get("topk", []), 1)
+                    for c, key in (("class", "class"), ("probability", "probability"))}} for r in results]
+        _write_csv(args.csv, columns + ["latency_ms", "error"], rows)
+        if not args.json:
+            print(f"\npredictions written to {args.csv}")
     if failed:
         print(f"{failed} of {len(results)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -208,15 +218,27 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _check_csv_folder(path: Path | None, what: str) -> None:
+    """Said before the work, not after it: the folder a --csv table goes in must exist."""
+    if path and not path.resolve().parent.is_dir():
+        raise CarNetError(f"{path}: no folder {path.resolve().parent} to write the {what} in")
+
+
+def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
     import csv
 
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import open_dataset
     from .evaluate import evaluate, per_class_rows
     from .folders import load_mapping
 
-    if args.csv and not args.csv.resolve().parent.is_dir():  # said before the evaluation, not after it
-        raise CarNetError(f"{args.csv}: no folder {args.csv.resolve().parent} to write the per-class table in")
+    _check_csv_folder(args.csv, "per-class table")
     model = _load_member(str(args.checkpoint), not args.no_hub)
     splits = open_dataset(args.data, args.kind)
     dataset = splits.val if args.split == "val" else splits.train
@@ -235,10 +257,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for a, b, n in report.most_confused(5):
             print(f"  {a} → {b}: {n}")
     if args.csv:  # after the numbers are out: a table that cannot be written loses nothing else
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["class", "accuracy", "images", "most often predicted instead", "times"])
-            writer.writeheader()
-            writer.writerows(per_class_rows(report))
+        _write_csv(args.csv, ["class", "accuracy", "images", "most often predicted instead", "times"],
+                   per_class_rows(report))
         if not args.json:
             print(f"per-class table written to {args.csv}")
     return 0
@@ -275,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--csv", type=Path, help="also write one row per image (top-k classes and probabilities) here")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_predict)
 

@@ -119,9 +119,19 @@ def test_predict_classifies_every_image_under_a_folder(tmp_path):
     (data / ".thumbs").mkdir()
     shutil.copy(next(data.rglob("*.jpg")), data / ".thumbs" / "x.jpg")  # hidden: skipped
     (tmp_path / "empty").mkdir()
-    out = run_cli("predict", str(data), str(tmp_path / "empty"), "--json")
+    out = run_cli("predict", str(data), str(tmp_path / "empty"), "--json", "--csv", str(tmp_path / "predictions.csv"))
     assert out.returncode == 1 and "1 of 5 images could not be read" in out.stderr
     results = json.loads(out.stdout)["results"]
     assert [r["image"] for r in results[:4]] == photos  # every class folder, in order
     assert all(len(r["topk"]) == 5 for r in results[:4])
     assert "a folder with no image files" in results[4]["error"]
+
+    import csv
+
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))  # one row per image, as timm's inference script writes them
+    assert [r["image"] for r in rows] == photos + [str(tmp_path / "empty")]
+    assert [r["class_1"] for r in rows[:4]] == [r["topk"][0]["class"] for r in results[:4]]
+    assert float(rows[0]["probability_5"]) == results[0]["topk"][4]["probability"] and rows[4]["error"]
+    out = run_cli("predict", str(data), "--csv", str(tmp_path / "nowhere" / "p.csv"))
+    assert out.returncode == 2 and "no folder" in out.stderr and "model " not in out.stdout  # said before any work
