@@ -153,6 +153,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path.name)
 
 
+def architecture_hint(path: str | os.PathLike) -> str | None:
+    """The architecture a plain PyTorch checkpoint names for itself — timm ``train.py``'s ``args.model``, else its
+    ``arch`` entry — read with the same weights-only loader, tensors memory-mapped, not read; None when the file
+    names none or cannot be read."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy-format, corrupt or refused file: read_state_dict says why
+        return None
+    if not isinstance(obj, Mapping):
+        return None
+    hint = getattr(obj.get("args"), "model", None) or obj.get("arch")
+    return hint if isinstance(hint, str) else None
+
+
 def _unsafe_globals(path: Path) -> list[str]:
     """The Python classes and functions a zip-format PyTorch file asks to build (torch lists them without
     unpickling); [] when it cannot tell (a legacy or corrupt file)."""

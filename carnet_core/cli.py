@@ -34,13 +34,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_or_checkpoint(args: argparse.Namespace):
+    """``--model`` and/or ``--checkpoint``: a checkpoint without ``--model`` builds the architecture it describes
+    (CarNet metadata, or the model a timm train.py checkpoint names); neither gives the default model."""
+    from .model import load_model
+
+    name = args.model or (None if args.checkpoint else "efficientnet_lite0")
+    return load_model(name, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .images import IMAGE_EXTENSIONS, load_image
-    from .model import load_model
     from .predict import predict
 
     _check_csv_folder(args.csv, "predictions")
-    model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+    model = _model_or_checkpoint(args)
     results, failed = [], 0
     for path in _image_paths(args.images):
         try:
@@ -95,9 +103,8 @@ def _image_paths(args: Sequence[str]) -> list[str]:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
-    from .model import load_model
 
-    model = load_model(args.model, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+    model = _model_or_checkpoint(args)
     result = explain(model, args.image, method=args.method, class_name=args.class_name, layer=args.layer)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.overlay(args.alpha, args.colormap).save(args.out)
@@ -291,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images")
     p.add_argument("images", nargs="+", metavar="IMG", help="image files, or folders of them (searched recursively)")
-    p.add_argument("--model", default="efficientnet_lite0", help="registry name (default: efficientnet_lite0)")
+    p.add_argument("--model", help="registry name (default: efficientnet_lite0, or the architecture the "
+                                   "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -303,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="Grad-CAM heatmap of one image, saved as an overlay PNG")
     p.add_argument("image", metavar="IMG")
-    p.add_argument("--model", default="efficientnet_lite0", help="registry name (default: efficientnet_lite0)")
+    p.add_argument("--model", help="registry name (default: efficientnet_lite0, or the architecture the "
+                                   "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
     p.add_argument("--method", default="gradcam", choices=METHODS)
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top-1)")

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from . import weights as _weights
-from .checkpoint import check_file, load_into, read_metadata, read_state_dict, save_checkpoint
+from .checkpoint import architecture_hint, check_file, load_into, read_metadata, read_state_dict, save_checkpoint
 from .errors import CarNetError, CheckpointError, WeightsNotFoundError
 from .labels import label_set_names
-from .registry import HEADS, ModelSpec, get_spec
+from .registry import HEADS, ModelSpec, find_spec, get_spec
 from .weights import WeightsSource
 
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -265,7 +265,8 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
 
     Args:
         name: registry name (see :func:`carnet_core.list_models`). May be omitted when ``checkpoint`` is a
-            CarNet checkpoint, which describes its own architecture.
+            CarNet checkpoint, which describes its own architecture, or a timm ``train.py`` checkpoint that names a
+            registered model (:func:`~carnet_core.checkpoint.architecture_hint`).
         checkpoint: explicit weights file (CarNet ``.safetensors`` or a plain state dict).
         weights: ``"auto"`` (the resolution order of :mod:`carnet_core.weights`) or ``"random"`` (untrained,
             for tests and training from scratch; the provenance says so).
@@ -293,10 +294,13 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     if meta is not None:
         clf = _from_checkpoint(checkpoint, meta)
     else:
-        if name is None:
+        spec = get_spec(name) if name is not None else find_spec(architecture_hint(checkpoint) or "")
+        if spec is None:
+            hint = architecture_hint(checkpoint)
             raise CheckpointError(f"{checkpoint.name} is a plain state dict without CarNet metadata: say which "
-                                  f"architecture it is for (--model NAME)")
-        clf = _from_spec(get_spec(name), checkpoint, weights, weights_folder, use_hub)
+                                  f"architecture it is for (--model NAME)"
+                                  + (f"; it names {hint!r}, which is not a registered model" if hint else ""))
+        clf = _from_spec(spec, checkpoint, weights, weights_folder, use_hub)
     clf.module.eval().to(device)
     return clf
 

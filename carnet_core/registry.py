@@ -105,6 +105,11 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_MODELS)}") from None
 
 
+def find_spec(name_or_arch: str) -> ModelSpec | None:
+    """The spec registered as ``name_or_arch``, else the first whose timm architecture it is; None if neither."""
+    return _MODELS.get(name_or_arch) or next((s for s in _MODELS.values() if s.arch == name_or_arch), None)
+
+
 @dataclass(frozen=True)
 class CheckpointEntry:
     """A fine-tuned CarNet checkpoint found on disk, listed next to the registered models (read from its metadata

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 
@@ -184,3 +185,17 @@ def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeyp
     loaded = model.module.state_dict()
     assert torch.equal(loaded["classifier.weight"], ema.module.state_dict()["classifier.weight"])
     assert not torch.equal(loaded["classifier.weight"], net.state_dict()["classifier.weight"])
+
+    # without a model name, the architecture the run's options name is used (predict/explain --checkpoint FILE)
+    assert load_model(checkpoint=run / "last.pth.tar", device="cpu").name == "mobilenetv2_100"
+    from conftest import colour_image
+    from test_cli import run_cli
+
+    colour_image((200, 30, 30), 0).save(tmp_path / "red.png")
+    out = run_cli("predict", str(tmp_path / "red.png"), "--checkpoint", str(run / "last.pth.tar"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == "mobilenetv2_100"  # not the default model, which it does not fit
+    other = CheckpointSaver(net, optimizer, args=argparse.Namespace(model="convnext_tiny"), checkpoint_dir=str(run))
+    other.save_checkpoint(epoch=1, metric=40.0)
+    with pytest.raises(CheckpointError, match="--model NAME.*it names 'convnext_tiny', which is not a registered"):
+        load_model(checkpoint=run / "last.pth.tar", device="cpu")
