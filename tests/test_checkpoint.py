@@ -156,7 +156,7 @@ def test_real_mobilenetv2_weights_load_from_both_key_layouts(tmp_path, car_photo
     assert found.weights.source == "weights_dir" and found.weights.location.endswith(MOBILENET_TV.name)
 
 
-def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeypatch):
+def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeypatch, capsys):
     """``model_best.pth.tar`` as timm's train.py writes it (timm's own CheckpointSaver: optimizer state, the run's
     argparse options, EMA weights beside the model's) dropped into the weights folder: the EMA weights load."""
     import argparse
@@ -189,12 +189,12 @@ def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeyp
     # without a model name, the architecture the run's options name is used (predict/explain --checkpoint FILE)
     assert load_model(checkpoint=run / "last.pth.tar", device="cpu").name == "mobilenetv2_100"
     from conftest import colour_image
-    from test_cli import run_cli
+    from test_cli import run_main
 
     colour_image((200, 30, 30), 0).save(tmp_path / "red.png")
-    out = run_cli("predict", str(tmp_path / "red.png"), "--checkpoint", str(run / "last.pth.tar"), "--json")
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["model"] == "mobilenetv2_100"  # not the default model, which it does not fit
+    code, out, err = run_main(capsys, "predict", tmp_path / "red.png", "--checkpoint", run / "last.pth.tar", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "mobilenetv2_100"  # not the default model, which it does not fit
     other = CheckpointSaver(net, optimizer, args=argparse.Namespace(model="convnext_tiny"), checkpoint_dir=str(run))
     other.save_checkpoint(epoch=1, metric=40.0)
     with pytest.raises(CheckpointError, match="--model NAME.*it names 'convnext_tiny', which is not a registered"):

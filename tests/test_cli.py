@@ -15,6 +15,16 @@ def run_cli(*args, env_extra=None):
                           env=env, timeout=300)
 
 
+def run_main(capsys, *args):
+    """The CLI in this process (``carnet_core.cli.main``, what ``python -m carnet_core`` runs): (exit code, stdout,
+    stderr). Cheaper than a new interpreter where the process boundary is not what a test is about."""
+    from carnet_core.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
@@ -28,23 +38,23 @@ def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path):
     assert "not an image" in err["error"]
 
 
-def test_missing_weights_is_a_message_not_a_traceback(tmp_path):
-    out = run_cli("predict", "x.jpg", "--model", "resnet50")
-    assert out.returncode == 2
-    assert out.stderr.startswith("error: No ImageNet weights found for resnet50") and "Traceback" not in out.stderr
-    out = run_cli("predict", "x.jpg", "--model", "nope")
-    assert out.returncode == 2 and "unknown model 'nope'" in out.stderr
+def test_missing_weights_is_a_message_not_a_traceback(tmp_path, capsys):
+    code, _, err = run_main(capsys, "predict", "x.jpg", "--model", "resnet50")
+    assert code == 2
+    assert err.startswith("error: No ImageNet weights found for resnet50") and "Traceback" not in err
+    code, _, err = run_main(capsys, "predict", "x.jpg", "--model", "nope")
+    assert code == 2 and "unknown model 'nope'" in err
 
 
-def test_models_lists_the_registry():
-    out = run_cli("models", "--json")
-    assert out.returncode == 0
-    rows = {r["name"]: r for r in json.loads(out.stdout)}
+def test_models_lists_the_registry(capsys):
+    code, out, _ = run_main(capsys, "models", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
     assert rows["efficientnet_lite0"]["weights"].startswith("bundled package")
     assert rows["resnet50"]["weights"].startswith("MISSING")
 
 
-def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_path):
+def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_path, capsys):
     out_png = tmp_path / "o" / "overlay.png"
     out = run_cli("explain", str(car_photos[0]), "--method", "gradcam", "--out", str(out_png), "--json")
     assert out.returncode == 0, out.stderr
@@ -52,21 +62,21 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     from PIL import Image
 
     assert Image.open(out_png).size == (224, 224) and data["layer"] == "bn2" and data["class"]
-    out = run_cli("explain", str(car_photos[0]), "--class", "sport car", "--out", str(out_png))
-    assert out.returncode == 2 and "did you mean 'sports car'" in out.stderr and "Traceback" not in out.stderr
+    code, _, err = run_main(capsys, "explain", car_photos[0], "--class", "sport car", "--out", out_png)
+    assert code == 2 and "did you mean 'sports car'" in err
 
 
-def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path):
+def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys):
     """The per-class CSV used to be written before anything was printed: a path that could not be written threw the
     finished evaluation away. A missing folder is now said before evaluating; any other failure after the numbers."""
     mapping = tmp_path / "colours.json"
     mapping.write_text(json.dumps({"red": ["fire engine"], "green": ["golf ball"], "blue": ["jellyfish"]}))
     evaluate = ["evaluate", "efficientnet_lite0", str(colour_folder), "--mapping", str(mapping)]
-    out = run_cli(*evaluate, "--csv", str(tmp_path / "no" / "t.csv"))
-    assert out.returncode == 2 and "no folder" in out.stderr and str(tmp_path / "no") in out.stderr
-    out = run_cli(*evaluate, "--json", "--csv", str(tmp_path))  # a folder
-    assert out.returncode == 2 and "Traceback" not in out.stderr and str(tmp_path) in out.stderr
-    assert json.loads(out.stdout)["num_images"] == 18  # the numbers came out first
+    code, _, err = run_main(capsys, *evaluate, "--csv", tmp_path / "no" / "t.csv")
+    assert code == 2 and "no folder" in err and str(tmp_path / "no") in err
+    code, out, err = run_main(capsys, *evaluate, "--json", "--csv", tmp_path)  # a folder
+    assert code == 2 and str(tmp_path) in err
+    assert json.loads(out)["num_images"] == 18  # the numbers came out first
 
 
 def test_procfile_serves_headless_on_port_in_hosted_mode():
@@ -103,8 +113,10 @@ def test_a_member_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
     assert _load_member("efficientnet_lite0", use_hub=False).name == "efficientnet_lite0"
 
 
-def test_predict_classifies_every_image_under_a_folder(tmp_path):
+def test_predict_classifies_every_image_under_a_folder(tmp_path, capsys, monkeypatch):
     import shutil
+
+    monkeypatch.setenv("CARNET_ENGINE", "torch")  # which engine is not the point here: no export and timing first
 
     from conftest import CARS_VAL, need
 
@@ -119,9 +131,9 @@ def test_predict_classifies_every_image_under_a_folder(tmp_path):
     (data / ".thumbs").mkdir()
     shutil.copy(next(data.rglob("*.jpg")), data / ".thumbs" / "x.jpg")  # hidden: skipped
     (tmp_path / "empty").mkdir()
-    out = run_cli("predict", str(data), str(tmp_path / "empty"), "--json", "--csv", str(tmp_path / "predictions.csv"))
-    assert out.returncode == 1 and "1 of 5 images could not be read" in out.stderr
-    results = json.loads(out.stdout)["results"]
+    code, out, err = run_main(capsys, "predict", data, tmp_path / "empty", "--json", "--csv", tmp_path / "predictions.csv")
+    assert code == 1 and "1 of 5 images could not be read" in err
+    results = json.loads(out)["results"]
     assert [r["image"] for r in results[:4]] == photos  # every class folder, in order
     assert all(len(r["topk"]) == 5 for r in results[:4])
     assert "a folder with no image files" in results[4]["error"]
@@ -133,5 +145,5 @@ def test_predict_classifies_every_image_under_a_folder(tmp_path):
     assert [r["image"] for r in rows] == photos + [str(tmp_path / "empty")]
     assert [r["class_1"] for r in rows[:4]] == [r["topk"][0]["class"] for r in results[:4]]
     assert float(rows[0]["probability_5"]) == results[0]["topk"][4]["probability"] and rows[4]["error"]
-    out = run_cli("predict", str(data), "--csv", str(tmp_path / "nowhere" / "p.csv"))
-    assert out.returncode == 2 and "no folder" in out.stderr and "model " not in out.stdout  # said before any work
+    code, out, err = run_main(capsys, "predict", data, "--csv", tmp_path / "nowhere" / "p.csv")
+    assert code == 2 and "no folder" in err and "model " not in out  # said before any work
