@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from carnet_core._env import env_path
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
 from carnet_core.explain import Explanation
@@ -28,12 +29,12 @@ ROOT = Path(__file__).resolve().parent
 
 def gallery_dir() -> Path:
     """Sample gallery folder: ``$CARNET_GALLERY_DIR`` or ``gallery/`` in the project."""
-    return Path(os.environ.get("CARNET_GALLERY_DIR", ROOT / "gallery"))
+    return env_path("CARNET_GALLERY_DIR", ROOT / "gallery")
 
 
 def data_root() -> Path:
     """Default folder offered for labelled datasets: ``$CARNET_DATA_ROOT`` or ``data/`` in the project."""
-    return Path(os.environ.get("CARNET_DATA_ROOT", ROOT / "data"))
+    return env_path("CARNET_DATA_ROOT", ROOT / "data")
 
 
 def count(n: int, noun: str) -> str:
@@ -316,7 +317,7 @@ def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_trai
 
 def mappings_dir() -> Path:
     """Folder of label mapping files (dataset class → model classes): ``$CARNET_MAPPINGS_DIR`` or ``mappings/``."""
-    return Path(os.environ.get("CARNET_MAPPINGS_DIR", ROOT / "mappings"))
+    return env_path("CARNET_MAPPINGS_DIR", ROOT / "mappings")
 
 
 def mapping_files() -> list[Path]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._env import env_path
 from .errors import CarNetError, ImageError
 from .images import IMAGE_EXTENSIONS, ImageSource, load_image
 from .model import Classifier
@@ -62,7 +63,7 @@ def cache_dir() -> Path:
     """Where CarNet caches ONNX exports, evaluation reports and measured model costs: ``$CARNET_CACHE_DIR`` or
     ``~/.cache/carnet``; when that folder cannot be created or written (a read-only home on some hosts), a folder in
     the system's temporary directory instead, so the fast engine and the caches still work."""
-    configured = Path(os.environ.get("CARNET_CACHE_DIR", Path.home() / ".cache" / "carnet"))
+    configured = env_path("CARNET_CACHE_DIR", Path.home() / ".cache" / "carnet")
     try:
         configured.mkdir(parents=True, exist_ok=True)
         if os.access(configured, os.W_OK | os.X_OK):
@@ -505,7 +506,7 @@ def select_engine(model: Classifier, engine: str = "auto",
         CarNetError: unknown engine; a named engine that is unavailable, fails its parity gate, or (reduced
             precision) has no photos to be checked on.
     """
-    engine = os.environ.get("CARNET_ENGINE", engine)
+    engine = os.environ.get("CARNET_ENGINE", "").strip() or engine
     if engine not in ("auto", *ENGINES):
         raise CarNetError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
     if engine == "torch":

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._proc import file_lock, rss_mb
+from ._env import env_path
 from .errors import CarNetError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -45,7 +46,7 @@ def hosted_mode() -> bool:
 
 def jobs_dir() -> Path:
     """The jobs root: ``$CARNET_JOBS_DIR`` or ``runs/jobs`` under the current folder."""
-    return Path(os.environ.get("CARNET_JOBS_DIR", "runs/jobs")).resolve()
+    return env_path("CARNET_JOBS_DIR", "runs/jobs").resolve()
 
 
 def _read_json(path: Path, default: Any = None) -> Any:

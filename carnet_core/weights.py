@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import _hub
 from .checkpoint import WEIGHT_SUFFIXES
+from ._env import env_path
 from .errors import WeightsNotFoundError
 from .registry import ModelSpec
 
@@ -30,7 +31,7 @@ SOURCES = ("checkpoint", "weights_dir", "hub_cache", "hub", "offline_package", "
 
 def weights_dir() -> Path:
     """The folder scanned for user-provided weight files: ``$CARNET_WEIGHTS_DIR`` or ``<project>/weights``."""
-    return Path(os.environ.get("CARNET_WEIGHTS_DIR", PROJECT_ROOT / "weights"))
+    return env_path("CARNET_WEIGHTS_DIR", PROJECT_ROOT / "weights")
 
 
 @dataclass(frozen=True)

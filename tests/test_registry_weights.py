@@ -118,3 +118,26 @@ def test_hub_check_is_made_once_and_remembered(monkeypatch):
         assert len(calls) == 1
     finally:
         _hub.reset()
+
+
+def test_blank_settings_mean_the_defaults_not_the_current_folder(tmp_path, monkeypatch):
+    """``CARNET_CACHE_DIR=`` in a shell made the ONNX cache the current folder (an 18 MB export landed in the
+    project); every folder setting, and CARNET_ENGINE, now treats a blank value as unset."""
+    import ui
+    from carnet_core import engines, jobs, weights
+
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folders = {"CARNET_WEIGHTS_DIR": weights.weights_dir, "CARNET_JOBS_DIR": jobs.jobs_dir,
+               "CARNET_CACHE_DIR": engines.cache_dir, "CARNET_GALLERY_DIR": ui.gallery_dir,
+               "CARNET_DATA_ROOT": ui.data_root, "CARNET_MAPPINGS_DIR": ui.mappings_dir}
+    for name, folder in folders.items():
+        monkeypatch.setenv(name, "")
+        assert folder().resolve() != tmp_path, name
+        monkeypatch.setenv(name, "~/carnet-test")
+        assert folder() == tmp_path / "home" / "carnet-test", name  # ~ expanded, as a shell would
+    monkeypatch.setenv("CARNET_ENGINE", "")
+    model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
+    assert engines.select_engine(model, "torch").engine.name == "torch"
