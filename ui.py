@@ -15,9 +15,9 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from carnet_core._env import env_path
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
+from carnet_core._env import env_path
 from carnet_core.explain import Explanation
 from carnet_core.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
 from carnet_core.jobs import jobs_dir

@@ -96,7 +96,7 @@ if hosted_mode():  # a public demo: only the folders the operator put under the 
     folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted"))
 else:
     folder = st.text_input("Folder", value=str(ui.data_root()), key="compare_folder")
-mapping_files = sorted((ui.ROOT / "mappings").glob("*.json"))
+mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
 mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classes)"] + [p.name for p in mapping_files]
                               + ["upload…"], key="compare_mapping")
 mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
@@ -108,7 +108,7 @@ if st.button("Evaluate", key="compare_run"):
     try:
         mapping = None
         if mapping_choice in [p.name for p in mapping_files]:
-            mapping = load_mapping(ui.ROOT / "mappings" / mapping_choice)
+            mapping = load_mapping(ui.mappings_dir() / mapping_choice)
         elif mapping_upload is not None:
             with tempfile.NamedTemporaryFile(suffix=Path(mapping_upload.name).suffix) as f:
                 f.write(mapping_upload.getvalue())

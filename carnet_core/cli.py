@@ -80,8 +80,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         k = max([len(r["topk"]) for r in results if "topk" in r], default=0)
         columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
         rows = [{"image": r["image"], "latency_ms": r.get("latency_ms"), "error": r.get("error", ""),
-                 **{f"{c}_{i}": t[key] for i, t in enumerate(r.get("topk", []), 1)
-                    for c, key in (("class", "class"), ("probability", "probability"))}} for r in results]
+                 **{f"{c}_{i}": t[c] for i, t in enumerate(r.get("topk", []), 1) for c in ("class", "probability")}}
+                for r in results]
         _write_csv(args.csv, columns + ["latency_ms", "error"], rows)
         if not args.json:
             print(f"\npredictions written to {args.csv}")

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ._proc import file_lock, rss_mb
 from ._env import env_path
+from ._proc import file_lock, rss_mb
 from .errors import CarNetError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")

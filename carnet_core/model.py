@@ -294,9 +294,9 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     if meta is not None:
         clf = _from_checkpoint(checkpoint, meta)
     else:
-        spec = get_spec(name) if name is not None else find_spec(architecture_hint(checkpoint) or "")
+        hint = architecture_hint(checkpoint) if name is None else None
+        spec = get_spec(name) if name is not None else find_spec(hint or "")
         if spec is None:
-            hint = architecture_hint(checkpoint)
             raise CheckpointError(f"{checkpoint.name} is a plain state dict without CarNet metadata: say which "
                                   f"architecture it is for (--model NAME)"
                                   + (f"; it names {hint!r}, which is not a registered model" if hint else ""))

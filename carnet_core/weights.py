@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _hub
-from .checkpoint import WEIGHT_SUFFIXES
 from ._env import env_path
+from .checkpoint import WEIGHT_SUFFIXES
 from .errors import WeightsNotFoundError
 from .registry import ModelSpec
 

@@ -228,6 +228,10 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
         for p in sorted((SHARED / "data" / "tiny_vehicles_6" / "val" / c).glob("*.jpg"))[:3]:
             (data / c / p.name).write_bytes(p.read_bytes())
     monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
+    maps = tmp_path / "maps"  # the operator's mapping folder, as on Evaluate (Compare read only the project's)
+    maps.mkdir()
+    (maps / "vehicles.json").write_bytes((ROOT / "mappings" / "tiny_vehicles_6_to_imagenet.json").read_bytes())
+    monkeypatch.setenv("CARNET_MAPPINGS_DIR", str(maps))
 
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -243,7 +247,7 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     at.slider(key="compare_weight_1").set_value(0.0).run()  # ensemble = MobileNetV2 alone
     assert bars(at)[2]["y"] == bars(at)[0]["y"]
 
-    at.selectbox(key="compare_mapping").set_value("tiny_vehicles_6_to_imagenet.json").run()
+    at.selectbox(key="compare_mapping").set_value("vehicles.json").run()
     at.button(key="compare_run").click().run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
