@@ -325,6 +325,15 @@ def mapping_files() -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".json", ".csv")) if folder.is_dir() else []
 
 
+def suggested_mapping(folder: str | Path, files: list[Path]) -> Path | None:
+    """The first of ``files`` named after the dataset ``folder`` (``tiny_vehicles_6_to_imagenet.json`` for
+    ``…/tiny_vehicles_6``, or for its ``val/`` split), or None."""
+    folder = Path(folder)
+    name = folder.parent.name if folder.name.lower() in ("train", "training", "val", "valid", "validation", "test") \
+        else folder.name
+    return next((f for f in files if name and f.stem.startswith(name)), None)
+
+
 def _key_mtime(key: str) -> float:
     if key.startswith(CHECKPOINT_PREFIX):
         path = Path(key[len(CHECKPOINT_PREFIX):])

@@ -15,6 +15,9 @@ from carnet_core.folders import compare_on_folder, load_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
 
+OTHER_FOLDER = "another folder…"
+NO_MAPPING = "none (folder classes are model classes)"
+
 st.set_page_config(page_title="CarNet · Compare", page_icon="🚗", layout="wide")
 st.title("Compare")
 st.caption("Two architectures on the same photo: where they disagree, what each looked at, and what combining them buys.")
@@ -86,19 +89,25 @@ else:
     st.info("Upload a photo, take one with the camera, or pick a sample to compare the models on it.")
 
 st.subheader("Measured on a labelled folder")
-st.caption("A folder with one sub-folder of images per class. If its class names are not the models' classes, "
-           "choose a mapping (folder class → model classes).")
+st.caption("A folder with one sub-folder of images per class (a dataset with train/ and val/ is measured on val). "
+           "If its class names are not the models' classes, choose a mapping (folder class → model classes).")
 if hosted_mode():  # a public demo: only the folders the operator put under the data root, no typed paths
     choices = ui.dataset_folders()
     if not choices:
         st.info("No labelled folders are offered on this hosted demo.")
         st.stop()
     folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted"))
-else:
-    folder = st.text_input("Folder", value=str(ui.data_root()), key="compare_folder")
+else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any folder typed in
+    choices = ui.dataset_folders() + [OTHER_FOLDER]
+    picked = st.selectbox("Folder", choices, format_func=lambda p: p if p == OTHER_FOLDER else p.name,
+                          key="compare_folder_pick")
+    folder = (st.text_input("Folder path", value=str(ui.data_root()), key="compare_folder") if picked == OTHER_FOLDER
+              else str(picked))
 mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
-mapping_choice = st.selectbox("Mapping", ["none (folder classes are model classes)"] + [p.name for p in mapping_files]
-                              + ["upload…"], key="compare_mapping")
+mapping_names = [NO_MAPPING] + [p.name for p in mapping_files] + ["upload…"]
+suggested = ui.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
+mapping_choice = st.selectbox("Mapping", mapping_names, index=mapping_names.index(suggested.name) if suggested else 0,
+                              key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
 mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
                                   max_upload_size=5) if mapping_choice == "upload…" else None
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
@@ -130,7 +139,7 @@ if report is not None and made_with != settings:  # never a report under setting
             "Press Evaluate to measure this selection.")
     report = None
 if report is not None:
-    st.markdown(f"{report.num_images} images · {len(report.classes)} classes · members disagree on "
+    st.markdown(f"{report.num_images} images in `{report.folder}` · {len(report.classes)} classes · members disagree on "
                 f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"
                                                           if report.unreadable else ""))
     table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1), "top-5 (%)": round(v["top5"] * 100, 1)}

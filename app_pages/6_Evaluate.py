@@ -40,10 +40,10 @@ dataset = splits.val if split == "val" else splits.train
 mapping, mapping_name = None, None
 if set(dataset.class_names) != set(model.class_names):
     files = ui.mapping_files()
-    suggested = [f for f in files if f.stem.startswith(folder.name)]
+    suggested = ui.suggested_mapping(folder, files)
     st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
             "It is scored through a mapping file (dataset class → model classes).")
-    pick = st.selectbox("Mapping", files, index=files.index(suggested[0]) if suggested else None,
+    pick = st.selectbox("Mapping", files, index=files.index(suggested) if suggested else None,
                         key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,
                         placeholder="choose a mapping file") if files else None
     if pick is None:

@@ -153,10 +153,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
-        print(json.dumps({"folder": str(args.folder), "weights": {m.name: m.weights.to_dict() for m in models},
-                          **report.to_dict()}, indent=2))
+        print(json.dumps({"weights": {m.name: m.weights.to_dict() for m in models}, **report.to_dict()}, indent=2))
         return 0
-    print(f"{report.num_images} images, {len(report.classes)} classes ({', '.join(report.classes)})")
+    print(f"{report.folder}: {report.num_images} images, {len(report.classes)} classes ({', '.join(report.classes)})")
     print(f"{'':<24} {'top-1':>7} {'top-5':>7}")
     for row, acc in report.accuracy.items():
         print(f"{row:<24} {acc['top1'] * 100:>6.1f}% {acc['top5'] * 100:>6.1f}%")
@@ -325,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("compare", help="top-1/top-5 of several models and their ensembles on a labelled folder")
-    p.add_argument("folder", type=Path, help="folder with one sub-folder of images per class")
+    p.add_argument("folder", type=Path, help="folder with one sub-folder of images per class, or a dataset with "
+                                                 "train/ and val/ (its val split is measured)")
     p.add_argument("--models", required=True, help="comma-separated registry names or checkpoint files")
     p.add_argument("--mapping", type=Path, help="JSON or CSV: folder class -> model classes (see mappings/)")
     p.add_argument("--weights", type=_numbers, help="comma-separated member weights for the weighted votes, e.g. "

@@ -363,6 +363,24 @@ def _layout(root: Path) -> str:
     return "image_folder"
 
 
+def labelled_folder(root: str | Path) -> Path:
+    """The folder of class folders that measures a ready model on ``root``: its val split (``val/``, ``valid/``,
+    ``validation/`` or ``test/``) when ``root`` has train and val splits, as :func:`read_image_folder` reads them;
+    else ``root`` itself, every image counted.
+
+    Raises:
+        CarNetError: ``root`` is a Stanford Cars, CompCars or CIFAR-100 layout, whose labels are in annotation files
+            rather than class folders (:func:`open_dataset` reads those).
+    """
+    root = Path(root)
+    kind = _layout(root) if root.is_dir() else "image_folder"
+    if kind != "image_folder":
+        raise CarNetError(f"{root} is a {kind} dataset (labels in annotation files, not class folders); measure "
+                          f"it on the Evaluate page or with `python -m carnet_core evaluate MODEL {root}`")
+    train, val = _find_split(root, "train"), _find_split(root, "val")
+    return val if train and val else root
+
+
 def is_one_dataset(folder: str | Path) -> bool:
     """True when ``folder`` is itself one dataset :func:`open_dataset` reads — a CIFAR-100, Stanford Cars or CompCars
     layout, ``train/`` and ``val/`` splits, or class folders holding images — rather than a folder of datasets (one

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .datasets import is_one_dataset, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import IMAGE_EXTENSIONS, list_images, load_image
@@ -22,19 +23,26 @@ from .model import Classifier
 
 
 def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
-    """(image path, class name) for every image in ``folder/<class>/``, sorted; classes = sub-folder names.
+    """(image path, class name) for every image in ``folder/<class>/``, sorted; classes = sub-folder names. A dataset
+    with train/ and val/ splits, as Fine-tune and Evaluate read it, is read from its val split
+    (:func:`~carnet_core.datasets.labelled_folder`).
 
     Raises:
-        CarNetError: the folder is missing, has no class sub-folders, or no images.
+        CarNetError: the folder is missing, has no class sub-folders or no images, holds datasets rather than
+            classes (the message names them), or is a Stanford Cars / CompCars / CIFAR-100 layout.
     """
-    folder = Path(folder)
+    folder = labelled_folder(folder)
     if not folder.is_dir():
         raise CarNetError(f"{folder}: no such folder")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     if not classes:
         raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")
     items = [(img, c.name) for c in classes for img in list_images(c)]
     if not items:
+        datasets = [c.name for c in classes if is_one_dataset(c)]
+        if datasets:
+            raise CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
+                              f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
         raise CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     return items
 
@@ -122,6 +130,7 @@ class CompareReport:
         num_images: images scored.
         disagreements: images whose members' top-1 (folder classes) differ: path, true label, each member's top-1.
         unreadable: (path, reason) for images skipped.
+        folder: the folder of class folders that was read (a dataset's val split, when it has one).
     """
 
     classes: list[str]
@@ -130,9 +139,10 @@ class CompareReport:
     num_images: int
     disagreements: list[dict] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    folder: str = ""
 
     def to_dict(self) -> dict:
-        return {"classes": self.classes, "members": self.members, "num_images": self.num_images,
+        return {"folder": self.folder, "classes": self.classes, "members": self.members, "num_images": self.num_images,
                 "accuracy": self.accuracy, "disagreements": self.disagreements,
                 "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable]}
 
@@ -145,7 +155,8 @@ def _topk_hits(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping: dict[str, list[str]] | None = None,
                       weights: Sequence[float] | None = None, batch_size: int = 32,
                       progress: Callable[[float], None] | None = None) -> CompareReport:
-    """Score each member and each ensemble rule (:data:`~carnet_core.ensemble.RULES`) on a labelled folder.
+    """Score each member and each ensemble rule (:data:`~carnet_core.ensemble.RULES`) on a labelled folder: class
+    folders of images, or a dataset with train/ and val/ splits, scored on its val split.
 
     Top-5 is trivially 1.0 when the folder has 5 classes or fewer.
 
@@ -155,6 +166,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     names = aligned_class_names(models)
     if len({m.name for m in models}) != len(models):
         raise CarNetError("each ensemble member must be a different model")
+    folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
     items = read_labelled_folder(folder)
     classes = sorted({label for _, label in items})
     projection = LabelProjection(classes, names, mapping)
@@ -185,4 +197,5 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     disagreements = [{"path": paths[i], "label": classes[labels[i]],
                       "predictions": {m.name: classes[int(top1[j, i])] for j, m in enumerate(models)}}
                      for i in disagree]
-    return CompareReport(classes, [m.name for m in models], accuracy, len(paths), disagreements, unreadable)
+    return CompareReport(classes, [m.name for m in models], accuracy, len(paths), disagreements, unreadable,
+                         str(folder))

@@ -118,6 +118,33 @@ def test_folder_evaluation_with_known_outcomes(tmp_path):
     assert compare_on_folder([a, b], tmp_path, load_mapping(mapping)).accuracy == report.accuracy
 
 
+def test_a_dataset_with_train_and_val_is_compared_on_its_val_split(tmp_path):
+    """A dataset as Fine-tune and Evaluate read it (train/ and val/ of class folders) was read as two classes,
+    "train" and "val", and refused ("the class folders hold no images"); so was every such dataset that hosted
+    Compare offers. Its val split is measured; a folder of datasets, or an annotation-file layout, is named as such."""
+    data = tmp_path / "data"
+    for split, n in (("train", 5), ("valid", 2)):  # "valid": any of the split names the readers take
+        for colour, rgb in (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255))):
+            (data / "colours" / split / colour).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), rgb).save(data / "colours" / split / colour / f"{i}.png")
+    a = colour_model("a", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
+    b = colour_model("b", [[1, 0, 0], [0, 0.4, 0], [0, 0.5, 1]], ["red", "green", "blue"])
+    report = compare_on_folder([a, b], data / "colours")
+    assert report.num_images == 6 and report.classes == ["blue", "green", "red"]  # the val images only
+    assert report.folder == str(data / "colours" / "valid") and report.to_dict()["folder"] == report.folder
+    assert report.accuracy["a"]["top1"] == pytest.approx(1.0) and report.accuracy["b"]["top1"] == pytest.approx(4 / 6)
+
+    (data / "_uploads").mkdir()  # not a dataset, nor a class
+    (data / "other" / "red").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(data / "other" / "red" / "0.png")
+    with pytest.raises(CarNetError, match=r"holds datasets, not class folders: choose one of them \(colours, other\)"):
+        compare_on_folder([a, b], data)
+    (tmp_path / "cars" / "devkit").mkdir(parents=True)  # Stanford Cars' own layout
+    with pytest.raises(CarNetError, match="is a stanford_cars dataset .* carnet_core evaluate"):
+        compare_on_folder([a, b], tmp_path / "cars")
+
+
 def test_mapping_errors(tmp_path):
     classes = ["red", "green", "blue"]
     with pytest.raises(CarNetError, match="not classes of the model; give a mapping"):

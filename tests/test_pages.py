@@ -222,21 +222,26 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     from conftest import SHARED
 
     _with_mobilenet(tmp_path, monkeypatch)
-    data = tmp_path / "data"
+    data = tmp_path / "data"  # two datasets: class folders, and train/ + val/ as Fine-tune and Evaluate read them
     for c in ("car", "pickup"):
-        (data / c).mkdir(parents=True)
-        for p in sorted((SHARED / "data" / "tiny_vehicles_6" / "val" / c).glob("*.jpg"))[:3]:
-            (data / c / p.name).write_bytes(p.read_bytes())
+        for i, p in enumerate(sorted((SHARED / "data" / "tiny_vehicles_6" / "val" / c).glob("*.jpg"))[:6]):
+            for folder in (data / "plain" / c, data / "split" / ("train" if i < 3 else "val") / c):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / p.name).write_bytes(p.read_bytes())
     monkeypatch.setenv("CARNET_DATA_ROOT", str(data))
     maps = tmp_path / "maps"  # the operator's mapping folder, as on Evaluate (Compare read only the project's)
     maps.mkdir()
-    (maps / "vehicles.json").write_bytes((ROOT / "mappings" / "tiny_vehicles_6_to_imagenet.json").read_bytes())
+    for name in ("vehicles.json", "split_to_imagenet.json"):  # the second is named after a dataset: suggested for it
+        (maps / name).write_bytes((ROOT / "mappings" / "tiny_vehicles_6_to_imagenet.json").read_bytes())
     monkeypatch.setenv("CARNET_MAPPINGS_DIR", str(maps))
 
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("resnet50" in w.value and "not available" in w.value for w in at.warning)  # said plainly
     assert at.multiselect(key="compare_models").value == ["mobilenetv2_100", "efficientnet_lite0"]
+    picker = at.selectbox(key="compare_folder_pick")  # the data root's datasets, not the data root itself
+    assert [getattr(o, "name", o) for o in picker.options] == ["plain", "split", "another folder…"]
+    assert not [t for t in at.text_input if t.key == "compare_folder"]
     at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()
     assert not at.exception and not at.error
     assert len(bars(at)) == 3  # two members + the ensemble
@@ -247,11 +252,14 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     at.slider(key="compare_weight_1").set_value(0.0).run()  # ensemble = MobileNetV2 alone
     assert bars(at)[2]["y"] == bars(at)[0]["y"]
 
-    at.selectbox(key="compare_mapping").set_value("vehicles.json").run()
+    mapping = lambda: next(s for s in at.selectbox if s.label == "Mapping")  # noqa: E731 (its key names the folder)
+    assert mapping().value == "none (folder classes are model classes)"  # no mapping named after "plain"
+    mapping().set_value("vehicles.json").run()
     at.button(key="compare_run").click().run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert len(table) == 5 and table["model / rule"].iloc[0] == "mobilenetv2_100"
+    assert any(f"12 images in `{data / 'plain'}`" in m.value for m in at.markdown)
     assert not at.get("progress")  # the bar goes when the evaluation is done
 
     # the report was made with MobileNetV2's weight 0: moving that slider hides it until Evaluate is pressed again
@@ -260,8 +268,19 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert any("changed since the last evaluation" in i.value for i in at.info)
     at.button(key="compare_run").click().run()
     assert not at.exception and len(at.dataframe[0].value) == 5
-    at.selectbox(key="compare_mapping").set_value("none (folder classes are model classes)").run()
+    mapping().set_value("none (folder classes are model classes)").run()
     assert not at.dataframe  # nor under another mapping
+
+    # a dataset with train/ and val/ is measured on its val split (it was refused: "the class folders hold no images")
+    at.selectbox(key="compare_folder_pick").set_value(data / "split").run()
+    assert mapping().value == "split_to_imagenet.json"  # the mapping named after the dataset, chosen for it
+    at.button(key="compare_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(f"6 images in `{data / 'split' / 'val'}`" in m.value for m in at.markdown)
+    at.selectbox(key="compare_folder_pick").set_value("another folder…").run()  # any folder, typed in
+    at.text_input(key="compare_folder").set_value(str(data)).run()
+    at.button(key="compare_run").click().run()
+    assert [e.value for e in at.error] == [f"{data} holds datasets, not class folders: choose one of them (plain, split)"]
 
 
 def test_compare_page_with_one_available_model_says_so():

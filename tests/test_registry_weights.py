@@ -126,8 +126,6 @@ def test_blank_settings_mean_the_defaults_not_the_current_folder(tmp_path, monke
     import ui
     from carnet_core import engines, jobs, weights
 
-    from pathlib import Path
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     folders = {"CARNET_WEIGHTS_DIR": weights.weights_dir, "CARNET_JOBS_DIR": jobs.jobs_dir,
