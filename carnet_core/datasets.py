@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import CarNetError
-from .images import list_images, load_image
+from .images import IMAGE_EXTENSIONS, list_images, load_image
 
 Hierarchy = dict[str, dict[str, str]]  # class name -> {"make": ..., "model": ..., "year": ...}
 _SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
@@ -166,7 +166,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
         train, val = [items[i] for i in tr], [items[i] for i in va]
         notes.append(f"no train/val folders: stratified split, {val_fraction:.0%} to val, seed {seed}")
     if not train:
-        raise CarNetError(f"{root}: the class folders hold no images")
+        raise empty_dataset_error(train_dir or root)
     names = tuple(classes)
     hierarchy = _car_hierarchy(names)
     return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
@@ -361,6 +361,16 @@ def _layout(root: Path) -> str:
     if (root / "data" / "image").is_dir() or ((root / "image").is_dir() and (root / "misc").is_dir()):
         return "compcars"
     return "image_folder"
+
+
+def empty_dataset_error(folder: Path) -> CarNetError:
+    """The error for class folders that hold no images: when they are datasets themselves (``folder`` is a data
+    root, say), it names them to choose from."""
+    datasets = [c.name for c in _class_folders(folder) if is_one_dataset(c)]
+    if datasets:
+        return CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
+                           f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
+    return CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
 
 
 def labelled_folder(root: str | Path) -> Path:

@@ -15,10 +15,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .datasets import is_one_dataset, labelled_folder
+from .datasets import empty_dataset_error, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
-from .images import IMAGE_EXTENSIONS, list_images, load_image
+from .images import list_images, load_image
 from .model import Classifier
 
 
@@ -39,11 +39,7 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
         raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")
     items = [(img, c.name) for c in classes for img in list_images(c)]
     if not items:
-        datasets = [c.name for c in classes if is_one_dataset(c)]
-        if datasets:
-            raise CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
-                              f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
-        raise CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise empty_dataset_error(folder)
     return items
 
 

@@ -147,3 +147,17 @@ def test_predict_classifies_every_image_under_a_folder(tmp_path, capsys, monkeyp
     assert float(rows[0]["probability_5"]) == results[0]["topk"][4]["probability"] and rows[4]["error"]
     code, out, err = run_main(capsys, "predict", data, "--csv", tmp_path / "nowhere" / "p.csv")
     assert code == 2 and "no folder" in err and "model " not in out  # said before any work
+
+
+def test_a_folder_of_datasets_is_named_as_such(colour_folder, tmp_path, capsys):
+    """A data root given where one dataset goes (`evaluate`, `validate-data`, `train` on data/ that holds
+    stanford_cars_40/ and tiny_vehicles_6/) said "the class folders hold no images"; it now names the datasets."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_folder, data / "colours")
+    (data / "not_a_dataset").mkdir()
+    expected = f"{data} holds datasets, not class folders: choose one of them (colours)"
+    for args in (("validate-data", data), ("evaluate", "efficientnet_lite0", data), ("train", data, "--epochs", "1")):
+        code, out, err = run_main(capsys, *args)
+        assert code == 2 and expected in err, (args, err)
