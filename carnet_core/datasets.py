@@ -118,6 +118,14 @@ def _find_split(root: Path, split: str) -> Path | None:
     return None
 
 
+def _single_split(root: Path) -> Path | None:
+    """``root/train`` (or ``val``, ``test``, …) when that one split folder is all ``root`` holds, else None."""
+    folders = _class_folders(root)
+    if len(folders) == 1 and any(folders[0].name in names for names in _SPLIT_NAMES.values()):
+        return folders[0]
+    return None
+
+
 def parse_car_name(name: str) -> dict[str, str] | None:
     """Make / model / year from a Stanford-Cars-style class name ("BMW M6 Convertible 2010"); None if no year."""
     words = name.split()
@@ -134,7 +142,8 @@ def _car_hierarchy(class_names: Sequence[str]) -> Hierarchy | None:
 
 
 def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 0) -> DatasetSplits:
-    """Read ``root/<class>/*`` (split here) or ``root/{train,val}/<class>/*``.
+    """Read ``root/<class>/*`` (split here), ``root/{train,val}/<class>/*``, or ``root/train/<class>/*`` (or
+    ``val/``) alone (split here).
 
     Raises:
         CarNetError: missing folder, no class folders, no images, or val classes missing from train.
@@ -156,17 +165,19 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
         val = [(p, index[c.name]) for c in _class_folders(val_dir) for p in list_images(c)]
         notes.append(f"train/val folders: {train_dir.name}/, {val_dir.name}/")
     else:
-        folders = _class_folders(root)
+        where = _single_split(root) or root  # train/ (or val/) alone: split it here
+        folders = _class_folders(where)
         if not folders:
-            raise CarNetError(f"{root} has no class sub-folders: expected {root}/<class name>/<images> or "
-                              f"{root}/train/<class name>/… and {root}/val/<class name>/…")
+            raise CarNetError(f"{where} has no class sub-folders: expected {where}/<class name>/<images> or "
+                              f"{where}/train/<class name>/… and {where}/val/<class name>/…")
         classes = [p.name for p in folders]
         items = [(p, i) for i, c in enumerate(folders) for p in list_images(c)]
         tr, va = stratified_split([label for _, label in items], val_fraction, seed)
         train, val = [items[i] for i in tr], [items[i] for i in va]
-        notes.append(f"no train/val folders: stratified split, {val_fraction:.0%} to val, seed {seed}")
+        notes.append(f"{f'only {where.name}/' if where != root else 'no train/val folders'}: stratified split, "
+                     f"{val_fraction:.0%} to val, seed {seed}")
     if not train:
-        raise empty_dataset_error(train_dir or root)
+        raise empty_dataset_error(train_dir if train_dir and val_dir else where)
     names = tuple(classes)
     hierarchy = _car_hierarchy(names)
     return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
@@ -376,7 +387,7 @@ def empty_dataset_error(folder: Path) -> CarNetError:
 def labelled_folder(root: str | Path) -> Path:
     """The folder of class folders that measures a ready model on ``root``: its val split (``val/``, ``valid/``,
     ``validation/`` or ``test/``) when ``root`` has train and val splits, as :func:`read_image_folder` reads them;
-    else ``root`` itself, every image counted.
+    its one split folder when that is all it holds; else ``root`` itself. Every image in it is counted.
 
     Raises:
         CarNetError: ``root`` is a Stanford Cars, CompCars or CIFAR-100 layout, whose labels are in annotation files
@@ -388,12 +399,12 @@ def labelled_folder(root: str | Path) -> Path:
         raise CarNetError(f"{root} is a {kind} dataset (labels in annotation files, not class folders); measure "
                           f"it on the Evaluate page or with `python -m carnet_core evaluate MODEL {root}`")
     train, val = _find_split(root, "train"), _find_split(root, "val")
-    return val if train and val else root
+    return val if train and val else _single_split(root) or root
 
 
 def is_one_dataset(folder: str | Path) -> bool:
     """True when ``folder`` is itself one dataset :func:`open_dataset` reads — a CIFAR-100, Stanford Cars or CompCars
-    layout, ``train/`` and ``val/`` splits, or class folders holding images — rather than a folder of datasets (one
+    layout, ``train/`` and ``val/`` splits (or ``train/`` alone), or class folders holding images — rather than a folder of datasets (one
     per sub-folder). A folder that cannot be listed is neither: False."""
     root = Path(folder)
     try:
@@ -401,6 +412,7 @@ def is_one_dataset(folder: str | Path) -> bool:
             return False
         if _layout(root) != "image_folder" or (_find_split(root, "train") and _find_split(root, "val")):
             return True
+        root = _single_split(root) or root
         return any(list_images(c) for c in _class_folders(root))
     except OSError:
         return False

@@ -35,6 +35,21 @@ def test_image_folder_split_is_stratified_and_seeded(colour_folder):
     assert image.mode == "RGB" and label in (0, 1, 2)
 
 
+def test_a_train_folder_alone_is_split_here(colour_folder, tmp_path):
+    """data/train/<class>/ with no val/ was read as one class, "train", holding no images, and refused; it is split
+    here as class folders are (the same seeded split), and Compare and the pickers treat it as one dataset."""
+    import shutil
+
+    from carnet_core.datasets import is_one_dataset, labelled_folder
+
+    shutil.copytree(colour_folder, tmp_path / "data" / "train")
+    splits, plain = open_dataset(tmp_path / "data"), open_dataset(colour_folder)
+    assert splits.class_names == ("blue", "green", "red") and splits.train.name == "data/train"
+    assert [p.name for p, _ in splits.val.items] == [p.name for p, _ in plain.val.items]
+    assert splits.notes == ["only train/: stratified split, 25% to val, seed 0"]
+    assert is_one_dataset(tmp_path / "data") and labelled_folder(tmp_path / "data") == tmp_path / "data" / "train"
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(CarNetError, match="no such folder"):
         open_dataset(tmp_path / "nope")
