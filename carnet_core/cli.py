@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import CarNetError
 
@@ -373,46 +374,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hub", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
+    from .train import TrainConfig  # its defaults are the recipe's: shown in --help, filled in by TrainConfig
+
+    recipe = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+    def option(flag: str, text: str = "", **kwargs: Any) -> None:
+        default = recipe.get(kwargs.get("dest") or flag.lstrip("-").replace("-", "_"))
+        if "action" not in kwargs and default is not None and default != ():  # a value option: say its default
+            text = f"{text} (default {default})" if text else f"default {default}"
+        p.add_argument(flag, help=text or None, **kwargs)
+
     p = sub.add_parser("train", help="fine-tune a registry model on a dataset (Lightning Fabric: CPU, GPUs, nodes)")
     p.add_argument("data", help="dataset folder (see validate-data)")
-    p.add_argument("--out", help="run folder (default runs/finetune); an existing run there is resumed")
-    p.add_argument("--dataset-kind", choices=kinds)
-    p.add_argument("--model", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--head", choices=["linear", "ml_decoder"])
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--head-lr-scale", type=float, help="head LR = lr × this (default 10)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--scheduler", choices=["cosine", "plateau"])
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--freeze-epochs", type=int)
-    p.add_argument("--no-probe-init", dest="probe_init", action="store_false", default=None,
-                   help="skip LP-FT's first step (fitting the head on cached backbone features)")
-    p.add_argument("--probe-epochs", type=int)
-    p.add_argument("--train-bn", dest="bn_eval", action="store_false", default=None,
-                   help="update BatchNorm statistics while fine-tuning (default: keep the pretrained ones)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--mixup", type=float)
-    p.add_argument("--cutmix", type=float)
-    p.add_argument("--randaugment", help="timm auto-augment string, or 'none'")
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--early-stopping", type=int, help="patience in epochs on val top-1")
-    p.add_argument("--keep-best", type=int)
-    p.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
-    p.add_argument("--accelerator", help="auto, cpu, cuda")
-    p.add_argument("--devices", help="number of devices (processes)")
-    p.add_argument("--strategy", help="auto, ddp")
-    p.add_argument("--num-nodes", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
-    p.add_argument("--limit-train-batches", type=int)
-    p.add_argument("--loggers", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-                   help="also log to tensorboard, mlflow and/or wandb (offline), comma-separated")
+    option("--out", "run folder; an existing run there is resumed")
+    option("--dataset-kind", choices=kinds)
+    option("--model", "registry name")
+    option("--head", "linear, or ml_decoder (the CarNet model)", choices=["linear", "ml_decoder"])
+    option("--img-size", "input size in px (default: the model's data config)", type=int)
+    option("--epochs", type=int)
+    option("--batch-size", type=int)
+    option("--lr", "backbone learning rate, the schedule's peak", type=float)
+    option("--head-lr-scale", "head LR = lr × this", type=float)
+    option("--weight-decay", type=float)
+    option("--optimizer", choices=["adamw", "sgd"])
+    option("--scheduler", choices=["cosine", "plateau"])
+    option("--warmup-epochs", "linear LR warm-up once the backbone is unfrozen", type=float)
+    option("--freeze-epochs", "train only the head for this many epochs first", type=int)
+    option("--no-probe-init", "skip LP-FT's first step (fitting the head on cached backbone features)",
+           dest="probe_init", action="store_false", default=None)
+    option("--probe-epochs", "passes over the cached features (default 40 for a linear head, 20 for ML-Decoder)",
+           type=int)
+    option("--train-bn", "update BatchNorm statistics while fine-tuning (default: keep the pretrained ones)",
+           dest="bn_eval", action="store_false", default=None)
+    option("--label-smoothing", type=float)
+    option("--mixup", "mixup alpha, 0 = off", type=float)
+    option("--cutmix", "cutmix alpha, 0 = off", type=float)
+    option("--randaugment", "timm auto-augment string, or 'none'")
+    option("--ema-decay", "e.g. 0.999; validation then uses the EMA weights (default off)", type=float)
+    option("--early-stopping", "patience in epochs on val top-1 (default off)", type=int)
+    option("--keep-best", "best checkpoints kept", type=int)
+    option("--precision", "auto (bf16-mixed on GPUs that support it, else 32-true), 32-true, bf16-mixed, 16-mixed")
+    option("--accelerator", "auto, cpu, cuda")
+    option("--devices", "number of devices (processes)")
+    option("--strategy", "auto, ddp")
+    option("--num-nodes", type=int)
+    option("--workers", "data-loader processes", type=int)
+    option("--seed", type=int)
+    option("--no-resume", "start again even when --out holds a run", dest="resume", action="store_false",
+           default=None)
+    option("--no-pretrained", "start from random weights, not the model's ImageNet weights", dest="pretrained",
+           action="store_false", default=None)
+    option("--limit-train-batches", "steps per epoch, for quick looks", type=int)
+    option("--loggers", "also log to tensorboard, mlflow and/or wandb (offline), comma-separated",
+           type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
     p.set_defaults(func=_cmd_train)
     return parser
 

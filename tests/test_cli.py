@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from carnet_core.images import MAX_FILE_BYTES
 from conftest import ROOT
 
@@ -161,3 +163,21 @@ def test_a_folder_of_datasets_is_named_as_such(colour_folder, tmp_path, capsys):
     for args in (("validate-data", data), ("evaluate", "efficientnet_lite0", data), ("train", data, "--epochs", "1")):
         code, out, err = run_main(capsys, *args)
         assert code == 2 and expected in err, (args, err)
+
+
+def test_train_help_gives_the_recipe_defaults(capsys):
+    """`train --help` listed most options with no default (argparse's are None so that TrainConfig fills them in);
+    it now says TrainConfig's, as timm's train.py does."""
+    from carnet_core.cli import main
+    from carnet_core.train import TrainConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = TrainConfig(data="x")
+    assert exit_.value.code == 0
+    for expected in (f"--epochs EPOCHS default {cfg.epochs}", f"--batch-size BATCH_SIZE default {cfg.batch_size}",
+                     f"the schedule's peak (default {cfg.lr})", f"(default {cfg.randaugment})",
+                     f"--model MODEL registry name (default {cfg.model})"):
+        assert expected in text, expected
+    assert "--no-resume start again" in text and "(default True)" not in text  # flags say what they do, not a default
