@@ -356,22 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_engines)
 
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
-    p.add_argument("data", type=Path)
-    p.add_argument("--kind", default="auto", choices=kinds)
-    p.add_argument("--min-per-class", type=int, default=5)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("data", type=Path, help="dataset folder: class folders, train/ and val/, or a Stanford Cars, "
+                                           "CompCars or CIFAR-100 layout")
+    p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
+    p.add_argument("--min-per-class", type=int, default=5, help="flag classes with fewer images (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_validate_data)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a model or checkpoint on a "
                                         "dataset split (the Evaluate page's numbers)")
     p.add_argument("checkpoint", help="a CarNet checkpoint file or a registry model name")
-    p.add_argument("data", type=Path)
-    p.add_argument("--kind", default="auto", choices=kinds)
-    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("data", type=Path, help="dataset folder (see validate-data)")
+    p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
     p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-hub", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_evaluate)
 
     from .train import TrainConfig  # its defaults are the recipe's: shown in --help, filled in by TrainConfig
