@@ -20,6 +20,7 @@ import pickle
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -138,9 +139,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
-    try:  # timm's train.py keeps its options in the checkpoint as an argparse.Namespace; timm's loader allows it too
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = _torch_load(path)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
         found = _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = (f"a pickle that holds Python objects ({', '.join(found[:3])}), not just tensors" if found else
@@ -158,14 +158,22 @@ def architecture_hint(path: str | os.PathLike) -> str | None:
     ``arch`` entry — read with the same weights-only loader, tensors memory-mapped, not read; None when the file
     names none or cannot be read."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = _torch_load(path, mmap=True)
     except Exception:  # a legacy-format, corrupt or refused file: read_state_dict says why
         return None
     if not isinstance(obj, Mapping):
         return None
     hint = getattr(obj.get("args"), "model", None) or obj.get("arch")
     return hint if isinstance(hint, str) else None
+
+
+def _torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``torch.load`` with the weights-only unpickler, on the CPU. ``argparse.Namespace`` is allowed: timm's train.py
+    keeps its options in the checkpoint as one, and timm's loader allows it too. torch's warning about a pickle
+    protocol other than its own is not shown: the file is read or refused either way, with CarNet's message."""
+    with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -404,8 +404,8 @@ def labelled_folder(root: str | Path) -> Path:
 
 def is_one_dataset(folder: str | Path) -> bool:
     """True when ``folder`` is itself one dataset :func:`open_dataset` reads — a CIFAR-100, Stanford Cars or CompCars
-    layout, ``train/`` and ``val/`` splits (or ``train/`` alone), or class folders holding images — rather than a folder of datasets (one
-    per sub-folder). A folder that cannot be listed is neither: False."""
+    layout, ``train/`` and ``val/`` splits (or ``train/`` alone), or class folders holding images — rather than a
+    folder of datasets (one per sub-folder). A folder that cannot be listed is neither: False."""
     root = Path(folder)
     try:
         if not root.is_dir():
