@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -433,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error)."""
+    """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted, 141 the reader of
+    its output went away)."""
     args = build_parser().parse_args(argv)
     if isinstance(getattr(args, "devices", None), str) and args.devices.isdigit():
         args.devices = int(args.devices)
@@ -441,7 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --topk must be at least 1", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that has gone (`| head`) is seen below
+        return code
+    except BrokenPipeError:  # the reader of our output went away (`... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except CarNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

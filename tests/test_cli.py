@@ -181,3 +181,13 @@ def test_train_help_gives_the_recipe_defaults(capsys):
                      f"--model MODEL registry name (default {cfg.model})"):
         assert expected in text, expected
     assert "--no-resume start again" in text and "(default True)" not in text  # flags say what they do, not a default
+
+
+def test_output_piped_into_a_reader_that_stops_is_not_an_error():
+    """`python -m carnet_core models | head -1`: the reader goes before the output is written. That printed
+    "error: Broken pipe" and exited 2, as if CarNet had failed; it now stops quietly with 141, as Unix tools do."""
+    proc = subprocess.Popen([sys.executable, "-m", "carnet_core", "models"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone before anything was written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
