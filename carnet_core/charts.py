@@ -70,6 +70,8 @@ def runs_overlay_figure(runs: dict[str, Sequence[dict[str, float]]], metric: str
     fig = go.Figure([go.Scatter(x=[r["epoch"] for r in rows], y=[r[metric] * scale for r in rows], name=label,
                                 mode="lines+markers") for label, rows in runs.items()])
     label = {"top1": "val top-1 (%)", "top5": "val top-5 (%)", "val_loss": "val loss", "train_loss": "train loss"}
+    longest = max((len(rows) for rows in runs.values()), default=0)
+    fig.update_xaxes(dtick=1 if longest <= 15 else None)  # whole epochs, as on the live curves (not 1.2, 1.4, …)
     fig.update_layout(xaxis_title="epoch", yaxis_title=label.get(metric, metric), height=340,
                       margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.2))
     return fig

@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from carnet_core import load_model
 from carnet_core.cards import cached_cost, count_macs, model_card
-from carnet_core.charts import confusion_heatmap_figure, reliability_figure
+from carnet_core.charts import confusion_heatmap_figure, reliability_figure, runs_overlay_figure, \
+    training_curves_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.engines import fingerprint
 from carnet_core.evaluate import (confusion_order, evaluate, evaluate_cached, metrics_from_probabilities,
@@ -320,3 +321,13 @@ def _store_many(i: int) -> None:
 
     for j in range(25):
         _store_cost(f"model-{i}-{j}", "fp", {"latency_ms": float(j)})
+
+
+def test_fine_tune_curves_tick_whole_epochs():
+    """The runs overlay put ticks at epoch 1.2, 1.4, … for a 2-epoch run (seen in the browser); both fine-tune charts
+    tick whole epochs up to 15, and leave longer runs to plotly."""
+    rows = [{"epoch": e, "top1": 0.5, "top5": 0.9, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3} for e in (1, 2)]
+    assert runs_overlay_figure({"a": rows, "b": rows[:1]}).layout.xaxis.dtick == 1
+    assert training_curves_figure(rows).layout.xaxis.dtick == 1
+    long = [{**rows[0], "epoch": e} for e in range(1, 31)]
+    assert runs_overlay_figure({"a": long}).layout.xaxis.dtick is None
