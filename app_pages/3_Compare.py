@@ -10,7 +10,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError, ImageError, load_image
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
-from carnet_core.ensemble import RULES, agreement, combine, member_probabilities
+from carnet_core.ensemble import RULES, agreement, combine, member_predictions
 from carnet_core.folders import compare_on_folder, load_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
@@ -50,13 +50,12 @@ if inputs:
     if image is not None:
         photo = ui.digest(data)
         try:
-            probs, times = member_probabilities(models, [image])
+            preds, times, probs = member_predictions(models, image)
         except CarNetError as exc:
             st.error(str(exc))
             st.stop()
         columns = st.columns(len(models))
-        for i, (model, column) in enumerate(zip(models, columns)):
-            pred = topk_predictions(probs[i], models[0].class_names)[0]  # members re-indexed to one label order
+        for i, (model, pred, column) in enumerate(zip(models, preds, columns)):
             with column:
                 st.markdown(f"**{model.name}**")
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
@@ -65,26 +64,31 @@ if inputs:
                 st.caption(f"{times[i]:.0f} ms model time · {model.num_params / 1e6:.1f} M parameters · "
                            f"weights: {model.weights.describe()}")
 
-        st.markdown("**Ensemble**")
-        left, right = st.columns([1, 2])
-        rule = left.selectbox("Rule", RULES, key="compare_rule",
-                              help="soft: mean of probabilities · geometric: mean of log-probabilities · hard: majority vote")
-        weights = [left.slider(f"Weight of {m.name}", 0.0, 1.0, 1.0, 0.05, key=f"compare_weight_{i}")
-                   for i, m in enumerate(models)]
-        if sum(weights) == 0:
-            left.error("At least one weight must be above zero.")
+        if probs is None:  # e.g. a fine-tune of a folder's classes beside an ImageNet model
+            st.info("No ensemble of one photo: the models have different label sets ("
+                    + ", ".join(f"{m.name}: {m.num_classes} classes" for m in models) + "). On a labelled folder "
+                    "below each is scored in the folder's classes, and the ensembles combine those.")
         else:
-            combined = combine(probs, rule, weights)
-            pred = topk_predictions(combined, models[0].class_names)[0]
-            right.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities, title=f"Ensemble ({rule})"),
-                               key="compare_ensemble_bars")
-        a = agreement(probs[0, 0], probs[1, 0])
-        st.markdown(f"**Agreement of {models[0].name} and {models[1].name}**")
-        m1, m2, m3 = st.columns(3)
-        m1.metric("Same top-1", "yes" if a.same_top1 else "no")
-        m2.metric("Top-5 overlap", f"{a.top5_overlap} / 5")
-        m3.metric("Jensen–Shannon divergence", f"{a.js_divergence:.3f} bits",
-                  help="0 = identical distributions, 1 = nothing in common")
+            st.markdown("**Ensemble**")
+            left, right = st.columns([1, 2])
+            rule = left.selectbox("Rule", RULES, key="compare_rule", help="soft: mean of probabilities · geometric: "
+                                  "mean of log-probabilities · hard: majority vote")
+            weights = [left.slider(f"Weight of {m.name}", 0.0, 1.0, 1.0, 0.05, key=f"compare_weight_{i}")
+                       for i, m in enumerate(models)]
+            if sum(weights) == 0:
+                left.error("At least one weight must be above zero.")
+            else:
+                combined = combine(probs, rule, weights)
+                pred = topk_predictions(combined, models[0].class_names)[0]
+                right.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities, title=f"Ensemble ({rule})"),
+                                   key="compare_ensemble_bars")
+            a = agreement(probs[0, 0], probs[1, 0])
+            st.markdown(f"**Agreement of {models[0].name} and {models[1].name}**")
+            m1, m2, m3 = st.columns(3)
+            m1.metric("Same top-1", "yes" if a.same_top1 else "no")
+            m2.metric("Top-5 overlap", f"{a.top5_overlap} / 5")
+            m3.metric("Jensen–Shannon divergence", f"{a.js_divergence:.3f} bits",
+                      help="0 = identical distributions, 1 = nothing in common")
 else:
     st.info("Upload a photo, take one with the camera, or pick a sample to compare the models on it.")
 
@@ -142,6 +146,9 @@ if report is not None:
     st.markdown(f"{report.num_images} images in `{report.folder}` · {len(report.classes)} classes · members disagree on "
                 f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"
                                                           if report.unreadable else ""))
+    if report.combined_in == "folder classes":
+        st.caption("The members have different label sets: each is scored in the folder's classes (its own, or "
+                   "through the mapping), and the ensembles combine those.")
     table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1), "top-5 (%)": round(v["top5"] * 100, 1)}
                           for k, v in report.accuracy.items()])
     st.dataframe(table, hide_index=True, key="compare_table")

@@ -158,9 +158,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({"weights": {m.name: m.weights.to_dict() for m in models}, **report.to_dict()}, indent=2))
         return 0
     print(f"{report.folder}: {report.num_images} images, {len(report.classes)} classes ({', '.join(report.classes)})")
-    print(f"{'':<24} {'top-1':>7} {'top-5':>7}")
+    if report.combined_in == "folder classes":
+        print("the members have different label sets: each is scored in the folder's classes, and the ensembles "
+              "combine those")
+    width = max(map(len, report.accuracy))
+    print(f"{'':<{width}} {'top-1':>7} {'top-5':>7}")
     for row, acc in report.accuracy.items():
-        print(f"{row:<24} {acc['top1'] * 100:>6.1f}% {acc['top5'] * 100:>6.1f}%")
+        print(f"{row:<{width}} {acc['top1'] * 100:>6.1f}% {acc['top5'] * 100:>6.1f}%")
     print(f"members disagree on {len(report.disagreements)} images")
     for path, reason in report.unreadable:
         print(f"skipped: {reason}", file=sys.stderr)

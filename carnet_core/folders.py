@@ -20,6 +20,7 @@ from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import list_images, load_image
 from .model import Classifier
+from .predict import timed_probabilities
 
 
 def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
@@ -127,6 +128,8 @@ class CompareReport:
         disagreements: images whose members' top-1 (folder classes) differ: path, true label, each member's top-1.
         unreadable: (path, reason) for images skipped.
         folder: the folder of class folders that was read (a dataset's val split, when it has one).
+        combined_in: where the ensembles combined the members: ``"model classes"`` (one label set), or ``"folder
+            classes"`` (members with different label sets, each projected onto the folder's classes first).
     """
 
     classes: list[str]
@@ -136,10 +139,11 @@ class CompareReport:
     disagreements: list[dict] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     folder: str = ""
+    combined_in: str = "model classes"
 
     def to_dict(self) -> dict:
         return {"folder": self.folder, "classes": self.classes, "members": self.members, "num_images": self.num_images,
-                "accuracy": self.accuracy, "disagreements": self.disagreements,
+                "combined_in": self.combined_in, "accuracy": self.accuracy, "disagreements": self.disagreements,
                 "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable]}
 
 
@@ -154,18 +158,30 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     """Score each member and each ensemble rule (:data:`~carnet_core.ensemble.RULES`) on a labelled folder: class
     folders of images, or a dataset with train/ and val/ splits, scored on its val split.
 
-    Top-5 is trivially 1.0 when the folder has 5 classes or fewer.
+    Members with one label set are combined in it and the result projected onto the folder's classes. Members with
+    different label sets — a fine-tune of the folder's classes beside an ImageNet model, say — are each projected
+    onto the folder's classes first (through their own classes when they have them all, else through ``mapping``),
+    and the ensembles combine those projections. Top-5 is trivially 1.0 when the folder has 5 classes or fewer.
 
     Raises:
-        CarNetError: bad folder, mapping, or members with different label sets.
+        CarNetError: bad folder or mapping (naming the member it does not fit), fewer than two members, or a member
+            given twice.
     """
-    names = aligned_class_names(models)
+    try:
+        names: tuple[str, ...] | None = aligned_class_names(models)
+    except CarNetError:
+        if len(models) < 2:
+            raise
+        names = None  # different label sets: each member is projected onto the folder's classes on its own
     if len({m.name for m in models}) != len(models):
         raise CarNetError("each ensemble member must be a different model")
     folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
     items = read_labelled_folder(folder)
     classes = sorted({label for _, label in items})
-    projection = LabelProjection(classes, names, mapping)
+    if names is not None:
+        projection = LabelProjection(classes, names, mapping)
+    else:
+        own = [_member_projection(m, classes, mapping) for m in models]
     probs, labels, paths, unreadable = [], [], [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -177,16 +193,23 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
                 paths.append(str(path))
             except ImageError as exc:
                 unreadable.append((str(path), str(exc)))
-        if images:
-            probs.append(member_probabilities(models, images)[0])
+        if images and names is not None:
+            probs.append(member_probabilities(models, images)[0])  # (M, n, C) in the common label set
+        elif images:
+            probs.append(torch.stack([own[i].project(timed_probabilities(m, images)[0])
+                                      for i, m in enumerate(models)]))  # (M, n, folder classes)
         if progress:
             progress(min(1.0, (start + len(chunk)) / len(items)))
     if not paths:
         raise CarNetError(f"{folder}: none of the images could be read")
     member = torch.cat(probs, dim=1)  # (M, N, C)
     y = torch.tensor(labels)
-    rows = {m.name: projection.project(member[i]) for i, m in enumerate(models)}
-    rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
+    if names is not None:
+        rows = {m.name: projection.project(member[i]) for i, m in enumerate(models)}
+        rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
+    else:
+        rows = {m.name: member[i] for i, m in enumerate(models)}
+        rows.update({f"ensemble ({rule})": combine(member, rule, weights) for rule in RULES})
     accuracy = {k: {"top1": _topk_hits(v, y, 1), "top5": _topk_hits(v, y, 5)} for k, v in rows.items()}
     top1 = torch.stack([rows[m.name].argmax(1) for m in models])  # (M, N)
     disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()
@@ -194,4 +217,14 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
                       "predictions": {m.name: classes[int(top1[j, i])] for j, m in enumerate(models)}}
                      for i in disagree]
     return CompareReport(classes, [m.name for m in models], accuracy, len(paths), disagreements, unreadable,
-                         str(folder))
+                         str(folder), combined_in="model classes" if names is not None else "folder classes")
+
+
+def _member_projection(model: Classifier, classes: Sequence[str],
+                       mapping: dict[str, list[str]] | None) -> LabelProjection:
+    """``model``'s projection onto the folder ``classes``: its own classes when it has them all (a fine-tune of
+    this folder), else ``mapping``. Raises CarNetError naming the model when neither fits."""
+    try:
+        return LabelProjection(classes, model.class_names, None if set(classes) <= set(model.class_names) else mapping)
+    except CarNetError as exc:
+        raise CarNetError(f"{model.name}: {exc}") from None

@@ -145,6 +145,35 @@ def test_a_dataset_with_train_and_val_is_compared_on_its_val_split(tmp_path):
         compare_on_folder([a, b], tmp_path / "cars")
 
 
+def test_members_with_different_label_sets_are_compared_in_the_folders_classes(tmp_path):
+    """A fine-tune of the folder's classes beside an ImageNet-like model (other classes, reached through a mapping)
+    was refused ("different label sets"). Each member is now projected onto the folder's classes on its own, and the
+    ensembles combine those; on one photo each member shows its own classes and there is no ensemble."""
+    from carnet_core.ensemble import member_predictions
+
+    for colour, rgb, n in (("red", (255, 0, 0), 4), ("green", (0, 255, 0), 4), ("blue", (0, 0, 255), 2)):
+        (tmp_path / colour).mkdir()
+        for i in range(n):
+            Image.new("RGB", (16, 16), rgb).save(tmp_path / colour / f"{i}.png")
+    tuned = colour_model("tuned", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
+    wide = colour_model("wide", [[1, 0, 0], [0, 0.4, 0], [0, 0.5, 1], [0, 0, 0]], ["crimson", "lime", "navy", "grey"])
+    mapping = {"red": ["crimson"], "green": ["lime"], "blue": ["navy"]}
+    with pytest.raises(CarNetError, match="^wide: folder classes blue, green, red are not classes of the model"):
+        compare_on_folder([tuned, wide], tmp_path)  # the mapping is needed, and the message says for which member
+    report = compare_on_folder([tuned, wide], tmp_path, mapping)
+    assert report.combined_in == "folder classes" and report.to_dict()["combined_in"] == "folder classes"
+    assert report.accuracy["tuned"]["top1"] == pytest.approx(1.0)
+    assert report.accuracy["wide"]["top1"] == pytest.approx(0.6)  # calls green "navy", i.e. blue
+    assert report.accuracy["ensemble (soft)"]["top1"] >= 0.6 and len(report.disagreements) == 4
+    same = compare_on_folder([tuned, colour_model("b", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])],
+                             tmp_path)
+    assert same.combined_in == "model classes"  # one label set: combined in it, as before
+
+    preds, times, probs = member_predictions([tuned, wide], Image.new("RGB", (16, 16), (0, 255, 0)))
+    assert probs is None and len(times) == 2  # nothing to combine on one photo
+    assert preds[0].top1 == "green" and preds[1].top1 == "navy" and len(preds[1].class_names) == 4
+
+
 def test_mapping_errors(tmp_path):
     classes = ["red", "green", "blue"]
     with pytest.raises(CarNetError, match="not classes of the model; give a mapping"):

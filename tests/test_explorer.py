@@ -331,3 +331,34 @@ def test_fine_tune_curves_tick_whole_epochs():
     assert training_curves_figure(rows).layout.xaxis.dtick == 1
     long = [{**rows[0], "epoch": e} for e in range(1, 31)]
     assert runs_overlay_figure({"a": long}).layout.xaxis.dtick is None
+
+
+def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoint, colour_folder, tmp_path,
+                                                                monkeypatch):
+    """A fine-tune of a folder's classes and an ImageNet model: the page stopped at "different label sets". Now one
+    photo shows each model in its own classes (no ensemble), and on the folder each is scored in its classes — the
+    ImageNet model through the mapping named after the folder, chosen for it — with the ensembles combining those."""
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path / "data"))
+    shutil.copytree(colour_folder, tmp_path / "data" / "colours")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "colours_to_imagenet.json").write_text(json.dumps({"red": ["fire engine"], "green": ["green mamba"],
+                                                               "blue": ["jean"]}))
+    monkeypatch.setenv("CARNET_MAPPINGS_DIR", str(maps))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    at.multiselect(key="compare_models").set_value([ui_key(colour_checkpoint), "efficientnet_lite0"]).run()
+    photo = sorted((colour_folder / "red").glob("*.png"))[0]
+    at.file_uploader[0].set_value(("red.png", photo.read_bytes(), "image/png")).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert any("No ensemble of one photo" in i.value and "3 classes" in i.value for i in at.info)
+    bars = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    assert len(bars) == 2 and set(bars[0]["y"]) == {"red", "green", "blue"}  # each in its own classes
+
+    assert next(s for s in at.selectbox if s.label == "Mapping").value == "colours_to_imagenet.json"
+    at.button(key="compare_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert len(table) == 5 and table["model / rule"].iloc[1] == "efficientnet_lite0"
+    assert table["top-1 (%)"].iloc[0] >= 50  # the fine-tune, on (mostly) the images it was trained on
+    assert any("different label sets" in c.value for c in at.caption)
