@@ -10,13 +10,18 @@ Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from .errors import CarNetError
 from .model import Classifier
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .predict import Prediction
 
 RULES: tuple[str, ...] = ("soft", "geometric", "hard")
 _EPS = 1e-12
@@ -102,29 +107,27 @@ def member_probabilities(models: Sequence[Classifier], images) -> tuple[torch.Te
     return torch.stack(out), times
 
 
-def member_predictions(models: Sequence[Classifier], image, topk: int = 5):
+def member_predictions(models: Sequence[Classifier], image: Image.Image,
+                       topk: int = 5) -> tuple[list[Prediction], list[float], torch.Tensor | None]:
     """Each member's top-``topk`` on one RGB PIL image, in its own classes, and its model time in ms; plus the
     members' (M, 1, C) probabilities in one label order for an ensemble — None when their label sets differ (a
     fine-tune beside an ImageNet model: nothing to combine on one photo; :func:`carnet_core.folders.compare_on_folder`
     combines them in a folder's classes).
 
-    Returns:
-        (list of :class:`~carnet_core.predict.Prediction`, list of ms, tensor or None).
+    Raises:
+        CarNetError: fewer than two members, or what a member's engine raises.
     """
     from .predict import timed_probabilities, topk_predictions
 
-    try:
-        probs, times = member_probabilities(models, [image])
-    except CarNetError:
-        if len(models) < 2 or len({frozenset(m.class_names) for m in models}) == 1:
-            raise
-        preds, times = [], []
-        for model in models:
-            own, _, model_ms = timed_probabilities(model, [image])
-            preds.append(topk_predictions(own, model.class_names, topk)[0])
-            times.append(model_ms)
-        return preds, times, None
-    return [topk_predictions(probs[i], models[0].class_names, topk)[0] for i in range(len(models))], times, probs
+    if len(models) < 2 or len({frozenset(m.class_names) for m in models}) == 1:
+        probs, times = member_probabilities(models, [image])  # one label set (or a refusal that says why)
+        return [topk_predictions(probs[i], models[0].class_names, topk)[0] for i in range(len(models))], times, probs
+    preds, times = [], []
+    for model in models:
+        own, _, model_ms = timed_probabilities(model, [image])
+        preds.append(topk_predictions(own, model.class_names, topk)[0])
+        times.append(model_ms)
+    return preds, times, None
 
 
 @dataclass
