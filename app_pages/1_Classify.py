@@ -6,17 +6,20 @@ import ui
 from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
+from carnet_core.labels import vehicle_indices
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")
-st.caption("Top-5 ImageNet classes per photo. Preprocessing follows each model's own data config.")
+st.caption("Top-5 classes per photo: ImageNet's, or a fine-tune's own. Preprocessing follows each model's own "
+           "data config.")
 
 model = ui.model_picker("classify_model")
 st.caption(f"**{model.name}** · {model.num_params / 1e6:.1f} M parameters · {ui.device_label()} · "
            f"weights: {model.weights.describe()}")
 vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
                           help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), useful "
-                               "when the top class is a car part such as 'grille' or 'car wheel'.")
+                               "when the top class is a car part such as 'grille' or 'car wheel'.") \
+    if vehicle_indices(model.class_names) else False  # ImageNet's label set: a fine-tune's classes have no such view
 
 inputs = ui.image_inputs("classify")
 if not inputs:

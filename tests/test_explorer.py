@@ -362,3 +362,12 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert len(table) == 5 and table["model / rule"].iloc[1] == "efficientnet_lite0"
     assert table["top-1 (%)"].iloc[0] >= 50  # the fine-tune, on (mostly) the images it was trained on
     assert any("different label sets" in c.value for c in at.caption)
+
+
+def test_classify_offers_the_vehicle_view_only_for_imagenets_classes(colour_checkpoint, tmp_path, monkeypatch):
+    """The "vehicle classes only" toggle was shown for a fine-tune's own classes too, where it does nothing."""
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    assert "classify_vehicles" in [t.key for t in at.toggle]  # EfficientNet-Lite0, ImageNet's classes
+    at.selectbox(key="classify_model").set_value(ui_key(colour_checkpoint)).run()
+    assert not at.exception and "classify_vehicles" not in [t.key for t in at.toggle]

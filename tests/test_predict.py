@@ -21,6 +21,17 @@ def test_topk_predictions_on_known_probabilities():
     assert p.vehicle_share == pytest.approx(0.45)
 
 
+def test_a_fine_tunes_own_classes_have_no_vehicle_view():
+    """A model fine-tuned on tiny_vehicles_6 has classes "pickup" and "minibus", names ImageNet's vehicle view also
+    uses: its "car" was called no vehicle ("Top class is not a vehicle; best vehicle class: pickup")."""
+    names = ["bike", "car", "juggernaut", "minibus", "pickup", "truck"]
+    [p] = topk_predictions(torch.tensor([[0.05, 0.7, 0.05, 0.05, 0.1, 0.05]]), names)
+    assert p.top1 == "car" and p.vehicle_class_names == [] and p.to_dict()["vehicle_topk"] == []
+    shuffled = list(imagenet_class_names())[::-1]  # ImageNet's label set in another order keeps its view
+    [q] = topk_predictions(torch.eye(1, 1000)[:, list(range(999, -1, -1))], shuffled)
+    assert len(q.vehicle_class_names) == 5
+
+
 def test_softmax_matches_torch_and_is_stable():
     logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0)) * 8
     logits[3] += 1e4  # exp() of these alone would overflow float32
