@@ -141,10 +141,11 @@ def _sniff(data: bytes) -> str:
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files (by extension, see :data:`IMAGE_EXTENSIONS`) directly in ``folder`` — or anywhere under it with
-    ``recursive``, hidden files and folders left out — sorted by path; [] if none."""
+    ``recursive`` — sorted by path; [] if none. Hidden files and folders are left out: macOS writes a ``._photo.jpg``
+    of metadata beside each photo on a USB stick, which is no image."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
-                  and not (recursive and any(part.startswith(".") for part in p.relative_to(folder).parts)))
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))

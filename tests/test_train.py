@@ -35,6 +35,20 @@ def test_image_folder_split_is_stratified_and_seeded(colour_folder):
     assert image.mode == "RGB" and label in (0, 1, 2)
 
 
+def test_macos_metadata_files_beside_the_photos_are_not_images(colour_folder, tmp_path):
+    """A dataset copied from a Mac to a USB stick has a ``._name.png`` of metadata beside each photo (AppleDouble):
+    each was listed as an image and reported unreadable ("unreadable files: 72")."""
+    import shutil
+
+    data = tmp_path / "colours"
+    shutil.copytree(colour_folder, data)
+    for photo in list(data.glob("*/*.png")):
+        (photo.parent / f"._{photo.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    splits = open_dataset(data)
+    assert len(splits.train) + len(splits.val) == 72
+    assert validate_splits(splits).unreadable == []
+
+
 def test_a_train_folder_alone_is_split_here(colour_folder, tmp_path):
     """data/train/<class>/ with no val/ was read as one class, "train", holding no images, and refused; it is split
     here as class folders are (the same seeded split), and Compare and the pickers treat it as one dataset."""
