@@ -16,10 +16,11 @@ st.caption("Top-5 classes per photo: ImageNet's, or a fine-tune's own. Preproces
 model = ui.model_picker("classify_model")
 st.caption(f"**{model.name}** · {model.num_params / 1e6:.1f} M parameters · {ui.device_label()} · "
            f"weights: {model.weights.describe()}")
-vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
-                          help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), useful "
-                               "when the top class is a car part such as 'grille' or 'car wheel'.") \
-    if vehicle_indices(model.class_names) else False  # ImageNet's label set: a fine-tune's classes have no such view
+vehicles_only = False
+if vehicle_indices(model.class_names):  # ImageNet's label set: a fine-tune's own classes have no vehicle view
+    vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
+                              help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), "
+                                   "useful when the top class is a car part such as 'grille' or 'car wheel'.")
 
 inputs = ui.image_inputs("classify")
 if not inputs:

@@ -38,9 +38,9 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def vehicle_indices(class_names: tuple[str, ...] | list[str]) -> list[int]:
-    """Indices of :data:`VEHICLE_CLASSES` within ``class_names`` — empty unless the label set holds them all (ImageNet's,
-    in any order): a fine-tune's own classes that share a name with one of them ("pickup", "minibus" beside "car")
-    are not a vehicle view, whose "top class is not a vehicle" would call its "car" no vehicle."""
+    """Indices of :data:`VEHICLE_CLASSES` within ``class_names`` — empty unless the label set holds them all
+    (ImageNet's, in any order): a fine-tune's own classes that share a name with one of them ("pickup", "minibus"
+    beside "car") are not a vehicle view, whose "top class is not a vehicle" would call its "car" no vehicle."""
     wanted = set(VEHICLE_CLASSES)
     found = [i for i, name in enumerate(class_names) if name in wanted]
     return found if len(found) == len(wanted) else []
