@@ -146,7 +146,8 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
     ``val/``) alone (split here).
 
     Raises:
-        CarNetError: missing folder, no class folders, no images, or val classes missing from train.
+        CarNetError: missing folder, no class folders, no images (naming the datasets when it is a folder of them),
+            val classes missing from train, or a class folder whose images are all in its sub-folders.
     """
     root = Path(root)
     if not root.is_dir():
@@ -154,30 +155,34 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
     train_dir, val_dir = _find_split(root, "train"), _find_split(root, "val")
     notes = []
     if train_dir and val_dir:
-        classes = [p.name for p in _class_folders(train_dir)]
+        class_dirs = _class_folders(train_dir)
+        classes = [p.name for p in class_dirs]
         if not classes:
             raise CarNetError(f"{train_dir} has no class sub-folders: expected {train_dir}/<class name>/<images>")
         extra = sorted({p.name for p in _class_folders(val_dir)} - set(classes))
         if extra:
             raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}")
         index = {c: i for i, c in enumerate(classes)}
+        class_dirs += _class_folders(val_dir)
         train = [(p, index[c.name]) for c in _class_folders(train_dir) for p in list_images(c)]
         val = [(p, index[c.name]) for c in _class_folders(val_dir) for p in list_images(c)]
         notes.append(f"train/val folders: {train_dir.name}/, {val_dir.name}/")
+        where = train_dir
     else:
         where = _single_split(root) or root  # train/ (or val/) alone: split it here
-        folders = _class_folders(where)
-        if not folders:
+        class_dirs = _class_folders(where)
+        if not class_dirs:
             raise CarNetError(f"{where} has no class sub-folders: expected {where}/<class name>/<images> or "
                               f"{where}/train/<class name>/… and {where}/val/<class name>/…")
-        classes = [p.name for p in folders]
-        items = [(p, i) for i, c in enumerate(folders) for p in list_images(c)]
+        classes = [p.name for p in class_dirs]
+        items = [(p, i) for i, c in enumerate(class_dirs) for p in list_images(c)]
         tr, va = stratified_split([label for _, label in items], val_fraction, seed)
         train, val = [items[i] for i in tr], [items[i] for i in va]
         notes.append(f"{f'only {where.name}/' if where != root else 'no train/val folders'}: stratified split, "
                      f"{val_fraction:.0%} to val, seed {seed}")
     if not train:
-        raise empty_dataset_error(train_dir if train_dir and val_dir else where)
+        raise empty_dataset_error(where)  # a folder of datasets, say
+    check_class_folders(class_dirs)  # no class left silently empty by images one level too deep
     names = tuple(classes)
     hierarchy = _car_hierarchy(names)
     return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
@@ -382,6 +387,22 @@ def empty_dataset_error(folder: Path) -> CarNetError:
         return CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
                            f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
     return CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def check_class_folders(class_dirs: Sequence[Path]) -> None:
+    """Refuse a class folder that holds no images itself but some in its sub-folders (``blue/2019/*.jpg``): class
+    folders are read one level deep, so that class would be silently empty — trained on no image, never right.
+
+    Raises:
+        CarNetError: naming the folder, the sub-folder and what to do.
+    """
+    for folder in class_dirs:
+        if not list_images(folder):
+            nested = list_images(folder, recursive=True)
+            if nested:
+                raise CarNetError(f"{folder} holds no images itself but {len(nested)} in its sub-folders (e.g. "
+                                  f"{nested[0].relative_to(folder)}); a class folder is read one level deep: move "
+                                  f"them up into {folder.name}/")
 
 
 def labelled_folder(root: str | Path) -> Path:

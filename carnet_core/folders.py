@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .datasets import empty_dataset_error, labelled_folder
+from .datasets import check_class_folders, empty_dataset_error, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import list_images, load_image
@@ -41,6 +41,7 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
     items = [(img, c.name) for c in classes for img in list_images(c)]
     if not items:
         raise empty_dataset_error(folder)
+    check_class_folders(classes)
     return items
 
 

@@ -49,6 +49,29 @@ def test_macos_metadata_files_beside_the_photos_are_not_images(colour_folder, tm
     assert validate_splits(splits).unreadable == []
 
 
+def test_a_class_whose_images_are_one_folder_too_deep_is_refused(colour_folder, tmp_path):
+    """blue/2019/*.png: class folders are read one level deep, so "blue" was an empty class — a model was
+    fine-tuned without one blue image (validate-data: "classes with too few images: 1"). It is refused, saying why
+    and what to do, for the readers and Compare alike; a folder of datasets is still named as one."""
+    import shutil
+
+    from carnet_core.folders import read_labelled_folder
+
+    data = tmp_path / "colours"
+    shutil.copytree(colour_folder, data)
+    (data / "blue" / "2019").mkdir()
+    for photo in list((data / "blue").glob("*.png")):
+        photo.rename(data / "blue" / "2019" / photo.name)
+    expected = f"{data / 'blue'} holds no images itself but 24 in its sub-folders (e.g. 2019/00.png); a class " \
+               "folder is read one level deep: move them up into blue/"
+    for read in (open_dataset, read_labelled_folder):
+        with pytest.raises(CarNetError) as refused:
+            read(data)
+        assert str(refused.value) == expected
+    with pytest.raises(CarNetError, match="holds datasets, not class folders: choose one of them \\(colours\\)"):
+        open_dataset(tmp_path)
+
+
 def test_a_train_folder_alone_is_split_here(colour_folder, tmp_path):
     """data/train/<class>/ with no val/ was read as one class, "train", holding no images, and refused; it is split
     here as class folders are (the same seeded split), and Compare and the pickers treat it as one dataset."""
