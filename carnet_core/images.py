@@ -132,6 +132,11 @@ def _sniff(data: bytes) -> str:
         return " (it looks like HEIC/AVIF, which is not supported: export it as JPEG)"
     if head.startswith(b"PK\x03\x04"):
         return " (it looks like a zip archive)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):  # "Save link as…" on a search result saves the page
+        return " (it looks like a web page, not the image on it: open the image itself, then save that)"
+    if b"<svg" in text:
+        return " (it looks like an SVG drawing, which is not supported: export it as PNG)"
     try:
         head.decode("utf-8")
         return " (it looks like a text file)"

@@ -81,6 +81,18 @@ def test_text_and_pdf_are_not_images():
         load_image(b"%PDF-1.7\n\x00\x01\xff", name="doc.pdf")
 
 
+def test_a_saved_web_page_and_an_svg_are_named():
+    """"Save link as…" on an image search result saves the HTML page under the photo's name; a logo may be an SVG.
+    Both were "a text file"."""
+    page = b"\n<!DOCTYPE html>\n<html lang=en><head><title>audi s5 - Search</title></head><body></body></html>"
+    with pytest.raises(ImageError, match=r"^audi\.jpg: not an image .* \(it looks like a web page, not the image on "
+                                         r"it: open the image itself, then save that\)"):
+        load_image(page, name="audi.jpg")
+    svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    with pytest.raises(ImageError, match=r"it looks like an SVG drawing, which is not supported: export it as PNG"):
+        load_image(svg, name="logo.svg")
+
+
 def test_huge_dimensions_are_refused_before_decoding():
     big = encode(Image.new("1", (10_000, 8_000)), "PNG")  # 80 MP, a few kB compressed
     with pytest.raises(ImageError, match="80 megapixels; the limit is 50"):
