@@ -217,7 +217,8 @@ class Classifier:
         return backbone, list(head.parameters())
 
     def index_of(self, class_name: str) -> int:
-        """Index of ``class_name``.
+        """Index of ``class_name``; written in another case or with extra spaces ("Sports Car ") it is found when
+        exactly one class matches it so.
 
         Raises:
             CarNetError: the model has no such class (the message lists a few close names).
@@ -227,7 +228,13 @@ class Classifier:
         except ValueError:
             import difflib
 
-            close = difflib.get_close_matches(class_name, self.class_names, n=5, cutoff=0.5)
+            folded = " ".join(class_name.split()).casefold()
+            same = [i for i, name in enumerate(self.class_names) if name.casefold() == folded]
+            if len(same) == 1:
+                return same[0]
+            close = [name for near in difflib.get_close_matches(folded, {n.casefold() for n in self.class_names},
+                                                                n=5, cutoff=0.5)
+                     for name in self.class_names if name.casefold() == near][:5]
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CarNetError(f"{self.name} has no class {class_name!r}{hint}") from None
 

@@ -248,3 +248,12 @@ def test_cli_compare_json(tmp_path, monkeypatch):
     assert out.returncode == 2 and "give a mapping" in out.stderr
     out = run_cli("compare", str(tmp_path / "data"), "--models", "efficientnet_lite0,mobilenetv2_100", "--weights", "1,x")
     assert out.returncode == 2 and "expected comma-separated numbers" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_class_name_in_another_case_is_found_when_only_one_class_matches():
+    """`explain --class "Sports Car"` was refused ("did you mean 'sports car'?"); one class matching it but for
+    case and spaces is taken, several are not guessed between."""
+    m = colour_model("m", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["sports car", "crane", "Crane"])
+    assert m.index_of("sports car") == 0 and m.index_of("Sports  Car ") == 0 and m.index_of("Crane") == 2
+    with pytest.raises(CarNetError, match="has no class 'CRANE'; did you mean"):
+        m.index_of("CRANE")  # crane or Crane: not guessed
