@@ -19,6 +19,7 @@ from .datasets import check_class_folders, empty_dataset_error, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import list_images, load_image
+from .labels import close_classes, find_class
 from .model import Classifier
 from .predict import timed_probabilities
 
@@ -101,17 +102,19 @@ class LabelProjection:
         missing = [c for c in self.folder_classes if c not in mapping]
         if missing:
             raise CarNetError(f"the mapping has no entry for folder classes: {', '.join(missing)}")
-        index = {c: i for i, c in enumerate(model_classes)}
         self.matrix = torch.zeros(len(model_classes), len(self.folder_classes))
-        owner: dict[str, str] = {}
+        owner: dict[int, str] = {}
         for j, fc in enumerate(self.folder_classes):
             for mc in mapping[fc]:
-                if mc not in index:
-                    raise CarNetError(f"mapping for {fc!r}: {mc!r} is not a class of the model")
-                if mc in owner and owner[mc] != fc:
-                    raise CarNetError(f"model class {mc!r} is mapped to both {owner[mc]!r} and {fc!r}")
-                owner[mc] = fc
-                self.matrix[index[mc], j] = 1.0
+                i = find_class(model_classes, mc)  # "Sports Car" is the model's "sports car"
+                if i is None:
+                    close = close_classes(model_classes, mc)
+                    raise CarNetError(f"mapping for {fc!r}: {mc!r} is not a class of the model"
+                                      + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))
+                if i in owner and owner[i] != fc:
+                    raise CarNetError(f"model class {model_classes[i]!r} is mapped to both {owner[i]!r} and {fc!r}")
+                owner[i] = fc
+                self.matrix[i, j] = 1.0
 
     def project(self, probs: torch.Tensor) -> torch.Tensor:
         """(N, C_model) → (N, C_folder): probability mass on each folder class's model classes."""

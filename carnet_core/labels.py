@@ -7,6 +7,7 @@ unique, so a class can be named unambiguously.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 IMAGENET_1K = "imagenet-1k"
 
@@ -44,6 +45,26 @@ def vehicle_indices(class_names: tuple[str, ...] | list[str]) -> list[int]:
     wanted = set(VEHICLE_CLASSES)
     found = [i for i, name in enumerate(class_names) if name in wanted]
     return found if len(found) == len(wanted) else []
+
+
+def find_class(class_names: Sequence[str], name: str) -> int | None:
+    """Index of ``name`` in ``class_names``; written in another case or with extra spaces ("Sports Car ") when exactly
+    one class matches it so; None when none does, or several do ("crane" and "Crane")."""
+    try:
+        return list(class_names).index(name)
+    except ValueError:
+        folded = " ".join(name.split()).casefold()
+        same = [i for i, c in enumerate(class_names) if c.casefold() == folded]
+        return same[0] if len(same) == 1 else None
+
+
+def close_classes(class_names: Sequence[str], name: str, n: int = 5) -> list[str]:
+    """Up to ``n`` of ``class_names`` closest to ``name``, case ignored (difflib), for "did you mean" hints."""
+    import difflib
+
+    near = difflib.get_close_matches(" ".join(name.split()).casefold(), {c.casefold() for c in class_names}, n=n,
+                                     cutoff=0.5)
+    return [c for folded in near for c in class_names if c.casefold() == folded][:n]
 
 
 def label_set_names(label_set: str) -> tuple[str, ...]:

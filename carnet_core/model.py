@@ -20,7 +20,7 @@ from PIL import Image
 from . import weights as _weights
 from .checkpoint import architecture_hint, check_file, load_into, read_metadata, read_state_dict, save_checkpoint
 from .errors import CarNetError, CheckpointError, WeightsNotFoundError
-from .labels import label_set_names
+from .labels import close_classes, find_class, label_set_names
 from .registry import HEADS, ModelSpec, find_spec, get_spec
 from .weights import WeightsSource
 
@@ -223,20 +223,12 @@ class Classifier:
         Raises:
             CarNetError: the model has no such class (the message lists a few close names).
         """
-        try:
-            return self.class_names.index(class_name)
-        except ValueError:
-            import difflib
-
-            folded = " ".join(class_name.split()).casefold()
-            same = [i for i, name in enumerate(self.class_names) if name.casefold() == folded]
-            if len(same) == 1:
-                return same[0]
-            close = [name for near in difflib.get_close_matches(folded, {n.casefold() for n in self.class_names},
-                                                                n=5, cutoff=0.5)
-                     for name in self.class_names if name.casefold() == near][:5]
+        index = find_class(self.class_names, class_name)
+        if index is None:
+            close = close_classes(self.class_names, class_name)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise CarNetError(f"{self.name} has no class {class_name!r}{hint}") from None
+            raise CarNetError(f"{self.name} has no class {class_name!r}{hint}")
+        return index
 
     def unnormalize(self, batch: torch.Tensor) -> torch.Tensor:
         """Invert the normalisation: (N, 3, H, W) model input → RGB in [0, 1], the image as the model sees it."""

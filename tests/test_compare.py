@@ -186,6 +186,13 @@ def test_mapping_errors(tmp_path):
         LabelProjection(["warm", "cold"], classes, {"warm": ["red"], "cold": ["red", "blue"]})
     proj = LabelProjection(["warm", "cold"], classes, {"warm": ["red"], "cold": ["green", "blue"]})
     assert proj.project(torch.tensor([[0.5, 0.2, 0.3]]))[0].tolist() == pytest.approx([0.5, 0.5])
+    # a hand-written mapping in another case ("Sports Car") names the model's class; a misspelling gets hints
+    assert LabelProjection(["warm", "cold"], classes, {"warm": ["Red"], "cold": ["GREEN ", "blue"]}).matrix.equal(
+        proj.matrix)
+    with pytest.raises(CarNetError, match="'gren' is not a class of the model; did you mean 'green'"):
+        LabelProjection(["warm"], classes, {"warm": ["gren"]})
+    with pytest.raises(CarNetError, match="model class 'red' is mapped to both 'warm' and 'cold'"):
+        LabelProjection(["warm", "cold"], classes, {"warm": ["red"], "cold": ["Red"]})
     bad = tmp_path / "m.json"
     bad.write_text("[1, 2]")
     with pytest.raises(CarNetError, match="expected an object"):
