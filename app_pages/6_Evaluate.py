@@ -38,7 +38,7 @@ except CarNetError as exc:
 dataset = splits.val if split == "val" else splits.train
 
 mapping, mapping_name = None, None
-if set(dataset.class_names) != set(model.class_names):
+if not set(dataset.class_names) <= set(model.class_names):  # classes named after the model's need no mapping
     files = ui.mapping_files()
     suggested = ui.suggested_mapping(folder, files)
     st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "

@@ -102,7 +102,8 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
     """Evaluate ``model`` on ``dataset`` through the fast inference engine (:mod:`carnet_core.engines`).
 
     Args:
-        model: any classifier; its class names must be the dataset's (in any order) unless ``mapping`` is given.
+        model: any classifier; its classes must be the dataset's (in any order), or include them all (the dataset's
+            folders named after model classes: scored over those, renormalised), unless ``mapping`` is given.
         dataset: labelled images (any reader of :mod:`carnet_core.datasets`).
         batch_size: images per forward pass.
         progress: called with the fraction done (0–1) after each batch.
@@ -115,6 +116,8 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
             mapping, or no image could be read.
     """
     projection = None
+    if mapping is None and set(dataset.class_names) < set(model.class_names):  # folders named after model classes
+        mapping = {c: [c] for c in dataset.class_names}  # ("sports car", "pickup"): scored over those, no file needed
     if mapping is not None:
         from .folders import LabelProjection
 
@@ -126,7 +129,7 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
             only_d = sorted(set(dataset.class_names) - set(model.class_names))[:5]
             only_m = sorted(set(model.class_names) - set(dataset.class_names))[:5]
             raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: "
-                              f"{', '.join(only_d) or '—'}; only in the model: {', '.join(only_m) or '—'} "
+                              f"{', '.join(only_d)}; only in the model: {', '.join(only_m) or '—'} "
                               f"(for an ImageNet model, give a mapping file)")
         names = list(model.class_names)
         to_index = [names.index(c) for c in dataset.class_names]

@@ -264,3 +264,24 @@ def test_a_class_name_in_another_case_is_found_when_only_one_class_matches():
     assert m.index_of("sports car") == 0 and m.index_of("Sports  Car ") == 0 and m.index_of("Crane") == 2
     with pytest.raises(CarNetError, match="has no class 'CRANE'; did you mean"):
         m.index_of("CRANE")  # crane or Crane: not guessed
+
+
+def test_a_dataset_named_with_some_of_the_models_classes_needs_no_mapping(tmp_path, monkeypatch):
+    """Class folders named after ImageNet classes ("sports car", "pickup"): `evaluate` and the Evaluate page asked
+    for a mapping file ("only in the dataset: —"). They are scored over those classes, as Compare does."""
+    from carnet_core.datasets import ImageDataset
+    from carnet_core.evaluate import evaluate
+
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+    items = []
+    for label, rgb in enumerate(((255, 0, 0), (0, 0, 255))):
+        for i in range(3):
+            path = tmp_path / f"{label}-{i}.png"
+            Image.new("RGB", (16, 16), rgb).save(path)
+            items.append((path, label))
+    wide = colour_model("wide", [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.9, 0, 0.9]], ["red", "green", "blue", "purple"])
+    report = evaluate(wide, ImageDataset(items, ("red", "blue")))
+    assert report.top1 == pytest.approx(1.0) and report.class_names == ["red", "blue"]
+    assert report.per_class["blue"]["count"] == 3 and len(report.confusion) == 2  # over the dataset's 2 classes
+    with pytest.raises(CarNetError, match=r"only in the dataset: pink; only in the model: blue, green, purple \(for"):
+        evaluate(wide, ImageDataset(items, ("red", "pink")))

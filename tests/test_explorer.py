@@ -371,3 +371,18 @@ def test_classify_offers_the_vehicle_view_only_for_imagenets_classes(colour_chec
     assert "classify_vehicles" in [t.key for t in at.toggle]  # EfficientNet-Lite0, ImageNet's classes
     at.selectbox(key="classify_model").set_value(ui_key(colour_checkpoint)).run()
     assert not at.exception and "classify_vehicles" not in [t.key for t in at.toggle]
+
+
+def test_evaluate_page_needs_no_mapping_for_folders_named_after_imagenet_classes(tmp_path, monkeypatch):
+    """Class folders named "sports car" and "pickup": the page asked for a mapping file; it scores them as they are."""
+    for name, source in (("sports car", "car"), ("pickup", "pickup")):
+        (tmp_path / "inet" / name).mkdir(parents=True)
+        for photo in sorted(need(SHARED / "data" / "tiny_vehicles_6" / "val" / source).glob("*.jpg"))[:4]:
+            shutil.copy(photo, tmp_path / "inet" / name)
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception and at.selectbox(key="evaluate_folder").value.name == "inet"
+    assert not [s for s in at.selectbox if s.label == "Mapping"] and not at.warning  # no mapping asked for
+    at.button(key="evaluate_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.metric[3].value == "2"  # the val split: one photo of each class
