@@ -107,7 +107,9 @@ def stratified_split(labels: Sequence[int], val_fraction: float = 0.25, seed: in
     return sorted(train), sorted(val)
 
 
-def _class_folders(root: Path) -> list[Path]:
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of ``root``: its sub-folders, sorted, hidden ones and ``_``-prefixed ones (``_uploads``)
+    left out."""
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
@@ -120,7 +122,7 @@ def _find_split(root: Path, split: str) -> Path | None:
 
 def _single_split(root: Path) -> Path | None:
     """``root/train`` (or ``val``, ``test``, …) when that one split folder is all ``root`` holds, else None."""
-    folders = _class_folders(root)
+    folders = class_folders(root)
     if len(folders) == 1 and any(folders[0].name in names for names in _SPLIT_NAMES.values()):
         return folders[0]
     return None
@@ -155,22 +157,22 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
     train_dir, val_dir = _find_split(root, "train"), _find_split(root, "val")
     notes = []
     if train_dir and val_dir:
-        class_dirs = _class_folders(train_dir)
+        class_dirs = class_folders(train_dir)
         classes = [p.name for p in class_dirs]
         if not classes:
             raise CarNetError(f"{train_dir} has no class sub-folders: expected {train_dir}/<class name>/<images>")
-        extra = sorted({p.name for p in _class_folders(val_dir)} - set(classes))
+        extra = sorted({p.name for p in class_folders(val_dir)} - set(classes))
         if extra:
             raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}")
         index = {c: i for i, c in enumerate(classes)}
-        class_dirs += _class_folders(val_dir)
-        train = [(p, index[c.name]) for c in _class_folders(train_dir) for p in list_images(c)]
-        val = [(p, index[c.name]) for c in _class_folders(val_dir) for p in list_images(c)]
+        class_dirs += class_folders(val_dir)
+        train = [(p, index[c.name]) for c in class_folders(train_dir) for p in list_images(c)]
+        val = [(p, index[c.name]) for c in class_folders(val_dir) for p in list_images(c)]
         notes.append(f"train/val folders: {train_dir.name}/, {val_dir.name}/")
         where = train_dir
     else:
         where = _single_split(root) or root  # train/ (or val/) alone: split it here
-        class_dirs = _class_folders(where)
+        class_dirs = class_folders(where)
         if not class_dirs:
             raise CarNetError(f"{where} has no class sub-folders: expected {where}/<class name>/<images> or "
                               f"{where}/train/<class name>/… and {where}/val/<class name>/…")
@@ -182,7 +184,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
                      f"{val_fraction:.0%} to val, seed {seed}")
     if not train:
         raise empty_dataset_error(where)  # a folder of datasets, say
-    check_class_folders(class_dirs)  # no class left silently empty by images one level too deep
+    check_class_folders(class_dirs, train + val)  # no class left silently empty by images one level too deep
     names = tuple(classes)
     hierarchy = _car_hierarchy(names)
     return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
@@ -382,22 +384,25 @@ def _layout(root: Path) -> str:
 def empty_dataset_error(folder: Path) -> CarNetError:
     """The error for class folders that hold no images: when they are datasets themselves (``folder`` is a data
     root, say), it names them to choose from."""
-    datasets = [c.name for c in _class_folders(folder) if is_one_dataset(c)]
+    datasets = [c.name for c in class_folders(folder) if is_one_dataset(c)]
     if datasets:
         return CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
                            f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
     return CarNetError(f"{folder}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
 
 
-def check_class_folders(class_dirs: Sequence[Path]) -> None:
+def check_class_folders(class_dirs: Sequence[Path], items: Sequence[tuple[Any, Any]]) -> None:
     """Refuse a class folder that holds no images itself but some in its sub-folders (``blue/2019/*.jpg``): class
     folders are read one level deep, so that class would be silently empty — trained on no image, never right.
+    ``items`` are the (image path, label) pairs read from ``class_dirs``; only the folders none came from are looked
+    into.
 
     Raises:
         CarNetError: naming the folder, the sub-folder and what to do.
     """
+    filled = {Path(path).parent for path, _ in items}
     for folder in class_dirs:
-        if not list_images(folder):
+        if folder not in filled:
             nested = list_images(folder, recursive=True)
             if nested:
                 raise CarNetError(f"{folder} holds no images itself but {len(nested)} in its sub-folders (e.g. "
@@ -434,6 +439,6 @@ def is_one_dataset(folder: str | Path) -> bool:
         if _layout(root) != "image_folder" or (_find_split(root, "train") and _find_split(root, "val")):
             return True
         root = _single_split(root) or root
-        return any(list_images(c) for c in _class_folders(root))
+        return any(list_images(c) for c in class_folders(root))
     except OSError:
         return False

@@ -116,9 +116,8 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
             mapping, or no image could be read.
     """
     projection = None
-    if mapping is None and set(dataset.class_names) < set(model.class_names):  # folders named after model classes
-        mapping = {c: [c] for c in dataset.class_names}  # ("sports car", "pickup"): scored over those, no file needed
-    if mapping is not None:
+    # a mapping, or folders named after some of the model's classes ("sports car", "pickup"): scored over those
+    if mapping is not None or set(dataset.class_names) < set(model.class_names):
         from .folders import LabelProjection
 
         projection = LabelProjection(dataset.class_names, model.class_names, mapping)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .datasets import check_class_folders, empty_dataset_error, labelled_folder
+from .datasets import check_class_folders, class_folders, empty_dataset_error, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import list_images, load_image
@@ -36,13 +36,13 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
     folder = labelled_folder(folder)
     if not folder.is_dir():
         raise CarNetError(f"{folder}: no such folder")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    classes = class_folders(folder)
     if not classes:
         raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")
     items = [(img, c.name) for c in classes for img in list_images(c)]
     if not items:
         raise empty_dataset_error(folder)
-    check_class_folders(classes)
+    check_class_folders(classes, items)
     return items
 
 
