@@ -266,7 +266,7 @@ def dataset_folders() -> list[Path]:
     """Datasets offered by the pickers, sorted by name: the data root itself when it is one dataset
     (:func:`~carnet_core.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
     the folders directly under it; then the extracted zip uploads."""
-    from carnet_core.datasets import is_one_dataset
+    from carnet_core.datasets import class_folders, is_one_dataset
     from carnet_core.uploads import dataset_root
 
     root = data_root()
@@ -275,8 +275,7 @@ def dataset_folders() -> list[Path]:
     if is_one_dataset(root):
         found, upload_dirs = [root], [root / UPLOADS]
     else:
-        found = [p for p in sorted(root.iterdir())
-                 if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "uploads"]
+        found = [p for p in class_folders(root) if p.name != "uploads"]  # one dataset per folder
         upload_dirs = [root / UPLOADS, root / "uploads"]
     for uploads in upload_dirs:
         if uploads.is_dir():
@@ -328,9 +327,10 @@ def mapping_files() -> list[Path]:
 def suggested_mapping(folder: str | Path, files: list[Path]) -> Path | None:
     """The first of ``files`` named after the dataset ``folder`` (``tiny_vehicles_6_to_imagenet.json`` for
     ``…/tiny_vehicles_6``, or for its ``val/`` split), or None."""
+    from carnet_core.datasets import SPLIT_FOLDER_NAMES
+
     folder = Path(folder)
-    name = folder.parent.name if folder.name.lower() in ("train", "training", "val", "valid", "validation", "test") \
-        else folder.name
+    name = folder.parent.name if folder.name in SPLIT_FOLDER_NAMES else folder.name
     return next((f for f in files if name and f.stem.startswith(name)), None)
 
 

@@ -32,6 +32,7 @@ from .images import IMAGE_EXTENSIONS, list_images, load_image
 
 Hierarchy = dict[str, dict[str, str]]  # class name -> {"make": ..., "model": ..., "year": ...}
 _SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
+SPLIT_FOLDER_NAMES = tuple(n for names in _SPLIT_NAMES.values() for n in names)  #: folder names read as splits
 _MULTIWORD_MAKES = ("AM General", "Aston Martin", "Land Rover")
 
 
@@ -123,7 +124,7 @@ def _find_split(root: Path, split: str) -> Path | None:
 def _single_split(root: Path) -> Path | None:
     """``root/train`` (or ``val``, ``test``, …) when that one split folder is all ``root`` holds, else None."""
     folders = class_folders(root)
-    if len(folders) == 1 and any(folders[0].name in names for names in _SPLIT_NAMES.values()):
+    if len(folders) == 1 and folders[0].name in SPLIT_FOLDER_NAMES:
         return folders[0]
     return None
 
