@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core import weights as W
 from carnet_core._env import env_path
+from carnet_core.errors import ClassNamesNeededError
 from carnet_core.explain import Explanation
 from carnet_core.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
 from carnet_core.jobs import jobs_dir
@@ -97,11 +99,16 @@ def available_model_names() -> tuple[list[str], dict[str, str]]:
 
 
 def cached_model(name: str) -> Classifier:
-    """A model by registry name or checkpoint key, loaded once per process and shared by all sessions."""
+    """A model by registry name or checkpoint key, loaded once per process and shared by all sessions — again when
+    its file changes: a checkpoint re-written, a registered model's file put into, replaced in or taken out of the
+    weights folder."""
     if name.startswith(CHECKPOINT_PREFIX):
         path = Path(name[len(CHECKPOINT_PREFIX):])
-        return _cached_model(name, path.stat().st_mtime if path.exists() else 0.0)
-    return _cached_model(name, 0.0)
+        return _cached_model(name, f"{path.stat().st_mtime_ns}" if path.exists() else "")
+    from carnet_core import get_spec
+
+    found = W.find_in_weights_dir(get_spec(name))
+    return _cached_model(name, f"{found}:{found.stat().st_mtime_ns}" if found is not None else "")
 
 
 def input_view(path: str | Path, model: Classifier) -> Image.Image | None:
@@ -122,7 +129,7 @@ def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
-def _cached_model(name: str, mtime: float) -> Classifier:  # mtime: a re-written checkpoint is loaded again
+def _cached_model(name: str, stamp: str) -> Classifier:  # stamp: which file, and when it was written
     if name.startswith(CHECKPOINT_PREFIX):
         return load_model(checkpoint=name[len(CHECKPOINT_PREFIX):])
     return load_model(name)
@@ -180,7 +187,18 @@ def model_or_stop(name: str) -> Classifier:
         return cached_model(name)
     except CarNetError as exc:
         st.error(f"Cannot load {model_title(name)}: {exc}")
+        if isinstance(exc, ClassNamesNeededError):
+            st.info("To use it here, make it a CarNet checkpoint, which carries its class names (it is then listed "
+                    "★), and move the original file out of the weights folder:")
+            st.code(class_names_command(exc), language="bash", wrap_lines=True)
         st.stop()
+
+
+def class_names_command(exc: ClassNamesNeededError) -> str:
+    """The CLI command that turns the weights file of ``exc`` into a CarNet checkpoint in the weights folder."""
+    out = W.weights_dir() / f"{exc.model}-DATASET.safetensors"
+    return (f"python -m carnet_core export {shlex.quote(exc.path)} --model {exc.model} --classes DATASET_FOLDER "
+            f"--format safetensors --out {shlex.quote(str(out))}")
 
 
 MAX_PHOTOS = 32  # classified per run of the Classify page (a classroom's worth; each is decoded at full size)

@@ -30,7 +30,9 @@ for spec in list_models():
                  "about": spec.description})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
-           f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them.")
+           f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them. Weights "
+           f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
+           f"DATASET_FOLDER --format safetensors --out {ui.W.weights_dir() / 'NAME.safetensors'}` and pick them ★.")
 
 st.subheader("Device")
 st.write(ui.device_label())

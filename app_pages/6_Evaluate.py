@@ -12,6 +12,7 @@ from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_rows
 from carnet_core.folders import load_mapping
+from carnet_core.labels import find_class, within_classes
 
 st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
 st.title("Evaluate")
@@ -38,7 +39,7 @@ except CarNetError as exc:
 dataset = splits.val if split == "val" else splits.train
 
 mapping, mapping_name = None, None
-if not set(dataset.class_names) <= set(model.class_names):  # classes named after the model's need no mapping
+if not within_classes(dataset.class_names, model.class_names):  # classes named after the model's need no mapping
     files = ui.mapping_files()
     suggested = ui.suggested_mapping(folder, files)
     st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
@@ -144,7 +145,7 @@ with tab_mistakes:
             try:
                 data = Path(picked["path"]).read_bytes()
                 image = load_image(data, name=Path(picked["path"]).name)
-                target = picked["predicted"] if picked["predicted"] in model.class_names else None
+                target = picked["predicted"] if find_class(model.class_names, picked["predicted"]) is not None else None
                 exp = ui.explanation(model, image, ui.digest(data), "gradcam", target, None)  # remembered per session
                 c1, c2, _ = st.columns([1, 1, 1])
                 c1.image(image, caption="photo", width="stretch")

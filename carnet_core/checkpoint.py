@@ -153,18 +153,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path.name)
 
 
-def architecture_hint(path: str | os.PathLike) -> str | None:
-    """The architecture a plain PyTorch checkpoint names for itself — timm ``train.py``'s ``args.model``, else its
-    ``arch`` entry — read with the same weights-only loader, tensors memory-mapped, not read; None when the file
-    names none or cannot be read."""
+def _wrapper(path: str | os.PathLike) -> Mapping[str, Any]:
+    """The top level of a plain PyTorch checkpoint, read with the weights-only loader, tensors memory-mapped, not
+    read; {} when it is not a mapping or cannot be read (read_state_dict says why)."""
     try:
         obj = _torch_load(path, mmap=True)
-    except Exception:  # a legacy-format, corrupt or refused file: read_state_dict says why
-        return None
-    if not isinstance(obj, Mapping):
-        return None
+    except Exception:  # a legacy-format, corrupt or refused file
+        return {}
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def architecture_hint(path: str | os.PathLike) -> str | None:
+    """The architecture a plain PyTorch checkpoint names for itself — timm ``train.py``'s ``args.model``, else its
+    ``arch`` entry; None when the file names none or cannot be read."""
+    obj = _wrapper(path)
     hint = getattr(obj.get("args"), "model", None) or obj.get("arch")
     return hint if isinstance(hint, str) else None
+
+
+def training_args(path: str | os.PathLike) -> argparse.Namespace | None:
+    """The options timm ``train.py`` saved in its checkpoint (``args``: ``model``, ``num_classes``, ``data_dir``,
+    ``train_split``, ``class_map``, ...); None for any other file."""
+    args = _wrapper(path).get("args")
+    return args if isinstance(args, argparse.Namespace) else None
+
+
+def head_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """How many classes a linear-head state dict's classifier has: the rows of its last 2-D tensor (timm's and
+    torchvision's CNNs keep the classifier last: ``fc``, ``classifier``, ``classifier.1``); None without one."""
+    for tensor in reversed(list(state_dict.values())):
+        if tensor.ndim == 2:
+            return int(tensor.shape[0])
+    return None
 
 
 def _torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:

@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CarNetError
+from .errors import CarNetError, ClassNamesNeededError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -42,7 +43,12 @@ def _model_or_checkpoint(args: argparse.Namespace):
     from .model import load_model
 
     name = args.model or (None if args.checkpoint else "efficientnet_lite0")
-    return load_model(name, checkpoint=args.checkpoint, use_hub=not args.no_hub)
+    if args.classes is not None and args.checkpoint is None:
+        raise CarNetError("--classes names the classes of a --checkpoint file; give one")
+    try:
+        return load_model(name, checkpoint=args.checkpoint, use_hub=not args.no_hub, class_names=args.classes)
+    except ClassNamesNeededError as exc:
+        raise CarNetError(f"{exc} (--classes FILE_OR_FOLDER)") from None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -122,20 +128,32 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_member(spec: str, use_hub: bool, arch: str | None = None):
-    """A registry name, or a checkpoint file (``arch``: the registry name a plain state dict is for)."""
+def _load_member(spec: str, use_hub: bool, arch: str | None = None, classes: str | None = None,
+                 compare: bool = False):
+    """A registry name, or a checkpoint file (``arch``: the registry name a plain state dict is for; ``classes``:
+    where its class names are, for a file trained on classes of its own; ``compare``: for ``compare``, which has
+    no ``--classes``)."""
     from .checkpoint import WEIGHT_SUFFIXES, weights_in
     from .model import load_model
     from .registry import list_models
 
     if Path(spec).is_file():
-        return load_model(arch, checkpoint=spec, use_hub=use_hub)
+        try:
+            return load_model(arch, checkpoint=spec, use_hub=use_hub, class_names=classes)
+        except ClassNamesNeededError as exc:
+            if compare:
+                raise CarNetError(f"{exc}. Compare reads class names from CarNet checkpoints: make one with "
+                                  f"python -m carnet_core export {shlex.quote(spec)} --model {exc.model} --classes "
+                                  f"FILE_OR_FOLDER --format safetensors, and compare that file") from None
+            raise CarNetError(f"{exc} (--classes FILE_OR_FOLDER)") from None
     if spec not in {s.name for s in list_models()}:
         if Path(spec).is_dir():
             raise CarNetError(f"{spec}: is a folder, not a checkpoint file or a model name; "
                               f"{weights_in(Path(spec))}")
         if "/" in spec or "\\" in spec or Path(spec).suffix in WEIGHT_SUFFIXES:
             raise CarNetError(f"{spec}: no such checkpoint file")
+    if classes is not None:
+        raise CarNetError(f"--classes names the classes of a checkpoint file; {spec} is a registry model")
     return load_model(spec, use_hub=use_hub)
 
 
@@ -151,7 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .folders import compare_on_folder, load_mapping
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    models = [_load_member(n, not args.no_hub) for n in names]
+    models = [_load_member(n, not args.no_hub, compare=True) for n in names]
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
@@ -177,8 +195,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .engines import TorchEngine, export_onnx, onnxruntime_session
     from .predict import softmax
 
-    model = _load_member(args.model, not args.no_hub, args.arch)
+    model = _load_member(args.model, not args.no_hub, args.arch, args.classes)
     model.to("cpu")
+    if args.format == "safetensors":
+        return _export_checkpoint(model, args.out)
     out = args.out or Path(f"{model.name}.onnx")
     export_onnx(model, out)
     session = onnxruntime_session(out)
@@ -194,6 +214,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_checkpoint(model, out: Path | None) -> int:
+    """Save ``model`` as a CarNet checkpoint (class names, data config and provenance inside), load it back and
+    check its probabilities against the model's own on a random batch."""
+    import torch
+
+    from .engines import TorchEngine
+    from .labels import IMAGENET_1K
+    from .model import load_model
+
+    from_registry = model.label_set == IMAGENET_1K
+    out = out or Path(f"{model.name}.safetensors" if from_registry else f"{model.name}-{model.label_set}.safetensors")
+    if out.suffix != ".safetensors":
+        raise CarNetError(f"{out}: a CarNet checkpoint is a .safetensors file")
+    model.save(out, name=model.name if from_registry else f"{model.name}-{model.label_set}")
+    x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    diff = float((TorchEngine(load_model(checkpoint=out, device="cpu")).probabilities(x)
+                  - TorchEngine(model).probabilities(x)).abs().max())
+    print(f"wrote {out}: a CarNet checkpoint ({len(model.class_names)} classes, label set {model.label_set}, data "
+          f"config and provenance inside); loaded back, max probability difference: {diff:.2e}. In the weights "
+          f"folder it is listed ★ in the app's model pickers.")
+    if diff > 1e-6:
+        print("error: the checkpoint read back does not match the model", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_engines(args: argparse.Namespace) -> int:
     import torch
 
@@ -205,7 +251,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
         if not photos:
             print(f"error: no photos under {args.photos}", file=sys.stderr)
             return 2
-    model = _load_member(args.model, not args.no_hub, args.arch)
+    model = _load_member(args.model, not args.no_hub, args.arch, args.classes)
     model.to("cpu")
     choice = select_engine(model, photos=photos)
     print(f"{model.name} on the CPU: {choice.reason}")
@@ -251,7 +297,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .folders import load_mapping
 
     _check_csv_folder(args.csv, "per-class table")
-    model = _load_member(str(args.checkpoint), not args.no_hub)
+    model = _load_member(str(args.checkpoint), not args.no_hub, args.model, args.classes)
     splits = open_dataset(args.data, args.kind)
     dataset = splits.val if args.split == "val" else splits.train
     mapping = load_mapping(args.mapping) if args.mapping else None
@@ -292,6 +338,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+CLASSES_HELP = ("class names of a weights file trained on classes of its own, in training order: a text file (one name "
+                "per line), a JSON list, a CSV with a class_name column, or the dataset folder it was trained on (a "
+                "timm train.py checkpoint finds its own when its dataset is on this machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name (default: efficientnet_lite0, or the architecture the "
                                    "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--csv", type=Path, help="also write one row per image (top-k classes and probabilities) here")
@@ -319,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name (default: efficientnet_lite0, or the architecture the "
                                    "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
     p.add_argument("--method", default="gradcam", choices=METHODS)
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: top-1)")
     p.add_argument("--layer", help="target layer name (default: per architecture family)")
@@ -340,12 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("export", help="export a model or checkpoint to ONNX, checked against torch")
+    p = sub.add_parser("export", help="export a model or checkpoint to ONNX, or to a CarNet checkpoint, checked "
+                                      "against torch")
     p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", type=Path, help="output file (default <model>.onnx)")
+    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx",
+                   help="onnx (default; for deploying elsewhere, class names and data config in <out>.json) or "
+                        "safetensors: a CarNet checkpoint that carries them, which the app lists when it is in the "
+                        "weights folder")
+    p.add_argument("--out", type=Path, help="output file (default <model>.onnx, <model>[-<label set>].safetensors)")
     p.add_argument("--model", dest="arch", metavar="NAME",
                    help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_export)
 
@@ -357,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
     p.add_argument("--model", dest="arch", metavar="NAME",
                    help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_engines)
 
@@ -372,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "dataset split (the Evaluate page's numbers)")
     p.add_argument("checkpoint", help="a CarNet checkpoint file or a registry model name")
     p.add_argument("data", type=Path, help="dataset folder (see validate-data)")
+    p.add_argument("--model", metavar="NAME",
+                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
     p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
     p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")

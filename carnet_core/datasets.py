@@ -114,6 +114,12 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
+def training_folder(root: Path) -> Path:
+    """Where a dataset's training class folders are: ``root/train`` (or ``training``) when it has one, else
+    ``root``."""
+    return _find_split(root, "train") or root
+
+
 def _find_split(root: Path, split: str) -> Path | None:
     for name in _SPLIT_NAMES[split]:
         if (root / name).is_dir():

@@ -24,3 +24,12 @@ class WeightsNotFoundError(CarNetError, FileNotFoundError):
 
 class CheckpointError(CarNetError, ValueError):
     """A checkpoint or weights file that cannot be loaded safely or does not fit the model."""
+
+
+class ClassNamesNeededError(CheckpointError):
+    """A weights file whose head holds classes of its own (not the registry model's label set) and no names for
+    them. ``path``: the file; ``model``: the registry name it was loaded as; ``num_classes``: its head's rows."""
+
+    def __init__(self, message: str, path: str, model: str, num_classes: int):
+        super().__init__(message)
+        self.path, self.model, self.num_classes = path, model, num_classes

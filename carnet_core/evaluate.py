@@ -12,6 +12,7 @@ import torch
 
 from .datasets import ImageDataset
 from .errors import CarNetError, ImageError
+from .labels import within_classes
 from .model import Classifier
 from .predict import predict_probabilities
 
@@ -117,7 +118,8 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
     """
     projection = None
     # a mapping, or folders named after some of the model's classes ("sports car", "pickup"): scored over those
-    if mapping is not None or set(dataset.class_names) < set(model.class_names):
+    if mapping is not None or (set(dataset.class_names) != set(model.class_names)
+                               and within_classes(dataset.class_names, model.class_names)):
         from .folders import LabelProjection
 
         projection = LabelProjection(dataset.class_names, model.class_names, mapping)

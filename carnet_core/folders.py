@@ -19,7 +19,7 @@ from .datasets import check_class_folders, class_folders, empty_dataset_error, l
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError
 from .images import list_images, load_image
-from .labels import close_classes, find_class
+from .labels import close_classes, find_class, within_classes
 from .model import Classifier
 from .predict import timed_probabilities
 
@@ -94,7 +94,7 @@ class LabelProjection:
                  mapping: dict[str, list[str]] | None = None):
         self.folder_classes = list(folder_classes)
         if mapping is None:
-            unknown = [c for c in self.folder_classes if c not in model_classes]
+            unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
             if unknown:
                 raise CarNetError(f"folder classes {', '.join(unknown[:5])} are not classes of the model; give a "
                                   f"mapping file (folder class → model classes)")
@@ -229,6 +229,6 @@ def _member_projection(model: Classifier, classes: Sequence[str],
     """``model``'s projection onto the folder ``classes``: its own classes when it has them all (a fine-tune of
     this folder), else ``mapping``. Raises CarNetError naming the model when neither fits."""
     try:
-        return LabelProjection(classes, model.class_names, None if set(classes) <= set(model.class_names) else mapping)
+        return LabelProjection(classes, model.class_names, None if within_classes(classes, model.class_names) else mapping)
     except CarNetError as exc:
         raise CarNetError(f"{model.name}: {exc}") from None

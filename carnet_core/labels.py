@@ -6,8 +6,14 @@ unique, so a class can be named unambiguously.
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
+
+from .errors import CarNetError
 
 IMAGENET_1K = "imagenet-1k"
 
@@ -58,6 +64,13 @@ def find_class(class_names: Sequence[str], name: str) -> int | None:
         return same[0] if len(same) == 1 else None
 
 
+def within_classes(names: Sequence[str], class_names: Sequence[str]) -> bool:
+    """Whether each of ``names`` (a dataset's class folders, say) is one of ``class_names`` as :func:`find_class`
+    matches them (any case and spacing: a folder "Jeep" is ImageNet's "jeep"), each a different one."""
+    found = [find_class(class_names, n) for n in names]
+    return None not in found and len(set(found)) == len(found)
+
+
 def close_classes(class_names: Sequence[str], name: str, n: int = 5) -> list[str]:
     """Up to ``n`` of ``class_names`` closest to ``name``, case ignored (difflib), for "did you mean" hints."""
     import difflib
@@ -76,3 +89,87 @@ def label_set_names(label_set: str) -> tuple[str, ...]:
     if label_set == IMAGENET_1K:
         return imagenet_class_names()
     raise KeyError(f"unknown label set {label_set!r}; known: {IMAGENET_1K}")
+
+
+#: The orders in which training code numbers a dataset's class folders: ``sorted`` by name (torchvision's
+#: ``ImageFolder``, CarNet's readers) or ``natural`` (timm's ``ImageFolder``: ``timm.utils.natural_key``, case
+#: ignored and digit runs compared as numbers, so "class2" before "class10" and "Acura" before "AM General").
+CLASS_ORDERS = ("sorted", "natural")
+
+
+def read_class_names(source: str | os.PathLike | Sequence[str], order: str = "sorted") -> tuple[str, ...]:
+    """Class names in index order, for a checkpoint whose head holds its own classes but not their names.
+
+    ``source`` is a list of names, or a path to:
+
+    - a text file, one name per line (timm's ``--class-map`` ``.txt`` format);
+    - a JSON file: a list of names, or ``{name: index}`` (a ``class_to_idx``);
+    - a CSV file with a ``class_name`` (or ``name``, ``class``) column, ordered by its ``index`` column when it has
+      one (the ``classes.csv`` of CarNet's datasets);
+    - a dataset folder: its class folders (those of its ``train/`` split when it has one) in ``order``
+      (:data:`CLASS_ORDERS`).
+
+    Raises:
+        CarNetError: the source is missing or unreadable, names no class, or names one twice.
+    """
+    if order not in CLASS_ORDERS:
+        raise CarNetError(f"class order must be one of {', '.join(CLASS_ORDERS)}, not {order!r}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            names = _class_names_from_path(path, order)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+            raise CarNetError(f"{path}: cannot read class names from it ({type(exc).__name__}: {exc})") from None
+        where = str(path)
+    else:
+        names, where = list(source), "the class names given"
+    if not names:
+        raise CarNetError(f"{where}: names no class")
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        bad = next(i for i, n in enumerate(names) if not (isinstance(n, str) and n.strip()))
+        raise CarNetError(f"{where}: class {bad} has no name ({names[bad]!r})")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CarNetError(f"{where}: names {', '.join(map(repr, twice[:3]))} more than once")
+    return tuple(names)
+
+
+def _class_names_from_path(path: Path, order: str) -> list:
+    if path.is_dir():
+        from .datasets import class_folders, training_folder
+
+        folders = [f.name for f in class_folders(training_folder(path))]
+        if order == "natural":
+            from timm.utils import natural_key
+
+            return sorted(folders, key=natural_key)
+        return sorted(folders)
+    if not path.is_file():
+        raise CarNetError(f"{path}: no such file or folder (class names: a text, JSON or CSV file, or the dataset "
+                          f"folder the model was trained on)")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")
+    if suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
+            if sorted(data.values()) != list(range(len(data))):
+                raise CarNetError(f"{path}: its class indices are not 0..{len(data) - 1}")
+            return sorted(data, key=data.get)
+        if not isinstance(data, list):
+            raise CarNetError(f"{path}: expected a JSON list of class names or {{name: index}}")
+        return data
+    if suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        column = next((c for c in ("class_name", "name", "class") if rows and c in rows[0]), None)
+        if column is None:
+            raise CarNetError(f"{path}: no class_name (or name, class) column")
+        if "index" in rows[0]:
+            try:
+                rows.sort(key=lambda r: int(r["index"]))
+            except (TypeError, ValueError):
+                raise CarNetError(f"{path}: its index column holds something other than whole numbers") from None
+        return [r[column] for r in rows]
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]

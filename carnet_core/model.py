@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from . import weights as _weights
-from .checkpoint import architecture_hint, check_file, load_into, read_metadata, read_state_dict, save_checkpoint
-from .errors import CarNetError, CheckpointError, WeightsNotFoundError
-from .labels import close_classes, find_class, label_set_names
+from .checkpoint import (architecture_hint, check_file, head_classes, load_into, read_metadata, read_state_dict,
+                         save_checkpoint, training_args)
+from .errors import CarNetError, CheckpointError, ClassNamesNeededError, WeightsNotFoundError
+from .labels import close_classes, find_class, label_set_names, read_class_names
 from .registry import HEADS, ModelSpec, find_spec, get_spec
 from .weights import WeightsSource
 
@@ -259,7 +260,7 @@ class Classifier:
 
 def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None = None, weights: str = "auto",
                device: torch.device | str | None = None, weights_folder: Path | None = None,
-               use_hub: bool = True) -> Classifier:
+               use_hub: bool = True, class_names: str | os.PathLike | Sequence[str] | None = None) -> Classifier:
     """Build a classifier by registry name and/or from a checkpoint file, with resolved weights.
 
     Args:
@@ -272,6 +273,12 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         device: where to put the model (default :func:`default_device`).
         weights_folder: override for the weights folder.
         use_hub: allow the Hugging Face Hub step.
+        class_names: for a weights file trained on classes of its own (its head does not fit the registry model's
+            label set) and without CarNet metadata: the names in training order, or where to read them
+            (:func:`~carnet_core.labels.read_class_names`: a text, JSON or CSV file, or the dataset folder, whose
+            class folders are taken in timm's natural order for a timm ``train.py`` checkpoint and sorted by name
+            otherwise, as torchvision's ImageFolder numbers them). A timm ``train.py`` checkpoint needs none when
+            the ``--class-map`` or dataset it names is on this machine.
 
     Returns:
         A :class:`Classifier` in eval mode.
@@ -279,7 +286,9 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     Raises:
         UnknownModelError: ``name`` is not registered.
         WeightsNotFoundError: no weights found (message says where to put a file).
-        CheckpointError: the file is unsafe, corrupt or does not fit the model.
+        CheckpointError: the file is unsafe, corrupt or does not fit the model; its head holds classes of its own
+            whose names are neither given nor found; ``class_names`` do not match its head, or are given for a
+            CarNet checkpoint (which carries its own).
     """
     if name is None and checkpoint is None:
         raise CarNetError("give a model name or a checkpoint")
@@ -291,6 +300,10 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         if checkpoint.suffix == ".safetensors":
             meta = read_metadata(checkpoint)
     if meta is not None:
+        if class_names is not None:
+            raise CheckpointError(f"{checkpoint.name} is a CarNet checkpoint: it carries its own class names "
+                                  f"({len(meta.get('class_names') or [])}); class names are for weights files "
+                                  f"without them")
         clf = _from_checkpoint(checkpoint, meta)
     else:
         hint = architecture_hint(checkpoint) if name is None else None
@@ -299,7 +312,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
             raise CheckpointError(f"{checkpoint.name} is a plain state dict without CarNet metadata: say which "
                                   f"architecture it is for (--model NAME)"
                                   + (f"; it names {hint!r}, which is not a registered model" if hint else ""))
-        clf = _from_spec(spec, checkpoint, weights, weights_folder, use_hub)
+        clf = _from_spec(spec, checkpoint, weights, weights_folder, use_hub, class_names)
     clf.module.eval().to(device)
     return clf
 
@@ -314,7 +327,13 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
         raise CheckpointError(f"{path.name}: its class_names are not a list of names")
     load_into(module, read_state_dict(path), source=path.name)
     origin = meta.get("weights", {})
-    detail = f"fine-tuned from {origin.get('source')} weights" if origin.get("source") not in (None, "checkpoint") else ""
+    made_from = Path(origin.get("location") or "").name
+    if meta.get("recipe") or meta.get("dataset"):  # a fine-tune: what it started from
+        detail = f"fine-tuned from {origin['source']} weights" if origin.get("source") not in (None, "checkpoint") else ""
+    elif made_from:  # a model saved as it was (export --format safetensors): the file it was made from, and how
+        detail = f"made from {made_from}" + (f": {origin['detail']}" if origin.get("detail") else "")
+    else:
+        detail = ""
     clf = Classifier(module=module, name=meta.get("name") or path.stem, arch=meta["arch"],
                      family=meta.get("family", ""), head=meta.get("head", "linear"), class_names=class_names,
                      data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
@@ -329,32 +348,116 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
     return clf
 
 
-def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: Path | None,
-               use_hub: bool) -> Classifier:
-    class_names = label_set_names(spec.label_set)
+def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: Path | None, use_hub: bool,
+               class_names: str | os.PathLike | Sequence[str] | None = None) -> Classifier:
+    names, label_set, data_config = label_set_names(spec.label_set), spec.label_set, None
     if weights == "random":
-        module = build_module(spec.arch, spec.head, len(class_names))
+        if class_names is not None:
+            names, label_set, _ = _given_class_names(class_names, "sorted", spec.label_set)
+        module = build_module(spec.arch, spec.head, len(names))
         source = WeightsSource("random", "", "untrained: for tests and training from scratch")
     elif weights == "auto":
         source = _weights.resolve(spec, checkpoint, folder, use_hub)
-        module, how = _load_pretrained(spec, source, len(class_names))
+        if source.source == "hub":
+            module, how = _download(spec, source, len(names)), "downloaded by timm"
+        else:
+            path = Path(source.location)
+            state = read_state_dict(path)
+            args = training_args(path) if path.suffix != ".safetensors" else None
+            names, label_set, named = _file_class_names(spec, path, state, class_names, args)
+            module = build_module(spec.arch, spec.head, len(names))
+            how = "; ".join(x for x in (f"loaded {load_into(module, state, source=path.name)}", named) if x)
+            if args is not None:
+                data_config = _training_data_config(module, args)
+                if data_config != _data_config(module):
+                    how += "; data config from its training options"
         source = WeightsSource(source.source, source.location, "; ".join(x for x in (source.detail, how) if x))
     else:
         raise CarNetError(f"weights must be 'auto' or 'random', not {weights!r}")
     return Classifier(module=module, name=spec.name, arch=spec.arch, family=spec.family, head=spec.head,
-                      class_names=class_names, data_config=_data_config(module), weights=source,
-                      label_set=spec.label_set)
+                      class_names=names, data_config=data_config or _data_config(module), weights=source,
+                      label_set=label_set)
 
 
-def _load_pretrained(spec: ModelSpec, source: WeightsSource, num_classes: int) -> tuple[torch.nn.Module, str]:
-    if source.source == "hub":
-        import timm
+def _training_data_config(module: torch.nn.Module, args: Any) -> dict[str, Any]:
+    """The data config a timm ``train.py`` run evaluated with: its ``--img-size`` / ``--input-size``, ``--mean``,
+    ``--std``, ``--interpolation`` and ``--crop-pct`` over the model's defaults (``timm.data.resolve_data_config``,
+    as train.py resolves it); CarNet's no-margin crop unless the run set ``--crop-pct``."""
+    import timm
 
-        try:
-            return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes), "downloaded by timm"
-        except Exception as exc:  # network errors come in many types
-            raise WeightsNotFoundError(f"downloading {spec.arch} weights from {source.location} failed: {exc}. "
-                                       f"{_weights.missing_weights_message(spec)}") from None
-    module = build_module(spec.arch, spec.head, num_classes)
-    how = load_into(module, read_state_dict(source.location), source=Path(source.location).name)
-    return module, f"loaded {how}"
+    options = {k: v for k, v in vars(args).items() if v is not None}
+    cfg = dict(timm.data.resolve_data_config(options, model=module))
+    if options.get("crop_pct") is None:
+        cfg["crop_pct"] = INFERENCE_CROP_PCT
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
+
+
+def _download(spec: ModelSpec, source: WeightsSource, num_classes: int) -> torch.nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
+    except Exception as exc:  # network errors come in many types
+        raise WeightsNotFoundError(f"downloading {spec.arch} weights from {source.location} failed: {exc}. "
+                                   f"{_weights.missing_weights_message(spec)}") from None
+
+
+_GENERIC_STEMS = ("classes", "class_names", "class_map", "labels", "names")  # say nothing of the dataset
+
+
+def _given_class_names(source: str | os.PathLike | Sequence[str], order: str, default_label_set: str,
+                       told: str = "class names from") -> tuple[tuple[str, ...], str, str]:
+    """(names, label set, how they were named) from ``source`` (:func:`~carnet_core.labels.read_class_names`)."""
+    names = read_class_names(source, order)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        from .datasets import SPLIT_FOLDER_NAMES
+
+        if path.is_dir():  # the dataset's name: data/cars/train gives "cars"
+            label_set = (path.parent if path.name in SPLIT_FOLDER_NAMES else path).resolve().name
+        else:  # cars.txt gives "cars"; data/cars/classes.csv gives "cars" too
+            label_set = path.resolve().parent.name if path.stem.lower() in _GENERIC_STEMS else path.stem
+        how = f"{told} {path}" + (f" ({order} folder order)" if path.is_dir() else "")
+        return names, label_set, how
+    return names, default_label_set, "class names given"
+
+
+def _file_class_names(spec: ModelSpec, path: Path, state: dict[str, torch.Tensor],
+                      given: str | os.PathLike | Sequence[str] | None,
+                      args: Any = None) -> tuple[tuple[str, ...], str, str]:
+    """The classes of a weights file without CarNet metadata, as (names, label set, how they were named): the
+    registry model's label set when its head fits it and no names are given; else the names given, or those a
+    timm ``train.py`` checkpoint's options point to (its ``--class-map`` file, or its dataset's class folders in
+    timm's natural order). ``args``: the file's timm training options (:func:`~carnet_core.checkpoint.training_args`),
+    None for any other file."""
+    default = label_set_names(spec.label_set)
+    rows = head_classes(state) if spec.head == "linear" else None
+    order = "natural" if args is not None else "sorted"
+    if given is not None:
+        names, label_set, how = _given_class_names(given, order, path.stem)
+        if rows is not None and rows != len(names):
+            where = "the class names given" if how == "class names given" else str(given)
+            raise CheckpointError(f"{path.name} has {rows} classes (its classifier's rows), but {where} name "
+                                  f"{len(names)}")
+        return names, label_set, how
+    if rows is None or rows == len(default):
+        return default, spec.label_set, ""
+    tried = []
+    if args is not None:
+        root = getattr(args, "data_dir", None) or getattr(args, "data", None)
+        class_map = getattr(args, "class_map", "") or ""
+        candidates = ([Path(class_map), Path(root or "") / class_map] if class_map else
+                      [Path(root) / (getattr(args, "train_split", None) or "train"), Path(root)] if root else [])
+        for candidate in candidates:
+            tried.append(str(candidate))
+            if candidate.exists():
+                names, label_set, how = _given_class_names(candidate, order, path.stem,
+                                                           "class names from its training options:")
+                if len(names) == rows:
+                    return names, label_set, how
+    raise ClassNamesNeededError(
+        f"{path.name} was trained on {rows} classes of its own (its classifier's rows), not {spec.name}'s "
+        f"{len(default)} {spec.label_set} classes, and holds no class names: give them in training order, as a "
+        f"text file with one name per line or the dataset folder it was trained on"
+        + (f"; its timm training options point to {', '.join(tried)}, not here or not {rows} classes" if tried
+           else ""), str(path), spec.name, rows)

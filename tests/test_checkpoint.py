@@ -134,7 +134,8 @@ def test_wrong_number_of_classes_is_explained(tmp_path):
 
     path = tmp_path / "resnet50_cars.pth"
     torch.save({"state_dict": timm.create_model("resnet50", num_classes=40).state_dict()}, path)  # wrapped
-    with pytest.raises(CheckpointError, match="another number of classes"):
+    with pytest.raises(CheckpointError, match="resnet50_cars.pth was trained on 40 classes of its own .*not resnet50's "
+                                              "1000 imagenet-1k classes.*give them in training order"):
         load_model("resnet50", checkpoint=path, device="cpu")
 
 
@@ -203,3 +204,185 @@ def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeyp
     other.save_checkpoint(epoch=1, metric=40.0)
     with pytest.raises(CheckpointError, match="--model NAME.*it names 'convnext_tiny', which is not a registered"):
         load_model(checkpoint=run / "last.pth.tar", device="cpu")
+
+
+# --- weights files trained on classes of their own (timm train.py, torchvision-style training) --------------------
+
+SIX = ["sports car", "pickup", "Jeep", "minivan", "limousine", "convertible"]  # ImageNet classes, one capitalised
+
+
+def _six_class_mobilenet(order: list[str]):
+    """Real ImageNet MobileNetV2 weights cut down to six of its classes, in ``order``: a six-class car classifier
+    whose logits are the ImageNet model's for those classes (what a fine-tune's head would be, known exactly)."""
+    from carnet_core.labels import imagenet_class_names
+
+    state = read_state_dict(need(MOBILENET_TIMM))
+    rows = [imagenet_class_names().index(name.lower() if name == "Jeep" else name) for name in order]
+    state["classifier.weight"], state["classifier.bias"] = state["classifier.weight"][rows], state["classifier.bias"][rows]
+    return state, rows
+
+
+def _dataset(root, names):
+    for split in ("train", "val"):
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+    return root
+
+
+def test_a_timm_train_py_checkpoint_of_its_own_classes_finds_them_in_its_dataset(tmp_path, car_photos, capsys):
+    """timm's train.py on a folder dataset numbers the class folders in natural order (case ignored: "convertible",
+    "Jeep", "limousine", ...), not sorted ("Jeep" first). The checkpoint names its dataset; CarNet reads the class
+    names from it in that order, and the real photos get the ImageNet model's probabilities over the six classes."""
+    import argparse
+
+    import timm
+    from PIL import Image
+    from timm.utils import CheckpointSaver
+
+    from carnet_core.labels import imagenet_class_names
+    from carnet_core.predict import softmax
+
+    natural = ["convertible", "Jeep", "limousine", "minivan", "pickup", "sports car"]
+    data = _dataset(tmp_path / "cars6", SIX)
+    state, rows = _six_class_mobilenet(natural)
+    net = timm.create_model("mobilenetv2_100", num_classes=6)
+    net.load_state_dict(state)
+    args = argparse.Namespace(model="mobilenetv2_100", num_classes=6, data_dir=str(data), dataset="",
+                              train_split="train", class_map="")
+    CheckpointSaver(net, torch.optim.SGD(net.parameters(), lr=0.1), args=args,
+                    checkpoint_dir=str(tmp_path)).save_checkpoint(epoch=0, metric=80.0)
+    ckpt = tmp_path / "model_best.pth.tar"
+
+    model = load_model(checkpoint=ckpt, device="cpu")
+    assert model.class_names == tuple(natural) and model.label_set == "cars6"
+    assert f"class names from its training options: {data / 'train'} (natural folder order)" in model.weights.detail
+    imagenet = load_model("mobilenetv2_100", checkpoint=MOBILENET_TIMM, device="cpu")
+    photos = car_photos[::40]
+    x = imagenet.preprocess([Image.open(p).convert("RGB") for p in photos])
+    with torch.no_grad():
+        expected = softmax(imagenet.module(x)[:, rows])
+    got = predict(model, photos, topk=6)
+    for pred, probs in zip(got.predictions, expected):
+        assert pred.probabilities == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-5)
+        assert pred.top1 == natural[int(probs.argmax())]
+    assert {p.top1 for p in got.predictions} <= set(natural) and "imagenet" not in model.label_set
+    assert imagenet_class_names()[rows[0]] == "convertible"
+
+    # the dataset is not on this machine: the message says what the checkpoint points to and what to give
+    moved = tmp_path / "elsewhere"
+    data.rename(moved)
+    with pytest.raises(CheckpointError, match=r"model_best.pth.tar was trained on 6 classes of its own.*the dataset "
+                                              r"folder it was trained on; its timm training options point to .*cars6/train"):
+        load_model(checkpoint=ckpt, device="cpu")
+    # ...then the folder given by hand is read in the same natural order, because the file is timm's
+    assert load_model(checkpoint=ckpt, device="cpu", class_names=moved).class_names == tuple(natural)
+
+    # its --class-map file, when it has one, wins over the dataset's folders
+    (tmp_path / "map.txt").write_text("\n".join(natural) + "\n")
+    args.class_map = str(tmp_path / "map.txt")
+    (tmp_path / "run2").mkdir()
+    CheckpointSaver(net, torch.optim.SGD(net.parameters(), lr=0.1), args=args,
+                    checkpoint_dir=str(tmp_path / "run2")).save_checkpoint(epoch=0, metric=80.0)
+    mapped = load_model(checkpoint=tmp_path / "run2" / "model_best.pth.tar", device="cpu")
+    assert mapped.class_names == tuple(natural) and "map.txt" in mapped.weights.detail
+
+
+def test_a_plain_state_dict_of_its_own_classes_takes_them_from_a_file_or_folder(tmp_path, car_photos):
+    """torchvision-style training numbers class folders sorted by name ("Jeep" before "convertible")."""
+    from carnet_core.errors import CarNetError
+
+    ordered = sorted(SIX)
+    state, _ = _six_class_mobilenet(ordered)
+    path = tmp_path / "cars6.pth"
+    torch.save(state, path)
+    data = _dataset(tmp_path / "cars6", SIX)
+
+    with pytest.raises(CheckpointError, match=r"cars6.pth was trained on 6 classes of its own.*one name per line"):
+        load_model("mobilenetv2_100", checkpoint=path, device="cpu")
+    by_folder = load_model("mobilenetv2_100", checkpoint=path, device="cpu", class_names=data)
+    assert by_folder.class_names == tuple(ordered) and by_folder.label_set == "cars6"
+    (tmp_path / "six.json").write_text(json.dumps(ordered))
+    by_list = load_model("mobilenetv2_100", checkpoint=path, device="cpu", class_names=tmp_path / "six.json")
+    assert by_list.label_set == "six"
+    a, b = predict(by_folder, car_photos[:3]), predict(by_list, car_photos[:3])
+    assert [p.top1 for p in a.predictions] == [p.top1 for p in b.predictions]
+    assert a.predictions[0].probabilities == pytest.approx(b.predictions[0].probabilities, abs=0)
+
+    with pytest.raises(CheckpointError, match=r"cars6.pth has 6 classes \(its classifier's rows\), but .*five.txt name 5"):
+        (tmp_path / "five.txt").write_text("\n".join(ordered[:5]))
+        load_model("mobilenetv2_100", checkpoint=path, device="cpu", class_names=tmp_path / "five.txt")
+    carnet = by_folder.save(tmp_path / "cars6.safetensors")
+    with pytest.raises(CheckpointError, match="CarNet checkpoint: it carries its own class names"):
+        load_model(checkpoint=carnet, device="cpu", class_names=data)
+    assert load_model(checkpoint=carnet, device="cpu").class_names == tuple(ordered)
+    with pytest.raises(CarNetError, match="no such file or folder"):
+        load_model("mobilenetv2_100", checkpoint=path, device="cpu", class_names=tmp_path / "missing.txt")
+
+
+def test_class_names_are_read_from_text_json_csv_and_dataset_folders(tmp_path):
+    from carnet_core.errors import CarNetError
+    from carnet_core.labels import read_class_names
+
+    (tmp_path / "a.txt").write_text("\ufeffcar\nbike \n\n")
+    assert read_class_names(tmp_path / "a.txt") == ("car", "bike")
+    (tmp_path / "b.json").write_text(json.dumps({"bike": 1, "car": 0}))
+    assert read_class_names(tmp_path / "b.json") == ("car", "bike")
+    (tmp_path / "classes.csv").write_text("index,class_name\n1,bike\n0,car\n10,van\n2,bus\n")
+    assert read_class_names(tmp_path / "classes.csv") == ("car", "bike", "bus", "van")
+    data = tmp_path / "data"
+    for name in ("class10", "class9", "Bus", "_uploads", ".hidden"):
+        (data / "train" / name).mkdir(parents=True)
+    (data / "val" / "other").mkdir(parents=True)
+    assert read_class_names(data) == ("Bus", "class10", "class9")
+    assert read_class_names(data, order="natural") == ("Bus", "class9", "class10")
+    assert read_class_names(["x", "y"]) == ("x", "y")
+
+    (tmp_path / "dup.txt").write_text("car\nbike\ncar\n")
+    (tmp_path / "gap.txt").write_text("car\n\nbike\n")
+    (tmp_path / "bad.json").write_text('{"car": 0, "bike": 2}')
+    (tmp_path / "cols.csv").write_text("id,label\n0,car\n")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81")
+    for source, message in [("dup.txt", "names 'car' more than once"), ("gap.txt", "class 1 has no name"),
+                            ("bad.json", "class indices are not 0..1"), ("cols.csv", "no class_name"),
+                            ("bin.txt", "cannot read class names from it"), ("none.txt", "no such file or folder")]:
+        with pytest.raises(CarNetError, match=message):
+            read_class_names(tmp_path / source)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CarNetError, match="names no class"):
+        read_class_names(tmp_path / "empty")
+    with pytest.raises(CarNetError, match="class order must be"):
+        read_class_names(data, order="alphabetical")
+
+
+def test_a_timm_train_py_checkpoint_brings_the_data_config_it_was_trained_with(tmp_path):
+    """A run with ``--img-size 160 --mean 0.5 0.5 0.5`` is classified at 160 px with that mean (timm's own
+    resolve_data_config over the run's options), and keeps it when saved as a CarNet checkpoint; a run that set
+    none of them gets the model's data config as before."""
+    import argparse
+
+    import timm
+    from timm.utils import CheckpointSaver
+
+    from carnet_core.model import INFERENCE_CROP_PCT
+
+    net = timm.create_model("mobilenetv2_100", pretrained=False)
+    options = dict(model="mobilenetv2_100", num_classes=1000, img_size=None, input_size=None, mean=None, std=None,
+                   crop_pct=None, interpolation="")
+    for run, changes in (("plain", {}), ("small", dict(img_size=160, mean=[0.5, 0.5, 0.5], interpolation="bilinear"))):
+        (tmp_path / run).mkdir()
+        CheckpointSaver(net, torch.optim.SGD(net.parameters(), lr=0.1), args=argparse.Namespace(**{**options, **changes}),
+                        checkpoint_dir=str(tmp_path / run)).save_checkpoint(epoch=0, metric=1.0)
+    plain = load_model(checkpoint=tmp_path / "plain" / "last.pth.tar", device="cpu")
+    assert plain.data_config == load_model("mobilenetv2_100", weights="random", device="cpu").data_config
+    assert "data config" not in plain.weights.detail
+
+    small = load_model(checkpoint=tmp_path / "small" / "last.pth.tar", device="cpu")
+    assert small.data_config["input_size"] == [3, 160, 160] and small.data_config["mean"] == [0.5, 0.5, 0.5]
+    assert small.data_config["interpolation"] == "bilinear" and small.data_config["crop_pct"] == INFERENCE_CROP_PCT
+    assert small.data_config["std"] == plain.data_config["std"]
+    assert "data config from its training options" in small.weights.detail
+    from PIL import Image
+
+    assert small.preprocess([Image.new("RGB", (640, 480), (255, 255, 255))]).shape == (1, 3, 160, 160)
+    saved = load_model(checkpoint=small.save(tmp_path / "small.safetensors"), device="cpu")
+    assert saved.data_config == small.data_config

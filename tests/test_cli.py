@@ -191,3 +191,70 @@ def test_output_piped_into_a_reader_that_stops_is_not_an_error():
     proc.stdout.close()  # the reader has gone before anything was written
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a_carnet_checkpoint(
+        car_photos, tmp_path, capsys, monkeypatch):
+    """A six-class MobileNetV2 trained elsewhere (real ImageNet weights cut down to six car classes, a plain state
+    dict): predict and evaluate take its classes with --classes; export --format safetensors makes a CarNet
+    checkpoint that the app lists ★ from the weights folder and that classifies the same."""
+    import shutil
+
+    import torch
+
+    from carnet_core.registry import list_checkpoints
+    from test_checkpoint import SIX, _six_class_mobilenet
+
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+    ordered = sorted(SIX)
+    state, _ = _six_class_mobilenet(ordered)
+    torch.save(state, tmp_path / "model.pth")
+    data = tmp_path / "cars6"
+    for split in ("train", "val"):
+        for i, name in enumerate(ordered):
+            (data / split / name).mkdir(parents=True)
+            shutil.copy(car_photos[i * 7], data / split / name / "a.jpg")
+    plain = ["--checkpoint", tmp_path / "model.pth", "--model", "mobilenetv2_100"]
+
+    code, out, err = run_main(capsys, "predict", car_photos[0], *plain)
+    assert code == 2 and "trained on 6 classes of its own" in err and "--classes" in err
+    code, out, err = run_main(capsys, "predict", car_photos[0], *plain, "--classes", data, "--json")
+    assert code == 0, err
+    predicted = json.loads(out)["results"][0]["topk"]
+    assert {c["class"] for c in predicted} <= set(SIX) and len(predicted) == 5
+    code, out, err = run_main(capsys, "predict", car_photos[0], "--classes", data)
+    assert code == 2 and "--classes names the classes of a --checkpoint file" in err
+
+    code, out, err = run_main(capsys, "evaluate", tmp_path / "model.pth", data, "--model", "mobilenetv2_100",
+                              "--classes", data, "--json")
+    assert code == 0, err
+    assert json.loads(out)["num_images"] == 6
+
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+    code, out, err = run_main(capsys, "export", tmp_path / "model.pth", "--model", "mobilenetv2_100", "--classes",
+                              data, "--format", "safetensors", "--out", weights / "cars6.safetensors")
+    assert code == 0, err
+    assert "6 classes, label set cars6" in out and "max probability difference: 0.00e+00" in out
+    [entry] = list_checkpoints()
+    assert entry.class_names == tuple(ordered) and entry.label_set == "cars6" and entry.arch == "mobilenetv2_100"
+    code, out, err = run_main(capsys, "predict", car_photos[0], "--checkpoint", weights / "cars6.safetensors",
+                              "--json")
+    assert code == 0, err
+    assert json.loads(out)["weights"]["detail"].startswith(f"made from model.pth: loaded by name; class names from {data}")
+    again = json.loads(out)["results"][0]["topk"]
+    assert [c["class"] for c in again] == [c["class"] for c in predicted]
+    assert [c["probability"] for c in again] == pytest.approx([c["probability"] for c in predicted], abs=1e-6)
+    torch.save({"arch": "mobilenetv2_100", "state_dict": state}, tmp_path / "named.pth")  # names its architecture
+    code, out, err = run_main(capsys, "compare", data, "--models", tmp_path / "named.pth")
+    assert code == 2 and "Compare reads class names from CarNet checkpoints" in err and "--format safetensors" in err
+    code, out, err = run_main(capsys, "compare", data, "--models", f"{weights / 'cars6.safetensors'},efficientnet_lite0",
+                              "--json")  # the folder's classes are ImageNet's: Lite0 is scored on them as they are
+    assert code == 0, err
+    assert json.loads(out)["num_images"] == 6
+    code, out, err = run_main(capsys, "evaluate", "efficientnet_lite0", data, "--json")  # "Jeep" is ImageNet's "jeep"
+    assert code == 0, err
+    assert json.loads(out)["num_images"] == 6
+    code, out, err = run_main(capsys, "export", tmp_path / "model.pth", "--model", "mobilenetv2_100", "--classes",
+                              data, "--format", "safetensors", "--out", tmp_path / "x.pth")
+    assert code == 2 and "a CarNet checkpoint is a .safetensors file" in err

@@ -285,3 +285,15 @@ def test_a_dataset_named_with_some_of_the_models_classes_needs_no_mapping(tmp_pa
     assert report.per_class["blue"]["count"] == 3 and len(report.confusion) == 2  # over the dataset's 2 classes
     with pytest.raises(CarNetError, match=r"only in the dataset: pink; only in the model: blue, green, purple \(for"):
         evaluate(wide, ImageDataset(items, ("red", "pink")))
+
+
+def test_folder_classes_match_model_classes_in_any_case_each_a_different_one():
+    from carnet_core.folders import LabelProjection
+    from carnet_core.labels import imagenet_class_names, within_classes
+
+    names = imagenet_class_names()
+    assert within_classes(["Jeep", "sports car", " Pickup "], names)
+    assert not within_classes(["jeep", "Jeep"], names)  # two folders for one class
+    assert not within_classes(["jeep", "spaceship car"], names)
+    projection = LabelProjection(["Jeep", "sports car"], names)  # no mapping needed
+    assert projection.matrix[names.index("jeep"), 0] == 1 and projection.matrix[names.index("sports car"), 1] == 1

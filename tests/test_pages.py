@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from carnet_core import load_model
 from carnet_core.images import MAX_FILE_BYTES
 
-from conftest import ROOT
+from conftest import MOBILENET_TIMM, ROOT, need
 
 TIMEOUT = 180
 
@@ -288,3 +288,52 @@ def test_compare_page_with_one_available_model_says_so():
     assert not at.exception
     assert any("at least two models" in e.value for e in at.error)
     assert not at.get("plotly_chart")
+
+
+def test_weights_of_classes_of_their_own_get_the_command_that_makes_them_usable(car_photos, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """A six-class MobileNetV2 state dict dropped into the weights folder under the model's name: Classify says what
+    it is and gives the export command; run with the dataset folder, it makes a ★ checkpoint that classifies."""
+    import shlex
+
+    import torch
+
+    from carnet_core.cli import main
+    from test_checkpoint import SIX, _six_class_mobilenet
+
+    import os
+
+    import ui
+
+    weights, data = tmp_path / "weights", tmp_path / "cars6"
+    weights.mkdir()
+    imagenet = tmp_path / "imagenet"  # the ImageNet file, loaded first: its model must not stand in for the new one
+    imagenet.mkdir()
+    os.symlink(need(MOBILENET_TIMM), imagenet / "mobilenetv2_100.pth")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(imagenet))
+    assert len(ui.cached_model("mobilenetv2_100").class_names) == 1000
+    for name in SIX:
+        (data / "train" / name).mkdir(parents=True)
+    state, _ = _six_class_mobilenet(sorted(SIX))
+    torch.save(state, weights / "mobilenetv2_100.pth")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at.selectbox(key="classify_model").set_value("mobilenetv2_100").run()
+    assert not at.exception
+    assert any("mobilenetv2_100.pth was trained on 6 classes of its own" in e.value for e in at.error)
+    [command] = [c.value for c in at.code]
+    assert command.startswith(f"python -m carnet_core export {weights / 'mobilenetv2_100.pth'} --model mobilenetv2_100")
+
+    args = shlex.split(command.replace("DATASET_FOLDER", shlex.quote(str(data))).replace("DATASET", "cars6"))[3:]
+    assert main(args) == 0, capsys.readouterr().err
+    (weights / "mobilenetv2_100.pth").rename(tmp_path / "mobilenetv2_100.pth")  # "move the original file out"
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    starred = [o for o in at.selectbox(key="classify_model").options if o.startswith("★ mobilenetv2_100-cars6")]
+    assert starred and "6 classes" in starred[0]
+    at.selectbox(key="classify_model").set_value(f"checkpoint:{weights / 'mobilenetv2_100-cars6.safetensors'}").run()
+    at.file_uploader[0].set_value([("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]).run()
+    assert not at.exception and not at.error
+    [chart] = bars(at)
+    assert len(chart["y"]) == 5 and set(chart["y"]) <= set(SIX)
