@@ -241,8 +241,10 @@ def digest(data: bytes) -> str:
 
 
 def explanation(model: Classifier, image: Image.Image, image_digest: str, method: str, class_name: str | None,
-                layer: str | None, compute: bool = True) -> Explanation | None:
-    """The CAM of ``image`` (``image_digest``: :func:`digest` of its file) for this model, method, class and layer,
+                layer: str | None, compute: bool = True, aug_smooth: bool = False,
+                eigen_smooth: bool = False) -> Explanation | None:
+    """The CAM of ``image`` (``image_digest``: :func:`digest` of its file) for this model, method, class, layer and
+    smoothing,
     remembered for this session: a slider or colormap change, or a second look, does not compute it again (ScoreCAM
     takes about a minute). ``compute=False``: only what is remembered, else None. The last
     :data:`EXPLANATIONS_KEPT` are kept.
@@ -253,12 +255,13 @@ def explanation(model: Classifier, image: Image.Image, image_digest: str, method
     import carnet_core.explain as cams
 
     memory = st.session_state.setdefault("_explanations", {})
-    key = (id(model), model.name, image_digest, method, class_name, layer)
+    key = (id(model), model.name, image_digest, method, class_name, layer, aug_smooth, eigen_smooth)
     owner, found = memory.pop(key, (None, None))
     if owner is not None and owner() is not model:  # an id reused by another model after the cache dropped this one
         found = None
     if found is None and compute:
-        found = cams.explain(model, image, method=method, class_name=class_name, layer=layer)
+        found = cams.explain(model, image, method=method, class_name=class_name, layer=layer, aug_smooth=aug_smooth,
+                             eigen_smooth=eigen_smooth)
     if found is not None:
         memory[key] = (weakref.ref(model), found)  # most recently used last
         while len(memory) > EXPLANATIONS_KEPT:

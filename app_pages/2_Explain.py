@@ -6,8 +6,8 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image, predict
-from carnet_core.explain import COLORMAPS, EXPENSIVE_METHODS, METHOD_NAMES, METHODS, default_layer, estimate_seconds, \
-    spatial_layers
+from carnet_core.explain import AUG_SMOOTH_PASSES, COLORMAPS, EXPENSIVE_METHODS, METHOD_NAMES, METHODS, \
+    aug_smooth_refusal, default_layer, estimate_seconds, spatial_layers, usable_smoothing
 
 st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
 st.title("Explain")
@@ -44,10 +44,21 @@ layer = controls[2].selectbox("Target layer", layers, index=layers.index(default
                               help="Default: the last block with spatial output for this architecture family.")
 alpha = controls[3].slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
 colormap = controls[3].selectbox("Colormap", COLORMAPS, key="explain_colormap")
+smoothing = st.columns(4)
+eigen = smoothing[1].toggle("Eigen smoothing", key="explain_eigen_smooth",
+                            help="The first principal component of the weighted activations instead of their sum: "
+                                 "less noise (pytorch-grad-cam's eigen_smooth).")
+refusal = aug_smooth_refusal(method, eigen)
+aug = smoothing[0].toggle("Augmentation smoothing", key="explain_aug_smooth", disabled=refusal is not None,
+                          help=refusal or f"The mean map over the photo flipped and brightened by 0.9, 1 and 1.1 "
+                                          f"({AUG_SMOOTH_PASSES} passes): centred on the object (pytorch-grad-cam's "
+                                          f"aug_smooth).") and refusal is None
+smoothed = " + ".join(w for w, on in (("augmentation", aug), ("eigen", eigen)) if on)
 
-remembered = ui.explanation(model, image, photo, method, class_name, layer, compute=False)
+remembered = ui.explanation(model, image, photo, method, class_name, layer, compute=False, aug_smooth=aug,
+                            eigen_smooth=eigen)
 if method in EXPENSIVE_METHODS and remembered is None:
-    seconds = estimate_seconds(model, method, layer)
+    seconds = estimate_seconds(model, method, layer, aug_smooth=aug)
     st.warning(f"{method_name} runs one forward pass per channel of `{layer}` "
                f"({spatial_layers(model)[layer][0]} channels): about {seconds:.0f} s on this machine.")
     if not st.button(f"Run {method_name}", key="explain_run"):
@@ -55,14 +66,15 @@ if method in EXPENSIVE_METHODS and remembered is None:
 
 try:
     with st.spinner(f"Computing {method_name}…"):
-        result = ui.explanation(model, image, photo, method, class_name, layer)
+        result = ui.explanation(model, image, photo, method, class_name, layer, aug_smooth=aug, eigen_smooth=eigen)
 except CarNetError as exc:
     st.error(str(exc))
     st.stop()
 
 original, heat, over = st.columns(3)
 original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
-heat.image(result.heatmap_image(colormap), caption=f"{method_name} heatmap · layer {result.layer}", width="stretch")
+heat.image(result.heatmap_image(colormap), width="stretch",
+           caption=f"{method_name} heatmap · layer {result.layer}" + (f" · {smoothed} smoothing" if smoothed else ""))
 overlay_image = result.overlay(alpha, colormap)
 over.image(overlay_image, caption=f"{result.class_name}: {result.probability * 100:.1f}%", width="stretch")
 st.caption(f"Faithfulness: keeping only the highlighted region changes the probability of **{result.class_name}** by "
@@ -77,13 +89,15 @@ st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
 chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
                         help="ScoreCAM and AblationCAM take much longer than the others.")
-all_remembered = all(ui.explanation(model, image, photo, m, class_name, layer, compute=False) for m in chosen)
+all_remembered = all(ui.explanation(model, image, photo, m, class_name, layer, compute=False,
+                                    **usable_smoothing(m, aug, eigen)) for m in chosen)
 if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered):  # stays while the sliders move
     progress = st.progress(0.0, text="Computing…")
     cells = st.columns(min(len(chosen), 4))
     for i, m in enumerate(chosen):
         progress.progress(i / len(chosen), text=f"{METHOD_NAMES[m]} ({i + 1}/{len(chosen)})")
-        r = ui.explanation(model, image, photo, m, class_name, layer)
-        caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms"
+        r = ui.explanation(model, image, photo, m, class_name, layer, **usable_smoothing(m, aug, eigen))
+        caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms" + \
+            (" · without augmentation smoothing" if aug and not r.aug_smooth else "")
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
     progress.empty()  # the grid is the result: no bar left at "Done" on every rerun

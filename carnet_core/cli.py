@@ -113,17 +113,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
     model = _model_or_checkpoint(args)
-    result = explain(model, args.image, method=args.method, class_name=args.class_name, layer=args.layer)
+    result = explain(model, args.image, method=args.method, class_name=args.class_name, layer=args.layer,
+                     aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.overlay(args.alpha, args.colormap).save(args.out)
     summary = {"image": args.image, "model": model.name, "method": result.method, "layer": result.layer,
                "class": result.class_name, "probability": round(result.probability, 6),
                "faithfulness": round(result.faithfulness, 6), "latency_ms": round(result.latency_ms, 1),
-               "overlay": str(args.out)}
+               "aug_smooth": result.aug_smooth, "eigen_smooth": result.eigen_smooth, "overlay": str(args.out)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{result.method} on {model.name}/{result.layer}: {result.class_name} ({result.probability * 100:.1f}%), "
+        smoothed = " + ".join(w for w, on in (("aug", result.aug_smooth), ("eigen", result.eigen_smooth)) if on)
+        print(f"{result.method}{f' ({smoothed} smoothing)' if smoothed else ''} on {model.name}/{result.layer}: "
+              f"{result.class_name} ({result.probability * 100:.1f}%), "
               f"faithfulness {result.faithfulness * 100:+.1f} points, {result.latency_ms:.0f} ms → {args.out}")
     return 0
 
@@ -377,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="target layer name (default: per architecture family)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1 (default 0.5)")
     p.add_argument("--colormap", default="jet", choices=COLORMAPS)
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="mean map over the photo flipped and brightened (6 passes; pytorch-grad-cam's aug_smooth): "
+                        "centred on the object")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="first principal component of the weighted activations (pytorch-grad-cam's eigen_smooth): "
+                        "less noise")
     p.add_argument("--out", type=Path, default=Path("overlay.png"), help="output PNG (default overlay.png)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")

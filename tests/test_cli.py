@@ -66,6 +66,13 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     assert Image.open(out_png).size == (224, 224) and data["layer"] == "bn2" and data["class"]
     code, _, err = run_main(capsys, "explain", car_photos[0], "--class", "sport car", "--out", out_png)
     assert code == 2 and "did you mean 'sports car'" in err
+    code, out, err = run_main(capsys, "explain", car_photos[0], "--aug-smooth", "--eigen-smooth", "--out", out_png)
+    assert code == 2 and "does not go with eigen smoothing" in err
+    code, out, err = run_main(capsys, "explain", car_photos[0], "--aug-smooth", "--out", out_png, "--json")
+    assert code == 0, err
+    smoothed = json.loads(out)
+    assert smoothed["aug_smooth"] and not smoothed["eigen_smooth"] and smoothed["class"] == data["class"]
+    assert smoothed["probability"] == pytest.approx(data["probability"], abs=1e-5)
 
 
 def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys):

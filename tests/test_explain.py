@@ -227,3 +227,54 @@ def test_gradcam_finds_the_car_on_a_neutral_canvas(lite0, car_photos):
     hits = sum(s > 0.5 for s in shares)
     print(f"quadrant share > 0.5: {hits}/{len(shares)}; median {np.median(shares):.2f}")
     assert hits >= 0.8 * len(shares)
+
+
+def test_smoothing_is_pytorch_grad_cams_and_augmentation_smoothing_is_mirror_consistent(lite0, car_photos):
+    """A real photo at the model's 224 px (so the model sees exactly it, and exactly its mirror image when mirrored).
+    Augmentation smoothing averages over the photo and its mirror image, so the map of the mirrored photo is the
+    mirrored map — which plain GradCAM's is not; the class and probability stay the photo's own. Both smoothings are
+    pytorch-grad-cam's own results for that class."""
+    from PIL import ImageOps
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from carnet_core import load_image
+
+    img = load_image(car_photos[3]).resize((224, 224), Image.BICUBIC)
+    x, x_mirror = lite0.preprocess([img]), lite0.preprocess([ImageOps.mirror(img)])
+    assert torch.equal(x_mirror, torch.flip(x, dims=[3]))
+    plain = explain(lite0, img)
+    aug = explain(lite0, img, aug_smooth=True)
+    assert aug.aug_smooth and not aug.eigen_smooth and aug.class_name == plain.class_name
+    assert aug.probability == pytest.approx(plain.probability, abs=1e-6)
+    mirrored = explain(lite0, ImageOps.mirror(img), class_name=aug.class_name, aug_smooth=True)
+    plain_mirrored = explain(lite0, ImageOps.mirror(img), class_name=aug.class_name)
+    np.testing.assert_allclose(mirrored.heatmap[:, ::-1], aug.heatmap, atol=1e-4)
+    assert np.abs(plain_mirrored.heatmap[:, ::-1] - plain.heatmap).max() > 0.05  # what the smoothing adds
+
+    with GradCAM(lite0.module, [lite0.module.bn2]) as cam:
+        target = [ClassifierOutputTarget(plain.class_index)]
+        reference_aug = cam(x, targets=target, aug_smooth=True)[0]
+        reference_eigen = cam(x, targets=target, eigen_smooth=True)[0]
+    lite0.module.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(aug.heatmap, reference_aug, atol=1e-5)
+    eigen = explain(lite0, img, eigen_smooth=True)
+    assert eigen.eigen_smooth and eigen.class_name == plain.class_name
+    np.testing.assert_allclose(eigen.heatmap, reference_eigen, atol=1e-5)
+    assert np.abs(eigen.heatmap - plain.heatmap).max() > 0.05
+
+
+def test_augmentation_smoothing_is_refused_where_it_washes_out():
+    """FinerCAM does not take it; EigenCAM's and eigen-smoothed maps can flip sign on the mirrored photo."""
+    from carnet_core.explain import aug_smooth_refusal, usable_smoothing
+
+    model = tiny_model("mobilenetv2")
+    for method, eigen, message in [("finercam", False, "FinerCAM has no augmentation smoothing"),
+                                   ("eigencam", False, "does not go with EigenCAM"),
+                                   ("gradcam", True, "does not go with eigen smoothing")]:
+        with pytest.raises(CarNetError, match=message):
+            explain(model, photo(), method=method, aug_smooth=True, eigen_smooth=eigen)
+        assert usable_smoothing(method, True, eigen) == {"aug_smooth": False, "eigen_smooth": eigen}
+    assert aug_smooth_refusal("gradcam++") is None
+    assert usable_smoothing("gradcam++", True, False) == {"aug_smooth": True, "eigen_smooth": False}
+    assert explain(model, photo(), method="finercam", eigen_smooth=True).eigen_smooth

@@ -128,6 +128,16 @@ def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
     assert [c.split(" ·")[0] for c in grid] == ["GradCAM", "EigenCAM"]  # as their papers write them
     assert at.selectbox(key="explain_method").options[:3] == ["GradCAM", "GradCAM++", "HiResCAM"]
 
+    at.toggle(key="explain_aug_smooth").set_value(True).run()  # smoothing: the heatmap says so, the grid too
+    at.button(key="explain_compare_run").click().run()
+    assert not at.exception and not at.error
+    assert any("GradCAM++ heatmap · layer bn2 · augmentation smoothing" == c for c in image_captions(at))
+    grid = [c for c in image_captions(at) if "faithfulness" in c]
+    assert "without augmentation smoothing" not in grid[0] and grid[1].endswith("without augmentation smoothing")
+    at.selectbox(key="explain_method").set_value("eigencam").run()  # where it washes out, it cannot be switched on
+    assert not at.exception and not at.error and at.toggle(key="explain_aug_smooth").disabled
+    assert "principal component's sign is arbitrary" in at.toggle(key="explain_aug_smooth").help
+
 
 def test_explain_page_keeps_cams_while_the_sliders_move(car_photos, monkeypatch):
     """A CAM once computed (ScoreCAM: about a minute) stays on the page when the opacity or colormap changes, and is
