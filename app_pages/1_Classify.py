@@ -7,6 +7,7 @@ from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
 from carnet_core.labels import vehicle_indices
+from carnet_core.predict import prediction_csv
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")
@@ -32,13 +33,14 @@ if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hos
                "Evaluate page or `python -m carnet_core predict FOLDER`.")
     inputs = inputs[:ui.MAX_PHOTOS]
 
-images, names = [], []
+images, names, skipped = [], [], []
 for name, data in inputs:
     try:
         images.append(load_image(data, name=name))
         names.append(name)
     except ImageError as exc:
         st.error(f"Skipped — {exc}")
+        skipped.append({"image": name, "error": str(exc)})
 if not images:
     st.stop()
 
@@ -48,6 +50,11 @@ except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this 
     st.error(str(exc))
     st.stop()
 st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
+if len(inputs) > 1:
+    results = [{"image": n, **p.to_dict()} for n, p in zip(names, batch.predictions)] + skipped
+    st.download_button(f"Download the {len(results)} results (CSV)", prediction_csv(results), mime="text/csv",
+                       file_name=f"predictions-{model.name}.csv", key="classify_csv",
+                       help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
 for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
     left, right = st.columns([1, 2])

@@ -53,7 +53,7 @@ def _model_or_checkpoint(args: argparse.Namespace):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .images import IMAGE_EXTENSIONS, load_image
-    from .predict import predict
+    from .predict import predict, prediction_table
 
     _check_csv_folder(args.csv, "predictions")
     model = _model_or_checkpoint(args)
@@ -85,12 +85,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  best vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
             print(f"  latency {r['latency_ms']:.1f} ms")
     if args.csv:  # one row per image, as timm's inference script writes them; after the printed results
-        k = max([len(r["topk"]) for r in results if "topk" in r], default=0)
-        columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
-        rows = [{"image": r["image"], "latency_ms": r.get("latency_ms"), "error": r.get("error", ""),
-                 **{f"{c}_{i}": t[c] for i, t in enumerate(r.get("topk", []), 1) for c in ("class", "probability")}}
-                for r in results]
-        _write_csv(args.csv, columns + ["latency_ms", "error"], rows)
+        _write_csv(args.csv, *prediction_table(results))
         if not args.json:
             print(f"\npredictions written to {args.csv}")
     if failed:

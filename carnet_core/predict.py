@@ -173,3 +173,32 @@ def topk_predictions(probs: torch.Tensor, class_names: Sequence[str], topk: int 
             pred.vehicle_share = float(vprobs.sum())
         out.append(pred)
     return out
+
+
+def prediction_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
+    """One row per image, as timm's ``inference.py`` writes them (``image``, ``class_1``, ``probability_1``, ...,
+    then ``latency_ms`` and ``error``), from ``results``: ``{"image": name, **Prediction.to_dict()}`` (with
+    ``latency_ms`` when known) or ``{"image": name, "error": message}`` for an image that could not be read.
+
+    Returns:
+        (column names, rows as dicts), for :class:`csv.DictWriter`.
+    """
+    k = max([len(r["topk"]) for r in results if "topk" in r], default=0)
+    columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+    rows = [{"image": r["image"], "latency_ms": r.get("latency_ms"), "error": r.get("error", ""),
+             **{f"{c}_{i}": t[c] for i, t in enumerate(r.get("topk", []), 1) for c in ("class", "probability")}}
+            for r in results]
+    return columns + ["latency_ms", "error"], rows
+
+
+def prediction_csv(results: Sequence[dict]) -> str:
+    """:func:`prediction_table` as CSV text."""
+    import csv
+    import io
+
+    columns, rows = prediction_table(results)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

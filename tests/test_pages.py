@@ -66,6 +66,8 @@ def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos
     [chart] = bars(at)
     assert len(chart["y"]) == 5 and all(t.endswith("%") for t in chart["text"])
     assert any("notes.txt" in e.value and "not an image" in e.value for e in at.error)
+    [download] = at.get("download_button")  # the photos' results as a table: the skipped one too
+    assert download.proto.label == "Download the 2 results (CSV)"
 
 
 def test_classify_takes_a_classroom_of_photos_and_says_when_there_are_more():

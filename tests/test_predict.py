@@ -141,3 +141,23 @@ def test_input_view_is_what_preprocess_normalises(lite0, car_photos, tmp_path):
     assert ui.input_view(car_photos[0], lite0).tobytes() == view.tobytes()
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     assert ui.input_view(tmp_path / "broken.jpg", lite0) is None and ui.input_view(tmp_path / "gone.jpg", lite0) is None
+
+
+def test_prediction_csv_has_a_row_per_photo_in_timms_layout(lite0, car_photos):
+    """Classify's download and ``predict --csv``: image, class_1, probability_1, ... class_5, probability_5,
+    latency_ms, error — a skipped photo keeps its row, with the reason."""
+    import csv
+    import io
+
+    from carnet_core.predict import prediction_csv
+
+    batch = predict(lite0, car_photos[:2], topk=5)
+    results = [{"image": p.name, **pred.to_dict()} for p, pred in zip(car_photos[:2], batch.predictions)]
+    results.append({"image": "notes.txt", "error": "notes.txt: a text file, not an image"})
+    rows = list(csv.DictReader(io.StringIO(prediction_csv(results))))
+    assert list(rows[0]) == ["image"] + [f"{c}_{i}" for i in range(1, 6) for c in ("class", "probability")] + \
+        ["latency_ms", "error"]
+    assert [r["image"] for r in rows] == [car_photos[0].name, car_photos[1].name, "notes.txt"]
+    assert rows[0]["class_1"] == batch.predictions[0].top1 and rows[0]["error"] == ""
+    assert float(rows[1]["probability_1"]) == pytest.approx(batch.predictions[1].probabilities[0], abs=1e-6)
+    assert rows[2]["class_1"] == "" and "not an image" in rows[2]["error"]
