@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -128,7 +129,7 @@ def read_class_names(source: str | os.PathLike | Sequence[str], order: str = "so
     if not all(isinstance(n, str) and n.strip() for n in names):
         bad = next(i for i, n in enumerate(names) if not (isinstance(n, str) and n.strip()))
         raise CarNetError(f"{where}: class {bad} has no name ({names[bad]!r})")
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         raise CarNetError(f"{where}: names {', '.join(map(repr, twice[:3]))} more than once")
     return tuple(names)
