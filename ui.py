@@ -280,13 +280,14 @@ def loader_workers() -> int:
 
 #: Extracted zip uploads, under the data root. The leading "_" keeps them out of a dataset's class folders when the
 #: data root is itself one dataset; "uploads" is where earlier versions put them (still listed).
-UPLOADS = "_uploads"
+UPLOADS = "_uploads"  # extracted zips
+BUILT = "_built"  # datasets built class by class
 
 
 def dataset_folders() -> list[Path]:
     """Datasets offered by the pickers, sorted by name: the data root itself when it is one dataset
     (:func:`~carnet_core.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
-    the folders directly under it; then the extracted zip uploads."""
+    the folders directly under it; then the extracted zip uploads and the datasets built class by class."""
     from carnet_core.datasets import class_folders, is_one_dataset
     from carnet_core.uploads import dataset_root
 
@@ -301,7 +302,20 @@ def dataset_folders() -> list[Path]:
     for uploads in upload_dirs:
         if uploads.is_dir():
             found += [dataset_root(p) for p in sorted(uploads.iterdir()) if p.is_dir()]
+    if (root / BUILT).is_dir():  # as they are: one with a single class so far is no zip's top folder
+        found += class_folders(root / BUILT)
     return found
+
+
+def built_dataset(name: str) -> Path:
+    """The folder of a dataset built on the Fine-tune page class by class: ``<data root>/_built/<name>``.
+
+    Raises:
+        CarNetError: a name that cannot be a folder name.
+    """
+    from carnet_core.uploads import check_folder_name
+
+    return data_root() / BUILT / check_folder_name(name, "dataset")
 
 
 def extract_upload(name: str, data: bytes) -> Path:

@@ -13,6 +13,7 @@ from carnet_core.charts import runs_overlay_figure, training_curves_figure
 from carnet_core.jobs import FINISHED, JobRunner, hosted_mode
 from carnet_core.registry import get_spec
 from carnet_core.train import TrainConfig
+from carnet_core.uploads import add_class_photos, class_counts, remove_class
 
 st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
 st.title("Fine-tune")
@@ -83,10 +84,52 @@ live_panel()
 
 # --- a new fine-tune --------------------------------------------------------------------------------------------
 st.subheader("New fine-tune")
-source = st.radio("Dataset", ["Folder under the data root", "Upload a zip of class folders"], horizontal=True,
-                  key="finetune_source")
+source = st.radio("Dataset", ["Folder under the data root", "Upload a zip of class folders",
+                             "Build one from photos, class by class"], horizontal=True, key="finetune_source")
 dataset = None
-if source.startswith("Folder"):
+if source.startswith("Build"):
+    try:
+        built = ui.built_dataset(st.text_input("Dataset name", value="my-cars", key="finetune_build_name"))
+    except CarNetError as exc:
+        st.error(str(exc))
+        st.stop()
+    camera = st.toggle("Use the camera", key="finetune_build_camera")
+    with st.form("finetune_build_form", clear_on_submit=True):
+        class_name = st.text_input("Class", placeholder="e.g. pickup", key="finetune_build_class")
+        photos = st.file_uploader("Its photos", accept_multiple_files=True, key="finetune_build_photos",
+                                  max_upload_size=ui.PHOTO_UPLOAD_MB)
+        snap = st.camera_input("Or take one", key="finetune_build_snap") if camera else None
+        added = st.form_submit_button("Add the photos to this class")
+    if added:
+        given = [(f.name, f.getvalue()) for f in photos or []] + ([(snap.name, snap.getvalue())] if snap else [])
+        try:
+            result = add_class_photos(built, class_name, given) if given else None
+        except CarNetError as exc:
+            st.error(str(exc))
+        else:
+            if result is None:
+                st.warning("Choose some photos (or take one) first.")
+            else:
+                st.success(f"{ui.count(len(result.saved), 'photo')} added to **{result.folder.name}**"
+                           + (f"; {ui.count(len(result.already_there), 'photo')} already there" if result.already_there
+                              else "") + ".")
+                for name, reason in result.refused:
+                    st.error(f"Skipped — {reason}")
+    counts = class_counts(built)
+    if counts:
+        st.dataframe(pd.DataFrame([{"class": c, "photos": n} for c, n in counts.items()]), hide_index=True,
+                     width="content")
+        gone = st.selectbox("Remove a class", [None] + list(counts), key="finetune_build_remove",
+                            format_func=lambda c: "—" if c is None else c)
+        if gone is not None and st.button(f"Remove {gone} and its {ui.count(counts[gone], 'photo')}",
+                                          key="finetune_build_remove_run"):
+            remove_class(built, gone)
+            st.rerun()
+    if len([n for n in counts.values() if n]) < 2:
+        st.info(f"Add photos of at least two classes (about 10 or more each); they are kept in `{built}`.")
+    else:
+        dataset = built
+elif source.startswith("Folder"):
     folders = ui.dataset_folders()
     if not folders:
         st.info(f"No dataset folders in `{ui.data_root()}`. Put one there (class sub-folders of images, optionally "

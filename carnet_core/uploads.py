@@ -1,4 +1,7 @@
-"""Safe extraction of an uploaded zip of class folders (the fine-tune page's "upload a dataset").
+"""Datasets uploaded to the fine-tune page: a zip of class folders, extracted safely, or photos added class by class
+(:func:`add_class_photos`, as Teachable Machine builds one).
+
+Zip extraction:
 
 Refused, with a message naming the member: absolute paths and ``..`` (path traversal, "zip slip"), links, more
 than ``max_files`` members, more than ``max_bytes`` uncompressed (counted while writing, so a zip that lies about
@@ -8,15 +11,18 @@ outside ``dest``; a refused zip leaves no partial folder behind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
 import stat
+import unicodedata
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
-from .errors import CarNetError
+from .errors import CarNetError, ImageError
 
 MAX_FILES = 50_000
 MAX_BYTES = 2 * 1024**3  # 2 GiB uncompressed
@@ -112,3 +118,106 @@ def _extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Pat
                 if written > max_bytes:  # the sizes in the zip's directory were wrong
                     raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
                 out.write(chunk)
+
+
+#: File suffix per decoded format, for photos saved by :func:`add_class_photos` (MPO: a phone's multi-picture JPEG).
+_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
+MAX_NAME_CHARS = 80
+
+
+def check_folder_name(name: str, what: str = "class") -> str:
+    """``name`` stripped, if it can be a folder name for a class or dataset: not empty, no path separators, not
+    ``.``/``..``, not hidden or ``_``-prefixed (CarNet skips those folders), no control characters, at most
+    :data:`MAX_NAME_CHARS` characters.
+
+    Raises:
+        CarNetError: it cannot; the message says why.
+    """
+    name = " ".join(str(name).split())
+    if not name:
+        raise CarNetError(f"give the {what} a name")
+    if any(sep in name for sep in ("/", "\\")) or name in (".", ".."):
+        raise CarNetError(f"{what} name {name!r}: no / or \\ and not . or ..")
+    if name.startswith((".", "_")):
+        raise CarNetError(f"{what} name {name!r}: cannot start with . or _ (folders CarNet skips)")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise CarNetError(f"{what} name {name!r}: holds control characters")
+    if len(name) > MAX_NAME_CHARS:
+        raise CarNetError(f"{what} name is {len(name)} characters long; at most {MAX_NAME_CHARS}")
+    return name
+
+
+@dataclass
+class AddedPhotos:
+    """What :func:`add_class_photos` did: files saved, photos already in the class, and photos refused (name,
+    reason)."""
+
+    folder: Path
+    saved: list[str] = field(default_factory=list)
+    already_there: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def add_class_photos(dataset: str | os.PathLike, class_name: str,
+                     photos: Sequence[tuple[str, bytes]]) -> AddedPhotos:
+    """Add photos to the class folder ``dataset/<class_name>/`` (both created when new): a dataset of class folders,
+    built class by class as in Teachable Machine, which CarNet's readers split into train and val.
+
+    Each photo is decoded first (:func:`~carnet_core.images.load_image`: empty, truncated, not-an-image and oversized
+    files are refused with the reason) and saved as it came (no re-encoding), named after its content's SHA-256 with
+    its format's suffix: the same photo added twice is one file, and no uploaded name reaches the file system.
+
+    Args:
+        dataset: the dataset folder.
+        class_name: the class (:func:`check_folder_name`).
+        photos: (file name as uploaded, bytes) pairs.
+
+    Raises:
+        CarNetError: a class name that cannot be a folder name.
+    """
+    from PIL import Image
+
+    from .images import load_image
+
+    folder = Path(dataset) / check_folder_name(class_name)
+    report = AddedPhotos(folder)
+    for name, data in photos:
+        try:
+            load_image(data, name=name)
+            with Image.open(io.BytesIO(data)) as img:
+                suffix = _SUFFIXES.get(img.format or "", ".jpg")
+        except ImageError as exc:
+            report.refused.append((name, str(exc)))
+            continue
+        target = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+        if target.exists():
+            report.already_there.append(name)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # a half-written photo is never read as one
+        report.saved.append(name)
+    return report
+
+
+def remove_class(dataset: str | os.PathLike, class_name: str) -> None:
+    """Delete the class folder ``dataset/<class_name>/`` and its photos.
+
+    Raises:
+        CarNetError: a name that is not a class folder of ``dataset``.
+    """
+    folder = Path(dataset) / check_folder_name(class_name)
+    if not folder.is_dir():
+        raise CarNetError(f"{Path(dataset).name} has no class {class_name!r}")
+    shutil.rmtree(folder)
+
+
+def class_counts(dataset: str | os.PathLike) -> dict[str, int]:
+    """{class folder name: number of photos in it} for a dataset of class folders (sorted by name; {} when the
+    folder does not exist yet)."""
+    from .datasets import class_folders
+    from .images import list_images
+
+    dataset = Path(dataset)
+    return {f.name: len(list_images(f)) for f in class_folders(dataset)} if dataset.is_dir() else {}

@@ -151,3 +151,36 @@ def test_a_data_root_that_is_one_dataset_is_offered_as_one(colour_folder, tmp_pa
     evaluate = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
     assert not evaluate.exception and not evaluate.error, evaluate.error
     assert evaluate.selectbox(key="evaluate_folder").options == ["colours", "blues"]
+
+
+def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, car_photos):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio(key="finetune_source").set_value("Build one from photos, class by class").run()
+    assert not at.exception
+    assert any("at least two classes" in i.value for i in at.info) and not at.get("metric")
+
+    def add(class_name, photos):
+        at.text_input(key="finetune_build_class").set_value(class_name)
+        at.file_uploader(key="finetune_build_photos").set_value(
+            [(p.name, p.read_bytes(), "image/jpeg") for p in photos] + [("notes.txt", b"hello", "text/plain")])
+        at.button(key="FormSubmitter:finetune_build_form-Add the photos to this class").click().run()
+        assert not at.exception, at.exception
+
+    add("sports car", car_photos[:6])
+    assert any("6 photos added to **sports car**" in s.value for s in at.success)
+    assert any("notes.txt" in e.value and "not an image" in e.value for e in at.error)
+    assert any("at least two classes" in i.value for i in at.info)
+    add("pickup", car_photos[100:106])
+    built = dirs / "_built" / "my-cars"
+    assert sorted(p.name for p in built.iterdir()) == ["pickup", "sports car"]
+    assert [m.value for m in at.metric][:3] == ["2", "8", "4"]  # the validation report of the new dataset
+    assert at.button(key="finetune_launch") is not None
+
+    at.text_input(key="finetune_build_name").set_value("../elsewhere").run()
+    assert any("dataset name '../elsewhere': no / or" in e.value for e in at.error)
+    at.text_input(key="finetune_build_name").set_value("my-cars").run()
+    at.selectbox(key="finetune_build_remove").set_value("pickup").run()
+    at.button(key="finetune_build_remove_run").click().run()
+    assert not at.exception and sorted(p.name for p in built.iterdir()) == ["sports car"]
+    at.radio(key="finetune_source").set_value("Folder under the data root").run()
+    assert "my-cars" in at.selectbox(key="finetune_folder").options  # and from now on a dataset like any other

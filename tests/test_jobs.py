@@ -210,3 +210,42 @@ def test_gpu_out_of_memory_message_suggests_a_batch_size():
     message = _explain_failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                {"batch_size": 64, "img_size": 224})
     assert "ran out of memory at batch size 64" in message and "try batch size 32" in message
+
+
+def test_a_dataset_is_built_class_by_class_from_photos(car_photos, tmp_path):
+    """Teachable-Machine style: photos added per class are saved as they came (no re-encoding), once each, under
+    names of their own; what is not a photo is refused with the reason; the result reads as a dataset."""
+    from PIL import Image
+
+    from carnet_core.datasets import open_dataset
+    from carnet_core.uploads import add_class_photos, check_folder_name, class_counts, remove_class
+
+    data = tmp_path / "built"
+    jpeg = car_photos[0].read_bytes()
+    png = io.BytesIO()
+    Image.open(car_photos[1]).save(png, "PNG")
+    first = add_class_photos(data, " sports  car ", [("../../a.jpg", jpeg), ("b.jpeg", png.getvalue()),
+                                                     ("notes.txt", b"not a photo"), ("cut.jpg", jpeg[:500])])
+    assert first.folder == data / "sports car" and first.saved == ["../../a.jpg", "b.jpeg"]
+    assert [n for n, _ in first.refused] == ["notes.txt", "cut.jpg"]
+    assert "not an image" in first.refused[0][1] and first.refused[1][1].startswith("cut.jpg: cannot read")
+    files = sorted((data / "sports car").iterdir())
+    assert sorted(f.suffix for f in files) == [".jpg", ".png"]
+    assert jpeg in [f.read_bytes() for f in files]  # as it came
+    again = add_class_photos(data, "sports car", [("copy.jpg", jpeg)])
+    assert again.saved == [] and again.already_there == ["copy.jpg"]
+    add_class_photos(data, "pickup", [(p.name, p.read_bytes()) for p in car_photos[10:14]])
+    assert class_counts(data) == {"pickup": 4, "sports car": 2}
+    splits = open_dataset(data, val_fraction=0.5)
+    assert set(splits.train.class_names) == {"pickup", "sports car"}
+    assert len(splits.train) + len(splits.val) == 6
+
+    for bad, message in [("", "give the class a name"), ("../x", "no / or"), (".hidden", "cannot start with"),
+                         ("_uploads", "cannot start with"), ("a\x00b", "control characters"), ("x" * 81, "at most 80")]:
+        with pytest.raises(CarNetError, match=message):
+            check_folder_name(bad)
+    remove_class(data, "pickup")
+    assert class_counts(data) == {"sports car": 2}
+    with pytest.raises(CarNetError, match="has no class 'pickup'"):
+        remove_class(data, "pickup")
+    assert class_counts(tmp_path / "nothing yet") == {}
