@@ -7,7 +7,9 @@ from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
 from carnet_core.labels import vehicle_indices
+from carnet_core.jobs import hosted_mode
 from carnet_core.predict import prediction_csv
+from carnet_core.uploads import add_class_photos
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")
@@ -33,11 +35,12 @@ if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hos
                "Evaluate page or `python -m carnet_core predict FOLDER`.")
     inputs = inputs[:ui.MAX_PHOTOS]
 
-images, names, skipped = [], [], []
+images, names, files, skipped = [], [], [], []
 for name, data in inputs:
     try:
         images.append(load_image(data, name=name))
         names.append(name)
+        files.append(data)
     except ImageError as exc:
         st.error(f"Skipped — {exc}")
         skipped.append({"image": name, "error": str(exc)})
@@ -56,7 +59,8 @@ if len(inputs) > 1:
                        file_name=f"predictions-{model.name}.csv", key="classify_csv",
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
-for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
+collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root
+for i, (name, image, data, pred) in enumerate(zip(names, images, files, batch.predictions)):
     left, right = st.columns([1, 2])
     left.image(image, caption=name, width="stretch")
     with right:
@@ -69,3 +73,21 @@ for i, (name, image, pred) in enumerate(zip(names, images, batch.predictions)):
         if not vehicles_only and pred.vehicle_class_names and pred.top1 not in pred.vehicle_class_names:
             st.caption(f"Top class is not a vehicle; best vehicle class: **{pred.vehicle_class_names[0]}** "
                        f"({pred.vehicle_probabilities[0] * 100:.1f}%).")
+        if collect:
+            photo = ui.digest(data)[:16]
+            with st.popover("Add to a dataset", help="Keep this photo for a fine-tune: it goes into a class of a "
+                                                     "dataset built on the Fine-tune page."):
+                dataset_name = st.text_input("Dataset", value="my-cars", key=f"collect_dataset_{photo}")
+                label = st.text_input("Class", value=pred.top1, key=f"collect_class_{photo}",
+                                      help="The right class for this photo (the model's top-1 to start with).")
+                if st.button("Add", key=f"collect_add_{photo}"):
+                    try:
+                        added = add_class_photos(ui.built_dataset(dataset_name), label, [(name, data)])
+                    except CarNetError as exc:
+                        st.error(str(exc))
+                    else:
+                        where = f"**{added.folder.name}** of {added.folder.parent.name}"
+                        for _, reason in added.refused:
+                            st.error(reason)
+                        if added.saved or added.already_there:
+                            st.success(f"Added to {where}." if added.saved else f"Already in {where}.")

@@ -300,14 +300,21 @@ class OnnxRuntimeEngine:
         the same call as the logits (the export's second output)."""
         return self._run(batch, "probabilities")
 
+    def prepare(self, batch: torch.Tensor) -> None:
+        """Make the one-off choice of how batches run (:meth:`choose_batching`, about a second) on the first batch
+        of more than one image, ``batch`` (N, 3, H, W), so that :func:`~carnet_core.predict.timed_probabilities`
+        does not count it as that batch's model time. Later calls return at once."""
+        if len(batch) > 1 and self.batching is None:
+            with self._lock:
+                if self.batching is None:
+                    self.batching = self.choose_batching(batch.detach().cpu().float().numpy()[:8])
+
     def _run(self, batch: torch.Tensor, output: str) -> torch.Tensor:
         x = batch.detach().cpu().float().numpy()
         if len(x) == 1:  # the classify path: no step between the call and its result that is not needed
             return torch.from_numpy(self.session.run([output], {"input": x})[0])
         if len(x) > 1:
-            with self._lock:
-                if self.batching is None:
-                    self.batching = self.choose_batching(x[:8])
+            self.prepare(batch)
             if self.batched_session is not None:
                 return torch.from_numpy(self.batched_session.run([output], {"input": x})[0])
         return self.one_by_one(x, output)

@@ -80,6 +80,29 @@ def test_batching_follows_the_measurement_and_parity(monkeypatch, single_ms, who
     assert ("fails parity" in engine.batching) == (atol < 0)
 
 
+def test_the_one_off_batching_choice_is_not_a_batchs_model_time(lite0, car_photos, monkeypatch):
+    """The first batch of several photos makes ONNX Runtime's engine choose how batches run (timing both ways): that
+    choice is made before the model-time timer starts, and made once."""
+    import time
+
+    from carnet_core.engines import select_engine
+
+    engine = select_engine(lite0, "onnxruntime").engine
+    engine.batching = engine.batched_session = None  # as for a model's first batch
+    choose, calls = engine.choose_batching, []
+
+    def slow_choice(x, repeats=5):
+        calls.append(len(x))
+        time.sleep(1.0)
+        return choose(x, repeats)
+
+    monkeypatch.setattr(engine, "choose_batching", slow_choice)
+    first = predict(lite0, car_photos[:3], engine="onnxruntime")
+    second = predict(lite0, car_photos[3:6], engine="onnxruntime")
+    assert calls == [3] and engine.batching.startswith("batches run")
+    assert first.latency_ms < 1000 and second.latency_ms < 1000, (first.latency_ms, second.latency_ms)
+
+
 def test_parity_rules():
     ref = torch.softmax(torch.randn(6, 1000, generator=torch.Generator().manual_seed(0)) * 3, 1)
     assert parity(ref, ref + 5e-5, "onnxruntime", "x").passed

@@ -349,3 +349,27 @@ def test_weights_of_classes_of_their_own_get_the_command_that_makes_them_usable(
     assert not at.exception and not at.error
     [chart] = bars(at)
     assert len(chart["y"]) == 5 and set(chart["y"]) <= set(SIX)
+
+
+def test_a_classified_photo_is_added_to_a_dataset_under_its_right_class(car_photos, tmp_path, monkeypatch):
+    """Gradio's flagging, Teachable Machine's samples: a photo from Classify goes into a class of a dataset built on
+    the Fine-tune page, under the class the user says; not on a hosted demo."""
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value([("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]).run()
+    [dataset, label] = at.text_input
+    assert dataset.value == "my-cars" and label.value == bars(at)[0]["y"][-1]  # the top-1 to start with
+    label.set_value("AM General Hummer")
+    [add] = [b for b in at.button if b.key.startswith("collect_add_")]
+    add.click().run()
+    assert not at.exception and any("Added to **AM General Hummer** of my-cars" in s.value for s in at.success)
+    [saved] = (tmp_path / "_built" / "my-cars" / "AM General Hummer").iterdir()
+    assert saved.read_bytes() == car_photos[0].read_bytes()
+    [add] = [b for b in at.button if b.key.startswith("collect_add_")]
+    add.click().run()
+    assert any("Already in **AM General Hummer**" in s.value for s in at.success)
+
+    monkeypatch.setenv("CARNET_HOSTED", "1")
+    hosted = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    hosted.file_uploader[0].set_value([("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]).run()
+    assert not hosted.exception and bars(hosted) and not hosted.text_input
