@@ -74,7 +74,7 @@ for i, (name, image, data, pred) in enumerate(zip(names, images, files, batch.pr
             st.caption(f"Top class is not a vehicle; best vehicle class: **{pred.vehicle_class_names[0]}** "
                        f"({pred.vehicle_probabilities[0] * 100:.1f}%).")
         if collect:
-            photo = ui.digest(data)[:16]
+            photo = f"{i}_{ui.digest(data)[:16]}"  # the same photo given twice is two rows
             with st.popover("Add to a dataset", help="Keep this photo for a fine-tune: it goes into a class of a "
                                                      "dataset built on the Fine-tune page."):
                 dataset_name = st.text_input("Dataset", value="my-cars", key=f"collect_dataset_{photo}")

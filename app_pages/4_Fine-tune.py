@@ -123,8 +123,11 @@ if source.startswith("Build"):
                             format_func=lambda c: "—" if c is None else c)
         if gone is not None and st.button(f"Remove {gone} and its {ui.count(counts[gone], 'photo')}",
                                           key="finetune_build_remove_run"):
-            remove_class(built, gone)
-            st.rerun()
+            try:
+                remove_class(built, gone)
+                st.rerun()
+            except CarNetError as exc:
+                st.error(str(exc))
     if len([n for n in counts.values() if n]) < 2:
         st.info(f"Add photos of at least two classes (about 10 or more each); they are kept in `{built}`.")
     else:

@@ -11,6 +11,7 @@ outside ``dest``; a refused zip leaves no partial folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -173,7 +174,8 @@ def add_class_photos(dataset: str | os.PathLike, class_name: str,
         photos: (file name as uploaded, bytes) pairs.
 
     Raises:
-        CarNetError: a class name that cannot be a folder name.
+        CarNetError: a class name that cannot be a folder name, or a folder that cannot be written (the message says
+            how many photos were saved before).
     """
     from PIL import Image
 
@@ -193,10 +195,16 @@ def add_class_photos(dataset: str | os.PathLike, class_name: str,
         if target.exists():
             report.already_there.append(name)
             continue
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)  # a half-written photo is never read as one
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # a half-written photo is never read as one
+        except OSError as exc:  # a read-only data root, a full disk, a file where the folder should be
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise CarNetError(f"cannot save photos in {folder}: {exc.strerror or exc}"
+                              + (f" ({len(report.saved)} saved before)" if report.saved else "")) from None
         report.saved.append(name)
     return report
 
@@ -205,12 +213,15 @@ def remove_class(dataset: str | os.PathLike, class_name: str) -> None:
     """Delete the class folder ``dataset/<class_name>/`` and its photos.
 
     Raises:
-        CarNetError: a name that is not a class folder of ``dataset``.
+        CarNetError: a name that is not a class folder of ``dataset``, or a folder that cannot be removed.
     """
     folder = Path(dataset) / check_folder_name(class_name)
     if not folder.is_dir():
         raise CarNetError(f"{Path(dataset).name} has no class {class_name!r}")
-    shutil.rmtree(folder)
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        raise CarNetError(f"cannot remove {folder}: {exc.strerror or exc}") from None
 
 
 def class_counts(dataset: str | os.PathLike) -> dict[str, int]:

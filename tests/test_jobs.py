@@ -249,3 +249,6 @@ def test_a_dataset_is_built_class_by_class_from_photos(car_photos, tmp_path):
     with pytest.raises(CarNetError, match="has no class 'pickup'"):
         remove_class(data, "pickup")
     assert class_counts(tmp_path / "nothing yet") == {}
+    (tmp_path / "a file").write_text("not a folder")  # where the dataset folder should be: said, not a traceback
+    with pytest.raises(CarNetError, match="cannot save photos in .*a file/pickup: Not a directory"):
+        add_class_photos(tmp_path / "a file", "pickup", [("a.jpg", jpeg)])
