@@ -1,11 +1,15 @@
 """Models: a card per model and fine-tuned checkpoint — what it is, what it costs here, and how it was made."""
 
+import functools
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
+from carnet_core.engines import export_bundle
 from carnet_core.registry import list_models
 
 st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
@@ -93,6 +97,19 @@ if card["has_weights"] and st.button("Measure again" if cost else "Measure laten
 if cost:
     st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
                "inference engine; peak memory is the measuring process's resident high-water mark.")
+if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
+    model = ui.model_or_stop(pick)
+    down = st.columns(3)
+    down[0].download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",
+                            file_name=f"{model.name}-onnx.zip", key="models_onnx",
+                            help="The model in ONNX (outputs logits and probabilities) with its class names and data "
+                                 "config in a .json beside it, as `python -m carnet_core export` writes them.")
+    if pick.startswith(ui.CHECKPOINT_PREFIX):
+        path = Path(pick[len(ui.CHECKPOINT_PREFIX):])
+        down[1].download_button("Download the checkpoint (.safetensors)", path.read_bytes, file_name=path.name,
+                                mime="application/octet-stream", key="models_checkpoint",
+                                help="CarNet's own format: class names, data config and provenance inside; "
+                                     "`load_model(checkpoint=...)` or the weights folder of another CarNet.")
 
 if card["top1"] is not None or card["recipe"]:
     st.markdown("**Fine-tune**")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import statistics
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -150,6 +152,26 @@ def cached_export(model: Classifier) -> Path:
         export_onnx(model, path)
         prune_cache(keep=(path,))
     return path
+
+
+def export_bundle(model: Classifier) -> bytes:
+    """A zip for deploying ``model`` elsewhere, as ``python -m carnet_core export`` writes it: ``<name>.onnx`` (fp32,
+    input ``input`` (N, 3, H, W); outputs ``logits`` and ``probabilities``, (N, C)) and ``<name>.onnx.json`` (class
+    names, data config, provenance), from the model's cached export (:func:`cached_export`), whose probabilities the
+    engine checks against torch before using it (:func:`select_engine`).
+
+    Raises:
+        CarNetError: the export cannot be written.
+    """
+    path = cached_export(model)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)
+    meta = json.loads(Path(str(path) + ".json").read_text())
+    meta["name"] = model.name
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:  # ONNX weights hardly compress
+        bundle.write(path, f"{name}.onnx")
+        bundle.writestr(f"{name}.onnx.json", json.dumps(meta, indent=1))
+    return buffer.getvalue()
 
 
 def _touch(path: Path) -> None:

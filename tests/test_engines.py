@@ -345,3 +345,30 @@ def test_engines_cli_on_a_plain_state_dict():
     out = run_cli("engines", weights, "--model", "mobilenetv2_100")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("mobilenetv2_100 on the CPU: onnxruntime")
+
+
+def test_the_onnx_download_runs_elsewhere_as_the_model_does_here(lite0, car_photos):
+    """The Models page's "Download as ONNX": a zip of the .onnx and its .json; a plain ONNX Runtime session on it,
+    fed the photo as the .json's data config says, gives CarNet's probabilities on a real photo."""
+    import io
+    import json
+    import zipfile
+
+    import onnxruntime as ort
+    from timm.data import create_transform
+
+    from carnet_core import load_image
+    from carnet_core.engines import export_bundle
+
+    with zipfile.ZipFile(io.BytesIO(export_bundle(lite0))) as bundle:
+        assert sorted(bundle.namelist()) == ["efficientnet_lite0.onnx", "efficientnet_lite0.onnx.json"]
+        meta = json.loads(bundle.read("efficientnet_lite0.onnx.json"))
+        session = ort.InferenceSession(bundle.read("efficientnet_lite0.onnx"), providers=["CPUExecutionProvider"])
+    assert meta["name"] == "efficientnet_lite0" and meta["class_names"] == list(lite0.class_names)
+    assert meta["outputs"] == ["logits", "probabilities"] and meta["data_config"]["mean"] == [0.5, 0.5, 0.5]
+    image = load_image(car_photos[5])
+    x = create_transform(**meta["data_config"])(image)[None].numpy()  # what a user elsewhere would write
+    [probs] = session.run(["probabilities"], {"input": x})[0]
+    expected = predict(lite0, [image], topk=5)[0]
+    assert meta["class_names"][int(probs.argmax())] == expected.top1
+    assert float(probs.max()) == pytest.approx(expected.probabilities[0], abs=1e-4)

@@ -205,6 +205,12 @@ def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     cost = cached_cost("efficientnet_lite0", fingerprint(lite0))
     assert f"{cost['latency_ms']:.1f} ms" == latency and 100 < cost["peak_memory_mb"] < 8000
     assert cached_cost("efficientnet_lite0", "other weights") is None
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download as ONNX (.zip)"]  # a registered model: no checkpoint file of its own
+    at.selectbox(key="models_pick").set_value(f"checkpoint:{colour_checkpoint}").run()
+    assert not at.exception
+    assert [b.proto.label for b in at.get("download_button")] == ["Download as ONNX (.zip)",
+                                                                   "Download the checkpoint (.safetensors)"]
 
 
 def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_checkpoint, colour_folder, tmp_path,
