@@ -17,8 +17,10 @@ st.markdown("**Pages** (sidebar):\n"
             "- **Classify** — upload, snap or pick photos and get the top-5 classes per image;\n"
             "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
             "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
-            "- **Fine-tune** — teach a backbone your own classes in a background job and watch its curves;\n"
-            "- **Models** — what each model costs here (parameters, GMACs, latency, memory) and how it was made;\n"
+            "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos added class by class) "
+            "in a background job and watch its curves;\n"
+            "- **Models** — what each model costs here (parameters, GMACs, latency, memory), how it was made, and "
+            "downloads to deploy it elsewhere;\n"
             "- **Evaluate** — a model on a labelled dataset: per-class accuracy, confusion, mistakes, calibration.")
 
 st.subheader("Models and their weights")
