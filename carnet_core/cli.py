@@ -218,14 +218,12 @@ def _export_checkpoint(model, out: Path | None) -> int:
     import torch
 
     from .engines import TorchEngine
-    from .labels import IMAGENET_1K
     from .model import load_model
 
-    from_registry = model.label_set == IMAGENET_1K
-    out = out or Path(f"{model.name}.safetensors" if from_registry else f"{model.name}-{model.label_set}.safetensors")
+    out = out or Path(f"{model.name}.safetensors")  # a model of its own classes is named after them: m-cars6
     if out.suffix != ".safetensors":
         raise CarNetError(f"{out}: a CarNet checkpoint is a .safetensors file")
-    model.save(out, name=model.name if from_registry else f"{model.name}-{model.label_set}")
+    model.save(out)
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     diff = float((TorchEngine(load_model(checkpoint=out, device="cpu")).probabilities(x)
                   - TorchEngine(model).probabilities(x)).abs().max())
@@ -404,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (default; for deploying elsewhere, class names and data config in <out>.json) or "
                         "safetensors: a CarNet checkpoint that carries them, which the app lists when it is in the "
                         "weights folder")
-    p.add_argument("--out", type=Path, help="output file (default <model>.onnx, <model>[-<label set>].safetensors)")
+    p.add_argument("--out", type=Path, help="output file (default: the model's name, e.g. efficientnet_lite0.onnx; "
+                                            "a model of classes of its own is named after them: "
+                                            "mobilenetv2_100-cars6.safetensors)")
     p.add_argument("--model", dest="arch", metavar="NAME",
                    help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
     p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)

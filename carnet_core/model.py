@@ -374,9 +374,10 @@ def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: P
         source = WeightsSource(source.source, source.location, "; ".join(x for x in (source.detail, how) if x))
     else:
         raise CarNetError(f"weights must be 'auto' or 'random', not {weights!r}")
-    return Classifier(module=module, name=spec.name, arch=spec.arch, family=spec.family, head=spec.head,
-                      class_names=names, data_config=data_config or _data_config(module), weights=source,
-                      label_set=label_set)
+    own = label_set != spec.label_set  # trained on classes of its own: named apart from the registry model
+    return Classifier(module=module, name=f"{spec.name}-{label_set}" if own else spec.name, arch=spec.arch,
+                      family=spec.family, head=spec.head, class_names=names,
+                      data_config=data_config or _data_config(module), weights=source, label_set=label_set)
 
 
 def _training_data_config(module: torch.nn.Module, args: Any) -> dict[str, Any]:

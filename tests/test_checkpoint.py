@@ -254,7 +254,7 @@ def test_a_timm_train_py_checkpoint_of_its_own_classes_finds_them_in_its_dataset
     ckpt = tmp_path / "model_best.pth.tar"
 
     model = load_model(checkpoint=ckpt, device="cpu")
-    assert model.class_names == tuple(natural) and model.label_set == "cars6"
+    assert model.class_names == tuple(natural) and model.label_set == "cars6" and model.name == "mobilenetv2_100-cars6"
     assert f"class names from its training options: {data / 'train'} (natural folder order)" in model.weights.detail
     imagenet = load_model("mobilenetv2_100", checkpoint=MOBILENET_TIMM, device="cpu")
     photos = car_photos[::40]

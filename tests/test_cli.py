@@ -232,6 +232,14 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     code, out, err = run_main(capsys, "predict", car_photos[0], "--classes", data)
     assert code == 2 and "--classes names the classes of a --checkpoint file" in err
 
+    from carnet_core import load_model
+    from carnet_core.folders import compare_on_folder
+    from conftest import MOBILENET_TIMM
+
+    own = load_model("mobilenetv2_100", checkpoint=tmp_path / "model.pth", class_names=data, device="cpu")
+    imagenet = load_model("mobilenetv2_100", checkpoint=MOBILENET_TIMM, device="cpu")
+    report = compare_on_folder([imagenet, own], data)  # the same architecture, two models: named apart
+    assert report.members == ["mobilenetv2_100", "mobilenetv2_100-cars6"] and report.num_images == 6
     code, out, err = run_main(capsys, "evaluate", tmp_path / "model.pth", data, "--model", "mobilenetv2_100",
                               "--classes", data, "--json")
     assert code == 0, err
@@ -245,6 +253,7 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     assert "6 classes, label set cars6" in out and "max probability difference: 0.00e+00" in out
     [entry] = list_checkpoints()
     assert entry.class_names == tuple(ordered) and entry.label_set == "cars6" and entry.arch == "mobilenetv2_100"
+    assert entry.name == "mobilenetv2_100-cars6"  # not the ImageNet model's name
     code, out, err = run_main(capsys, "predict", car_photos[0], "--checkpoint", weights / "cars6.safetensors",
                               "--json")
     assert code == 0, err
