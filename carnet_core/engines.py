@@ -115,9 +115,7 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     module = model.module
     device = model.device
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    meta = {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),
-            "data_config": model.data_config, "weights": model.weights.to_dict(), "input": "input",
-            "outputs": ["logits", "probabilities"]}
+    meta = _export_meta(model)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with model.lock, warnings.catch_warnings():
@@ -140,6 +138,13 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
         with contextlib.suppress(OSError):  # after a failure, or os.replace already moved it
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _export_meta(model: Classifier) -> dict:
+    """What goes beside an ONNX export (``<file>.json``): class names, data config, provenance, input and outputs."""
+    return {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),
+            "data_config": model.data_config, "weights": model.weights.to_dict(), "input": "input",
+            "outputs": ["logits", "probabilities"]}
 
 
 def cached_export(model: Classifier) -> Path:
@@ -165,8 +170,7 @@ def export_bundle(model: Classifier) -> bytes:
     """
     path = cached_export(model)
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)
-    meta = json.loads(Path(str(path) + ".json").read_text())
-    meta["name"] = model.name
+    meta = _export_meta(model)  # this model's, whichever model with the same weights wrote the cached file
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:  # ONNX weights hardly compress
         bundle.write(path, f"{name}.onnx")
