@@ -6,8 +6,8 @@ import ui
 from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
-from carnet_core.labels import vehicle_indices
 from carnet_core.jobs import hosted_mode
+from carnet_core.labels import vehicle_indices
 from carnet_core.predict import prediction_csv
 from carnet_core.uploads import add_class_photos
 

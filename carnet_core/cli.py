@@ -48,7 +48,7 @@ def _model_or_checkpoint(args: argparse.Namespace):
     try:
         return load_model(name, checkpoint=args.checkpoint, use_hub=not args.no_hub, class_names=args.classes)
     except ClassNamesNeededError as exc:
-        raise CarNetError(f"{exc} (--classes FILE_OR_FOLDER)") from None
+        raise _what_to_give(exc) from None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -139,11 +139,7 @@ def _load_member(spec: str, use_hub: bool, arch: str | None = None, classes: str
         try:
             return load_model(arch, checkpoint=spec, use_hub=use_hub, class_names=classes)
         except ClassNamesNeededError as exc:
-            if compare:
-                raise CarNetError(f"{exc}. Compare reads class names from CarNet checkpoints: make one with "
-                                  f"python -m carnet_core export {shlex.quote(spec)} --model {exc.model} --classes "
-                                  f"FILE_OR_FOLDER --format safetensors, and compare that file") from None
-            raise CarNetError(f"{exc} (--classes FILE_OR_FOLDER)") from None
+            raise _what_to_give(exc, compare) from None
     if spec not in {s.name for s in list_models()}:
         if Path(spec).is_dir():
             raise CarNetError(f"{spec}: is a folder, not a checkpoint file or a model name; "
@@ -153,6 +149,15 @@ def _load_member(spec: str, use_hub: bool, arch: str | None = None, classes: str
     if classes is not None:
         raise CarNetError(f"--classes names the classes of a checkpoint file; {spec} is a registry model")
     return load_model(spec, use_hub=use_hub)
+
+
+def _what_to_give(exc: ClassNamesNeededError, compare: bool = False) -> CarNetError:
+    """``exc`` with the option that names the classes — or, for ``compare``, which has none, the export to run."""
+    if compare:
+        return CarNetError(f"{exc}. Compare reads class names from CarNet checkpoints: make one with python -m "
+                           f"carnet_core export {shlex.quote(exc.path)} --model {exc.model} --classes FILE_OR_FOLDER "
+                           f"--format safetensors, and compare that file")
+    return CarNetError(f"{exc} (--classes FILE_OR_FOLDER)")
 
 
 def _numbers(text: str) -> list[float]:

@@ -28,8 +28,9 @@ class CheckpointError(CarNetError, ValueError):
 
 class ClassNamesNeededError(CheckpointError):
     """A weights file whose head holds classes of its own (not the registry model's label set) and no names for
-    them. ``path``: the file; ``model``: the registry name it was loaded as; ``num_classes``: its head's rows."""
+    them. ``path``: the file; ``model``: the registry name it was loaded as (for the message that says what to run).
+    """
 
-    def __init__(self, message: str, path: str, model: str, num_classes: int):
+    def __init__(self, message: str, path: str, model: str):
         super().__init__(message)
-        self.path, self.model, self.num_classes = path, model, num_classes
+        self.path, self.model = path, model

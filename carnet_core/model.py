@@ -353,7 +353,7 @@ def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: P
     names, label_set, data_config = label_set_names(spec.label_set), spec.label_set, None
     if weights == "random":
         if class_names is not None:
-            names, label_set, _ = _given_class_names(class_names, "sorted", spec.label_set)
+            names, label_set, _ = _given_class_names(class_names, "sorted", "custom")  # not the registry's set
         module = build_module(spec.arch, spec.head, len(names))
         source = WeightsSource("random", "", "untrained: for tests and training from scratch")
     elif weights == "auto":
@@ -461,4 +461,4 @@ def _file_class_names(spec: ModelSpec, path: Path, state: dict[str, torch.Tensor
         f"{len(default)} {spec.label_set} classes, and holds no class names: give them in training order, as a "
         f"text file with one name per line or the dataset folder it was trained on"
         + (f"; its timm training options point to {', '.join(tried)}, not here or not {rows} classes" if tried
-           else ""), str(path), spec.name, rows)
+           else ""), str(path), spec.name)

@@ -317,6 +317,9 @@ def test_a_plain_state_dict_of_its_own_classes_takes_them_from_a_file_or_folder(
     assert load_model(checkpoint=carnet, device="cpu").class_names == tuple(ordered)
     with pytest.raises(CarNetError, match="no such file or folder"):
         load_model("mobilenetv2_100", checkpoint=path, device="cpu", class_names=tmp_path / "missing.txt")
+    untrained = load_model("mobilenetv2_100", weights="random", device="cpu", class_names=["a", "b"])
+    assert untrained.class_names == ("a", "b") and untrained.label_set == "custom"  # not ImageNet's label set
+    assert untrained.name == "mobilenetv2_100-custom"
 
 
 def test_class_names_are_read_from_text_json_csv_and_dataset_folders(tmp_path):
