@@ -263,6 +263,9 @@ class TorchEngine:
         """Softmax probabilities (N, C) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
         return softmax(self.logits(batch))
 
+    def prepare(self, batch: torch.Tensor) -> None:
+        """Nothing to choose before a batch (see :meth:`OnnxRuntimeEngine.prepare`)."""
+
 
 class TorchBF16Engine(TorchEngine):
     """The torch module under bf16 autocast (oneDNN bf16 kernels on CPUs with AVX-512-BF16 or AMX; on GPUs)."""

@@ -154,8 +154,7 @@ def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.
     batch = model.preprocess(pil)
     _sync(model.device)
     t1 = time.perf_counter()
-    if hasattr(chosen, "prepare"):  # ONNX Runtime's one-off choice of how batches run: not this batch's model time
-        chosen.prepare(batch)
+    chosen.prepare(batch)  # ONNX Runtime's one-off choice of how batches run: not this batch's model time
     t2 = time.perf_counter()
     probs = chosen.probabilities(batch)
     t3 = time.perf_counter()
