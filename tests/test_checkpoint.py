@@ -206,6 +206,71 @@ def test_a_timm_train_py_checkpoint_loads_with_its_ema_weights(tmp_path, monkeyp
         load_model(checkpoint=run / "last.pth.tar", device="cpu")
 
 
+def _lightning_checkpoint(path, network_state, hparams, extra=None):
+    """A ``.ckpt`` as Lightning's trainer writes it (``Trainer.save_checkpoint``'s layout): the LightningModule's
+    ``state_dict`` — its network under the attribute ``model.``, a loss's class weights beside it — with the loop,
+    callback, optimizer and scheduler states and the module's ``hyper_parameters``."""
+    state = {f"model.{k}": v for k, v in network_state.items()}
+    state.update(extra or {})
+    state["criterion.weight"] = torch.ones(7)
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.5.1", "state_dict": state,
+                "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4, "completed": 3}}}},
+                "callbacks": {"ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}": {
+                    "monitor": "val_loss", "best_model_score": torch.tensor(0.42),
+                    "best_model_path": "/runs/epoch=3-step=120.ckpt", "dirpath": "/runs"}},
+                "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [scheduler.state_dict()],
+                "hparams_name": "kwargs", "hyper_parameters": hparams}, path)
+    return path
+
+
+def test_a_lightning_checkpoint_loads_its_network_from_under_the_module_attribute(tmp_path, car_photos, monkeypatch):
+    """A LightningModule wrapping the real ImageNet MobileNetV2 as ``self.model``, saved by Lightning: CarNet finds
+    the network's tensors under ``model.`` (by name, not by position: the loss's weights sit beside them), the
+    architecture from its hyper-parameters, and gives the plain file's probabilities on real photos."""
+    plain = load_model("mobilenetv2_100", checkpoint=need(MOBILENET_TIMM), device="cpu")
+    ckpt = _lightning_checkpoint(tmp_path / "epoch=3-step=120.ckpt", read_state_dict(MOBILENET_TIMM),
+                                 {"model_name": "mobilenetv2_100", "lr": 1e-3, "label_smoothing": 0.1})
+    model = load_model(checkpoint=ckpt, device="cpu")  # no model name: the hyper-parameters give it
+    assert model.name == "mobilenetv2_100"
+    assert "loaded by name (the tensors under 'model.')" in model.weights.describe()
+    photos = car_photos[::40]
+    for a, b in zip(predict(plain, photos).predictions, predict(model, photos).predictions):
+        assert a.class_names == b.class_names
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+    # dropped into the weights folder under the model's name, it is the model's weights
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    ckpt.rename(weights / "mobilenetv2_100-epoch=3.ckpt")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(weights))
+    found = load_model("mobilenetv2_100", device="cpu", use_hub=False)
+    assert found.weights.source == "weights_dir" and "under 'model.'" in found.weights.detail
+
+
+def test_a_lightning_checkpoint_with_an_ema_copy_loads_the_ema_weights_and_a_misfit_is_explained(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=1000).eval()
+    ema = {k: v * 2 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    ckpt = _lightning_checkpoint(tmp_path / "last.ckpt", net.state_dict(), {"arch": "mobilenetv2_100"},
+                                 extra={f"ema_model.module.{k}": v for k, v in ema.items()})
+    model = load_model(checkpoint=ckpt, device="cpu")
+    assert "(the tensors under 'ema_model.module.')" in model.weights.detail
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    # without the EMA copy: the network's own tensors
+    plain = _lightning_checkpoint(tmp_path / "plain.ckpt", net.state_dict(), {"arch": "mobilenetv2_100"})
+    for k, v in load_model(checkpoint=plain, device="cpu").module.state_dict().items():
+        assert torch.equal(v, net.state_dict()[k]), k
+    # the same module's checkpoint given as another architecture: no prefix fits, and the message says so
+    with pytest.raises(CheckpointError, match="does not fit this model.*Is it for another architecture"):
+        load_model("efficientnet_b0", checkpoint=plain, device="cpu", use_hub=False)
+
+
 # --- weights files trained on classes of their own (timm train.py, torchvision-style training) --------------------
 
 SIX = ["sports car", "pickup", "Jeep", "minivan", "limousine", "convertible"]  # ImageNet classes, one capitalised
