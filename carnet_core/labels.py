@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -103,7 +104,8 @@ def read_class_names(source: str | os.PathLike | Sequence[str], order: str = "so
 
     ``source`` is a list of names, or a path to:
 
-    - a text file, one name per line (timm's ``--class-map`` ``.txt`` format);
+    - a text file, one name per line (timm's ``--class-map`` ``.txt`` format), or timm's pickled ``{name: index}``
+      (``.pkl``, read with timm's ``load_class_map``, whose unpickler refuses anything but built-in types);
     - a JSON file: a list of names, or ``{name: index}`` (a ``class_to_idx``);
     - a CSV file with a ``class_name`` (or ``name``, ``class``) column, ordered by its ``index`` column when it has
       one (the ``classes.csv`` of CarNet's datasets);
@@ -119,7 +121,7 @@ def read_class_names(source: str | os.PathLike | Sequence[str], order: str = "so
         path = Path(source)
         try:
             names = _class_names_from_path(path, order)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, pickle.UnpicklingError, EOFError) as exc:
             raise CarNetError(f"{path}: cannot read class names from it ({type(exc).__name__}: {exc})") from None
         where = str(path)
     else:
@@ -133,6 +135,17 @@ def read_class_names(source: str | os.PathLike | Sequence[str], order: str = "so
     if twice:
         raise CarNetError(f"{where}: names {', '.join(map(repr, twice[:3]))} more than once")
     return tuple(names)
+
+
+def _names_in_index_order(data: object, path: Path, kind: str) -> list:
+    """Names from a list of names or a ``{name: index}`` mapping (a ``class_to_idx``), in index order."""
+    if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
+        if sorted(data.values()) != list(range(len(data))):
+            raise CarNetError(f"{path}: its class indices are not 0..{len(data) - 1}")
+        return sorted(data, key=data.get)
+    if not isinstance(data, list):
+        raise CarNetError(f"{path}: expected a {kind} list of class names or {{name: index}}")
+    return data
 
 
 def _class_names_from_path(path: Path, order: str) -> list:
@@ -149,16 +162,16 @@ def _class_names_from_path(path: Path, order: str) -> list:
         raise CarNetError(f"{path}: no such file or folder (class names: a text, JSON or CSV file, or the dataset "
                           f"folder the model was trained on)")
     suffix = path.suffix.lower()
+    if suffix == ".pkl":  # timm's --class-map may be a pickled {name: index}: timm's reader, which refuses globals
+        from timm.data.readers.class_map import load_class_map
+
+        try:
+            return _names_in_index_order(load_class_map(str(path)), path, "pickled")
+        except ValueError as exc:  # timm's: not a dict
+            raise CarNetError(f"{path}: {exc}") from None
     text = path.read_text(encoding="utf-8-sig")
     if suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
-            if sorted(data.values()) != list(range(len(data))):
-                raise CarNetError(f"{path}: its class indices are not 0..{len(data) - 1}")
-            return sorted(data, key=data.get)
-        if not isinstance(data, list):
-            raise CarNetError(f"{path}: expected a JSON list of class names or {{name: index}}")
-        return data
+        return _names_in_index_order(json.loads(text), path, "JSON")
     if suffix == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         column = next((c for c in ("class_name", "name", "class") if rows and c in rows[0]), None)

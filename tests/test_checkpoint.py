@@ -422,6 +422,38 @@ def test_class_names_are_read_from_text_json_csv_and_dataset_folders(tmp_path):
         read_class_names(data, order="alphabetical")
 
 
+def test_timms_pickled_class_map_is_read_as_data_and_a_pickle_with_code_is_refused(tmp_path):
+    """timm's ``--class-map`` may be a ``.pkl`` of ``{name: index}`` (``timm.data.load_class_map`` reads both): the
+    same names in the same order as timm's reader, and a pickle that would run code is refused without running it."""
+    from timm.data.readers.class_map import load_class_map
+
+    from carnet_core.errors import CarNetError
+    from carnet_core.labels import read_class_names
+
+    class_to_idx = {"sedan": 2, "SUV": 0, "pickup": 1}
+    with open(tmp_path / "class_map.pkl", "wb") as f:
+        pickle.dump(class_to_idx, f)
+    timm_map = load_class_map(str(tmp_path / "class_map.pkl"))
+    assert read_class_names(tmp_path / "class_map.pkl") == tuple(sorted(timm_map, key=timm_map.get))
+    assert read_class_names(tmp_path / "class_map.pkl") == ("SUV", "pickup", "sedan")
+
+    marker = tmp_path / "pwned"
+    _Evil.marker = marker
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"car": _Evil()}, f)
+    with pytest.raises(CarNetError, match=r"cannot read class names from it \(UnpicklingError: Global posix.system is "
+                                          r"not permitted"):
+        read_class_names(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps(class_to_idx)[:-5])
+    with pytest.raises(CarNetError, match="cannot read class names from it"):
+        read_class_names(tmp_path / "cut.pkl")
+    with open(tmp_path / "number.pkl", "wb") as f:
+        pickle.dump(7, f)
+    with pytest.raises(CarNetError, match="Invalid class map file, expected a dict"):
+        read_class_names(tmp_path / "number.pkl")
+
+
 def test_a_timm_train_py_checkpoint_brings_the_data_config_it_was_trained_with(tmp_path):
     """A run with ``--img-size 160 --mean 0.5 0.5 0.5`` is classified at 160 px with that mean (timm's own
     resolve_data_config over the run's options), and keeps it when saved as a CarNet checkpoint; a run that set
