@@ -340,8 +340,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 CLASSES_HELP = ("class names of a weights file trained on classes of its own, in training order: a text file (one name "
-                "per line) or timm's .pkl class map, a JSON list, a CSV with a class_name column, or the dataset folder "
-                "it was trained on (a timm train.py checkpoint finds its own when its dataset is on this machine)")
+                "per line) or timm's .pkl class map, a JSON list, a CSV with a class_name column, or the dataset "
+                "folder it was trained on (a timm train.py checkpoint finds its own when its dataset is on this "
+                "machine)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -305,7 +305,7 @@ class Trainer:
         except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's own messages name the bad setting
             raise CarNetError(f"cannot set up training: {exc}") from None
         fabric.launch()
-        fabric.seed_everything(cfg.seed + fabric.global_rank)
+        fabric.seed_everything(cfg.seed + fabric.global_rank, verbose=False)  # the seed is in the recipe
         self.fabric = fabric
 
         splits = splits or open_dataset(cfg.data, cfg.dataset_kind, **({"val_fraction": cfg.val_fraction}
