@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -346,8 +347,11 @@ CLASSES_HELP = ("class names of a weights file trained on classes of its own, in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # no abbreviated options: `train --data DIR` was read as `--dataset-kind DIR` ("invalid choice"), not as a mistake
+    parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.",
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("models", help="list registered models and where their weights come from")
     p.add_argument("--json", action="store_true", help="machine-readable output")

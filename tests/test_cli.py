@@ -172,6 +172,18 @@ def test_a_folder_of_datasets_is_named_as_such(colour_folder, tmp_path, capsys):
         assert code == 2 and expected in err, (args, err)
 
 
+def test_options_are_not_abbreviated(colour_folder, capsys):
+    """`train --data DIR` (timm's train.py habit: `--data-dir`) was taken as an abbreviation of `--dataset-kind`:
+    "invalid choice: 'DIR' (choose from 'auto', 'image_folder', ...)". Now an unknown option is named as such."""
+    from carnet_core.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", str(colour_folder), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --data" in err and "dataset-kind" not in err
+
+
 def test_train_help_gives_the_recipe_defaults(capsys):
     """`train --help` listed most options with no default (argparse's are None so that TrainConfig fills them in);
     it now says TrainConfig's, as timm's train.py does."""
