@@ -136,8 +136,10 @@ def _cached_model(name: str, stamp: str) -> Classifier:  # stamp: which file, an
 
 
 def weights_status(name: str) -> tuple[bool, str]:
-    """(available, provenance or the message saying where to put a file) for a registered model. A file put in the
-    weights folder counts at the next rerun; the Hugging Face cache is looked at again after a minute."""
+    """(available, provenance or the message saying where to put a file, or why the weights folder's file for it
+    cannot be used) for a registered model. A file put in the weights folder counts at the next rerun, once it is
+    checked to load (:func:`carnet_core.model.usable_weights`); the Hugging Face cache is looked at again after a
+    minute."""
     folder = W.weights_dir()
     try:
         files = tuple(sorted((p.name, st_.st_size, st_.st_mtime_ns) for p in folder.iterdir() for st_ in [p.stat()]))
@@ -148,11 +150,11 @@ def weights_status(name: str) -> tuple[bool, str]:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, str]:  # files: the folder's listing
-    from carnet_core import get_spec
+    from carnet_core.model import usable_weights
 
     try:
-        return True, W.resolve(get_spec(name), folder=Path(folder)).describe()
-    except CarNetError as exc:
+        return True, usable_weights(name, folder=Path(folder)).describe()
+    except CarNetError as exc:  # none found, or the weights folder's file cannot be used
         return False, str(exc)
 
 
@@ -173,7 +175,7 @@ def model_picker(key: str, label: str = "Model", default: str = "efficientnet_li
     status.update({k: (True, "") for k in checkpoints})
     names = [n for n in names if status[n][0]] + list(checkpoints) + [n for n in names if not status[n][0]]
     pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
-                        format_func=lambda n: title(n) if status[n][0] else f"{n} (no weights)")
+                        format_func=lambda n: title(n) if status[n][0] else f"{n} (no usable weights)")
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()

@@ -27,9 +27,10 @@ st.subheader("Models and their weights")
 rows = []
 for spec in list_models():
     available, where = ui.weights_status(spec.name)
+    unusable = not available and ui.W.find_in_weights_dir(spec) is not None  # a file there, which cannot be used
     rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
-                 "head": spec.head, "labels": spec.label_set, "weights": where if available else "missing",
-                 "about": spec.description})
+                 "head": spec.head, "labels": spec.label_set,
+                 "weights": where if available or unusable else "missing", "about": spec.description})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
            f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them. Weights "

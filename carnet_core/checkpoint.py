@@ -108,13 +108,15 @@ def weights_in(folder: Path, limit: int = 4) -> str:
 
 
 def check_file(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is a file with a weights file suffix (:data:`WEIGHT_SUFFIXES`):
-    the message says whether it is missing, a folder, or a file of another type."""
+    """Raise :class:`CheckpointError` unless ``path`` is a non-empty file with a weights file suffix
+    (:data:`WEIGHT_SUFFIXES`): the message says whether it is missing, a folder, empty, or a file of another type."""
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a weights file; {weights_in(path)}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     check_suffix(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name}: the file is empty (0 bytes) — an interrupted download or copy?")
 
 
 def check_suffix(path: Path) -> None:
@@ -124,11 +126,15 @@ def check_suffix(path: Path) -> None:
                               f"use one of {', '.join(WEIGHT_SUFFIXES)}")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a plain PyTorch state dict loaded without unpickling code.
 
     Wrappers used by training scripts (``{"state_dict": ...}``, ``{"model": ...}``, timm's EMA) are unwrapped and a
     DataParallel ``module.`` prefix is removed.
+
+    ``shapes_only``: the same names and shapes without reading the values — meta tensors from a safetensors header, a
+    PyTorch file's tensors memory-mapped (a legacy, non-zip file is read whole) — to check that a file fits a model
+    (:func:`carnet_core.model.check_weights_file`).
 
     Raises:
         CheckpointError: missing file, unknown suffix, a pickle holding Python objects (refused, never
@@ -138,11 +144,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     check_file(path)
     if path.suffix == ".safetensors":
         try:
+            if shapes_only:
+                with safe_open(str(path), framework="pt") as f:
+                    return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
     try:
-        obj = _torch_load(path)
+        obj = _torch_load(path, mmap=shapes_only and _is_zip(path))
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
         found = _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = (f"a pickle that holds Python objects ({', '.join(found[:3])}), not just tensors" if found else
@@ -202,6 +211,13 @@ def _torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is in torch.save's zip format (the only one that can be memory-mapped)."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
 def _unsafe_globals(path: Path) -> list[str]:
     """The Python classes and functions a zip-format PyTorch file asks to build (torch lists them without
     unpickling); [] when it cannot tell (a legacy or corrupt file)."""
@@ -242,15 +258,26 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
         CheckpointError: the file does not fit the model; the message gives the tensor counts and the
             first mismatch.
     """
-    target = module.state_dict()
+    mapped, how = match_state_dict(state_dict, module.state_dict(), source)
+    module.load_state_dict(mapped, strict=True)
+    return how
+
+
+def match_state_dict(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                     source: str = "weights") -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of ``state_dict`` under ``target``'s names (a module's state dict; shapes are all it reads, so a
+    module on the meta device will do), and how they were matched — :func:`load_into`'s rules, without loading.
+
+    Raises:
+        CheckpointError: as :func:`load_into`.
+    """
     prefix = _model_prefix(state_dict, target) if set(state_dict) != set(target) else ""
     if prefix:  # e.g. a LightningModule's checkpoint: the network's tensors under its attribute, beside others
         state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if set(state_dict) == set(target):
         bad = [k for k in target if tuple(state_dict[k].shape) != tuple(target[k].shape)]
         if not bad:
-            module.load_state_dict(dict(state_dict), strict=True)
-            return f"by name (the tensors under {prefix!r})" if prefix else "by name"
+            return dict(state_dict), f"by name (the tensors under {prefix!r})" if prefix else "by name"
         k = bad[0]
         raise CheckpointError(f"{source} does not fit this model: {len(bad)} tensors have other shapes, e.g. "
                               f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)} "
@@ -266,8 +293,7 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
                                   f"{fk} {tuple(fv.shape)} meets model tensor {mk} {tuple(mv.shape)}. "
                                   f"Is it for another architecture?")
         mapped[mk] = fv
-    module.load_state_dict(mapped, strict=True)
-    return "by position"
+    return mapped, "by position"
 
 
 def _model_prefix(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:

@@ -12,19 +12,22 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CarNetError, ClassNamesNeededError
+from .errors import CarNetError, ClassNamesNeededError, WeightsNotFoundError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import weights as W
+    from .model import usable_weights
     from .registry import list_models
 
     rows = []
     for spec in list_models():
         try:
-            status = W.resolve(spec, use_hub=not args.no_hub).describe()
-        except CarNetError:
+            status = usable_weights(spec.name, use_hub=not args.no_hub).describe()
+        except WeightsNotFoundError:
             status = f"MISSING — put a file at {W.weights_dir() / (spec.name + '.safetensors')}"
+        except CarNetError as exc:  # the weights folder's file for it cannot be used
+            status = f"UNUSABLE — {exc}"
         rows.append({"name": spec.name, "arch": spec.arch, "family": spec.family, "head": spec.head,
                      "labels": spec.label_set, "default": spec.default, "weights": status,
                      "description": spec.description})

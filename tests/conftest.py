@@ -97,3 +97,27 @@ def colour_folder(tmp_path_factory):
 
 FAST = dict(model="efficientnet_lite0", img_size=64, batch_size=6, workers=0, lr=3e-4, randaugment=None,
             label_smoothing=0.0, probe_init=False, freeze_epochs=1)
+
+
+@pytest.fixture
+def unusable_weights_folder(tmp_path, monkeypatch) -> Path:
+    """The weights folder (``$CARNET_WEIGHTS_DIR``) holding files named after registered models that cannot be used
+    as their weights — a pickle with an object (refused), an interrupted copy (0 bytes), MobileNetV2's tensors under
+    EfficientNet-B3's name, a six-class MobileNetV2 under SE-ResNet-50's — beside a good (random) MobileNetV2 file."""
+    from pathlib import PurePosixPath
+
+    import timm
+    import torch
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "data_dir": PurePosixPath("/data")}, folder / "resnet50-run.pth")
+    (folder / "efficientnet_b0.pth").write_bytes(b"")
+    torch.manual_seed(0)
+    mnv2 = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
+    six = {**mnv2, "classifier.weight": mnv2["classifier.weight"][:6], "classifier.bias": mnv2["classifier.bias"][:6]}
+    torch.save(mnv2, folder / "efficientnet_b3.pth")
+    torch.save(six, folder / "seresnet50.pth")
+    torch.save(mnv2, folder / "mobilenetv2_100.pth")
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(folder))
+    return folder

@@ -295,6 +295,26 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert [e.value for e in at.error] == [f"{data} holds datasets, not class folders: choose one of them (plain, split)"]
 
 
+def test_unusable_weights_files_are_said_so_and_compare_starts_with_models_that_load(unusable_weights_folder):
+    """A refused pickle named resnet50-run.pth was listed "available: yes", and Compare, whose default is ResNet-50,
+    stopped at "Cannot load resnet50". Home now says why each file cannot be used; Compare says so for ResNet-50 and
+    starts with the models that load."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("model")
+    assert table.loc["resnet50", "available"] == "no"
+    assert "resnet50-run.pth: refused" in table.loc["resnet50", "weights"]
+    assert "empty (0 bytes)" in table.loc["efficientnet_b0", "weights"]
+    assert table.loc["efficientnet_b1", "weights"] == "missing"
+    assert table.loc["mobilenetv2_100", "available"] == "yes"
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    assert any("resnet50** is not available here" in w.value and "resnet50-run.pth: refused" in w.value
+               for w in at.warning)
+    assert at.multiselect[0].value == ["mobilenetv2_100", "efficientnet_lite0"]
+
+
 def test_compare_page_with_one_available_model_says_so():
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception

@@ -1,3 +1,4 @@
+import re
 import socket
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from carnet_core import WeightsNotFoundError, get_spec, list_models, load_model
 from carnet_core import _hub
 from carnet_core import weights as W
-from carnet_core.errors import UnknownModelError
+from carnet_core.errors import CheckpointError, UnknownModelError
 from carnet_core.labels import VEHICLE_CLASSES, imagenet_class_names
 
 
@@ -139,3 +140,50 @@ def test_blank_settings_mean_the_defaults_not_the_current_folder(tmp_path, monke
     monkeypatch.setenv("CARNET_ENGINE", "")
     model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
     assert engines.select_engine(model, "torch").engine.name == "torch"
+
+
+def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_weights(unusable_weights_folder,
+                                                                                       tmp_path, capsys):
+    """A damaged, refused or misfitting file named after a model was listed as its weights ("available: yes") until
+    the model was picked; the Compare page, whose default is ResNet-50, stopped at "Cannot load resnet50". It is now
+    checked on its tensor shapes (nothing loaded) and said to be unusable, with load_model's own reason."""
+    from carnet_core.errors import ClassNamesNeededError
+    from carnet_core.model import check_weights_file, usable_weights
+
+    from test_cli import run_main
+
+    folder = unusable_weights_folder
+    expected = {"resnet50": "resnet50-run.pth: refused — the file is a pickle that holds Python objects",
+                "efficientnet_b0": "efficientnet_b0.pth: the file is empty (0 bytes)",
+                "efficientnet_b3": "efficientnet_b3.pth does not fit this model: the file has 314 tensors",
+                "seresnet50": "seresnet50.pth does not fit this model"}  # six unnamed classes, but another network
+    for name, reason in expected.items():
+        with pytest.raises(CheckpointError, match=f"the file for {name} in the weights folder cannot be used: "
+                                                  f"{re.escape(reason)}"):
+            usable_weights(name, use_hub=False)
+        if name != "seresnet50":  # load_model asks for its class names first; the check finds the misfit first
+            with pytest.raises(CheckpointError) as loading:
+                load_model(name, device="cpu", use_hub=False)
+            with pytest.raises(CheckpointError) as checking:
+                check_weights_file(name, W.find_in_weights_dir(get_spec(name)))
+            assert str(checking.value) == str(loading.value)  # load_model's own message
+    good = usable_weights("mobilenetv2_100", use_hub=False)
+    assert good.source == "weights_dir" and good.location.endswith("mobilenetv2_100.pth")
+    assert check_weights_file("mobilenetv2_100", good.location) == "by name"
+
+    # a file of the right network trained on classes of its own is usable: loading it says what to give
+    own = tmp_path / "own"
+    own.mkdir()
+    state = torch.load(folder / "seresnet50.pth", weights_only=True)
+    torch.save(state, own / "mobilenetv2_100-cars6.pth")
+    assert usable_weights("mobilenetv2_100", folder=own, use_hub=False).source == "weights_dir"
+    with pytest.raises(ClassNamesNeededError):
+        check_weights_file("mobilenetv2_100", own / "mobilenetv2_100-cars6.pth")
+
+    code, out, err = run_main(capsys, "models", "--no-hub")
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "UNUSABLE — the file for resnet50 in the weights folder cannot be used: resnet50-run.pth: refused" \
+        in lines["resnet50"]
+    assert "UNUSABLE" in lines["efficientnet_b3"] and "MISSING" in lines["efficientnet_b1"]
+    assert "file in the weights folder: mobilenetv2_100.pth" in lines["mobilenetv2_100"]
