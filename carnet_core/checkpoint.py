@@ -153,7 +153,8 @@ def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[
     try:
         obj = _torch_load(path, mmap=shapes_only and _is_zip(path))
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler met something that is not a tensor
-        found = _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        found = [g for g in _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(exc))
+                 if g not in _LIGHTNING_ATTRIBUTE_DICTS]  # allowed: not what made it refused
         what = (f"a pickle that holds Python objects ({', '.join(found[:3])}), not just tensors" if found else
                 "not plain tensors: a pickle of Python objects, or a corrupt file")
         raise CheckpointError(f"{path.name}: refused — the file is {what}; loading Python objects could run "
@@ -202,11 +203,20 @@ def head_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
     return None
 
 
+#: Lightning's ``AttributeDict`` (a dict with attribute access) under the names older Lightning checkpoints pickled it
+#: by (their ``hyper_parameters``): rebuilt as a plain dict, so that neither Lightning nor its code is needed.
+_LIGHTNING_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict",
+                              "lightning_fabric.utilities.data.AttributeDict",
+                              "lightning.fabric.utilities.data.AttributeDict")
+
+
 def _torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
     """``torch.load`` with the weights-only unpickler, on the CPU. ``argparse.Namespace`` is allowed: timm's train.py
-    keeps its options in the checkpoint as one, and timm's loader allows it too. torch's warning about a pickle
-    protocol other than its own is not shown: the file is read or refused either way, with CarNet's message."""
-    with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+    keeps its options in the checkpoint as one, and timm's loader allows it too; so is Lightning's ``AttributeDict``,
+    read as a plain dict. torch's warning about a pickle protocol other than its own is not shown: the file is read or
+    refused either way, with CarNet's message."""
+    allowed = [argparse.Namespace, *((dict, name) for name in _LIGHTNING_ATTRIBUTE_DICTS)]
+    with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 

@@ -250,6 +250,45 @@ def test_a_lightning_checkpoint_loads_its_network_from_under_the_module_attribut
     assert found.weights.source == "weights_dir" and "under 'model.'" in found.weights.detail
 
 
+def test_older_lightning_checkpoints_with_an_attribute_dict_load_and_other_objects_are_still_refused(tmp_path,
+                                                                                                    monkeypatch):
+    """Older Lightning versions pickled ``hyper_parameters`` as their ``AttributeDict`` (pytorch_lightning's, later
+    lightning_fabric's): read as a plain dict, with no Lightning needed; an object beside it is still refused, and the
+    message names that object, not the AttributeDict."""
+    import sys
+    import types
+    from pathlib import PurePosixPath
+
+    import timm
+    from lightning_fabric.utilities.data import AttributeDict
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
+    fabric_style = _lightning_checkpoint(tmp_path / "fabric.ckpt", net, AttributeDict(model_name="mobilenetv2_100"))
+    # pytorch_lightning 1.x's class, which is not installed here: a stand-in under its module path, for pickling only
+    class LegacyAttributeDict(dict):
+        pass
+
+    parts = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
+    for name in parts:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    LegacyAttributeDict.__module__, LegacyAttributeDict.__qualname__ = parts[-1], "AttributeDict"
+    sys.modules[parts[-1]].AttributeDict = LegacyAttributeDict
+    legacy = _lightning_checkpoint(tmp_path / "legacy.ckpt", net, LegacyAttributeDict(arch="mobilenetv2_100", lr=0.1))
+    for name in parts:
+        monkeypatch.delitem(sys.modules, name)
+    for path, attribute_dict in ((fabric_style, "lightning_fabric"), (legacy, "pytorch_lightning")):
+        assert any(g.startswith(attribute_dict) for g in torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        model = load_model(checkpoint=path, device="cpu")  # the architecture from the AttributeDict
+        assert model.name == "mobilenetv2_100" and "under 'model.'" in model.weights.detail
+        assert torch.equal(model.module.state_dict()["classifier.weight"], net["classifier.weight"])
+
+    with_object = _lightning_checkpoint(tmp_path / "obj.ckpt", net, AttributeDict(data_dir=PurePosixPath("/data")))
+    with pytest.raises(CheckpointError, match=r"refused — the file is a pickle that holds Python objects "
+                                              r"\(pathlib.PurePosixPath\), not just tensors"):
+        load_model("mobilenetv2_100", checkpoint=with_object, device="cpu")
+
+
 def test_a_lightning_checkpoint_with_an_ema_copy_loads_the_ema_weights_and_a_misfit_is_explained(tmp_path):
     import timm
 
