@@ -14,6 +14,8 @@ from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_row
 from carnet_core.folders import load_mapping
 from carnet_core.labels import find_class, within_classes
 
+MISTAKES_PER_PAGE = 24  # four rows of six thumbnails
+
 st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
 st.title("Evaluate")
 st.caption("How a model does on a labelled dataset, class by class, and where it goes wrong. Results are cached per "
@@ -118,16 +120,28 @@ with tab_confusion:
     st.dataframe(pd.DataFrame(pairs, columns=["true class", "predicted as", "images"]), hide_index=True,
                  width="stretch")
 with tab_mistakes:
-    wrong = [p for p in report.predictions if p["label"] != p["predicted"]]
+    wrong = report.mistakes()
     if not wrong:
         st.success("No mistakes.")
     else:
-        only = st.selectbox("True class", ["all"] + sorted({p["label"] for p in wrong}), key="evaluate_wrong_class")
-        shown = [p for p in wrong if only == "all" or p["label"] == only]
-        shown.sort(key=lambda p: -p["confidence"])
-        st.caption(f"{ui.count(len(shown), 'mistake')}, most confident first; showing up to 24, as the model sees them "
-                   "(resized and center-cropped).")
-        for i, p in enumerate(shown[:24]):
+        filters = st.columns(3)
+        true_class = filters[0].selectbox("True class", ["all"] + sorted({p["label"] for p in wrong}),
+                                          key="evaluate_wrong_class")
+        predicted = filters[1].selectbox("Predicted as", ["all"] + sorted({p["predicted"] for p in wrong}),
+                                         key="evaluate_wrong_predicted")
+        order = filters[2].radio("Order", ["most confident first", "least confident first"], horizontal=True,
+                                 key="evaluate_wrong_order", help="Most confident: the mistakes the model is surest "
+                                                                  "of. Least confident: the near misses.")
+        shown = report.mistakes(None if true_class == "all" else true_class, None if predicted == "all" else predicted,
+                                most_confident_first=order.startswith("most"))
+        pages = max(1, -(-len(shown) // MISTAKES_PER_PAGE))
+        page = st.columns(4)[0].number_input("Page", 1, pages, 1, key=f"evaluate_wrong_page_{true_class}_{predicted}") \
+            if pages > 1 else 1  # a page number per filter: another filter starts at page 1
+        first = (page - 1) * MISTAKES_PER_PAGE
+        st.caption(f"{ui.count(len(shown), 'mistake')}, {order}"
+                   + (f"; page {page} of {pages}" if pages > 1 else "")
+                   + ", as the model sees them (resized and center-cropped).")
+        for i, p in enumerate(shown[first:first + MISTAKES_PER_PAGE], start=first):
             if i % 6 == 0:
                 row = st.columns(6)  # a row at a time: each row starts level
             with row[i % 6]:

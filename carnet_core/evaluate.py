@@ -55,6 +55,15 @@ class EvalReport:
         return [(self.class_names[i], self.class_names[j], int(c[i, j]))
                 for i, j in zip(*np.unravel_index(order, c.shape)) if c[i, j] > 0]
 
+    def mistakes(self, true_class: str | None = None, predicted: str | None = None,
+                 most_confident_first: bool = True) -> list[dict]:
+        """The misclassified images of :attr:`predictions` (``{"path", "label", "predicted", "confidence"}``), only
+        those of ``true_class`` and/or predicted as ``predicted`` when given, ordered by the model's confidence in its
+        wrong class: most confident first (the mistakes it is surest of) or least (the near misses)."""
+        wrong = [p for p in self.predictions if p["label"] != p["predicted"]
+                 and true_class in (None, p["label"]) and predicted in (None, p["predicted"])]
+        return sorted(wrong, key=lambda p: p["confidence"], reverse=most_confident_first)
+
     def to_dict(self) -> dict:
         return {"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "ece": self.ece,
                 "hierarchy": self.hierarchy, "per_class": self.per_class, "class_names": self.class_names,

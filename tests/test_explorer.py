@@ -304,6 +304,35 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     at.run()
     assert not at.exception and not any("looked at" in m.value for m in at.markdown)
 
+    # every mistake can be browsed (it showed the 24 most confident), by true and predicted class, either way round
+    def shown():
+        return [c.value for c in at.caption if "**" in c.value and " → " in c.value]
+
+    wrong = [p for p in numbers["predictions"] if p["label"] != p["predicted"]]
+    first_page = shown()
+    assert len(first_page) == 24 and any(f"{len(wrong)} mistakes, most confident first; page 1 of "
+                                         f"{-(-len(wrong) // 24)}" in c.value for c in at.caption)
+    at.number_input(key="evaluate_wrong_page_all_all").set_value(2).run()
+
+    def percent(caption):
+        return int(caption.rsplit("(", 1)[1].rstrip("%)"))
+
+    second_page = [percent(c) for c in shown()]
+    assert not at.exception and len(second_page) == 24 and second_page == sorted(second_page, reverse=True)
+    assert max(second_page) <= min(percent(c) for c in first_page)  # the next 24, in the same order
+    at.button(key="evaluate_cam_24").click().run()  # the first mistake of page 2
+    assert not at.exception and at.session_state["evaluate_cam"][1] == sorted(
+        wrong, key=lambda p: p["confidence"], reverse=True)[24]
+    at.selectbox(key="evaluate_wrong_class").select("pickup").run()
+    at.selectbox(key="evaluate_wrong_predicted").select("car").run()
+    pickup_as_car = [p for p in wrong if p["label"] == "pickup" and p["predicted"] == "car"]
+    assert not at.exception and all(c.startswith("**pickup** → car (") for c in shown())
+    assert len(shown()) == min(24, len(pickup_as_car)) and any(f"{len(pickup_as_car)} mistakes" in c.value
+                                                                for c in at.caption)
+    at.radio(key="evaluate_wrong_order").set_value("least confident first").run()
+    least = min(p["confidence"] for p in pickup_as_car)
+    assert percent(shown()[0]) == round(least * 100)
+
 
 def test_cost_cache_keeps_every_entry_when_sessions_write_at_once(tmp_path, monkeypatch):
     """Eight sessions (processes) store measurements at the same moment; none is lost (file lock)."""
