@@ -105,7 +105,9 @@ def test_a_just_started_worker_is_alive_and_a_reused_pid_is_not(monkeypatch):
         proc.kill()
 
 
-def test_killed_worker_is_failed_then_resumed(colour_folder, tmp_path):
+def test_killed_worker_is_failed_then_resumed(colour_folder, tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()  # what the killed worker leaves in the temporary directory (timm imports W&B, whose
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # two folders are removed at exit) stays in the test's own
     runner = JobRunner(tmp_path / "jobs", slots=1)
     job = runner.submit(_cfg(colour_folder, epochs=4))
     _wait_for(lambda: len(runner.get(job.id).history) >= 1)

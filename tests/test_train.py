@@ -336,7 +336,9 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_path):
+def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()  # what the killed process leaves in the temporary directory (timm imports W&B, whose
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # two folders are removed at exit) stays in the test's own
     args = ["train", str(colour_folder), "--out", str(tmp_path), "--epochs", "4", "--img-size", "64",
             "--batch-size", "6", "--workers", "0", "--randaugment", "none"]
     proc = _cli(*args)
