@@ -9,7 +9,9 @@ already preprocessed tensor; "CarNet" is :func:`carnet_core.predict` on a PIL im
 preprocessing), with the engine it chose (see carnet_core.engines); "ORT" is a default ``onnxruntime.InferenceSession``
 (fp32, CPU) on the same exported file, the anchor, timed like CarNet's model time: one call right after the same
 preprocessing of the same image ("ORT back-to-back": called in a tight loop on a ready tensor, its threads still
-spinning, which no classify request gets); "ORT + timm preproc" is the whole classify step as a user of that anchor
+spinning, which no classify request gets); "CarNet session / ORT": CarNet's own ONNX Runtime session timed exactly as
+the anchor is (what is left of CarNet's model time without predict()'s Python around the call), as a ratio to the
+anchor; "ORT + timm preproc" is the whole classify step as a user of that anchor
 would write it: timm's eval transform on the same PIL image, then the session. All are timed in alternating blocks of 10 calls, each after a pause and 3 untimed calls
 (drift on a shared machine hits them alike, and no engine's threads still busy-wait while another is timed); numbers
 are medians in ms; ratios: CarNet / ORT (model time; target <= 1.0), timm eager / CarNet (speed-up) and CarNet +
@@ -169,26 +171,28 @@ def main() -> None:
         ort_session = anchor_session(model)
         xn = x.cpu().numpy()
         transform = timm.data.create_transform(**model.data_config)  # timm's own eval transform, torch tensors
+        own = getattr(choice.engine, "session", None)  # CarNet's own ONNX Runtime session, when it chose one
         ms = alternating_ms({"eager": eager, "carnet": lambda: predict(model, [image]).latency_ms,
                              "carnet+preproc": lambda: predict(model, [image]),
                              "ort": lambda: ort_in_situ(model, image, ort_session),
+                             **({"carnet session": lambda: ort_in_situ(model, image, own)} if own else {}),
                              "ort back-to-back": lambda: ort_session.run(None, {"input": xn}),
                              "ort+preproc": lambda: ort_session.run(None, {"input": transform(image)[None].numpy()})},
                             args.repeats)
         compiled = compiled_ms(model, x, args.repeats) if args.compile else None
         rows.append((name, kind, choice.engine.name, ms["eager"], ms["carnet"], ms["ort"], ms["ort back-to-back"],
-                     ms["carnet+preproc"], ms["ort+preproc"], compiled))
+                     ms["carnet+preproc"], ms["ort+preproc"], compiled, ms.get("carnet session")))
         forward_ms[name] = (model, ms["eager"], ort_session)
 
     print(f"\n# Classify latency, batch 1, ms\n{'model':<20} {'weights':<7} {'engine':<12} {'timm eager':>10} "
           f"{'CarNet':>7} {'ORT':>6} {'CarNet/ORT':>10} {'ORT back-to-back':>16} {'speed-up':>9} {'CarNet+preproc':>15}"
           f" {'ORT+timm preproc':>17}"
-          f" {'ratio':>6}"
+          f" {'ratio':>6} {'CarNet session/ORT':>18}"
           + (f" {'torch.compile':>13} {'compile s':>9}" if args.compile else ""))
-    for name, kind, engine, timm_ms, model_ms, ort_ms, ort_b2b_ms, total_ms, ort_total_ms, compiled in rows:
+    for name, kind, engine, timm_ms, model_ms, ort_ms, ort_b2b_ms, total_ms, ort_total_ms, compiled, own_ms in rows:
         print(f"{name:<20} {kind:<7} {engine:<12} {timm_ms:>10.1f} {model_ms:>7.1f} {ort_ms:>6.1f} "
               f"{model_ms / ort_ms:>10.2f} {ort_b2b_ms:>16.1f} {timm_ms / model_ms:>8.1f}x {total_ms:>15.1f} {ort_total_ms:>17.1f}"
-              f" {total_ms / ort_total_ms:>6.2f}"
+              f" {total_ms / ort_total_ms:>6.2f} {f'{own_ms / ort_ms:.2f}' if own_ms else '-':>18}"
               + (f" {compiled[1]:>13.1f} {compiled[0]:>9.0f}" if compiled else ""))
 
     print("\n# Throughput, images/s (model time): CarNet path / the ORT anchor with the batch in one call")
