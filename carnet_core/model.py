@@ -350,7 +350,8 @@ def check_weights_file(name: str, path: str | os.PathLike) -> str:
 def usable_weights(name: str, folder: Path | None = None, use_hub: bool = True) -> WeightsSource:
     """Where registered model ``name``'s weights come from (:func:`carnet_core.weights.resolve`), a file in the weights
     folder checked to load first (:func:`check_weights_file`), so that a damaged, refused or misfitting file is not
-    listed as the model's weights. A file whose head needs class names counts: loading it says what to give.
+    listed as the model's weights. A file whose head needs class names counts, and its detail says so: loading it
+    says what to give.
 
     Raises:
         WeightsNotFoundError: no weights found (the message says where to put a file).
@@ -361,7 +362,7 @@ def usable_weights(name: str, folder: Path | None = None, use_hub: bool = True) 
         try:
             check_weights_file(name, source.location)
         except ClassNamesNeededError:
-            pass
+            return WeightsSource(source.source, source.location, "trained on classes of its own: needs their names")
         except CarNetError as exc:
             raise CheckpointError(f"the file for {name} in the weights folder cannot be used: {exc}") from None
     return source

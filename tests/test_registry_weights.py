@@ -176,7 +176,9 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
     own.mkdir()
     state = torch.load(folder / "seresnet50.pth", weights_only=True)
     torch.save(state, own / "mobilenetv2_100-cars6.pth")
-    assert usable_weights("mobilenetv2_100", folder=own, use_hub=False).source == "weights_dir"
+    needs_names = usable_weights("mobilenetv2_100", folder=own, use_hub=False)
+    assert needs_names.describe() == ("file in the weights folder: mobilenetv2_100-cars6.pth (trained on classes of "
+                                      "its own: needs their names)")
     with pytest.raises(ClassNamesNeededError):
         check_weights_file("mobilenetv2_100", own / "mobilenetv2_100-cars6.pth")
 
