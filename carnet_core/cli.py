@@ -22,14 +22,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     rows = []
     for spec in list_models():
+        available = False
         try:
-            status = usable_weights(spec.name, use_hub=not args.no_hub).describe()
+            status, available = usable_weights(spec.name, use_hub=not args.no_hub).describe(), True
         except WeightsNotFoundError:
             status = f"MISSING — put a file at {W.weights_dir() / (spec.name + '.safetensors')}"
         except CarNetError as exc:  # the weights folder's file for it cannot be used
             status = f"UNUSABLE — {exc}"
         rows.append({"name": spec.name, "arch": spec.arch, "family": spec.family, "head": spec.head,
-                     "labels": spec.label_set, "default": spec.default, "weights": status,
+                     "labels": spec.label_set, "default": spec.default, "available": available, "weights": status,
                      "description": spec.description})
     if args.json:
         print(json.dumps(rows, indent=2))

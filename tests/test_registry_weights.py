@@ -1,3 +1,4 @@
+import json
 import re
 import socket
 
@@ -189,3 +190,8 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
         in lines["resnet50"]
     assert "UNUSABLE" in lines["efficientnet_b3"] and "MISSING" in lines["efficientnet_b1"]
     assert "file in the weights folder: mobilenetv2_100.pth" in lines["mobilenetv2_100"]
+    code, out, err = run_main(capsys, "models", "--no-hub", "--json")
+    available = {row["name"]: row["available"] for row in json.loads(out)}
+    assert code == 0 and available["mobilenetv2_100"] and available["efficientnet_lite0"]
+    unusable_or_missing = ("resnet50", "efficientnet_b0", "efficientnet_b3", "seresnet50", "efficientnet_b1")
+    assert not any(available[n] for n in unusable_or_missing)
