@@ -6,6 +6,7 @@ and the CLI never guess how to prepare an image for it.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -359,13 +360,24 @@ def usable_weights(name: str, folder: Path | None = None, use_hub: bool = True) 
     """
     source = _weights.resolve(get_spec(name), folder=folder, use_hub=use_hub)
     if source.source == "weights_dir":
-        try:
-            check_weights_file(name, source.location)
-        except ClassNamesNeededError:
+        stat = Path(source.location).stat()
+        problem = _file_problem(name, source.location, stat.st_size, stat.st_mtime_ns)
+        if isinstance(problem, ClassNamesNeededError):
             return WeightsSource(source.source, source.location, "trained on classes of its own: needs their names")
-        except CarNetError as exc:
-            raise CheckpointError(f"the file for {name} in the weights folder cannot be used: {exc}") from None
+        if problem is not None:
+            raise CheckpointError(f"the file for {name} in the weights folder cannot be used: {problem}")
     return source
+
+
+@functools.lru_cache(maxsize=64)
+def _file_problem(name: str, location: str, size: int, mtime_ns: int) -> CarNetError | None:
+    """:func:`check_weights_file`'s error for this version of the file (size and mtime), None when it loads: the app
+    asks on every rerun of every page with a model picker, and a file is checked again only when it changes."""
+    try:
+        check_weights_file(name, location)
+    except CarNetError as exc:
+        return exc
+    return None
 
 
 def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import socket
 
@@ -144,7 +145,7 @@ def test_blank_settings_mean_the_defaults_not_the_current_folder(tmp_path, monke
 
 
 def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_weights(unusable_weights_folder,
-                                                                                       tmp_path, capsys):
+                                                                                       tmp_path, capsys, monkeypatch):
     """A damaged, refused or misfitting file named after a model was listed as its weights ("available: yes") until
     the model was picked; the Compare page, whose default is ResNet-50, stopped at "Cannot load resnet50". It is now
     checked on its tensor shapes (nothing loaded) and said to be unusable, with load_model's own reason."""
@@ -171,6 +172,20 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
     good = usable_weights("mobilenetv2_100", use_hub=False)
     assert good.source == "weights_dir" and good.location.endswith("mobilenetv2_100.pth")
     assert check_weights_file("mobilenetv2_100", good.location) == "by name"
+
+    # asked on every rerun of a page with a model picker: a file is checked again only once it changes
+    import carnet_core.model as M
+
+    checked = []
+    with monkeypatch.context() as patch:
+        patch.setattr(M, "check_weights_file", lambda name, path: checked.append(name) or "by name")
+        for _ in range(3):
+            usable_weights("mobilenetv2_100", use_hub=False)
+        assert checked == []  # checked above, unchanged since
+        os.utime(folder / "mobilenetv2_100.pth", ns=(1, 1))
+        usable_weights("mobilenetv2_100", use_hub=False)
+        usable_weights("mobilenetv2_100", use_hub=False)
+        assert checked == ["mobilenetv2_100"]
 
     # a file of the right network trained on classes of its own is usable: loading it says what to give
     own = tmp_path / "own"
