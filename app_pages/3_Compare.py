@@ -11,7 +11,7 @@ import ui
 from carnet_core import CarNetError, ImageError, load_image
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_predictions
-from carnet_core.folders import compare_on_folder, load_mapping
+from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
 
@@ -114,10 +114,23 @@ mapping_choice = st.selectbox("Mapping", mapping_names, index=mapping_names.inde
                               key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
 mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
                                   max_upload_size=5) if mapping_choice == "upload…" else None
+try:  # said before measuring: a folder that cannot be measured, or classes that need a mapping
+    folder_classes, unmapped = members_needing_mapping(models, folder)
+    folder_problem = None
+except CarNetError as exc:
+    folder_classes, unmapped, folder_problem = [], [], str(exc)
+if folder_problem:
+    st.error(folder_problem)
+needs_mapping = bool(unmapped) and (mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload))
+if needs_mapping:
+    shown = ", ".join(folder_classes[:6]) + ("…" if len(folder_classes) > 6 else "")
+    st.info(f"**{Path(folder).name}** has classes of its own ({shown}; {len(folder_classes)} in all), not those of "
+            f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
+            f"`{ui.mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
 settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
             tuple(weights))  # what a folder report was made with
-if st.button("Evaluate", key="compare_run"):
+if st.button("Evaluate", key="compare_run", disabled=bool(folder_problem) or needs_mapping):
     try:
         mapping = None
         if mapping_choice in [p.name for p in mapping_files]:

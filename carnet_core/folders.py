@@ -46,6 +46,19 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
     return items
 
 
+def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) -> tuple[list[str], list[str]]:
+    """The classes of a labelled folder, as :func:`compare_on_folder` reads them (its val split, when it has one),
+    and the names of the ``models`` whose label sets do not hold them all: those it can score only through a mapping.
+    Lists the folder's images and reads none (a few ms for a thousand images), so a page can ask before measuring.
+
+    Raises:
+        CarNetError: as :func:`read_labelled_folder` (no such folder, no class folders or images, a folder of
+            datasets, an annotation-file layout).
+    """
+    classes = sorted({label for _, label in read_labelled_folder(folder)})
+    return classes, [m.name for m in models if not within_classes(classes, m.class_names)]
+
+
 def load_mapping(path: str | Path) -> dict[str, list[str]]:
     """Read a mapping folder class → model classes.
 
@@ -96,8 +109,10 @@ class LabelProjection:
         if mapping is None:
             unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
             if unknown:
-                raise CarNetError(f"folder classes {', '.join(unknown[:5])} are not classes of the model; give a "
-                                  f"mapping file (folder class → model classes)")
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                raise CarNetError(f"{len(unknown)} of the {len(self.folder_classes)} folder classes are not classes of "
+                                  f"the model ({', '.join(unknown[:5])}{more}); give a mapping file (folder class → "
+                                  f"model classes)")
             mapping = {c: [c] for c in self.folder_classes}
         missing = [c for c in self.folder_classes if c not in mapping]
         if missing:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from carnet_core import CarNetError, load_model
 from carnet_core.ensemble import agreement, aligned_class_names, combine
-from carnet_core.folders import LabelProjection, compare_on_folder, load_mapping
+from carnet_core.folders import LabelProjection, compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.model import Classifier
 from carnet_core.weights import WeightsSource
 
@@ -158,7 +158,12 @@ def test_members_with_different_label_sets_are_compared_in_the_folders_classes(t
     tuned = colour_model("tuned", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
     wide = colour_model("wide", [[1, 0, 0], [0, 0.4, 0], [0, 0.5, 1], [0, 0, 0]], ["crimson", "lime", "navy", "grey"])
     mapping = {"red": ["crimson"], "green": ["lime"], "blue": ["navy"]}
-    with pytest.raises(CarNetError, match="^wide: folder classes blue, green, red are not classes of the model"):
+    # asked before measuring (the Compare page does): the folder's classes, and who needs the mapping
+    assert members_needing_mapping([tuned, wide], tmp_path) == (["blue", "green", "red"], ["wide"])
+    assert members_needing_mapping([tuned], tmp_path)[1] == []
+    with pytest.raises(CarNetError, match="no class sub-folders"):
+        members_needing_mapping([tuned], tmp_path / "red")
+    with pytest.raises(CarNetError, match=r"^wide: 3 of the 3 folder classes are not classes of the model \(blue, green, red\)"):
         compare_on_folder([tuned, wide], tmp_path)  # the mapping is needed, and the message says for which member
     report = compare_on_folder([tuned, wide], tmp_path, mapping)
     assert report.combined_in == "folder classes" and report.to_dict()["combined_in"] == "folder classes"
@@ -176,8 +181,11 @@ def test_members_with_different_label_sets_are_compared_in_the_folders_classes(t
 
 def test_mapping_errors(tmp_path):
     classes = ["red", "green", "blue"]
-    with pytest.raises(CarNetError, match="not classes of the model; give a mapping"):
+    with pytest.raises(CarNetError, match=r"^1 of the 1 folder classes are not classes of the model \(crimson\); give a "
+                                          "mapping"):
         LabelProjection(["crimson"], classes)
+    with pytest.raises(CarNetError, match=r"^7 of the 8 folder classes .* \(c0, c1, c2, c3, c4 and 2 more\)"):
+        LabelProjection(["red"] + [f"c{i}" for i in range(7)], classes)  # how many, not only the first five
     with pytest.raises(CarNetError, match="no entry for folder classes: warm"):
         LabelProjection(["warm"], classes, {"cold": ["blue"]})
     with pytest.raises(CarNetError, match="'pink' is not a class"):

@@ -266,7 +266,14 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
 
     mapping = lambda: next(s for s in at.selectbox if s.label == "Mapping")  # noqa: E731 (its key names the folder)
     assert mapping().value == "none (folder classes are model classes)"  # no mapping named after "plain"
+    # said before Evaluate is pressed (it ended in "folder classes car are not classes of the model")
+    assert any("**plain** has classes of its own (car, pickup; 2 in all), not those of mobilenetv2_100, "
+               "efficientnet_lite0. Choose a mapping" in i.value for i in at.info)
+    assert at.button(key="compare_run").disabled and not at.error
+    mapping().set_value("upload…").run()  # chosen, but nothing uploaded yet
+    assert at.button(key="compare_run").disabled and any("classes of its own" in i.value for i in at.info)
     mapping().set_value("vehicles.json").run()
+    assert not at.button(key="compare_run").disabled and not any("classes of its own" in i.value for i in at.info)
     at.button(key="compare_run").click().run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
@@ -290,9 +297,9 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(f"6 images in `{data / 'split' / 'val'}`" in m.value for m in at.markdown)
     at.selectbox(key="compare_folder_pick").set_value("another folder…").run()  # any folder, typed in
-    at.text_input(key="compare_folder").set_value(str(data)).run()
-    at.button(key="compare_run").click().run()
+    at.text_input(key="compare_folder").set_value(str(data)).run()  # said at once, not after pressing Evaluate
     assert [e.value for e in at.error] == [f"{data} holds datasets, not class folders: choose one of them (plain, split)"]
+    assert at.button(key="compare_run").disabled
 
 
 def test_unusable_weights_files_are_said_so_and_compare_starts_with_models_that_load(unusable_weights_folder):
