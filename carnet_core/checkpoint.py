@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, listed
 
 FORMAT = "carnet-checkpoint"
 FORMAT_VERSION = 1
@@ -103,8 +103,7 @@ def weights_in(folder: Path, limit: int = 4) -> str:
         names = []
     if not names:
         return f"it holds no weights file ({', '.join(WEIGHT_SUFFIXES)})"
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"it holds {', '.join(names[:limit])}{more}"
+    return f"it holds {listed(names, limit)}"
 
 
 def check_file(path: Path) -> None:

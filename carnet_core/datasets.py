@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import CarNetError
+from .errors import CarNetError, listed
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 
 Hierarchy = dict[str, dict[str, str]]  # class name -> {"make": ..., "model": ..., "year": ...}
@@ -170,7 +170,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
             raise CarNetError(f"{train_dir} has no class sub-folders: expected {train_dir}/<class name>/<images>")
         extra = sorted({p.name for p in class_folders(val_dir)} - set(classes))
         if extra:
-            raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}")
+            raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {listed(extra)}")
         index = {c: i for i, c in enumerate(classes)}
         class_dirs += class_folders(val_dir)
         train = [(p, index[c.name]) for c in class_folders(train_dir) for p in list_images(c)]

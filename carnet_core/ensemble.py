@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from .errors import CarNetError
+from .errors import CarNetError, listed
 from .model import Classifier
 
 if TYPE_CHECKING:
@@ -84,9 +84,8 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
             only_b = sorted(set(other.class_names) - set(first.class_names))
             raise CarNetError(
                 f"{first.name} and {other.name} have different label sets ({first.num_classes} vs "
-                f"{other.num_classes} classes): only in {first.name}: {', '.join(only_a[:5]) or '—'}"
-                f"{' …' if len(only_a) > 5 else ''}; only in {other.name}: {', '.join(only_b[:5]) or '—'}"
-                f"{' …' if len(only_b) > 5 else ''}")
+                f"{other.num_classes} classes): only in {first.name}: {listed(only_a)}; only in {other.name}: "
+                f"{listed(only_b)}")
     return first.class_names
 
 

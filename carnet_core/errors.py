@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class CarNetError(Exception):
     """Base class: a problem with the user's input or setup, with a message fit for the UI and CLI."""
@@ -34,3 +36,11 @@ class ClassNamesNeededError(CheckpointError):
     def __init__(self, message: str, path: str, model: str):
         super().__init__(message)
         self.path, self.model = path, model
+
+
+def listed(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` for a message, and how many more there are: ``"a, b, c and 37 more"``;
+    ``"—"`` when there are none."""
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "—"

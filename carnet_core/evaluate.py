@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .datasets import ImageDataset
-from .errors import CarNetError, ImageError
+from .errors import CarNetError, ImageError, listed
 from .labels import within_classes
 from .model import Classifier
 from .predict import predict_probabilities
@@ -136,11 +136,10 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
         to_index = list(range(len(names)))
     else:
         if set(dataset.class_names) != set(model.class_names):
-            only_d = sorted(set(dataset.class_names) - set(model.class_names))[:5]
-            only_m = sorted(set(model.class_names) - set(dataset.class_names))[:5]
-            raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: "
-                              f"{', '.join(only_d)}; only in the model: {', '.join(only_m) or '—'} "
-                              f"(for an ImageNet model, give a mapping file)")
+            only_d = sorted(set(dataset.class_names) - set(model.class_names))
+            only_m = sorted(set(model.class_names) - set(dataset.class_names))
+            raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: {listed(only_d)}; "
+                              f"only in the model: {listed(only_m)} (for an ImageNet model, give a mapping file)")
         names = list(model.class_names)
         to_index = [names.index(c) for c in dataset.class_names]
     probs, labels, rows, skipped = [], [], [], []

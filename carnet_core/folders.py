@@ -17,7 +17,7 @@ import torch
 
 from .datasets import check_class_folders, class_folders, empty_dataset_error, labelled_folder
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
-from .errors import CarNetError, ImageError
+from .errors import CarNetError, ImageError, listed
 from .images import list_images, load_image
 from .labels import close_classes, find_class, within_classes
 from .model import Classifier
@@ -109,10 +109,8 @@ class LabelProjection:
         if mapping is None:
             unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
             if unknown:
-                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
                 raise CarNetError(f"{len(unknown)} of the {len(self.folder_classes)} folder classes are not classes of "
-                                  f"the model ({', '.join(unknown[:5])}{more}); give a mapping file (folder class → "
-                                  f"model classes)")
+                                  f"the model ({listed(unknown)}); give a mapping file (folder class → model classes)")
             mapping = {c: [c] for c in self.folder_classes}
         missing = [c for c in self.folder_classes if c not in mapping]
         if missing:

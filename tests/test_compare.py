@@ -89,6 +89,9 @@ def test_label_set_mismatch_names_the_difference():
     b = colour_model("b", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "cyan"])
     with pytest.raises(CarNetError, match="only in a: blue; only in b: cyan"):
         aligned_class_names([a, b])
+    many = colour_model("many", [[1, 0, 0]] * 8, ["red"] + [f"c{i}" for i in range(7)])
+    with pytest.raises(CarNetError, match=r"only in a: blue, green; only in many: c0, c1, c2, c3, c4 and 2 more$"):
+        aligned_class_names([a, many])  # how many, where it said " …"
     c = colour_model("c", [[0, 0, 1], [0, 1, 0], [1, 0, 0]], ["blue", "green", "red"])  # same names, other order
     assert aligned_class_names([a, c]) == ("red", "green", "blue")
 
@@ -293,6 +296,9 @@ def test_a_dataset_named_with_some_of_the_models_classes_needs_no_mapping(tmp_pa
     assert report.per_class["blue"]["count"] == 3 and len(report.confusion) == 2  # over the dataset's 2 classes
     with pytest.raises(CarNetError, match=r"only in the dataset: pink; only in the model: blue, green, purple \(for"):
         evaluate(wide, ImageDataset(items, ("red", "pink")))
+    named = tuple(f"car {i}" for i in range(40))  # 40 classes of its own before an ImageNet-sized label set
+    with pytest.raises(CarNetError, match=r"only in the dataset: car 0, car 1, car 10, car 11, car 12 and 35 more; "):
+        evaluate(wide, ImageDataset([(p, i) for i, (p, _) in enumerate(items)], named))
 
 
 def test_folder_classes_match_model_classes_in_any_case_each_a_different_one():
