@@ -71,7 +71,7 @@ for i, (name, image, data, pred) in enumerate(zip(names, images, files, batch.pr
             fig = topk_bar_figure(pred.class_names, pred.probabilities, title=f"Top-5: {pred.top1}")
         st.plotly_chart(fig, width="stretch", key=f"bars_{i}")
         if not vehicles_only and pred.vehicle_class_names and pred.top1 not in pred.vehicle_class_names:
-            st.caption(f"Top class is not a vehicle; best vehicle class: **{pred.vehicle_class_names[0]}** "
+            st.caption(f"Top class is not a road vehicle; best road-vehicle class: **{pred.vehicle_class_names[0]}** "
                        f"({pred.vehicle_probabilities[0] * 100:.1f}%).")
         if collect:
             photo = f"{i}_{ui.digest(data)[:16]}"  # the same photo given twice is two rows

@@ -87,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  {item['probability'] * 100:6.2f}%  {item['class']}")
             if r["vehicle_topk"] and r["topk"][0]["class"] not in {v["class"] for v in r["vehicle_topk"]}:
                 best = r["vehicle_topk"][0]
-                print(f"  best vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
+                print(f"  best road-vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
             print(f"  latency {r['latency_ms']:.1f} ms")
     if args.csv:  # one row per image, as timm's inference script writes them; after the printed results
         _write_csv(args.csv, *prediction_table(results))

@@ -27,7 +27,7 @@ def run_main(capsys, *args):
     return code, out, err
 
 
-def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path):
+def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
     out = run_cli("predict", str(car_photos[0]), str(bad), "--topk", "3", "--json")
@@ -38,6 +38,8 @@ def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path):
     ok, err = data["results"]
     assert len(ok["topk"]) == 3 and ok["latency_ms"] > 0 and ok["topk"][0]["probability"] > 0.1
     assert "not an image" in err["error"]
+    code, out, _ = run_main(capsys, "predict", car_photos[0])  # a Hummer: its top-1 "half track" is a military vehicle
+    assert code == 0 and "half track" in out.splitlines()[3] and "best road-vehicle class: amphibian" in out
 
 
 def test_missing_weights_is_a_message_not_a_traceback(tmp_path, capsys):
