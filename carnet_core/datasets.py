@@ -160,7 +160,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
     """
     root = Path(root)
     if not root.is_dir():
-        raise CarNetError(f"{root}: no such folder")
+        raise not_a_folder_error(root)
     train_dir, val_dir = _find_split(root, "train"), _find_split(root, "val")
     notes = []
     if train_dir and val_dir:
@@ -388,6 +388,16 @@ def _layout(root: Path) -> str:
     return "image_folder"
 
 
+def not_a_folder_error(path: Path) -> CarNetError:
+    """The error for a dataset path that is no folder: missing, a file, or a zip archive of one (what to do then)."""
+    if not path.exists():
+        return CarNetError(f"{path}: no such folder")
+    if path.suffix.lower() == ".zip":
+        return CarNetError(f"{path} is a zip archive: extract it and give the folder (the Fine-tune page takes the "
+                           f"zip itself)")
+    return CarNetError(f"{path} is a file, not a dataset folder: expected {path}/<class name>/<image files>")
+
+
 def empty_dataset_error(folder: Path) -> CarNetError:
     """The error for class folders that hold no images: when they are datasets themselves (``folder`` is a data
     root, say), it names them to choose from."""
@@ -427,7 +437,9 @@ def labelled_folder(root: str | Path) -> Path:
             rather than class folders (:func:`open_dataset` reads those).
     """
     root = Path(root)
-    kind = _layout(root) if root.is_dir() else "image_folder"
+    if not root.is_dir():
+        return root  # missing, or a file: the reader says which
+    kind = _layout(root)
     if kind != "image_folder":
         raise CarNetError(f"{root} is a {kind} dataset (labels in annotation files, not class folders); measure "
                           f"it on the Evaluate page or with `python -m carnet_core evaluate MODEL {root}`")

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .datasets import check_class_folders, class_folders, empty_dataset_error, labelled_folder
+from .datasets import check_class_folders, class_folders, empty_dataset_error, labelled_folder, not_a_folder_error
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError, listed
 from .images import list_images, load_image
@@ -35,7 +35,7 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
     """
     folder = labelled_folder(folder)
     if not folder.is_dir():
-        raise CarNetError(f"{folder}: no such folder")
+        raise not_a_folder_error(folder)
     classes = class_folders(folder)
     if not classes:
         raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")

@@ -90,6 +90,16 @@ def test_a_train_folder_alone_is_split_here(colour_folder, tmp_path):
 def test_image_folder_errors(tmp_path):
     with pytest.raises(CarNetError, match="no such folder"):
         open_dataset(tmp_path / "nope")
+    (tmp_path / "cars.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # a dataset as the Fine-tune page takes it
+    with pytest.raises(CarNetError, match="cars.zip is a zip archive: extract it and give the folder"):
+        open_dataset(tmp_path / "cars.zip")  # it said "no such folder", of a file that is there
+    (tmp_path / "car.jpg").write_bytes(b"jpeg")
+    with pytest.raises(CarNetError, match=r"car.jpg is a file, not a dataset folder: expected .*car.jpg/<class name>/"):
+        open_dataset(tmp_path / "car.jpg")
+    from carnet_core.folders import read_labelled_folder
+
+    with pytest.raises(CarNetError, match="cars.zip is a zip archive"):
+        read_labelled_folder(tmp_path / "cars.zip")  # Compare's folders too
     (tmp_path / "empty").mkdir()
     with pytest.raises(CarNetError, match="no class sub-folders"):
         open_dataset(tmp_path / "empty")
