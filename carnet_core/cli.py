@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain import COLORMAPS, METHODS
 
     p = sub.add_parser("explain", help="Grad-CAM heatmap of one image, saved as an overlay PNG")
-    p.add_argument("image", metavar="IMG")
+    p.add_argument("image", metavar="IMG", help="an image file")
     p.add_argument("--model", help="registry name (default: efficientnet_lite0, or the architecture the "
                                    "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("compare", help="top-1/top-5 of several models and their ensembles on a labelled folder")
-    p.add_argument("folder", type=Path, help="folder with one sub-folder of images per class, or a dataset with "
+    p.add_argument("folder", type=Path, metavar="FOLDER", help="folder with one sub-folder of images per class, or a dataset with "
                                                  "train/ and val/ (its val split is measured)")
     p.add_argument("--models", required=True, help="comma-separated registry names or checkpoint files")
     p.add_argument("--mapping", type=Path, help="JSON or CSV: folder class -> model classes (see mappings/)")
@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_engines)
 
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
-    p.add_argument("data", type=Path, help="dataset folder: class folders, train/ and val/, or a Stanford Cars, "
+    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder: class folders, train/ and val/, or a Stanford Cars, "
                                            "CompCars or CIFAR-100 layout")
     p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
     p.add_argument("--min-per-class", type=int, default=5, help="flag classes with fewer images (default 5)")
@@ -447,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a model or checkpoint on a "
                                         "dataset split (the Evaluate page's numbers)")
-    p.add_argument("checkpoint", help="a CarNet checkpoint file or a registry model name")
-    p.add_argument("data", type=Path, help="dataset folder (see validate-data)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint or weights file, or a registry model name")
+    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
     p.add_argument("--model", metavar="NAME",
                    help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
     p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, help=text or None, **kwargs)
 
     p = sub.add_parser("train", help="fine-tune a registry model on a dataset (Lightning Fabric: CPU, GPUs, nodes)")
-    p.add_argument("data", help="dataset folder (see validate-data)")
+    p.add_argument("data", metavar="DATA", help="dataset folder (see validate-data)")
     option("--out", "run folder; an existing run there is resumed")
     option("--dataset-kind", choices=kinds)
     option("--model", "registry name")

@@ -204,6 +204,21 @@ def test_train_help_gives_the_recipe_defaults(capsys):
     assert "--no-resume start again" in text and "(default True)" not in text  # flags say what they do, not a default
 
 
+def test_every_command_names_its_positional_arguments_alike():
+    """`evaluate -h` read "usage: … checkpoint data" beside export's "CHECKPOINT" and compare's "folder": each
+    command's positional arguments are now upper-case words, each with a help line."""
+    from carnet_core.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.choices and "train" in a.choices).choices
+    named = {name: [(a.metavar or a.dest, a.help) for a in sub._actions if not a.option_strings]
+             for name, sub in commands.items()}
+    assert named["evaluate"][0][0] == "CHECKPOINT" and named["compare"][0][0] == "FOLDER"
+    assert named["export"] == [("CHECKPOINT", "checkpoint file or registry name")]
+    for name, positionals in named.items():
+        for metavar, help_ in positionals:
+            assert metavar.isupper() and help_, (name, metavar)
+
+
 def test_output_piped_into_a_reader_that_stops_is_not_an_error():
     """`python -m carnet_core models | head -1`: the reader goes before the output is written. That printed
     "error: Broken pipe" and exited 2, as if CarNet had failed; it now stops quietly with 141, as Unix tools do."""
