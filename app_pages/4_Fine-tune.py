@@ -231,7 +231,9 @@ st.dataframe(pd.DataFrame([{
     "job": j.id, "dataset": Path(j.spec.get("data", "")).name, "model": j.spec.get("model"),
     "head": j.spec.get("head"), "status": j.state, "epochs": f"{len(j.history)}/{j.spec.get('epochs')}",
     "best top-1 (%)": None if j.best_top1 is None else round(j.best_top1 * 100, 1),
-    "duration": _fmt_s(j.duration_s)} for j in jobs]), hide_index=True, width="stretch", placeholder="–")
+    # a running job's time is in the live panel above, which refreshes; this table is drawn once
+    "duration": None if j.state == "running" else _fmt_s(j.duration_s)} for j in jobs]), hide_index=True,
+    width="stretch", placeholder="–")
 
 with_curves = {j.id: j for j in jobs if j.history}
 if with_curves:

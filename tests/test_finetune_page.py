@@ -36,6 +36,8 @@ def test_launch_watch_and_reuse_a_fine_tune(dirs):
     assert any("per epoch" in i.value for i in at.info), [i.value for i in at.info]
     at.button(key="finetune_launch").click().run()
     assert not at.exception, at.exception
+    [running] = at.dataframe[-1].value.to_dict("records")  # the Runs table is drawn once; the live panel ticks
+    assert running["status"] == "running" and running["duration"] is None  # it said 0:00 all the run long
 
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -254,3 +254,33 @@ def test_a_dataset_is_built_class_by_class_from_photos(car_photos, tmp_path):
     (tmp_path / "a file").write_text("not a folder")  # where the dataset folder should be: said, not a traceback
     with pytest.raises(CarNetError, match="cannot save photos in .*a file/pickup: Not a directory"):
         add_class_photos(tmp_path / "a file", "pickup", [("a.jpg", jpeg)])
+
+
+def test_eta_is_timed_from_training_not_from_the_worker_start(tmp_path, monkeypatch):
+    """A run whose model loading and linear-probe feature pass took 29 s said "ETA 49:52" at batch 2 of 152 (the
+    whole run took 4 minutes): the ETA divided all the time since the worker started by the batches done. It is now
+    timed from the first progress report, a batch into training."""
+    import json
+    import types
+
+    import torch
+
+    clock = [1000.0]
+    monkeypatch.setattr(jobs_module.time, "time", lambda: clock[0])
+    old_handler = signal.getsignal(signal.SIGTERM)
+    try:
+        callbacks = jobs_module._WorkerCallbacks(tmp_path, epochs=2)
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    trainer = types.SimpleNamespace(fabric=types.SimpleNamespace(device=torch.device("cpu")))
+    progress = lambda: json.loads((tmp_path / "progress.json").read_text())  # noqa: E731
+
+    clock[0] += 30  # setup and the probe's feature pass
+    callbacks.write(trainer, 1, 1, 76)
+    assert progress()["eta_s"] is None and progress()["elapsed_s"] == pytest.approx(30)  # nothing to time yet
+    clock[0] += 1.5  # then 1.5 s a batch
+    callbacks.write(trainer, 1, 2, 76)
+    assert progress()["eta_s"] == pytest.approx(150 * 1.5)  # 150 batches left; it said 49:52 here
+    clock[0] += 1.5 * 74
+    callbacks.write(trainer, 1, 76, 76)
+    assert progress()["eta_s"] == pytest.approx(76 * 1.5) and progress()["elapsed_s"] == pytest.approx(30 + 1.5 * 75)
