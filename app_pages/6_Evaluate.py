@@ -81,11 +81,13 @@ report, cached = st.session_state[state_key]
 st.subheader("Results")
 if cached:
     st.caption("From the cache (same model weights, same dataset files). Re-run to measure again.")
-m = st.columns(4)
+m = st.columns(5)
 m[0].metric("top-1", f"{report.top1 * 100:.1f}%")
 m[1].metric("top-5", f"{report.top5 * 100:.1f}%")
-m[2].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
-m[3].metric("images", report.num_images)
+m[2].metric("macro F1", f"{report.macro_f1 * 100:.1f}%", help="The mean of the classes' F1 (precision and recall "
+            "of each class), every class counting the same however many images it has.")
+m[3].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
+m[4].metric("images", report.num_images)
 if report.skipped:
     st.warning(f"{ui.count(len(report.skipped), 'unreadable image')} skipped.")
 if report.hierarchy:
@@ -95,8 +97,10 @@ if report.hierarchy:
                  hide_index=True)
 
 rows = per_class_rows(report)
-table = pd.DataFrame(rows).assign(accuracy=lambda d: (d["accuracy"] * 100).round(1)).rename(
-    columns={"accuracy": "accuracy (%)"})
+table = pd.DataFrame(rows)
+for column in ("accuracy", "precision", "F1"):
+    table[column] = (table[column] * 100).round(1)
+table = table.rename(columns={"accuracy": "accuracy (%)", "precision": "precision (%)", "F1": "F1 (%)"})
 export = st.columns(3)
 export[0].download_button("Per-class table (CSV)", table.to_csv(index=False), "per_class.csv", "text/csv",
                           key="evaluate_csv")

@@ -313,7 +313,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         print(f"{model.name} on {dataset.name}: {report.num_images} images")
-        print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  ECE {report.ece:.3f}")
+        print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  macro F1 {report.macro_f1:.3f}  ECE {report.ece:.3f}")
         for level, acc in report.hierarchy.items():
             print(f"{level} accuracy {acc:.1%}")
         worst = per_class_rows(report)[:5]
@@ -321,7 +321,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for a, b, n in report.most_confused(5):
             print(f"  {a} → {b}: {n}")
     if args.csv:  # after the numbers are out: a table that cannot be written loses nothing else
-        _write_csv(args.csv, ["class", "accuracy", "images", "most often predicted instead", "times"],
+        _write_csv(args.csv, ["class", "accuracy", "precision", "F1", "images", "most often predicted instead", "times"],
                    per_class_rows(report))
         if not args.json:
             print(f"per-class table written to {args.csv}")

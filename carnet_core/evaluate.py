@@ -55,6 +55,29 @@ class EvalReport:
         return [(self.class_names[i], self.class_names[j], int(c[i, j]))
                 for i, j in zip(*np.unravel_index(order, c.shape)) if c[i, j] > 0]
 
+    def class_scores(self) -> dict[str, dict[str, float]]:
+        """Precision, recall (the class's accuracy) and F1 of each class from :attr:`confusion`, as scikit-learn's
+        ``classification_report`` defines them: precision is NaN for a class never predicted and recall for a class
+        with no images, and F1 counts either as 0 (``zero_division=0``)."""
+        c = np.array(self.confusion, dtype=np.float64)
+        hits, predicted, actual = np.diag(c), c.sum(0), c.sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision, recall = hits / predicted, hits / actual
+            f1 = np.nan_to_num(2 * hits / (predicted + actual))
+        return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
+                for i, name in enumerate(self.class_names)}
+
+    @property
+    def macro_f1(self) -> float:
+        """Unweighted mean of the classes' F1 over those with images or predictions (scikit-learn's
+        ``f1_score(average="macro")``); a model that gets the frequent classes right and the rare ones wrong scores
+        low here though its top-1 is high. NaN when nothing was scored."""
+        c = np.array(self.confusion)
+        present = (c.sum(0) + c.sum(1)) > 0
+        scores = self.class_scores()
+        f1 = [scores[name]["f1"] for name, p in zip(self.class_names, present) if p]
+        return float(np.mean(f1)) if f1 else float("nan")
+
     def mistakes(self, true_class: str | None = None, predicted: str | None = None,
                  most_confident_first: bool = True) -> list[dict]:
         """The misclassified images of :attr:`predictions` (``{"path", "label", "predicted", "confidence"}``), only
@@ -65,8 +88,9 @@ class EvalReport:
         return sorted(wrong, key=lambda p: p["confidence"], reverse=most_confident_first)
 
     def to_dict(self) -> dict:
-        return {"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "ece": self.ece,
-                "hierarchy": self.hierarchy, "per_class": self.per_class, "class_names": self.class_names,
+        return {"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
+                "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
+                "class_scores": self.class_scores(), "class_names": self.class_names,
                 "confusion": self.confusion, "reliability": self.reliability,
                 "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
                 "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
@@ -201,14 +225,17 @@ def report_from_dict(data: dict) -> EvalReport:
 
 
 def per_class_rows(report: EvalReport) -> list[dict]:
-    """Per-class table rows, worst accuracy first: class, accuracy, images, most frequent wrong prediction."""
+    """Per-class table rows, worst accuracy first: class, accuracy (= recall), precision, F1 (in [0, 1],
+    :meth:`EvalReport.class_scores`), images, most frequent wrong prediction."""
     c = np.array(report.confusion)
+    scores = report.class_scores()
     rows = []
     for i, name in enumerate(report.class_names):
         off = c[i].copy()
         off[i] = 0
         j = int(off.argmax())
         rows.append({"class": name, "accuracy": report.per_class[name]["accuracy"],
+                     "precision": scores[name]["precision"], "F1": scores[name]["f1"],
                      "images": report.per_class[name]["count"],
                      "most often predicted instead": report.class_names[j] if off[j] else "",
                      "times": int(off[j])})

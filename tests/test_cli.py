@@ -1,3 +1,4 @@
+import csv
 import json
 import re
 import subprocess
@@ -88,6 +89,13 @@ def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp
     code, out, err = run_main(capsys, *evaluate, "--json", "--csv", tmp_path)  # a folder
     assert code == 2 and str(tmp_path) in err
     assert json.loads(out)["num_images"] == 18  # the numbers came out first
+    code, out, _ = run_main(capsys, *evaluate, "--csv", tmp_path / "per_class.csv")
+    report = json.loads(run_main(capsys, *evaluate, "--json")[1])
+    assert code == 0 and f"macro F1 {report['macro_f1']:.3f}" in out
+    with open(tmp_path / "per_class.csv", newline="") as f:
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"red", "green", "blue"} and list(rows["red"])[:4] == ["class", "accuracy", "precision", "F1"]
+    assert float(rows["red"]["F1"]) == pytest.approx(report["class_scores"]["red"]["f1"])
 
 
 def test_procfile_serves_headless_on_port_in_hosted_mode():

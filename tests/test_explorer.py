@@ -2,6 +2,7 @@
 Evaluate pages, and CLI parity on real photos."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -75,6 +76,21 @@ def test_views_from_a_known_confusion_pattern():
     rows = per_class_rows(report)
     assert [r["class"] for r in rows[:2]] == ["b", "c"] and rows[0]["accuracy"] == 0.5
     assert rows[0]["most often predicted instead"] == "e" and rows[0]["times"] == 10
+    # precision and F1 beside each class's accuracy (= recall), and macro F1: scikit-learn's numbers
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    y, p = labels.numpy(), probs.argmax(1).numpy()
+    precision, recall, f1, _ = precision_recall_fscore_support(y, p, labels=range(6), zero_division=0)
+    scores = report.class_scores()
+    assert [scores[n]["precision"] for n in names] == pytest.approx(precision)
+    assert [scores[n]["recall"] for n in names] == pytest.approx(recall)
+    assert [scores[n]["f1"] for n in names] == pytest.approx(f1)
+    assert rows[0]["precision"] == 1.0 and rows[0]["F1"] == pytest.approx(2 / 3)  # b: half its images, all correct
+    assert report.macro_f1 == pytest.approx(f1_score(y, p, average="macro")) and report.macro_f1 < report.top1
+    assert report.to_dict()["macro_f1"] == report.macro_f1
+    never = EvalReport(["x", "y"], 2, 0.5, 1.0, {}, [[1, 1], [0, 0]], 0.0, [])  # y: never true, predicted once
+    assert math.isnan(never.class_scores()["y"]["recall"]) and never.class_scores()["y"]["f1"] == 0.0
+    assert never.macro_f1 == pytest.approx(f1_score([0, 0], [0, 1], average="macro", zero_division=0))
     order = confusion_order(m["confusion"])
     assert sorted(order) == list(range(6))
     assert abs(order.index(1) - order.index(4)) == 1 and abs(order.index(2) - order.index(5)) == 1
@@ -227,7 +243,8 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     at.button(key="evaluate_run").click().run()
     assert not at.exception, at.exception
     expected = evaluate(load_model(checkpoint=colour_checkpoint, device="cpu"), open_dataset(colour_folder).val)
-    assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[3].value == "18"
+    assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[4].value == "18"
+    assert at.metric[2].label == "macro F1" and at.metric[2].value == f"{expected.macro_f1 * 100:.1f}%"
     charts = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
     assert "heatmap" in charts and "bar" in charts
     assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
@@ -293,8 +310,8 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     at.button(key="evaluate_run").click().run()
     assert not at.exception, at.exception
     shown = [m.value for m in at.metric]
-    assert shown[:4] == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
-                         f"{numbers['ece'] * 100:.1f}%", "785"]
+    assert shown == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
+                     f"{numbers['macro_f1'] * 100:.1f}%", f"{numbers['ece'] * 100:.1f}%", "785"]
     at.button(key="evaluate_cam_0").click().run()  # the most confident mistake: what the model looked at
     assert not at.exception and not at.error
     assert any("looked at" in m.value for m in at.markdown)
@@ -420,4 +437,4 @@ def test_evaluate_page_needs_no_mapping_for_folders_named_after_imagenet_classes
     assert not [s for s in at.selectbox if s.label == "Mapping"] and not at.warning  # no mapping asked for
     at.button(key="evaluate_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.metric[3].value == "2"  # the val split: one photo of each class
+    assert at.metric[4].value == "2"  # the val split: one photo of each class
