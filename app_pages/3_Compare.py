@@ -9,6 +9,7 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image
+from carnet_core.errors import listed
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_predictions
 from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
@@ -123,8 +124,7 @@ if folder_problem:
     st.error(folder_problem)
 needs_mapping = bool(unmapped) and (mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload))
 if needs_mapping:
-    shown = ", ".join(folder_classes[:6]) + ("…" if len(folder_classes) > 6 else "")
-    st.info(f"**{Path(folder).name}** has classes of its own ({shown}; {len(folder_classes)} in all), not those of "
+    st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
             f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
             f"`{ui.mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]

@@ -8,6 +8,7 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image
+from carnet_core.errors import listed
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_rows
@@ -44,7 +45,7 @@ mapping, mapping_name = None, None
 if not within_classes(dataset.class_names, model.class_names):  # classes named after the model's need no mapping
     files = ui.mapping_files()
     suggested = ui.suggested_mapping(folder, files)
-    st.info(f"{dataset.name} has its own classes ({', '.join(dataset.class_names[:6])}…), not {model.name}'s. "
+    st.info(f"{dataset.name} has its own classes ({listed(dataset.class_names, 6)}), not {model.name}'s. "
             "It is scored through a mapping file (dataset class → model classes).")
     pick = st.selectbox("Mapping", files, index=files.index(suggested) if suggested else None,
                         key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,

@@ -307,6 +307,8 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     folders = at.selectbox(key="evaluate_folder")
     folders.select_index(folders.options.index("tiny_vehicles_6")).run()
     assert at.selectbox(key="evaluate_mapping_tiny_vehicles_6").value.name == "tiny_vehicles_6_to_imagenet.json"
+    assert any("has its own classes (bike, car, juggernaut, minibus, pickup, truck), not efficientnet_lite0's"
+               in i.value for i in at.info)  # all six, without the "…" of more that it added
     at.button(key="evaluate_run").click().run()
     assert not at.exception, at.exception
     shown = [m.value for m in at.metric]

@@ -271,7 +271,7 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     mapping = lambda: next(s for s in at.selectbox if s.label == "Mapping")  # noqa: E731 (its key names the folder)
     assert mapping().value == "none (folder classes are model classes)"  # no mapping named after "plain"
     # said before Evaluate is pressed (it ended in "folder classes car are not classes of the model")
-    assert any("**plain** has classes of its own (car, pickup; 2 in all), not those of mobilenetv2_100, "
+    assert any("**plain** has classes of its own (car, pickup), not those of mobilenetv2_100, "
                "efficientnet_lite0. Choose a mapping" in i.value for i in at.info)
     assert at.button(key="compare_run").disabled and not at.error
     mapping().set_value("upload…").run()  # chosen, but nothing uploaded yet
