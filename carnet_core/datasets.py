@@ -329,10 +329,10 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused: the file asks to build {module}.{name}")
 
 
-def _read_cifar_pickle(path: Path) -> dict:
+def _read_cifar_pickle(path: Path, root: Path) -> dict:
     if not path.is_file():
-        raise CarNetError(f"missing {path}: extract cifar-100-python.tar.gz so that cifar-100-python/train, test "
-                          f"and meta are in {path.parent.parent}")
+        raise CarNetError(f"missing {path}: extract cifar-100-python.tar.gz into {root} (it makes "
+                          f"cifar-100-python/ with train, test and meta)")
     try:
         with open(path, "rb") as f:
             return _DataOnlyUnpickler(f, encoding="latin1").load()
@@ -348,11 +348,11 @@ def read_cifar100(root: str | Path, label_level: str = "fine") -> DatasetSplits:
     """
     root = Path(root)
     base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
-    meta = _read_cifar_pickle(base / "meta")
+    meta = _read_cifar_pickle(base / "meta", root)
     names = tuple(meta[f"{label_level}_label_names"])
 
     def split(name: str) -> ImageDataset:
-        d = _read_cifar_pickle(base / name)
+        d = _read_cifar_pickle(base / name, root)
         images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = d[f"{label_level}_labels"]
         return ImageDataset([(img, int(y)) for img, y in zip(images, labels)], names, name=f"cifar100/{name}")

@@ -193,6 +193,10 @@ def test_cifar100_python_files_and_a_malicious_one(tmp_path):
         pickle.dump({"data": Evil()}, f)
     with pytest.raises(CarNetError, match="refused"):
         read_cifar100(tmp_path)
+    (tmp_path / "cars").mkdir()  # CIFAR-100 chosen for another folder: it said to put the files in its parent
+    with pytest.raises(CarNetError, match=rf"missing .*meta: extract cifar-100-python.tar.gz into {tmp_path / 'cars'} "
+                                          r"\(it makes cifar-100-python/ with train, test and meta\)"):
+        open_dataset(tmp_path / "cars", "cifar100")
 
 
 def test_duplicates_across_splits_are_found(tmp_path):
