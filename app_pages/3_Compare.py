@@ -120,8 +120,8 @@ try:  # said before measuring: a folder that cannot be measured, or classes that
     folder_problem = None
 except CarNetError as exc:
     folder_classes, unmapped, folder_problem = [], [], str(exc)
-if folder_problem:
-    st.error(folder_problem)
+if folder_problem:  # a warning: nothing failed, there is nothing to measure yet (an error is a press that failed)
+    st.warning(folder_problem)
 needs_mapping = bool(unmapped) and (mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload))
 if needs_mapping:
     st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
