@@ -9,9 +9,9 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image
-from carnet_core.errors import listed
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_predictions
+from carnet_core.errors import listed
 from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions

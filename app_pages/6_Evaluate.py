@@ -8,9 +8,9 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError, ImageError, load_image
-from carnet_core.errors import listed
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
+from carnet_core.errors import listed
 from carnet_core.evaluate import confusion_order, evaluate_cached, per_class_rows
 from carnet_core.folders import load_mapping
 from carnet_core.labels import find_class, within_classes
