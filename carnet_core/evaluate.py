@@ -4,8 +4,9 @@ make / model / year hierarchy, accuracy at each level."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,12 +89,26 @@ class EvalReport:
         return sorted(wrong, key=lambda p: p["confidence"], reverse=most_confident_first)
 
     def to_dict(self) -> dict:
-        return {"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
+        """Everything as JSON-ready values; an undefined number (the accuracy of a class with no images, the precision
+        of one never predicted) is None, as JSON has no NaN (``json.dumps`` writes a bare ``NaN`` that strict
+        parsers — ``jq``, browsers — refuse)."""
+        return _nan_to_none({"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
                 "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
                 "class_scores": self.class_scores(), "class_names": self.class_names,
                 "confusion": self.confusion, "reliability": self.reliability,
                 "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
-                "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
+
+
+def _nan_to_none(value: Any) -> Any:
+    """``value`` with every float NaN in it, however deep in dicts and lists, replaced by None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
@@ -219,7 +234,9 @@ def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
 
 def report_from_dict(data: dict) -> EvalReport:
     """Rebuild an :class:`EvalReport` from :meth:`EvalReport.to_dict` (the evaluation cache and JSON exports)."""
-    return EvalReport(data["class_names"], data["num_images"], data["top1"], data["top5"], data["per_class"],
+    per_class = {name: {**v, "accuracy": float("nan") if v["accuracy"] is None else v["accuracy"]}
+                 for name, v in data["per_class"].items()}
+    return EvalReport(data["class_names"], data["num_images"], data["top1"], data["top5"], per_class,
                       data["confusion"], data["ece"], data["reliability"], data.get("hierarchy", {}),
                       data.get("predictions", []), [(d["path"], d["reason"]) for d in data.get("skipped", [])])
 

@@ -88,9 +88,17 @@ def test_views_from_a_known_confusion_pattern():
     assert rows[0]["precision"] == 1.0 and rows[0]["F1"] == pytest.approx(2 / 3)  # b: half its images, all correct
     assert report.macro_f1 == pytest.approx(f1_score(y, p, average="macro")) and report.macro_f1 < report.top1
     assert report.to_dict()["macro_f1"] == report.macro_f1
-    never = EvalReport(["x", "y"], 2, 0.5, 1.0, {}, [[1, 1], [0, 0]], 0.0, [])  # y: never true, predicted once
+    never = EvalReport(["x", "y"], 2, 0.5, 1.0, {"x": {"accuracy": 0.5, "count": 2}, "y": {"accuracy": math.nan,
+                       "count": 0}}, [[1, 1], [0, 0]], 0.0, [])  # y: never true, predicted once
     assert math.isnan(never.class_scores()["y"]["recall"]) and never.class_scores()["y"]["f1"] == 0.0
     assert never.macro_f1 == pytest.approx(f1_score([0, 0], [0, 1], average="macro", zero_division=0))
+    # undefined numbers are null in JSON (it wrote a bare NaN, which jq and browsers refuse), NaN again when read back
+    text = json.dumps(never.to_dict(), allow_nan=False)
+    assert json.loads(text)["class_scores"]["y"]["recall"] is None and json.loads(text)["per_class"]["y"]["accuracy"] is None
+    from carnet_core.evaluate import report_from_dict
+
+    back = report_from_dict(json.loads(text))
+    assert math.isnan(back.per_class["y"]["accuracy"]) and [r["class"] for r in per_class_rows(back)] == ["x", "y"]
     order = confusion_order(m["confusion"])
     assert sorted(order) == list(range(6))
     assert abs(order.index(1) - order.index(4)) == 1 and abs(order.index(2) - order.index(5)) == 1
