@@ -18,7 +18,7 @@ from .errors import CarNetError, ClassNamesNeededError, WeightsNotFoundError
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import weights as W
     from .model import usable_weights
-    from .registry import list_models
+    from .registry import list_checkpoints, list_models
 
     rows = []
     for spec in list_models():
@@ -29,16 +29,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
             status = f"MISSING — put a file at {W.weights_dir() / (spec.name + '.safetensors')}"
         except CarNetError as exc:  # the weights folder's file for it cannot be used
             status = f"UNUSABLE — {exc}"
-        rows.append({"name": spec.name, "arch": spec.arch, "family": spec.family, "head": spec.head,
-                     "labels": spec.label_set, "default": spec.default, "available": available, "weights": status,
-                     "description": spec.description})
+        rows.append({"kind": "registry", "name": spec.name, "arch": spec.arch, "family": spec.family,
+                     "head": spec.head, "labels": spec.label_set, "default": spec.default, "available": available,
+                     "weights": status, "description": spec.description})
+    checkpoints = list_checkpoints()  # the ★ models of the app's pickers: fine-tunes, and CarNet checkpoints in weights/
+    rows += [{"kind": "checkpoint", "name": c.name, "arch": c.arch, "family": None, "head": c.head,
+              "labels": c.label_set, "default": False, "available": True, "weights": f"checkpoint: {c.path}",
+              "description": c.title, "path": str(c.path)} for c in checkpoints]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    width = max(len(r["name"]) for r in rows)
+    registered = [r for r in rows if r["kind"] == "registry"]
+    width = max(len(r["name"]) for r in registered)
     print(f"{'model':<{width}}  {'timm architecture':<22} {'labels':<12} weights")
-    for r in rows:
+    for r in registered:
         print(f"{r['name']:<{width}}  {r['arch']:<22} {r['labels']:<12} {r['weights']}")
+    if checkpoints:
+        print("\nfine-tuned checkpoints (pass the path: predict IMG --checkpoint PATH, evaluate PATH DATA, "
+              "compare FOLDER --models PATH,...):")
+        for c in checkpoints:
+            print(f"★ {c.title}\n  {c.path}")
     return 0
 
 
@@ -357,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
-    p = sub.add_parser("models", help="list registered models and where their weights come from")
+    p = sub.add_parser("models", help="list registered models and where their weights come from, and the fine-tuned "
+                                      "checkpoints found here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-hub", action="store_true", help="do not check the Hugging Face Hub")
     p.set_defaults(func=_cmd_models)

@@ -291,6 +291,11 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     [entry] = list_checkpoints()
     assert entry.class_names == tuple(ordered) and entry.label_set == "cars6" and entry.arch == "mobilenetv2_100"
     assert entry.name == "mobilenetv2_100-cars6"  # not the ImageNet model's name
+    code, out, _ = run_main(capsys, "models")  # listed where the registry is, with the path the commands take
+    assert code == 0 and f"★ {entry.title}\n  {weights / 'cars6.safetensors'}\n" in out.split("fine-tuned checkpoints")[1]
+    listed = {r["name"]: r for r in json.loads(run_main(capsys, "models", "--json")[1])}
+    assert listed["mobilenetv2_100-cars6"]["kind"] == "checkpoint" and listed["mobilenetv2_100"]["kind"] == "registry"
+    assert listed["mobilenetv2_100-cars6"]["path"] == str(weights / "cars6.safetensors")
     code, out, err = run_main(capsys, "predict", car_photos[0], "--checkpoint", weights / "cars6.safetensors",
                               "--json")
     assert code == 0, err
