@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CarNetError, ClassNamesNeededError, WeightsNotFoundError
+from .errors import CarNetError, ClassNamesNeededError, UnknownModelError, WeightsNotFoundError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -528,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_hint(name: str | None) -> str:
+    """For an unknown model name that is a fine-tuned checkpoint's (what the app's pickers and ``models`` show):
+    the path to give instead."""
+    from .registry import list_checkpoints
+
+    paths = [str(c.path) for c in list_checkpoints() if name and c.name == name]
+    return (f". {name} is a fine-tuned checkpoint: give its path instead (with --checkpoint for predict and explain): "
+            f"{paths[0]}" if paths else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted, 141 the reader of
     its output went away)."""
@@ -544,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (`... | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    except UnknownModelError as exc:
+        print(f"error: {exc}{_checkpoint_hint(exc.name)}", file=sys.stderr)
+        return 2
     except CarNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,11 @@ class ImageError(CarNetError, ValueError):
 
 
 class UnknownModelError(CarNetError, KeyError):
-    """A model name that is not in the registry."""
+    """A model name that is not in the registry. ``name``: the name given."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -102,7 +102,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_MODELS)}") from None
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_MODELS)}", name) from None
 
 
 def find_spec(name_or_arch: str) -> ModelSpec | None:

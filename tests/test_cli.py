@@ -296,6 +296,10 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     listed = {r["name"]: r for r in json.loads(run_main(capsys, "models", "--json")[1])}
     assert listed["mobilenetv2_100-cars6"]["kind"] == "checkpoint" and listed["mobilenetv2_100"]["kind"] == "registry"
     assert listed["mobilenetv2_100-cars6"]["path"] == str(weights / "cars6.safetensors")
+    code, _, err = run_main(capsys, "predict", car_photos[0], "--model", "mobilenetv2_100-cars6")  # its name, as listed
+    assert code == 2 and err.startswith("error: unknown model 'mobilenetv2_100-cars6'") and err.rstrip().endswith(
+        f"is a fine-tuned checkpoint: give its path instead (with --checkpoint for predict and explain): "
+        f"{weights / 'cars6.safetensors'}")
     code, out, err = run_main(capsys, "predict", car_photos[0], "--checkpoint", weights / "cars6.safetensors",
                               "--json")
     assert code == 0, err
