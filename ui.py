@@ -361,6 +361,28 @@ def mapping_files() -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".json", ".csv")) if folder.is_dir() else []
 
 
+def first_measurable(key: str, folders: list[Path], models: list[Classifier]) -> int:
+    """The index a dataset picker (widget ``key``) starts at: the first of ``folders`` that ``models`` can be measured
+    on as it is — a mapping file named after it, or class folders that are classes of every model — else 0. Chosen
+    on the page's first run and kept (a picker's default must not move under the user)."""
+    from carnet_core.folders import members_needing_mapping
+
+    remembered = f"_{key}_first_measurable"
+    if remembered not in st.session_state:
+        files = mapping_files()
+
+        def measurable(folder: Path) -> bool:
+            if suggested_mapping(folder, files):
+                return True
+            try:
+                return not members_needing_mapping(models, folder)[1]
+            except CarNetError:  # not class folders (an annotation-file layout, say): not chosen for the user
+                return False
+
+        st.session_state[remembered] = next((i for i, f in enumerate(folders) if measurable(f)), 0)
+    return min(st.session_state[remembered], max(len(folders) - 1, 0))
+
+
 def suggested_mapping(folder: str | Path, files: list[Path]) -> Path | None:
     """The first of ``files`` named after the dataset ``folder`` (``tiny_vehicles_6_to_imagenet.json`` for
     ``…/tiny_vehicles_6``, or for its ``val/`` split), or None."""

@@ -101,11 +101,13 @@ if hosted_mode():  # a public demo: only the folders the operator put under the 
     if not choices:
         st.info("No labelled folders are offered on this hosted demo.")
         st.stop()
-    folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted"))
+    folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted",
+                              index=ui.first_measurable("compare_folder_hosted", choices, models)))
 else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any folder typed in
     choices = ui.dataset_folders() + [OTHER_FOLDER]
     picked = st.selectbox("Folder", choices, format_func=lambda p: p if p == OTHER_FOLDER else p.name,
-                          key="compare_folder_pick")
+                          key="compare_folder_pick",
+                          index=ui.first_measurable("compare_folder_pick", choices[:-1], models))
     folder = (st.text_input("Folder path", value=str(ui.data_root()), key="compare_folder") if picked == OTHER_FOLDER
               else str(picked))
 mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
@@ -122,7 +124,8 @@ except CarNetError as exc:
     folder_classes, unmapped, folder_problem = [], [], str(exc)
 if folder_problem:  # a warning: nothing failed, there is nothing to measure yet (an error is a press that failed)
     st.warning(folder_problem)
-needs_mapping = bool(unmapped) and (mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload))
+no_mapping = mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload)
+needs_mapping = bool(unmapped) and no_mapping
 if needs_mapping:
     st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
             f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "

@@ -31,7 +31,8 @@ if not folders:
             f"val/; or Stanford Cars, CompCars, CIFAR-100 in their own layouts), or set `CARNET_DATA_ROOT`.")
     st.stop()
 left, mid, right = st.columns(3)
-folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder")
+folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder",
+                        index=ui.first_measurable("evaluate_folder", folders, [model]))
 kind = mid.selectbox("Layout", ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"], key="evaluate_kind")
 split = right.radio("Split", ["val", "train"], horizontal=True, key="evaluate_split")
 try:

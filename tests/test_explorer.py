@@ -313,6 +313,11 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     monkeypatch.setenv("CARNET_DATA_ROOT", str(data.parent))
     at = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
     folders = at.selectbox(key="evaluate_folder")
+    # the first dataset the model can be scored on: it started at stanford_cars_40, for which no mapping exists
+    assert folders.options == ["stanford_cars_40", "tiny_vehicles_6"]
+    assert folders.value.name == "tiny_vehicles_6"
+    folders.select_index(0).run()
+    assert any("No mapping file for stanford_cars_40" in w.value for w in at.warning)
     folders.select_index(folders.options.index("tiny_vehicles_6")).run()
     assert at.selectbox(key="evaluate_mapping_tiny_vehicles_6").value.name == "tiny_vehicles_6_to_imagenet.json"
     assert any("has its own classes (bike, car, juggernaut, minibus, pickup, truck), not efficientnet_lite0's"

@@ -269,6 +269,11 @@ def test_compare_page_one_photo_and_a_labelled_folder(car_photos, tmp_path, monk
     assert bars(at)[2]["y"] == bars(at)[0]["y"]
 
     mapping = lambda: next(s for s in at.selectbox if s.label == "Mapping")  # noqa: E731 (its key names the folder)
+    # it starts at the first folder the models can be measured on: "split" has a mapping named after it, "plain"
+    # (car, pickup) has none, and "car" is no ImageNet class
+    assert at.selectbox(key="compare_folder_pick").value == data / "split"
+    assert mapping().value == "split_to_imagenet.json" and not at.button(key="compare_run").disabled
+    at.selectbox(key="compare_folder_pick").set_value(data / "plain").run()
     assert mapping().value == "none (folder classes are model classes)"  # no mapping named after "plain"
     # said before Evaluate is pressed (it ended in "folder classes car are not classes of the model")
     assert any("**plain** has classes of its own (car, pickup), not those of mobilenetv2_100, "
