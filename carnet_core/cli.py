@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CarNetError, ClassNamesNeededError, UnknownModelError, WeightsNotFoundError
+from .errors import CarNetError, ClassNamesNeededError, UnknownModelError, WeightsNotFoundError, listed
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -184,11 +184,16 @@ def _numbers(text: str) -> list[float]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .folders import compare_on_folder, load_mapping
+    from .folders import compare_on_folder, load_mapping, members_needing_mapping
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     models = [_load_member(n, not args.no_hub, compare=True) for n in names]
     mapping = load_mapping(args.mapping) if args.mapping else None
+    classes, unmapped = members_needing_mapping(models, args.folder)
+    if unmapped and mapping is None:  # said with the option that fixes it, before any image is read
+        raise CarNetError(f"the folder's classes ({listed(classes)}) are not all classes of {', '.join(unmapped)}: "
+                          f"give --mapping FILE (folder class → model classes, JSON or CSV, e.g. "
+                          f"mappings/tiny_vehicles_6_to_imagenet.json)")
     report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
         print(json.dumps({"weights": {m.name: m.weights.to_dict() for m in models}, **report.to_dict()}, indent=2))
