@@ -45,12 +45,22 @@ def test_counts_read_as_words():
                                                                                        "0 jobs")
 
 
-def test_home_lists_models_and_device():
+def test_home_lists_models_and_device(tmp_path, monkeypatch):
+    import torch
+
+    from carnet_core.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(tmp_path))  # a finished fine-tune: its best checkpoint (metadata read)
+    best = save_checkpoint(tmp_path / "run" / "best-e003-top1-91.0.safetensors", {"w": torch.zeros(1)}, {
+        "name": "efficientnet_lite0-cars-e3", "arch": "tf_efficientnet_lite0", "head": "linear", "label_set": "cars",
+        "class_names": ["coupe", "sedan", "van"], "metrics": {"top1": 0.91}})
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert "efficientnet_lite0" in set(table["model"]) and len(table) >= 6
     assert table.set_index("model").loc["resnet50", "available"] == "no"
+    star = table.set_index("model").loc["★ efficientnet_lite0-cars-e3"]  # listed with the registry, as in every picker
+    assert (star["available"], star["labels"], star["weights"]) == ("yes", "cars (3 classes)", str(best))
 
 
 def test_classify_real_photo_gives_five_bars_and_a_non_image_an_error(car_photos):
