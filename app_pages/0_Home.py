@@ -31,11 +31,13 @@ for spec in list_models():
     rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
                  "head": spec.head, "labels": spec.label_set,
                  "weights": where if available or unusable else "missing", "about": spec.description})
+starred = []
 for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-tunes, CarNet checkpoints in weights/
-    rows.append({"model": f"★ {entry.name}", "available": "yes", "timm architecture": entry.arch, "head": entry.head,
+    starred.append({"model": f"★ {entry.name}", "available": "yes", "timm architecture": entry.arch, "head": entry.head,
                  "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
                  "weights": str(entry.path), "about": entry.title})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640))
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
            f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them. Weights "
            f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "

@@ -59,6 +59,7 @@ def test_home_lists_models_and_device(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert "efficientnet_lite0" in set(table["model"]) and len(table) >= 6
     assert table.set_index("model").loc["resnet50", "available"] == "no"
+    assert list(table["model"]).index("★ efficientnet_lite0-cars-e3") < list(table["model"]).index("resnet50")
     star = table.set_index("model").loc["★ efficientnet_lite0-cars-e3"]  # listed with the registry, as in every picker
     assert (star["available"], star["labels"], star["weights"]) == ("yes", "cars (3 classes)", str(best))
 
