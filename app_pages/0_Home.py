@@ -33,9 +33,9 @@ for spec in list_models():
                  "weights": where if available or unusable else "missing", "about": spec.description})
 starred = []
 for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-tunes, CarNet checkpoints in weights/
-    starred.append({"model": f"★ {entry.name}", "available": "yes", "timm architecture": entry.arch, "head": entry.head,
-                 "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
-                 "weights": str(entry.path), "about": entry.title})
+    starred.append({"model": f"★ {entry.name}", "available": "yes", "timm architecture": entry.arch,
+                    "head": entry.head, "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
+                    "weights": str(entry.path), "about": entry.title})
 rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640))
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
