@@ -92,6 +92,10 @@ def test_label_set_mismatch_names_the_difference():
     many = colour_model("many", [[1, 0, 0]] * 8, ["red"] + [f"c{i}" for i in range(7)])
     with pytest.raises(CarNetError, match=r"only in a: blue, green; only in many: c0, c1, c2, c3, c4 and 2 more$"):
         aligned_class_names([a, many])  # how many, where it said " …"
+    from carnet_core.errors import listed
+
+    assert (listed([]), listed("ab"), listed(list("abcdef"), 6), listed(list("abcdefg"), 6)) == (
+        "—", "a, b", "a, b, c, d, e, f", "a, b, c, d, e, f and 1 more")
     c = colour_model("c", [[0, 0, 1], [0, 1, 0], [1, 0, 0]], ["blue", "green", "red"])  # same names, other order
     assert aligned_class_names([a, c]) == ("red", "green", "blue")
 
