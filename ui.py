@@ -416,22 +416,30 @@ def _model_card(key: str, mtime: float, has_weights: bool) -> dict:
     model = cached_model(key) if has_weights else load_model(key, weights="random", device="cpu")
     card = make_card(key, model).to_dict()
     card.update(has_weights=has_weights, metrics=dict(model.metrics or {}),
-                fingerprint=fingerprint(model) if has_weights else "")
+                fingerprint=fingerprint(model) if has_weights else RANDOM_WEIGHTS)
     return card
 
 
+#: The weights fingerprint a registered model without weights here is measured under: on random weights, which cost
+#: what the real ones do (the same network; the benchmark measures such models so too).
+RANDOM_WEIGHTS = "random weights"
+
+
 def cached_cost(key: str) -> dict | None:
-    """Latency / peak memory measured earlier on this machine for this model's current weights, or None."""
+    """Latency / peak memory measured earlier on this machine for this model's current weights (or, without weights
+    here, on random weights), or None."""
     from carnet_core.cards import cached_cost as read
 
-    card = model_card(key)
-    return read(key, card["fingerprint"]) if card["has_weights"] else None
+    return read(key, model_card(key)["fingerprint"])
 
 
 def measure(key: str) -> dict:
-    """Measure latency and peak memory of a model in a fresh process and cache the result (see carnet_core.cards)."""
+    """Measure latency and peak memory of a model in a fresh process and cache the result (see carnet_core.cards); a
+    registered model without weights here is measured on random weights."""
     from carnet_core.cards import measure_cost
 
     card = model_card(key)
     args = {"checkpoint": key[len(CHECKPOINT_PREFIX):]} if key.startswith(CHECKPOINT_PREFIX) else {"name": key}
+    if not card["has_weights"]:
+        args["weights"] = "random"
     return measure_cost(key, card["fingerprint"], args)

@@ -53,11 +53,13 @@ if measured:
                                           "params": r["params (M)"] * 1e6, "label_set": r["label set"]}
                                          for r in measured]), width="stretch", key="models_scatter")
     st.caption("Accuracy is known for fine-tuned checkpoints (their validation top-1, on their own label set); "
-               "ImageNet models are drawn as open circles.")
-unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None and r["weights"] != "no weights here"]
+               "ImageNet models are drawn as open circles. A model with no weights here is measured on random "
+               "weights: the same network, the same cost.")
+unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None]
 if unmeasured:
     st.info(f"Latency not measured yet for {ui.count(len(unmeasured), 'model')} on this machine.")
-    if st.button(f"Measure {ui.count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all"):
+    if st.button(f"Measure {ui.count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all",
+                 help="A model without weights here is measured on random weights: the same network, the same cost."):
         bar = st.progress(0.0)
         failed = []
         for i, key in enumerate(unmeasured):
@@ -87,7 +89,9 @@ m[1].metric(f"GMACs at {card['input_px']} px", f"{card['gmacs']:.2f}")
 m[2].metric("file size", "–" if card["file_mb"] is None else f"{card['file_mb']:.1f} MB")
 m[3].metric("batch-1 latency", "–" if not cost else f"{cost['latency_ms']:.1f} ms")
 m[4].metric("peak memory", "–" if not cost else f"{cost['peak_memory_mb']:,.0f} MB")
-if card["has_weights"] and st.button("Measure again" if cost else "Measure latency and memory", key="models_measure"):
+measure_label = ("Measure again" if cost else "Measure latency and memory") + ("" if card["has_weights"] else
+                                                                              " (on random weights)")
+if st.button(measure_label, key="models_measure"):
     try:
         with st.spinner(f"Measuring {pick} in a fresh process…"):
             ui.measure(pick)
@@ -96,7 +100,9 @@ if card["has_weights"] and st.button("Measure again" if cost else "Measure laten
         st.error(str(exc))
 if cost:
     st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
-               "inference engine; peak memory is the measuring process's resident high-water mark.")
+               "inference engine; peak memory is the measuring process's resident high-water mark."
+               + ("" if card["has_weights"] else " No weights here: measured on random weights, which cost what the "
+                                                 "real ones do (the same network)."))
 if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
     model = ui.model_or_stop(pick)
     down = st.columns(3)

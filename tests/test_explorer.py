@@ -231,6 +231,16 @@ def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     assert cached_cost("efficientnet_lite0", "other weights") is None
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download as ONNX (.zip)"]  # a registered model: no checkpoint file of its own
+    # a model without weights here is measured too, on random weights (it had no latency: nothing to compare it by)
+    at.selectbox(key="models_pick").set_value("efficientnet_b0").run()
+    assert at.button(key="models_measure").proto.label == "Measure latency and memory (on random weights)"
+    at.button(key="models_measure").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.metric[3].value.endswith(" ms") and any("measured on random weights" in c.value for c in at.caption)
+    table = at.dataframe[0].value.set_index("architecture")
+    assert table.loc["efficientnet_b0", "weights"] == "no weights here"
+    assert float(at.metric[3].value.split()[0]) == table.loc["efficientnet_b0", "latency (ms)"]
+    assert not at.get("download_button")  # nothing to deploy without weights
     at.selectbox(key="models_pick").set_value(f"checkpoint:{colour_checkpoint}").run()
     assert not at.exception
     assert [b.proto.label for b in at.get("download_button")] == ["Download as ONNX (.zip)",
