@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CarNetError, ClassNamesNeededError, UnknownModelError, WeightsNotFoundError, listed
+from .errors import CarNetError, ClassNamesNeededError, UnknownModelError, WeightsNotFoundError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         rows.append({"kind": "registry", "name": spec.name, "arch": spec.arch, "family": spec.family,
                      "head": spec.head, "labels": spec.label_set, "default": spec.default, "available": available,
                      "weights": status, "description": spec.description})
-    checkpoints = list_checkpoints()  # the ★ models of the app's pickers: fine-tunes, and CarNet checkpoints in weights/
+    checkpoints = list_checkpoints()  # the app's ★ models: fine-tunes, and CarNet checkpoints in weights/
     rows += [{"kind": "checkpoint", "name": c.name, "arch": c.arch, "family": None, "head": c.head,
               "labels": c.label_set, "default": False, "available": True, "weights": f"checkpoint: {c.path}",
               "description": c.title, "path": str(c.path)} for c in checkpoints]
@@ -184,16 +184,11 @@ def _numbers(text: str) -> list[float]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .folders import compare_on_folder, load_mapping, members_needing_mapping
+    from .folders import compare_on_folder, load_mapping
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     models = [_load_member(n, not args.no_hub, compare=True) for n in names]
     mapping = load_mapping(args.mapping) if args.mapping else None
-    classes, unmapped = members_needing_mapping(models, args.folder)
-    if unmapped and mapping is None:  # said with the option that fixes it, before any image is read
-        raise CarNetError(f"the folder's classes ({listed(classes)}) are not all classes of {', '.join(unmapped)}: "
-                          f"give --mapping FILE (folder class → model classes, JSON or CSV, e.g. "
-                          f"mappings/tiny_vehicles_6_to_imagenet.json)")
     report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
         print(json.dumps({"weights": {m.name: m.weights.to_dict() for m in models}, **report.to_dict()}, indent=2))
@@ -336,8 +331,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for a, b, n in report.most_confused(5):
             print(f"  {a} → {b}: {n}")
     if args.csv:  # after the numbers are out: a table that cannot be written loses nothing else
-        _write_csv(args.csv, ["class", "accuracy", "precision", "F1", "images", "most often predicted instead", "times"],
-                   per_class_rows(report))
+        _write_csv(args.csv, ["class", "accuracy", "precision", "F1", "images", "most often predicted instead",
+                              "times"], per_class_rows(report))
         if not args.json:
             print(f"per-class table written to {args.csv}")
     return 0
@@ -415,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("compare", help="top-1/top-5 of several models and their ensembles on a labelled folder")
-    p.add_argument("folder", type=Path, metavar="FOLDER", help="folder with one sub-folder of images per class, or a dataset with "
-                                                 "train/ and val/ (its val split is measured)")
+    p.add_argument("folder", type=Path, metavar="FOLDER",
+                   help="folder with one sub-folder of images per class, or a dataset with train/ and val/ (its val "
+                        "split is measured)")
     p.add_argument("--models", required=True, help="comma-separated registry names or checkpoint files")
     p.add_argument("--mapping", type=Path, help="JSON or CSV: folder class -> model classes (see mappings/)")
     p.add_argument("--weights", type=_numbers, help="comma-separated member weights for the weighted votes, e.g. "
@@ -454,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_engines)
 
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
-    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder: class folders, train/ and val/, or a Stanford Cars, "
-                                           "CompCars or CIFAR-100 layout")
+    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder: class folders, train/ and val/, or a "
+                                                           "Stanford Cars, CompCars or CIFAR-100 layout")
     p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
     p.add_argument("--min-per-class", type=int, default=5, help="flag classes with fewer images (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable report")

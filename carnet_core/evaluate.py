@@ -92,12 +92,13 @@ class EvalReport:
         """Everything as JSON-ready values; an undefined number (the accuracy of a class with no images, the precision
         of one never predicted) is None, as JSON has no NaN (``json.dumps`` writes a bare ``NaN`` that strict
         parsers — ``jq``, browsers — refuse)."""
-        return _nan_to_none({"num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
-                "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
-                "class_scores": self.class_scores(), "class_names": self.class_names,
-                "confusion": self.confusion, "reliability": self.reliability,
-                "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
-                "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
+        return _nan_to_none({
+            "num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
+            "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
+            "class_scores": self.class_scores(), "class_names": self.class_names, "confusion": self.confusion,
+            "reliability": self.reliability,
+            "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
+            "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
 
 
 def _nan_to_none(value: Any) -> Any:
