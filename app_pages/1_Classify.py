@@ -6,6 +6,7 @@ import ui
 from carnet_core import CarNetError, ImageError, load_image, predict
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
+from carnet_core.images import dim_outside
 from carnet_core.jobs import hosted_mode
 from carnet_core.labels import vehicle_indices
 from carnet_core.predict import prediction_csv
@@ -59,10 +60,16 @@ if len(inputs) > 1:
                        file_name=f"predictions-{model.name}.csv", key="classify_csv",
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
+views = [model.view_of(image.size) for image in images]
+if any(view.fraction < 0.99 for view in views):
+    st.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it does not "
+               "see.")
 collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root
-for i, (name, image, data, pred) in enumerate(zip(names, images, files, batch.predictions)):
+for i, (name, image, data, pred, view) in enumerate(zip(names, images, files, batch.predictions, views)):
     left, right = st.columns([1, 2])
-    left.image(image, caption=name, width="stretch")
+    left.image(dim_outside(image, view.box) if view.fraction < 0.99 else image, caption=name, width="stretch")
+    if note := view.note():
+        left.caption(note)
     with right:
         if vehicles_only and pred.vehicle_class_names:
             fig = topk_bar_figure(pred.vehicle_class_names, pred.vehicle_probabilities,

@@ -83,7 +83,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             results.append({"image": path, "error": str(exc)})
             continue
         batch = predict(model, [image], topk=args.topk)
-        results.append({"image": path, **batch[0].to_dict(), "latency_ms": round(batch.latency_ms, 2)})
+        results.append({"image": path, **batch[0].to_dict(), "latency_ms": round(batch.latency_ms, 2),
+                        "note": model.view_of(image.size).note()})  # a photo the model sees little of, or enlarged
     if args.json:
         print(json.dumps({"model": model.name, "weights": model.weights.to_dict(), "results": results}, indent=2))
     else:
@@ -98,6 +99,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if r["vehicle_topk"] and r["topk"][0]["class"] not in {v["class"] for v in r["vehicle_topk"]}:
                 best = r["vehicle_topk"][0]
                 print(f"  best road-vehicle class: {best['class']} ({best['probability'] * 100:.2f}%)")
+            if r["note"]:
+                print(f"  note: {r['note']}")
             print(f"  latency {r['latency_ms']:.1f} ms")
     if args.csv:  # one row per image, as timm's inference script writes them; after the printed results
         _write_csv(args.csv, *prediction_table(results))

@@ -123,6 +123,18 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
         raise ImageError(f"{label}: cannot decode the image ({type(exc).__name__}: {exc})") from None
 
 
+def dim_outside(image: Image.Image, box: tuple[float, float, float, float], brightness: float = 0.35) -> Image.Image:
+    """``image`` (RGB) with everything outside ``box`` ((left, top, right, bottom), px, rounded to whole pixels)
+    darkened to ``brightness`` (0-1) of its value: a picture of what a crop keeps. Returns ``image`` itself when the
+    box covers it all."""
+    left, top, right, bottom = (round(v) for v in box)
+    if (left, top, right, bottom) == (0, 0, *image.size):
+        return image
+    out = image.point(lambda v: int(v * brightness))
+    out.paste(image.crop((left, top, right, bottom)), (left, top))
+    return out
+
+
 def _sniff(data: bytes) -> str:
     """A short hint of what a non-image file seems to be, for error messages."""
     head = data[:512]

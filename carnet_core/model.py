@@ -118,6 +118,69 @@ def _data_config(module: torch.nn.Module) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
 
 
+@dataclass(frozen=True)
+class InputView:
+    """Where a model looks in a photo: the part of it that its input covers, and how much it is scaled.
+
+    Attributes:
+        size: the photo, (W, H) px.
+        box: (left, top, right, bottom) of the part the model's input covers, in the photo's px.
+        scale: input px per photo px along the more enlarged side (above 1: the photo is enlarged).
+        input_px: the model's input side, px (the longer one for a non-square input).
+    """
+
+    size: tuple[int, int]
+    box: tuple[float, float, float, float]
+    scale: float
+    input_px: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of the photo's area the model sees, 0-1."""
+        left, top, right, bottom = self.box
+        return (right - left) * (bottom - top) / (self.size[0] * self.size[1])
+
+    def note(self, min_fraction: float = 0.6, max_scale: float = 2.0) -> str | None:
+        """A sentence for the user when the model sees less than ``min_fraction`` of the photo, or the photo is
+        enlarged more than ``max_scale`` times to fill the input; None otherwise."""
+        notes = []
+        if self.fraction < min_fraction:
+            left, top, right, bottom = self.box
+            notes.append(f"The model sees the middle {right - left:.0f}×{bottom - top:.0f} px, "
+                         f"{self.fraction * 100:.0f}% of the photo: the rest is cut off to fit its {self.input_px} px "
+                         "input, so crop around the car if it is not in the middle.")
+        if self.scale > max_scale:
+            notes.append(f"The photo is {self.size[0]}×{self.size[1]} px, enlarged {self.scale:.1f}× to the model's "
+                         f"{self.input_px} px input: the detail it needs to tell cars apart is not there.")
+        return " ".join(notes) or None
+
+
+def input_view_geometry(data_config: dict[str, Any], size: tuple[int, int]) -> InputView:
+    """The part of a W×H px photo that timm's eval transform for ``data_config`` keeps, computed from the
+    geometry of timm's ``transforms_imagenet_eval``: the photo resized to cover the input size / ``crop_pct``
+    (``crop_mode`` "center"; "border": fitted inside it; "squash": each side on its own), then the input size cut
+    from the middle. Exact to within a pixel of rounding.
+
+    Raises:
+        ValueError: ``size`` has a side of 0 px.
+    """
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"a photo of {w}×{h} px has no pixels")
+    in_h, in_w = data_config["input_size"][1:]
+    crop_pct = data_config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
+    scaled_h, scaled_w = int(in_h / crop_pct), int(in_w / crop_pct)
+    mode = data_config.get("crop_mode") or "center"
+    if mode == "squash":
+        kx, ky = scaled_w / w, scaled_h / h
+    else:
+        k = (min if mode == "border" else max)(scaled_w / w, scaled_h / h)
+        kx = ky = k
+    box_w, box_h = min(w, in_w / kx), min(h, in_h / ky)
+    left, top = (w - box_w) / 2, (h - box_h) / 2
+    return InputView((w, h), (left, top, left + box_w, top + box_h), max(kx, ky), max(in_w, in_h))
+
+
 @dataclass
 class Classifier:
     """A ready-to-use image classifier (eval mode).
@@ -193,6 +256,10 @@ class Classifier:
         """``image`` (RGB) as the model sees it, before normalisation: resized and center-cropped by the data config
         (timm's PIL steps of :attr:`transform`), H x W px of ``input_size``."""
         return self._pil_steps[0](image)
+
+    def view_of(self, size: tuple[int, int]) -> InputView:
+        """Where this model looks in a W×H px photo: :func:`input_view_geometry` for its data config."""
+        return input_view_geometry(self.data_config, size)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device.

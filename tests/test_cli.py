@@ -43,6 +43,22 @@ def test_predict_json_on_a_real_photo_and_a_bad_file(car_photos, tmp_path, capsy
     assert code == 0 and "half track" in out.splitlines()[3] and "best road-vehicle class: amphibian" in out
 
 
+def test_predict_says_when_the_model_sees_little_of_a_photo(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (1920, 1080), (90, 90, 90)).save(tmp_path / "wide.png")
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (640, 480), (90, 90, 90)).save(tmp_path / "photo.png")
+    code, out, _ = run_main(capsys, "predict", tmp_path / "wide.png", tmp_path / "tiny.png", tmp_path / "photo.png")
+    assert code == 0
+    wide, tiny, photo = out.split("\n\n")[1:]
+    assert "note: The model sees the middle 1080×1080 px, 56% of the photo" in wide
+    assert "note: The photo is 40×40 px, enlarged 5.6×" in tiny and "note:" not in photo
+    code, out, _ = run_main(capsys, "predict", tmp_path / "photo.png", tmp_path / "wide.png", "--json")
+    photo, wide = json.loads(out)["results"]
+    assert photo["note"] is None and wide["note"].startswith("The model sees the middle 1080×1080 px")
+
+
 def test_missing_weights_is_a_message_not_a_traceback(tmp_path, capsys):
     code, _, err = run_main(capsys, "predict", "x.jpg", "--model", "resnet50")
     assert code == 2

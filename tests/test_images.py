@@ -114,3 +114,14 @@ def test_list_images(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG"]
     assert list_images(tmp_path / "missing") == []
+
+
+def test_dim_outside_darkens_what_a_crop_cuts_off():
+    from carnet_core.images import dim_outside
+
+    photo = Image.new("RGB", (300, 100), (200, 100, 50))
+    out = dim_outside(photo, (100.2, 0, 199.8, 100))  # rounded to whole pixels
+    a = np.asarray(out)
+    assert out.size == photo.size and (a[:, 100:200] == (200, 100, 50)).all()
+    assert (a[:, :100] == (70, 35, 17)).all() and (a[:, 200:] == (70, 35, 17)).all()
+    assert dim_outside(photo, (0, 0, 300, 100)) is photo

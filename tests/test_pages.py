@@ -101,6 +101,31 @@ def test_classify_takes_a_classroom_of_photos_and_says_when_there_are_more():
     assert any(f"{MAX_PHOTOS + 3} photos given; classifying the first {MAX_PHOTOS}" in w.value for w in at.warning)
 
 
+def test_classify_shows_what_the_model_does_not_see():
+    """A 16:9 photo: its sides, which the model's 224 px square input cuts off, are dimmed, and the page says how
+    much is seen; a 40 px photo is said to be enlarged; a square 640 px photo gets neither."""
+    import io
+
+    import numpy as np
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value([("square.png", png(640, 640), "image/png")]).run()
+    assert not at.exception and len(bars(at)) == 1
+    assert not any("Dimmed" in c.value or "The model sees" in c.value or "enlarged" in c.value for c in at.caption)
+    at.file_uploader[0].set_value([("wide.png", png(1920, 1080), "image/png"), ("tiny.png", png(40, 40), "image/png"),
+                                   ("square.png", png(640, 640), "image/png")]).run()
+    assert not at.exception and len(bars(at)) == 3
+    captions = [c.value for c in at.caption]
+    assert "Dimmed: the parts of a photo outside efficientnet_lite0's 224 px input, which it does not see." in captions
+    assert sum("The model sees the middle 1080×1080 px, 56% of the photo" in c for c in captions) == 1
+    assert sum(c.startswith("The photo is 40×40 px, enlarged 5.6×") for c in captions) == 1
+
+
 def test_classify_model_without_weights_says_where_to_put_a_file():
     at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     at.selectbox(key="classify_model").set_value("resnet50").run()

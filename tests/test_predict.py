@@ -161,3 +161,64 @@ def test_prediction_csv_has_a_row_per_photo_in_timms_layout(lite0, car_photos):
     assert rows[0]["class_1"] == batch.predictions[0].top1 and rows[0]["error"] == ""
     assert float(rows[1]["probability_1"]) == pytest.approx(batch.predictions[1].probabilities[0], abs=1e-6)
     assert rows[2]["class_1"] == "" and "not an image" in rows[2]["error"]
+
+
+@pytest.mark.parametrize("crop", [{"crop_pct": 1.0, "crop_mode": "center"}, {"crop_pct": 0.875, "crop_mode": "center"},
+                                  {"crop_pct": 0.9, "crop_mode": "squash"}, {"crop_pct": 0.95, "crop_mode": "border"}])
+def test_the_part_of_a_photo_the_model_sees_is_what_timms_transform_keeps(crop):
+    """The box view_of() gives is where timm's eval transform takes its pixels from: on photos whose red and green
+    channels count the x and y pixel, the first and last row and column of the model's input carry the box's edges
+    (within a pixel's rounding), for each crop mode timm has and tall, wide, tiny and square photos."""
+    import numpy as np
+    from PIL import Image
+
+    from carnet_core.model import input_view_geometry
+
+    model = load_model("efficientnet_lite0", weights="random", device="cpu")
+    model.data_config = {**model.data_config, **crop}
+    for w, h in [(640, 480), (300, 900), (4000, 40), (40, 40), (1000, 1000), (1920, 1080)]:
+        xs, ys = np.meshgrid(np.arange(w) / (w - 1) * 255, np.arange(h) / (h - 1) * 255)
+        photo = Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], -1).round().astype(np.uint8))
+        view = model.view_of((w, h))
+        assert view == input_view_geometry(model.data_config, (w, h))
+        seen = np.asarray(model.input_view(photo), np.float64)
+        photo_part = seen[:, :, 2] < 64  # "border" pads with the mean colour (blue 128); the photo has no blue
+        seen = seen[photo_part.any(1)][:, photo_part.any(0)]
+        left, top, right, bottom = view.box
+        step_x, step_y = (right - left) / seen.shape[1], (bottom - top) / seen.shape[0]  # photo px per input px
+        edges = [seen[:, 0, 0].mean(), seen[0, :, 1].mean(), seen[:, -1, 0].mean(), seen[-1, :, 1].mean()]
+        # the first and last input pixels' centres, half a step inside the box, in ramp levels (pixel x is level
+        # x / (w - 1) * 255 and spans x..x+1); resampling near an edge leans up to a step further inside
+        centres = [left + step_x / 2, top + step_y / 2, right - step_x / 2, bottom - step_y / 2]
+        expected = [(c - 0.5) / (n - 1) * 255 for c, n in zip(centres, (w, h, w, h))]
+        tolerance = [(step + 1) / (n - 1) * 255 + 1.5 for step, n in zip((step_x, step_y) * 2, (w, h, w, h))]
+        for got, want, tol in zip(edges, expected, tolerance):
+            assert abs(got - want) <= tol, (crop, (w, h), edges, expected)
+
+
+def test_the_user_is_told_when_the_model_sees_little_of_a_photo(lite0, car_photos):
+    """Lite0 (224 px, no margin crop): a 16:9 photo loses 44 % and is told so, a 4:3 one is not (75 % seen); a
+    40 px thumbnail is enlarged 5.6x and told so; on a real photo the box is where the model's input comes from —
+    the photo cropped to it and resized is the model's view, and the whole photo squashed is not."""
+    import numpy as np
+    from PIL import Image
+
+    from carnet_core.images import load_image
+
+    wide = lite0.view_of((1920, 1080))
+    assert wide.box == (420.0, 0.0, 1500.0, 1080.0) and wide.fraction == pytest.approx(0.5625)
+    assert "middle 1080×1080 px, 56% of the photo" in wide.note() and "enlarged" not in wide.note()
+    assert lite0.view_of((640, 480)).note() is None and lite0.view_of((224, 224)).fraction == 1.0
+    small = lite0.view_of((40, 40)).note()
+    assert small.startswith("The photo is 40×40 px, enlarged 5.6× to the model's 224 px input") and "middle" not in small
+    for path in car_photos[:8]:  # resized then cropped by timm, cropped then resized here: a few levels apart
+        photo = load_image(path)
+        view = lite0.view_of(photo.size)
+        left, top, right, bottom = (round(v) for v in view.box)
+        assert view.fraction < 1
+        seen = np.asarray(lite0.input_view(photo), np.float64)
+        cropped, squashed, at_the_left = (
+            np.asarray(photo.crop(box).resize((224, 224), Image.BICUBIC), np.float64)
+            for box in [(left, top, right, bottom), (0, 0, *photo.size), (0, top, right - left, bottom)])
+        assert np.abs(seen - cropped).mean() < 10 < min(np.abs(seen - squashed).mean(),
+                                                         np.abs(seen - at_the_left).mean()), path
