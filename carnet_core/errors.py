@@ -34,12 +34,14 @@ class CheckpointError(CarNetError, ValueError):
 
 class ClassNamesNeededError(CheckpointError):
     """A weights file whose head holds classes of its own (not the registry model's label set) and no names for
-    them. ``path``: the file; ``model``: the registry name it was loaded as (for the message that says what to run).
+    them. ``path``: the file; ``model``: the registry name it was loaded as (for the message that says what to run);
+    ``looked_in``: the class-map files or dataset folders its timm training options point to, not found here or not
+    of its classes.
     """
 
-    def __init__(self, message: str, path: str, model: str):
+    def __init__(self, message: str, path: str, model: str, looked_in: tuple[str, ...] = ()):
         super().__init__(message)
-        self.path, self.model = path, model
+        self.path, self.model, self.looked_in = path, model, looked_in
 
 
 def listed(names: Sequence[str], limit: int = 5) -> str:

@@ -429,6 +429,9 @@ def usable_weights(name: str, folder: Path | None = None, use_hub: bool = True) 
     if source.source == "weights_dir":
         stat = Path(source.location).stat()
         problem = _file_problem(name, source.location, stat.st_size, stat.st_mtime_ns)
+        if isinstance(problem, ClassNamesNeededError) and problem.looked_in:  # checked again once what its training
+            problem = _file_problem(name, source.location, stat.st_size, stat.st_mtime_ns,  # options point to appears
+                                    tuple(map(_stamp, problem.looked_in)))
         if isinstance(problem, ClassNamesNeededError):
             return WeightsSource(source.source, source.location, "trained on classes of its own: needs their names")
         if problem is not None:
@@ -436,10 +439,21 @@ def usable_weights(name: str, folder: Path | None = None, use_hub: bool = True) 
     return source
 
 
+def _stamp(path: str) -> int | None:
+    """When ``path`` last changed (ns), None when it is not there."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=64)
-def _file_problem(name: str, location: str, size: int, mtime_ns: int) -> CarNetError | None:
+def _file_problem(name: str, location: str, size: int, mtime_ns: int,
+                  looked_in: tuple[int | None, ...] = ()) -> CarNetError | None:
     """:func:`check_weights_file`'s error for this version of the file (size and mtime), None when it loads: the app
-    asks on every rerun of every page with a model picker, and a file is checked again only when it changes."""
+    asks on every rerun of every page with a model picker, and a file is checked again only when it changes — or,
+    for a timm ``train.py`` checkpoint whose class names were not found, when a file or folder its training options
+    point to changes (``looked_in``: their :func:`_stamp`)."""
     try:
         check_weights_file(name, location)
     except CarNetError as exc:
@@ -591,4 +605,4 @@ def _file_class_names(spec: ModelSpec, path: Path, state: dict[str, torch.Tensor
         f"{len(default)} {spec.label_set} classes, and holds no class names: give them in training order, as a "
         f"text file with one name per line or the dataset folder it was trained on"
         + (f"; its timm training options point to {', '.join(tried)}, not here or not {rows} classes" if tried
-           else ""), str(path), spec.name)
+           else ""), str(path), spec.name, tuple(tried))

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import shutil
 import warnings
 
 import pytest
@@ -378,6 +379,18 @@ def test_a_timm_train_py_checkpoint_of_its_own_classes_finds_them_in_its_dataset
     with pytest.raises(CheckpointError, match=r"model_best.pth.tar was trained on 6 classes of its own.*the dataset "
                                               r"folder it was trained on; its timm training options point to .*cars6/train"):
         load_model(checkpoint=ckpt, device="cpu")
+    # in a weights folder it is listed as needing its class names; once its dataset is on this machine, it is not
+    # (the check is kept per file version, and for such a file per version of what its options point to as well)
+    from carnet_core.model import usable_weights
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(ckpt, weights / "mobilenetv2_100-cars6.pth")
+    needs = "trained on classes of its own: needs their names"
+    assert usable_weights("mobilenetv2_100", folder=weights, use_hub=False).detail == needs
+    moved.rename(data)
+    assert needs not in usable_weights("mobilenetv2_100", folder=weights, use_hub=False).describe()
+    data.rename(moved)
     # ...then the folder given by hand is read in the same natural order, because the file is timm's
     assert load_model(checkpoint=ckpt, device="cpu", class_names=moved).class_names == tuple(natural)
 
