@@ -37,6 +37,9 @@ def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
+            if isinstance(source, str) and "://" in source:  # Path() would also fold its "//" into "/"
+                raise ImageError(f"{source}: a web address; CarNet reads image files on this machine — download the "
+                                 "image first, then give its file")
             raise ImageError(f"{path}: no such file")
         if path.is_dir():
             raise ImageError(f"{path}: is a folder, not an image file")

@@ -107,6 +107,10 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match="is a folder"):
         load_image(tmp_path)
+    # a web address (`predict https://…/car.jpg`) is said to be one, whole; it read "https:/…/car.jpg: no such file"
+    with pytest.raises(ImageError, match=r"^https://example.com/car.jpg: a web address; CarNet reads image files on "
+                                         r"this machine — download the image first"):
+        load_image("https://example.com/car.jpg")
 
 
 def test_list_images(tmp_path):
