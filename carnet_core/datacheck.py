@@ -7,6 +7,7 @@ A split that leaks val images into train reports inflated accuracy; this check f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def validate_splits(splits: DatasetSplits, min_per_class: int = 5, max_distance: int = NEAR_DUPLICATE_BITS,
-                    progress=None) -> DataReport:
+                    progress: Callable[[float], None] | None = None) -> DataReport:
     """Check a dataset before training (decodes every image once).
 
     Returns:

@@ -35,7 +35,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from .errors import CarNetError, ImageError
 from .images import IMAGE_EXTENSIONS, ImageSource, load_image
 from .model import Classifier
 from .predict import softmax  # the one predict() uses, so the gate checks what classification returns
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 FP32_ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
 REDUCED_ENGINES: tuple[str, ...] = ("torch-bf16", "onnxruntime-int8")
@@ -278,7 +281,7 @@ class TorchBF16Engine(TorchEngine):
             return self.model.module(batch.to(device)).float().cpu()
 
 
-def onnxruntime_session(path: str | os.PathLike, batch: int | None = None):
+def onnxruntime_session(path: str | os.PathLike, batch: int | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session: all graph optimisations, one intra-op thread per core, ONNX Runtime's default
     thread spinning (turning it off cost 25-35 % at batch 1 in ``predict()`` here; what had made it look harmful was
     torch's OpenMP threads busy-waiting after torch preprocessing, which :meth:`Classifier.preprocess` now avoids).
@@ -513,7 +516,7 @@ class EngineChoice:
         return "\n".join(lines)
 
 
-def median_ms(fn, repeats: int = 15, warmup: int = 2, pause_s: float = 0.05) -> float:
+def median_ms(fn: Callable[[], object], repeats: int = 15, warmup: int = 2, pause_s: float = 0.05) -> float:
     """Median wall time of ``fn()`` in ms over ``repeats`` calls, after a pause (threads that another engine left
     busy-waiting go to sleep) and ``warmup`` untimed calls."""
     time.sleep(pause_s)

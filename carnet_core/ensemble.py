@@ -89,7 +89,8 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
     return first.class_names
 
 
-def member_probabilities(models: Sequence[Classifier], images) -> tuple[torch.Tensor, list[float]]:
+def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image]
+                         ) -> tuple[torch.Tensor, list[float]]:
     """(M, N, C) probabilities of each member on the same images (RGB PIL images), re-indexed to the first member's
     class order, and each member's model time in ms (as :func:`carnet_core.predict` times it: not its engine choice)."""
     from .predict import timed_probabilities
