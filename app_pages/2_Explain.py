@@ -73,6 +73,8 @@ except CarNetError as exc:
 
 original, heat, over = st.columns(3)
 original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
+if note := model.view_of(image.size).note():  # a wide photo's sides cut off, a thumbnail enlarged
+    original.caption(note)
 heat.image(result.heatmap_image(colormap), width="stretch",
            caption=f"{method_name} heatmap · layer {result.layer}" + (f" · {smoothed} smoothing" if smoothed else ""))
 overlay_image = result.overlay(alpha, colormap)

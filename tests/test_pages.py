@@ -232,6 +232,19 @@ def test_a_remembered_cam_is_never_shown_for_another_model(monkeypatch):
     assert calls == [first, second]
 
 
+def test_explain_page_says_when_the_model_sees_little_of_the_photo():
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)).save(buf, "PNG")
+    at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value([("wide.png", buf.getvalue(), "image/png")]).run()
+    assert not at.exception and "What the model sees (resized, center-cropped)" in image_captions(at)
+    assert any(c.value.startswith("The model sees the middle 1080×1080 px, 56% of the photo") for c in at.caption)
+
+
 def test_explain_page_non_image():
     at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
