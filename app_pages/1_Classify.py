@@ -3,10 +3,9 @@
 import streamlit as st
 
 import ui
-from carnet_core import CarNetError, ImageError, load_image, predict
+from carnet_core import CarNetError
 from carnet_core.charts import topk_bar_figure
 from carnet_core.engines import select_engine
-from carnet_core.images import dim_outside
 from carnet_core.jobs import hosted_mode
 from carnet_core.labels import vehicle_indices
 from carnet_core.predict import prediction_csv
@@ -36,39 +35,37 @@ if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hos
                "Evaluate page or `python -m carnet_core predict FOLDER`.")
     inputs = inputs[:ui.MAX_PHOTOS]
 
-images, names, files, skipped = [], [], [], []
-for name, data in inputs:
-    try:
-        images.append(load_image(data, name=name))
-        names.append(name)
-        files.append(data)
-    except ImageError as exc:
-        st.error(f"Skipped — {exc}")
-        skipped.append({"image": name, "error": str(exc)})
-if not images:
-    st.stop()
-
+digests = [ui.digest(data) for _, data in inputs]  # what the results are remembered by, and each photo's keys
 try:
-    batch = predict(model, images, topk=5)
+    photos, batch = ui.classified(model, inputs, digests)
 except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
     st.error(str(exc))
     st.stop()
+for photo in photos:
+    if photo.error:
+        st.error(f"Skipped — {photo.error}")
+if batch is None:
+    st.stop()
 st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
 if len(inputs) > 1:
-    results = [{"image": n, **p.to_dict()} for n, p in zip(names, batch.predictions)] + skipped
+    results = [{"image": p.name, **p.prediction.to_dict()} if p.prediction else {"image": p.name, "error": p.error}
+               for p in photos]
     st.download_button(f"Download the {len(results)} results (CSV)", prediction_csv(results), mime="text/csv",
                        file_name=f"predictions-{model.name}.csv", key="classify_csv",
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
-views = [model.view_of(image.size) for image in images]
+views = [p.view for p in photos if p.view]
 if any(view.fraction < 0.99 for view in views):
     st.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it does not "
                "see.")
 collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root
-for i, (name, image, data, pred, view) in enumerate(zip(names, images, files, batch.predictions, views)):
+for i, (photo, (name, data), sha) in enumerate(zip(photos, inputs, digests)):
+    if photo.prediction is None:
+        continue
+    pred = photo.prediction
     left, right = st.columns([1, 2])
-    left.image(dim_outside(image, view.box) if view.fraction < 0.99 else image, caption=name, width="stretch")
-    if note := view.note():
+    left.image(photo.preview, caption=name, width="stretch")  # a small JPEG, the parts the model does not see dimmed
+    if note := photo.view.note():
         left.caption(note)
     with right:
         if vehicles_only and pred.vehicle_class_names:
@@ -81,13 +78,13 @@ for i, (name, image, data, pred, view) in enumerate(zip(names, images, files, ba
             st.caption(f"Top class is not a road vehicle; best road-vehicle class: **{pred.vehicle_class_names[0]}** "
                        f"({pred.vehicle_probabilities[0] * 100:.1f}%).")
         if collect:
-            photo = f"{i}_{ui.digest(data)[:16]}"  # the same photo given twice is two rows
+            photo_key = f"{i}_{sha[:16]}"  # the same photo given twice is two rows
             with st.popover("Add to a dataset", help="Keep this photo for a fine-tune: it goes into a class of a "
                                                      "dataset built on the Fine-tune page."):
-                dataset_name = st.text_input("Dataset", value="my-cars", key=f"collect_dataset_{photo}")
-                label = st.text_input("Class", value=pred.top1, key=f"collect_class_{photo}",
+                dataset_name = st.text_input("Dataset", value="my-cars", key=f"collect_dataset_{photo_key}")
+                label = st.text_input("Class", value=pred.top1, key=f"collect_class_{photo_key}",
                                       help="The right class for this photo (the model's top-1 to start with).")
-                if st.button("Add", key=f"collect_add_{photo}"):
+                if st.button("Add", key=f"collect_add_{photo_key}"):
                     try:
                         added = add_class_photos(ui.built_dataset(dataset_name), label, [(name, data)])
                     except CarNetError as exc:

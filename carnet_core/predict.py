@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageSource, load_image
+from .errors import ImageError
+from .images import ImageSource, dim_outside, load_image
 from .labels import vehicle_indices
-from .model import Classifier
+from .model import Classifier, InputView
 
 
 @dataclass
@@ -77,6 +78,74 @@ class PredictionBatch:
         if n > 1:
             model = f"{n} images in {model} ({ms / n:.0f} ms per image)"
         return f"{model} + {self.preprocess_ms:.0f} ms preprocessing"
+
+
+@dataclass
+class ClassifiedPhoto:
+    """One photo of :func:`classify_files`.
+
+    Attributes:
+        name: its file name.
+        prediction: its top-k, None when it could not be read.
+        view: where the model looks in it (:meth:`Classifier.view_of`), None when it could not be read.
+        preview: a JPEG of it for display, at most ``preview_px`` on its longer side, the parts the model does not
+            see dimmed (:func:`~carnet_core.images.dim_outside`); None when it could not be read.
+        error: why it could not be read (the :class:`~carnet_core.errors.ImageError` message), else None.
+    """
+
+    name: str
+    prediction: Prediction | None = None
+    view: InputView | None = None
+    preview: bytes | None = None
+    error: str | None = None
+
+
+#: Longer side of :attr:`ClassifiedPhoto.preview`, px: a third of a wide page on a 2x screen.
+PREVIEW_PX = 800
+
+
+def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSource]], topk: int = 5,
+                   preview_px: int = PREVIEW_PX) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
+    """Decode and classify uploaded files in one batch, each with a small preview to show: what the Classify page
+    does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
+
+    A 12 MP photo costs about 0.3 s to decode, scale and hand to a browser; the previews (tens of kB) let a page
+    keep the result and redraw it without doing that again.
+
+    Returns:
+        (one :class:`ClassifiedPhoto` per file, in order; the :class:`PredictionBatch` of the readable ones, None
+        when there are none).
+
+    Raises:
+        CarNetError: from :func:`predict` (e.g. an engine forced by ``$CARNET_ENGINE`` that this model cannot use).
+    """
+    import io
+
+    photos, images = [], []
+    for name, data in files:
+        try:
+            image = load_image(data, name=name)
+        except ImageError as exc:
+            photos.append(ClassifiedPhoto(name, error=str(exc)))
+            continue
+        view = model.view_of(image.size)
+        scale = min(1.0, preview_px / max(image.size))
+        shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BICUBIC, reducing_gap=3.0) if scale < 1 else image
+        if view.fraction < 0.99:
+            shown = dim_outside(shown, tuple(v * scale for v in view.box))
+        buffer = io.BytesIO()
+        shown.save(buffer, "JPEG", quality=90)
+        photos.append(ClassifiedPhoto(name, view=view, preview=buffer.getvalue()))
+        images.append(image)
+    if not images:
+        return photos, None
+    batch = predict(model, images, topk=topk)
+    readable = iter(batch.predictions)
+    for photo in photos:
+        if photo.error is None:
+            photo.prediction = next(readable)
+    return photos, batch
 
 
 def _sync(device: torch.device) -> None:

@@ -222,3 +222,40 @@ def test_the_user_is_told_when_the_model_sees_little_of_a_photo(lite0, car_photo
             for box in [(left, top, right, bottom), (0, 0, *photo.size), (0, top, right - left, bottom)])
         assert np.abs(seen - cropped).mean() < 10 < min(np.abs(seen - squashed).mean(),
                                                          np.abs(seen - at_the_left).mean()), path
+
+
+def test_classify_files_gives_predict_s_results_with_small_previews_and_keeps_a_bad_file_s_reason(lite0, car_photos):
+    """What the Classify page shows: each readable file's top-5 exactly as predict() gives them on the decoded
+    photos, a JPEG preview at most 800 px on its longer side with the parts the model does not see dimmed, and an
+    unreadable file in its place with its reason."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from carnet_core.images import load_image
+    from carnet_core.predict import classify_files
+
+    wide = io.BytesIO()
+    Image.new("RGB", (3000, 1000), (200, 200, 200)).save(wide, "PNG")
+    files = [(p.name, p.read_bytes()) for p in car_photos[:3]]
+    files.insert(1, ("notes.txt", b"not a photo"))
+    files.append(("wide.png", wide.getvalue()))
+    photos, batch = classify_files(lite0, files)
+    assert [p.name for p in photos] == [name for name, _ in files]
+    assert photos[1].prediction is None and "notes.txt: not an image" in photos[1].error and photos[1].preview is None
+    readable = [p for p in photos if p.prediction]
+    expected = predict(lite0, [load_image(data) for name, data in files if name != "notes.txt"])
+    assert len(batch) == len(readable) == 4
+    for photo, want in zip(readable, expected.predictions):
+        assert photo.prediction.class_names == want.class_names
+        assert photo.prediction.probabilities == pytest.approx(want.probabilities, abs=1e-6)
+    for photo, (name, data) in zip(readable, [f for f in files if f[0] != "notes.txt"]):
+        preview = Image.open(io.BytesIO(photo.preview))
+        size = load_image(data).size
+        assert preview.format == "JPEG" and max(preview.size) == min(800, max(size))
+        assert photo.view == lite0.view_of(size)
+    shown = np.asarray(Image.open(io.BytesIO(photos[-1].preview)), np.float64)  # 800 x 267: the middle 267 px bright
+    assert shown.shape[:2] == (267, 800)
+    assert shown[:, 300:500].mean() == pytest.approx(200, abs=3) and shown[:, :250].mean() == pytest.approx(70, abs=3)
+    assert classify_files(lite0, [("notes.txt", b"not a photo")])[1] is None
