@@ -55,7 +55,7 @@ if len(inputs) > 1:
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
 views = [p.view for p in photos if p.view]
-if any(view.fraction < 0.99 for view in views):
+if any(view.cuts_off for view in views):
     st.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it does not "
                "see.")
 collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root

@@ -140,6 +140,11 @@ class InputView:
         left, top, right, bottom = self.box
         return (right - left) * (bottom - top) / (self.size[0] * self.size[1])
 
+    @property
+    def cuts_off(self) -> bool:
+        """Whether more than 1 % of the photo lies outside the model's input (rounding aside)."""
+        return self.fraction < 0.99
+
     def note(self, min_fraction: float = 0.6, max_scale: float = 2.0) -> str | None:
         """A sentence for the user when the model sees less than ``min_fraction`` of the photo, or the photo is
         enlarged more than ``max_scale`` times to fill the input; None otherwise."""

@@ -132,7 +132,7 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
         scale = min(1.0, preview_px / max(image.size))
         shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BICUBIC, reducing_gap=3.0) if scale < 1 else image
-        if view.fraction < 0.99:
+        if view.cuts_off:
             shown = dim_outside(shown, tuple(v * scale for v in view.box))
         buffer = io.BytesIO()
         shown.save(buffer, "JPEG", quality=90)
