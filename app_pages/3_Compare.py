@@ -172,8 +172,13 @@ if report is not None:
     st.download_button("Download results (JSON)", json.dumps(report.to_dict(), indent=2), "compare.json",
                        mime="application/json", key="compare_download")
     if report.disagreements:
-        st.markdown("**Where the members disagree** (first 12)")
+        st.markdown(f"**Where the members disagree** (first 12, as {models[0].name} sees them: resized and "
+                    "center-cropped)")
         cells = st.columns(4)
         for i, d in enumerate(report.disagreements[:12]):
             votes = " · ".join(f"{k}: {v}" for k, v in d["predictions"].items())
-            cells[i % 4].image(d["path"], caption=f"true: {d['label']} — {votes}", width="stretch")
+            thumbnail = ui.input_view(d["path"], models[0])  # small and cached: a rerun does not send the photos again
+            if thumbnail is not None:
+                cells[i % 4].image(thumbnail, caption=f"true: {d['label']} — {votes}", width="stretch")
+            else:
+                cells[i % 4].caption(f"{Path(d['path']).name} (no longer readable): true: {d['label']} — {votes}")
