@@ -37,7 +37,8 @@ for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-t
                     "head": entry.head, "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
                     "weights": str(entry.path), "about": entry.title})
 rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640))
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640),
+             column_config={"weights": st.column_config.TextColumn(width="medium")})  # where from: wider
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
            f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them. Weights "
            f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
