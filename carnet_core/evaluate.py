@@ -73,9 +73,11 @@ class EvalReport:
         """Unweighted mean of the classes' F1 over those with images or predictions (scikit-learn's
         ``f1_score(average="macro")``); a model that gets the frequent classes right and the rare ones wrong scores
         low here though its top-1 is high. NaN when nothing was scored."""
+        return self._macro_f1(self.class_scores())
+
+    def _macro_f1(self, scores: dict[str, dict[str, float]]) -> float:
         c = np.array(self.confusion)
         present = (c.sum(0) + c.sum(1)) > 0
-        scores = self.class_scores()
         f1 = [scores[name]["f1"] for name, p in zip(self.class_names, present) if p]
         return float(np.mean(f1)) if f1 else float("nan")
 
@@ -92,10 +94,11 @@ class EvalReport:
         """Everything as JSON-ready values; an undefined number (the accuracy of a class with no images, the precision
         of one never predicted) is None, as JSON has no NaN (``json.dumps`` writes a bare ``NaN`` that strict
         parsers — ``jq``, browsers — refuse)."""
+        scores = self.class_scores()
         return _nan_to_none({
-            "num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self.macro_f1,
+            "num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self._macro_f1(scores),
             "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
-            "class_scores": self.class_scores(), "class_names": self.class_names, "confusion": self.confusion,
+            "class_scores": scores, "class_names": self.class_names, "confusion": self.confusion,
             "reliability": self.reliability,
             "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
             "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
