@@ -122,9 +122,20 @@ def _image_paths(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _check_image_out(path: Path) -> None:
+    """Said before the work: ``--out`` must name an image file of a format CarNet reads (the overlay is a picture)."""
+    from .images import IMAGE_EXTENSIONS
+
+    if path.is_dir():
+        raise CarNetError(f"--out {path}: is a folder; give the image file to write, e.g. {path / 'overlay.png'}")
+    if path.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
+        raise CarNetError(f"--out {path}: the overlay is an image; give a file name ending in .png, .jpg or .webp")
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
+    _check_image_out(args.out)
     model = _model_or_checkpoint(args)
     result = explain(model, args.image, method=args.method, class_name=args.class_name, layer=args.layer,
                      aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)

@@ -92,6 +92,12 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     smoothed = json.loads(out)
     assert smoothed["aug_smooth"] and not smoothed["eigen_smooth"] and smoothed["class"] == data["class"]
     assert smoothed["probability"] == pytest.approx(data["probability"], abs=1e-5)
+    # an --out that is not an image file is said before any work (".txt" was PIL's traceback after the CAM)
+    code, _, err = run_main(capsys, "explain", car_photos[0], "--out", tmp_path / "overlay.txt")
+    assert code == 2 and err.startswith("error: --out") and "give a file name ending in .png, .jpg or .webp" in err
+    code, _, err = run_main(capsys, "explain", car_photos[0], "--out", tmp_path)
+    assert code == 2 and f"is a folder; give the image file to write, e.g. {tmp_path / 'overlay.png'}" in err
+    assert not (tmp_path / "overlay.txt").exists() and "Traceback" not in err
 
 
 def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys):
