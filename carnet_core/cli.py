@@ -70,7 +70,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .images import IMAGE_EXTENSIONS, load_image
     from .predict import predict, prediction_table
 
-    _check_csv_folder(args.csv, "predictions")
+    _check_csv_folder(args.csv, "predictions", "predictions.csv")
     model = _model_or_checkpoint(args)
     results, failed = [], 0
     for path in _image_paths(args.images):
@@ -232,6 +232,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "safetensors":
         return _export_checkpoint(model, args.out)
     out = args.out or Path(f"{model.name}.onnx")
+    if out.suffix != ".onnx":  # as a checkpoint must be .safetensors: what reads it goes by the name
+        raise CarNetError(f"{out}: an ONNX export is a .onnx file")
     export_onnx(model, out)
     session = onnxruntime_session(out)
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
@@ -306,8 +308,10 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _check_csv_folder(path: Path | None, what: str) -> None:
-    """Said before the work, not after it: the folder a --csv table goes in must exist."""
+def _check_csv_folder(path: Path | None, what: str, example: str) -> None:
+    """Said before the work, not after it: the folder a --csv table goes in must exist, and the path not be one."""
+    if path and path.is_dir():
+        raise CarNetError(f"{path}: is a folder; give the file to write the {what} in, e.g. {path / example}")
     if path and not path.resolve().parent.is_dir():
         raise CarNetError(f"{path}: no folder {path.resolve().parent} to write the {what} in")
 
@@ -326,7 +330,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, per_class_rows
     from .folders import load_mapping
 
-    _check_csv_folder(args.csv, "per-class table")
+    _check_csv_folder(args.csv, "per-class table", "per_class.csv")
     model = _load_member(str(args.checkpoint), not args.no_hub, args.model, args.classes)
     splits = open_dataset(args.data, args.kind)
     dataset = splits.val if args.split == "val" else splits.train

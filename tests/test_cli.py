@@ -100,16 +100,24 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     assert not (tmp_path / "overlay.txt").exists() and "Traceback" not in err
 
 
-def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys):
+def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys, monkeypatch):
     """The per-class CSV used to be written before anything was printed: a path that could not be written threw the
-    finished evaluation away. A missing folder is now said before evaluating; any other failure after the numbers."""
+    finished evaluation away. A missing folder, or a folder given as the file, is now said before evaluating; any
+    other failure after the numbers."""
     mapping = tmp_path / "colours.json"
     mapping.write_text(json.dumps({"red": ["fire engine"], "green": ["golf ball"], "blue": ["jellyfish"]}))
     evaluate = ["evaluate", "efficientnet_lite0", str(colour_folder), "--mapping", str(mapping)]
     code, _, err = run_main(capsys, *evaluate, "--csv", tmp_path / "no" / "t.csv")
     assert code == 2 and "no folder" in err and str(tmp_path / "no") in err
-    code, out, err = run_main(capsys, *evaluate, "--json", "--csv", tmp_path)  # a folder
-    assert code == 2 and str(tmp_path) in err
+    code, out, err = run_main(capsys, *evaluate, "--json", "--csv", tmp_path)  # a folder: said before the work
+    assert code == 2 and f"is a folder; give the file to write the per-class table in, e.g. " \
+                         f"{tmp_path / 'per_class.csv'}" in err and not out
+    import carnet_core.cli
+
+    with monkeypatch.context() as patch:  # a disk that refuses the file
+        patch.setattr(carnet_core.cli, "_write_csv", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+        code, out, err = run_main(capsys, *evaluate, "--json", "--csv", tmp_path / "t.csv")
+    assert code == 2 and "denied" in err
     assert json.loads(out)["num_images"] == 18  # the numbers came out first
     code, out, _ = run_main(capsys, *evaluate, "--csv", tmp_path / "per_class.csv")
     report = json.loads(run_main(capsys, *evaluate, "--json")[1])
@@ -188,6 +196,8 @@ def test_predict_classifies_every_image_under_a_folder(tmp_path, capsys, monkeyp
     assert float(rows[0]["probability_5"]) == results[0]["topk"][4]["probability"] and rows[4]["error"]
     code, out, err = run_main(capsys, "predict", data, "--csv", tmp_path / "nowhere" / "p.csv")
     assert code == 2 and "no folder" in err and "model " not in out  # said before any work
+    code, out, err = run_main(capsys, "predict", data, "--csv", tmp_path)
+    assert code == 2 and "is a folder; give the file to write the predictions in" in err and "model " not in out
 
 
 def test_a_folder_of_datasets_is_named_as_such(colour_folder, tmp_path, capsys):
@@ -342,3 +352,5 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     code, out, err = run_main(capsys, "export", tmp_path / "model.pth", "--model", "mobilenetv2_100", "--classes",
                               data, "--format", "safetensors", "--out", tmp_path / "x.pth")
     assert code == 2 and "a CarNet checkpoint is a .safetensors file" in err
+    code, out, err = run_main(capsys, "export", "efficientnet_lite0", "--out", tmp_path / "lite0.txt")
+    assert code == 2 and "an ONNX export is a .onnx file" in err and not (tmp_path / "lite0.txt").exists()
