@@ -112,7 +112,8 @@ class TrainConfig:
                  check("img_size", lambda v: v >= 32, "at least 32 px", optional=True),
                  check("limit_train_batches", lambda v: v >= 1, "at least 1", optional=True),
                  check("crop_scale", lambda v: 0 < v[0] <= v[1] <= 1, "two area fractions, 0 < min <= max <= 1"),
-                 check("scheduler", lambda v: v in ("cosine", "plateau"), "cosine or plateau")]
+                 check("scheduler", lambda v: v in ("cosine", "plateau"), "cosine or plateau"),
+                 check("out", lambda v: not Path(v).is_file(), "a run folder, new or one to resume, not a file")]
         return [p for p in found if p]
 
     def check(self) -> None:

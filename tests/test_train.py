@@ -323,6 +323,9 @@ def test_settings_that_cannot_train_are_a_message_before_any_work(colour_folder,
     assert TrainConfig(data="x").problems() == []  # the defaults are fine
     assert TrainConfig(data="x", epochs=2, freeze_epochs=3).problems() == ["freeze_epochs must be from 0 to epochs (2) "
                                                                            "(got 3)"]
+    (tmp_path / "a-file").write_text("")  # a run folder that is a file: it read "a-file: File exists"
+    assert TrainConfig(data="x", out=str(tmp_path / "a-file")).problems() == [
+        f"out must be a run folder, new or one to resume, not a file (got {tmp_path / 'a-file'})"]
     with pytest.raises(CarNetError, match="cannot set up training: Precision 'fp7' is invalid"):
         fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path / "run"), precision="fp7"))
     proc = _cli("train", str(colour_folder), "--out", str(tmp_path / "cli"), "--batch-size", "0", "--workers", "-1")
