@@ -5,7 +5,7 @@ import io
 import streamlit as st
 
 import ui
-from carnet_core import CarNetError, ImageError, load_image, predict
+from carnet_core import CarNetError, predict
 from carnet_core.explain import AUG_SMOOTH_PASSES, COLORMAPS, EXPENSIVE_METHODS, METHOD_NAMES, METHODS, \
     aug_smooth_refusal, default_layer, estimate_seconds, spatial_layers, usable_smoothing
 
@@ -19,17 +19,11 @@ inputs = ui.image_inputs("explain", multiple=False)
 if not inputs:
     st.info("Upload a photo, take one with the camera, or pick a sample from the gallery.")
     st.stop()
-name, data = inputs[0]
-try:
-    image = load_image(data, name=name)
-except ImageError as exc:
-    st.error(str(exc))
-    st.stop()
-photo = ui.digest(data)
-
-try:
-    top5 = predict(model, [image], topk=5)[0]
-except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
+photo = ui.Photo(*inputs[0])
+try:  # remembered for the session: a slider or colormap change does not decode and classify the photo again
+    size, top5 = ui.remembered("_explain_photo", [model], photo.digest,
+                               lambda: (photo.image.size, predict(model, [photo.image], topk=5)[0]))
+except CarNetError as exc:  # a file that is no image; an engine forced by $CARNET_ENGINE that this model cannot use
     st.error(str(exc))
     st.stop()
 layers = list(spatial_layers(model))
@@ -55,7 +49,7 @@ aug = smoothing[0].toggle("Augmentation smoothing", key="explain_aug_smooth", di
                                           f"aug_smooth).") and refusal is None
 smoothed = " + ".join(w for w, on in (("augmentation", aug), ("eigen", eigen)) if on)
 
-remembered = ui.explanation(model, image, photo, method, class_name, layer, compute=False, aug_smooth=aug,
+remembered = ui.explanation(model, photo, method, class_name, layer, compute=False, aug_smooth=aug,
                             eigen_smooth=eigen)
 if method in EXPENSIVE_METHODS and remembered is None:
     seconds = estimate_seconds(model, method, layer, aug_smooth=aug)
@@ -66,14 +60,14 @@ if method in EXPENSIVE_METHODS and remembered is None:
 
 try:
     with st.spinner(f"Computing {method_name}…"):
-        result = ui.explanation(model, image, photo, method, class_name, layer, aug_smooth=aug, eigen_smooth=eigen)
+        result = ui.explanation(model, photo, method, class_name, layer, aug_smooth=aug, eigen_smooth=eigen)
 except CarNetError as exc:
     st.error(str(exc))
     st.stop()
 
 original, heat, over = st.columns(3)
 original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
-if note := model.view_of(image.size).note():  # a wide photo's sides cut off, a thumbnail enlarged
+if note := model.view_of(size).note():  # a wide photo's sides cut off, a thumbnail enlarged
     original.caption(note)
 heat.image(result.heatmap_image(colormap), width="stretch",
            caption=f"{method_name} heatmap · layer {result.layer}" + (f" · {smoothed} smoothing" if smoothed else ""))
@@ -91,14 +85,14 @@ st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
 chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
                         help="ScoreCAM and AblationCAM take much longer than the others.")
-all_remembered = all(ui.explanation(model, image, photo, m, class_name, layer, compute=False,
+all_remembered = all(ui.explanation(model, photo, m, class_name, layer, compute=False,
                                     **usable_smoothing(m, aug, eigen)) for m in chosen)
 if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered):  # stays while the sliders move
     progress = st.progress(0.0, text="Computing…")
     cells = st.columns(min(len(chosen), 4))
     for i, m in enumerate(chosen):
         progress.progress(i / len(chosen), text=f"{METHOD_NAMES[m]} ({i + 1}/{len(chosen)})")
-        r = ui.explanation(model, image, photo, m, class_name, layer, **usable_smoothing(m, aug, eigen))
+        r = ui.explanation(model, photo, m, class_name, layer, **usable_smoothing(m, aug, eigen))
         caption = f"{METHOD_NAMES[m]} · faithfulness {r.faithfulness * 100:+.1f} · {r.latency_ms:.0f} ms" + \
             (" · without augmentation smoothing" if aug and not r.aug_smooth else "")
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from carnet_core import CarNetError, ImageError, load_image
+from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_predictions
 from carnet_core.errors import listed
@@ -42,25 +42,23 @@ models = [ui.model_or_stop(n) for n in names]
 st.subheader("One photo")
 inputs = ui.image_inputs("compare", multiple=False)
 if inputs:
-    name, data = inputs[0]
-    try:
-        image = load_image(data, name=name)
-    except ImageError as exc:
+    photo = ui.Photo(*inputs[0])
+    try:  # remembered for the session: an ensemble rule or weight change does not classify the photo again
+        preds, times, probs = ui.remembered("_compare_photo", models, photo.digest,
+                                            lambda: member_predictions(models, photo.image))
+    except ImageError as exc:  # the folder section below still works
         st.error(str(exc))
-        image = None
-    if image is not None:
-        photo = ui.digest(data)
-        try:
-            preds, times, probs = member_predictions(models, image)
-        except CarNetError as exc:
-            st.error(str(exc))
-            st.stop()
+        preds = None
+    except CarNetError as exc:
+        st.error(str(exc))
+        st.stop()
+    if preds is not None:
         columns = st.columns(len(models))
         for i, (model, pred, column) in enumerate(zip(models, preds, columns)):
             with column:
                 st.markdown(f"**{model.name}**")
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
-                cam = ui.explanation(model, image, photo, "gradcam", pred.top1, None)  # remembered per session
+                cam = ui.explanation(model, photo, "gradcam", pred.top1, None)  # remembered per session
                 st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
                 st.caption(f"{times[i]:.0f} ms model time · {model.num_params / 1e6:.1f} M parameters · "
                            f"weights: {model.weights.describe()}")

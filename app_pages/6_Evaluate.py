@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from carnet_core import CarNetError, ImageError, load_image
+from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.errors import listed
@@ -163,14 +163,13 @@ with tab_mistakes:
             st.markdown(f"**What {model.name} looked at** — `{Path(picked['path']).name}`: true "
                         f"**{picked['label']}**, predicted **{picked['predicted']}**")
             try:
-                data = Path(picked["path"]).read_bytes()
-                image = load_image(data, name=Path(picked["path"]).name)
+                photo = ui.Photo(Path(picked["path"]).name, Path(picked["path"]).read_bytes())
                 target = picked["predicted"] if find_class(model.class_names, picked["predicted"]) is not None else None
-                exp = ui.explanation(model, image, ui.digest(data), "gradcam", target, None)  # remembered per session
+                exp = ui.explanation(model, photo, "gradcam", target, None)  # remembered per session
                 c1, c2, _ = st.columns([1, 1, 1])
-                c1.image(image, caption="photo", width="stretch")
+                c1.image(photo.image, caption="photo", width="stretch")
                 c2.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")
-            except (CarNetError, ImageError) as exc:
+            except (CarNetError, OSError) as exc:  # ImageError is a CarNetError; a file removed since
                 st.error(str(exc))
 with tab_calibration:
     st.plotly_chart(reliability_figure(report.reliability, report.ece), width="stretch", key="evaluate_reliability")
