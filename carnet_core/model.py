@@ -382,6 +382,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         hint = architecture_hint(checkpoint) if name is None else None
         spec = get_spec(name) if name is not None else find_spec(hint or "")
         if spec is None:
+            read_state_dict(checkpoint, shapes_only=True)  # a corrupt or refused file says so, rather than this
             raise CheckpointError(f"{checkpoint.name} is a plain state dict without CarNet metadata: say which "
                                   f"architecture it is for (--model NAME)"
                                   + (f"; it names {hint!r}, which is not a registered model" if hint else ""))

@@ -128,6 +128,25 @@ def test_foreign_and_corrupt_files_get_clear_messages(tmp_path):
     photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
     with pytest.raises(CheckpointError, match=r"car.jpg: unknown weights file type '.jpg'"):
         load_model(checkpoint=photo, device="cpu")
+    # without --model, a file that cannot be read, or is refused, says that — not "say which architecture" (it did,
+    # and only once the architecture was given did the real problem show)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(_bytes_of_a_state_dict(tmp_path)[:1000])
+    with pytest.raises(CheckpointError, match="cut.pth: not a readable PyTorch weights file — corrupt, cut short"):
+        load_model(checkpoint=cut, device="cpu")
+    whole = tmp_path / "whole_model.pth"  # torch.save(model): a pickle of the network's classes
+    torch.save(timm.create_model("resnet18", pretrained=False), whole)
+    with pytest.raises(CheckpointError, match=r"whole_model.pth: refused — the file is a pickle that holds Python "
+                                              r"objects \(torch.nn"):
+        load_model(checkpoint=whole, device="cpu")
+    with pytest.raises(CheckpointError, match="other.pth is a plain state dict without CarNet metadata"):
+        load_model(checkpoint=other, device="cpu")  # readable: this is what it lacks
+
+
+def _bytes_of_a_state_dict(tmp_path) -> bytes:
+    path = tmp_path / "whole.pth"
+    torch.save({"conv.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}, path)
+    return path.read_bytes()
 
 
 def test_wrong_number_of_classes_is_explained(tmp_path):
