@@ -583,6 +583,10 @@ def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
     return images
 
 
+def _photos(n: int) -> str:
+    return f"{n} photo" if n == 1 else f"{n} photos"
+
+
 def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | None) -> EngineChoice:
     reference = TorchEngine(model)
     names = FP32_ENGINES if engine == "auto" else ("torch", engine)
@@ -616,11 +620,11 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
             continue
         if name in REDUCED_ENGINES:
             x, ref = (x_photos[1::2], ref_photos[1::2]) if name == "onnxruntime-int8" else (x_photos, ref_photos)
-            cand.parity = _check(eng, ref, x, f"{len(x)} photos")
+            cand.parity = _check(eng, ref, x, _photos(len(x)))
         else:
             cand.parity = _check(eng, ref_random, x_random, "random inputs")
             if cand.parity.passed and ref_photos is not None:
-                cand.parity = _check(eng, ref_photos, x_photos, f"{len(images)} photos")
+                cand.parity = _check(eng, ref_photos, x_photos, _photos(len(images)))
         if not cand.parity.passed:
             if engine == name:
                 raise CarNetError(f"{name} fails the parity gate for {model.name}: {cand.parity.summary()}")
@@ -628,6 +632,11 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
         cand.ms = median_ms(lambda: eng.probabilities(x1))  # timed either way: what a failed gate would have saved
         if cand.parity.passed:
             engines[name] = eng
+    if engine == "auto" and len(images) < 4:  # the table says why bf16 / int8 are missing
+        why = (f"not tried: their parity check needs at least 4 real photos ({len(images)} readable given)"
+               if photos is not None or images else
+               "not tried: their parity check needs real photos (--photos or $CARNET_PARITY_PHOTOS)")
+        candidates += [Candidate(name, note=why) for name in REDUCED_ENGINES]
     usable = [c for c in candidates if c.name in engines]
     best = usable[-1] if engine != "auto" else min(usable, key=lambda c: c.ms)
     for c in usable:

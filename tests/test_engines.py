@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from carnet_core import load_model, predict
 from carnet_core import CarNetError
@@ -328,11 +329,20 @@ def test_engines_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     *table, batching = out.stdout.splitlines()[2:]
     lines = {line.split()[0]: line for line in table}
-    assert set(lines) == {"torch", "onnxruntime"}  # no photos: bf16 / int8 are not tried
+    assert list(lines) == ["torch", "onnxruntime", "torch-bf16", "onnxruntime-int8"]
     assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
+    assert lines["torch-bf16"].endswith("-  not tried: their parity check needs real photos (--photos or "
+                                        "$CARNET_PARITY_PHOTOS)")  # the table said nothing of them
     assert batching.startswith("onnxruntime: batches run ") and "ms/image" in batching
     out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
     assert out.returncode == 2 and f"no photos under {tmp_path}" in out.stderr
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "one.jpg")  # too few: checked on it, but bf16 / int8 not tried
+    (tmp_path / "two.jpg").write_text("not a photo")
+    out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[2:]}
+    assert "on 1 photo:" in lines["onnxruntime"]
+    assert "not tried: their parity check needs at least 4 real photos (1 readable given)" in lines["onnxruntime-int8"]
 
 
 def test_engines_cli_on_a_plain_state_dict():
