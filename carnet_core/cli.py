@@ -378,6 +378,15 @@ CLASSES_HELP = ("class names of a weights file trained on classes of its own, in
                 "machine)")
 
 
+def _plain_weights_options(p: argparse.ArgumentParser, dest: str = "arch") -> None:
+    """``--model NAME``, ``--classes`` and ``--no-hub``: what a command given a weights file that does not describe
+    itself (a plain state dict) needs to know."""
+    p.add_argument("--model", dest=dest, metavar="NAME",
+                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
+    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
+    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # no abbreviated options: `train --data DIR` was read as `--dataset-kind DIR` ("invalid choice"), not as a mistake
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.",
@@ -449,10 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output file (default: the model's name, e.g. efficientnet_lite0.onnx; "
                                             "a model of classes of its own is named after them: "
                                             "mobilenetv2_100-cars6.safetensors)")
-    p.add_argument("--model", dest="arch", metavar="NAME",
-                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
-    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
-    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    _plain_weights_options(p)
     p.set_defaults(func=_cmd_export)
 
     kinds = ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"]
@@ -461,10 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
     p.add_argument("--photos", help="folder of real photos for the bf16 / int8 parity gate (default "
                                     "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
-    p.add_argument("--model", dest="arch", metavar="NAME",
-                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
-    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
-    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
+    _plain_weights_options(p)
     p.set_defaults(func=_cmd_engines)
 
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
@@ -479,15 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "dataset split (the Evaluate page's numbers)")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint or weights file, or a registry model name")
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
-    p.add_argument("--model", metavar="NAME",
-                   help="registry name, for a checkpoint that is a plain state dict without CarNet metadata")
-    p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
+    _plain_weights_options(p, dest="model")
     p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
     p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
     p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=_cmd_evaluate)
 
     from .train import TrainConfig  # its defaults are the recipe's: shown in --help, filled in by TrainConfig
