@@ -23,7 +23,7 @@ from carnet_core import weights as W
 from carnet_core._env import env_path
 from carnet_core.errors import ClassNamesNeededError
 from carnet_core.explain import Explanation
-from carnet_core.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
+from carnet_core.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
 from carnet_core.jobs import jobs_dir
 from carnet_core.model import Classifier
 from carnet_core.predict import ClassifiedPhoto, PredictionBatch, classify_files
@@ -216,7 +216,7 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
     upload_tab, camera_tab, gallery_tab = st.tabs(["Upload", "Camera", "Sample gallery"])
     chosen: list[tuple[str, object]] = []
     with upload_tab:
-        files = st.file_uploader("Car photos (JPEG, PNG, WebP, BMP, GIF, TIFF)", accept_multiple_files=multiple,
+        files = st.file_uploader(f"Car photos ({FORMAT_NAMES})", accept_multiple_files=multiple,
                                  key=f"{key}_upload", max_upload_size=PHOTO_UPLOAD_MB)
         files = files if isinstance(files, list) else [files] if files else []
         chosen += [(f.name, f.getvalue()) for f in files]

@@ -1,6 +1,7 @@
 """Image loading that takes what people upload and turns it into an RGB ``PIL.Image``.
 
-Accepts JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF; applies the EXIF orientation; converts grayscale,
+Accepts JPEG, PNG, WebP, BMP, GIF (first frame), TIFF, HEIC/HEIF (iPhone photos; decoded by pi-heif, libheif's
+decoder-only Pillow plugin) and AVIF (Pillow); applies the EXIF orientation; converts grayscale,
 grayscale+alpha, RGBA, palette, CMYK and 16-bit / float images to 8-bit RGB (transparency is composited on
 white). Anything else raises :class:`~carnet_core.errors.ImageError` with a message saying what is wrong.
 """
@@ -14,13 +15,19 @@ from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pi_heif import register_heif_opener
 
 from .errors import ImageError
 
+register_heif_opener()  # HEIC / HEIF for PIL.Image.open; rotation (irot) applied by libheif, EXIF orientation reset
+
 #: Formats CarNet decodes (PIL format names).
-SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF")
+#: The same, as people name them (for messages and upload widgets).
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC, AVIF"
 #: File name extensions for upload widgets and folder scans.
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif",
+                                     "avif")
 #: Largest image accepted, in pixels (width × height): 50 MP, far above any camera photo, far below a
 #: decompression bomb.
 MAX_PIXELS: int = 50_000_000
@@ -99,15 +106,18 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+            raise ImageError(f"{label}: a HEIC/AVIF file that cannot be decoded — cut short, or encoded in a way "
+                             "CarNet's decoder lacks; export it as JPEG") from None
         raise ImageError(f"{label}: not an image CarNet can read{_sniff(data)}; "
-                         f"supported formats: JPEG, PNG, WebP, BMP, GIF, TIFF") from None
+                         f"supported formats: {FORMAT_NAMES}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}: image is too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
     except Exception as exc:  # PIL raises many types on garbage headers
         raise ImageError(f"{label}: cannot read the image header ({exc})") from None
     if img.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{label}: {img.format} images are not supported; "
-                         f"supported formats: JPEG, PNG, WebP, BMP, GIF, TIFF")
+                         f"supported formats: {FORMAT_NAMES}")
     width, height = img.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"{label}: image is {width}×{height} px = {width * height / 1e6:.0f} megapixels; "
@@ -143,8 +153,6 @@ def _sniff(data: bytes) -> str:
     head = data[:512]
     if head.startswith(b"%PDF"):
         return " (it looks like a PDF)"
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
-        return " (it looks like HEIC/AVIF, which is not supported: export it as JPEG)"
     if head.startswith(b"PK\x03\x04"):
         return " (it looks like a zip archive)"
     text = head.lstrip().lower()

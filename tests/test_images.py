@@ -19,7 +19,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 RED = (200, 30, 30)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF"])
 def test_formats_decode_to_rgb(fmt):
     out = load_image(encode(Image.new("RGB", (64, 48), RED), fmt))
     assert out.mode == "RGB" and out.size == (64, 48)
@@ -58,6 +58,26 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90° clockwise on display
     out = load_image(encode(img, "JPEG", exif=exif.tobytes()))
     assert out.size == (20, 40)
+
+
+def test_heic_photos_decode_upright():
+    """iPhones save HEIC. tests/data/*.heic were written by pillow-heif (x265) from a 96×64 image of four coloured
+    quadrants — red, green / blue, white — portrait.heic with EXIF orientation 6, which HEIF keeps as a rotation of
+    the image (irot). They were "HEIC/AVIF, which is not supported"."""
+    from conftest import ROOT
+
+    out = load_image(ROOT / "tests" / "data" / "quadrants.heic")
+    assert out.mode == "RGB" and out.size == (96, 64)
+    arr = np.asarray(out, dtype=int)
+    for (y, x), colour in {(8, 8): (220, 30, 30), (8, 88): (30, 200, 30), (56, 8): (30, 30, 220),
+                           (56, 88): (240, 240, 240)}.items():
+        assert np.abs(arr[y, x] - colour).max() <= 6, (y, x, arr[y, x])
+    upright = np.asarray(load_image(ROOT / "tests" / "data" / "portrait.heic"), dtype=int)
+    assert upright.shape == (96, 64, 3)  # turned once, not twice (rotation and EXIF orientation both applied)
+    assert np.abs(upright[8, 8] - (30, 30, 220)).max() <= 6 and np.abs(upright[8, 56] - (220, 30, 30)).max() <= 6
+    data = (ROOT / "tests" / "data" / "quadrants.heic").read_bytes()
+    with pytest.raises(ImageError, match=r"^cut.heic: a HEIC/AVIF file that cannot be decoded — cut short, or "):
+        load_image(data[:300], name="cut.heic")
 
 
 def test_zero_bytes(tmp_path):
@@ -114,9 +134,9 @@ def test_missing_file_and_folder(tmp_path):
 
 
 def test_list_images(tmp_path):
-    for name in ("b.JPG", "a.png", "notes.txt"):
+    for name in ("b.JPG", "a.png", "notes.txt", "c.HEIC", "d.avif"):
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG"]
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.HEIC", "d.avif"]
     assert list_images(tmp_path / "missing") == []
 
 
