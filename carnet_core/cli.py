@@ -123,12 +123,13 @@ def _image_paths(args: Sequence[str]) -> list[str]:
 
 
 def _check_image_out(path: Path) -> None:
-    """Said before the work: ``--out`` must name an image file of a format CarNet reads (the overlay is a picture)."""
-    from .images import IMAGE_EXTENSIONS
+    """Said before the work: ``--out`` must name an image file of a format PIL can write (the overlay is a picture;
+    HEIC is read, not written)."""
+    from PIL import Image
 
     if path.is_dir():
         raise CarNetError(f"--out {path}: is a folder; give the image file to write, e.g. {path / 'overlay.png'}")
-    if path.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
         raise CarNetError(f"--out {path}: the overlay is an image; give a file name ending in .png, .jpg or .webp")
 
 

@@ -98,6 +98,8 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     code, _, err = run_main(capsys, "explain", car_photos[0], "--out", tmp_path)
     assert code == 2 and f"is a folder; give the image file to write, e.g. {tmp_path / 'overlay.png'}" in err
     assert not (tmp_path / "overlay.txt").exists() and "Traceback" not in err
+    code, _, err = run_main(capsys, "explain", car_photos[0], "--out", tmp_path / "overlay.heic")  # read, not written
+    assert code == 2 and "give a file name ending in .png, .jpg or .webp" in err and "Traceback" not in err
 
 
 def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(colour_folder, tmp_path, capsys, monkeypatch):
