@@ -238,16 +238,16 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
     return chosen
 
 
-def classified(model: Classifier, inputs: list[tuple[str, bytes]], digests: list[str], topk: int = 5
+def classified(model: Classifier, photos: Sequence[Photo], topk: int = 5
                ) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
-    """:func:`carnet_core.predict.classify_files` of ``inputs`` (:func:`image_inputs`' pairs; ``digests``: their
-    :func:`digest`), :func:`remembered` for this session while the model and the photos stay the same.
+    """:func:`carnet_core.predict.classify_files` of ``photos``, :func:`remembered` for this session while the model
+    and the photos stay the same.
 
     Raises:
         CarNetError: from :func:`carnet_core.predict.classify_files`.
     """
-    return remembered("_classified", [model], (topk, tuple(name for name, _ in inputs), tuple(digests)),
-                      lambda: classify_files(model, inputs, topk=topk))
+    return remembered("_classified", [model], (topk, tuple((p.name, p.digest) for p in photos)),
+                      lambda: classify_files(model, [(p.name, p.data) for p in photos], topk=topk))
 
 
 EXPLANATIONS_KEPT = 10  # per session (every method once, and one more); ~0.8 MB each at 224 px

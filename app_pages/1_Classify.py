@@ -35,9 +35,9 @@ if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hos
                "Evaluate page or `python -m carnet_core predict FOLDER`.")
     inputs = inputs[:ui.MAX_PHOTOS]
 
-digests = [ui.digest(data) for _, data in inputs]  # what the results are remembered by, and each photo's keys
+uploads = [ui.Photo(*pair) for pair in inputs]  # their digests: what the results are remembered by, and the keys
 try:
-    photos, batch = ui.classified(model, inputs, digests)
+    photos, batch = ui.classified(model, uploads)
 except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
     st.error(str(exc))
     st.stop()
@@ -59,12 +59,12 @@ if any(view.cuts_off for view in views):
     st.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it does not "
                "see.")
 collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root
-for i, (photo, (name, data), sha) in enumerate(zip(photos, inputs, digests)):
+for i, (photo, upload) in enumerate(zip(photos, uploads)):
     if photo.prediction is None:
         continue
     pred = photo.prediction
     left, right = st.columns([1, 2])
-    left.image(photo.preview, caption=name, width="stretch")  # a small JPEG, the parts the model does not see dimmed
+    left.image(photo.preview, caption=photo.name, width="stretch")  # a small JPEG, the parts the model does not see dimmed
     if note := photo.view.note():
         left.caption(note)
     with right:
@@ -78,7 +78,7 @@ for i, (photo, (name, data), sha) in enumerate(zip(photos, inputs, digests)):
             st.caption(f"Top class is not a road vehicle; best road-vehicle class: **{pred.vehicle_class_names[0]}** "
                        f"({pred.vehicle_probabilities[0] * 100:.1f}%).")
         if collect:
-            photo_key = f"{i}_{sha[:16]}"  # the same photo given twice is two rows
+            photo_key = f"{i}_{upload.digest[:16]}"  # the same photo given twice is two rows
             with st.popover("Add to a dataset", help="Keep this photo for a fine-tune: it goes into a class of a "
                                                      "dataset built on the Fine-tune page."):
                 dataset_name = st.text_input("Dataset", value="my-cars", key=f"collect_dataset_{photo_key}")
@@ -86,7 +86,7 @@ for i, (photo, (name, data), sha) in enumerate(zip(photos, inputs, digests)):
                                       help="The right class for this photo (the model's top-1 to start with).")
                 if st.button("Add", key=f"collect_add_{photo_key}"):
                     try:
-                        added = add_class_photos(ui.built_dataset(dataset_name), label, [(name, data)])
+                        added = add_class_photos(ui.built_dataset(dataset_name), label, [(upload.name, upload.data)])
                     except CarNetError as exc:
                         st.error(str(exc))
                     else:
