@@ -388,6 +388,32 @@ def _plain_weights_options(p: argparse.ArgumentParser, dest: str = "arch") -> No
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
 
 
+def _checkpoint_argument(p: argparse.ArgumentParser, dest: str) -> None:
+    """CHECKPOINT as the first argument, or as ``--checkpoint FILE``: predict and explain take their weights file as
+    an option, and `evaluate --checkpoint FILE DATA`, the same habit, was "unrecognized arguments"."""
+    p.add_argument(dest, metavar="CHECKPOINT", nargs="?", help="checkpoint or weights file, or a registry model name")
+    p.add_argument("--checkpoint", dest="checkpoint_option", metavar="FILE",
+                   help="the same, given as predict and explain take it")
+    p.set_defaults(checkpoint_dest=dest)
+
+
+def _one_checkpoint(args: argparse.Namespace) -> None:
+    """Put the checkpoint given as ``--checkpoint`` where the command reads the CHECKPOINT argument.
+
+    Raises:
+        CarNetError: neither or both given.
+    """
+    dest = args.checkpoint_dest
+    given = [v for v in (getattr(args, dest), args.checkpoint_option) if v is not None]
+    if not given:
+        raise CarNetError(f"no model given: a checkpoint or weights file, or a registry model name, as "
+                          f"the first argument (python -m carnet_core {args.command} CHECKPOINT ...) or as "
+                          f"--checkpoint FILE")
+    if len(given) == 2:
+        raise CarNetError(f"two checkpoints given ({given[0]} and --checkpoint {given[1]}): give one")
+    setattr(args, dest, given[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     # no abbreviated options: `train --data DIR` was read as `--dataset-kind DIR` ("invalid choice"), not as a mistake
     parser = argparse.ArgumentParser(prog="python -m carnet_core", description="CarNet: car image classification.",
@@ -451,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model or checkpoint to ONNX, or to a CarNet checkpoint, checked "
                                       "against torch")
-    p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
+    _checkpoint_argument(p, "model")
     p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx",
                    help="onnx (default; for deploying elsewhere, class names and data config in <out>.json) or "
                         "safetensors: a CarNet checkpoint that carries them, which the app lists when it is in the "
@@ -465,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"]
     p = sub.add_parser("engines", help="measure the CPU inference engines for a model (parity gate, batch-1 ms) and "
                                        "show which one classification uses")
-    p.add_argument("model", metavar="CHECKPOINT", help="checkpoint file or registry name")
+    _checkpoint_argument(p, "model")
     p.add_argument("--photos", help="folder of real photos for the bf16 / int8 parity gate (default "
                                     "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
     _plain_weights_options(p)
@@ -474,17 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder: class folders, train/ and val/, or a "
                                                            "Stanford Cars, CompCars or CIFAR-100 layout")
-    p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
+    p.add_argument("--kind", "--dataset-kind", dest="kind", default="auto", choices=kinds,
+                   help="dataset layout (default auto: from the folder)")
     p.add_argument("--min-per-class", type=int, default=5, help="flag classes with fewer images (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_validate_data)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a model or checkpoint on a "
                                         "dataset split (the Evaluate page's numbers)")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint or weights file, or a registry model name")
+    _checkpoint_argument(p, "checkpoint")
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
     _plain_weights_options(p, dest="model")
-    p.add_argument("--kind", default="auto", choices=kinds, help="dataset layout (default auto: from the folder)")
+    p.add_argument("--kind", "--dataset-kind", dest="kind", default="auto", choices=kinds,
+                   help="dataset layout (default auto: from the folder)")
     p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
     p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
@@ -495,16 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
-    def option(flag: str, text: str = "", **kwargs: Any) -> None:
+    def option(flag: str, text: str = "", aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
         default = recipe.get(kwargs.get("dest") or flag.lstrip("-").replace("-", "_"))
         if "action" not in kwargs and default is not None and default != ():  # a value option: say its default
             text = f"{text} (default {default})" if text else f"default {default}"
-        p.add_argument(flag, help=text or None, **kwargs)
+        p.add_argument(flag, *aliases, help=text or None, **kwargs)
 
     p = sub.add_parser("train", help="fine-tune a registry model on a dataset (Lightning Fabric: CPU, GPUs, nodes)")
     p.add_argument("data", metavar="DATA", help="dataset folder (see validate-data)")
     option("--out", "run folder; an existing run there is resumed")
-    option("--dataset-kind", choices=kinds)
+    option("--dataset-kind", "dataset layout; auto reads it from the folder", aliases=("--kind",), choices=kinds)
     option("--model", "registry name")
     option("--head", "linear, or ml_decoder (the CarNet model)", choices=["linear", "ml_decoder"])
     option("--img-size", "input size in px (default: the model's data config)", type=int)
@@ -568,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --topk must be at least 1", file=sys.stderr)
         return 2
     try:
+        if hasattr(args, "checkpoint_dest"):
+            _one_checkpoint(args)
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit: a reader that has gone (`| head`) is seen below
         return code

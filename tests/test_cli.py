@@ -255,10 +255,37 @@ def test_every_command_names_its_positional_arguments_alike():
     named = {name: [(a.metavar or a.dest, a.help) for a in sub._actions if not a.option_strings]
              for name, sub in commands.items()}
     assert named["evaluate"][0][0] == "CHECKPOINT" and named["compare"][0][0] == "FOLDER"
-    assert named["export"] == [("CHECKPOINT", "checkpoint file or registry name")]
+    assert named["export"] == [("CHECKPOINT", "checkpoint or weights file, or a registry model name")]
     for name, positionals in named.items():
         for metavar, help_ in positionals:
             assert metavar.isupper() and help_, (name, metavar)
+
+
+def test_a_checkpoint_is_taken_as_predict_takes_it_by_every_command(colour_folder, tmp_path, capsys):
+    """predict and explain take `--checkpoint FILE`; evaluate, export and engines took it only as their first argument,
+    so `evaluate --checkpoint FILE DATA` was "unrecognized arguments". Both spellings now work, alike; neither or both
+    is a message. train's `--dataset-kind` is also `--kind`, as evaluate and validate-data spell it, and back."""
+    from carnet_core.cli import build_parser
+
+    mapping = tmp_path / "colours.json"
+    mapping.write_text(json.dumps({"red": ["fire engine"], "green": ["golf ball"], "blue": ["jellyfish"]}))
+    common = [colour_folder, "--mapping", mapping, "--json"]
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", "efficientnet_lite0", *common)
+    assert code == 0, err
+    as_option = json.loads(out)
+    code, out, _ = run_main(capsys, "evaluate", "efficientnet_lite0", *common)
+    assert code == 0 and json.loads(out)["top1"] == as_option["top1"] and as_option["num_images"] == 18
+    for command in (["evaluate", colour_folder], ["export"], ["engines"]):
+        code, out, err = run_main(capsys, *command)
+        assert code == 2 and "no model given" in err and "--checkpoint FILE" in err and not out, (command, err)
+    code, _, err = run_main(capsys, "export", "mobilenetv2_100", "--checkpoint", "resnet50", "--out", tmp_path / "m.onnx")
+    assert code == 2 and "two checkpoints given (mobilenetv2_100 and --checkpoint resnet50)" in err
+    assert not (tmp_path / "m.onnx").exists()
+    parse = build_parser().parse_args
+    assert parse(["train", "d", "--kind", "cifar100"]).dataset_kind == "cifar100"
+    assert parse(["train", "d", "--dataset-kind", "cifar100"]).dataset_kind == "cifar100"
+    assert parse(["evaluate", "m", "d", "--dataset-kind", "cifar100"]).kind == "cifar100"
+    assert parse(["validate-data", "d", "--dataset-kind", "cifar100"]).kind == "cifar100"
 
 
 def test_output_piped_into_a_reader_that_stops_is_not_an_error():
