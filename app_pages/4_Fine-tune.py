@@ -94,12 +94,18 @@ if source.startswith("Build"):
         st.error(str(exc))
         st.stop()
     camera = st.toggle("Use the camera", key="finetune_build_camera")
-    with st.form("finetune_build_form", clear_on_submit=True):
-        class_name = st.text_input("Class", placeholder="e.g. pickup", key="finetune_build_class")
-        photos = st.file_uploader("Its photos", accept_multiple_files=True, key="finetune_build_photos",
+    # The fields keep what was typed and picked until the photos are in: a form that cleared on every submit lost
+    # the picked photos to a missing class name (or the class name to Enter). Once added, the next round of fields
+    # starts empty (new widget keys), and what happened is said below them.
+    round_ = st.session_state.setdefault("finetune_build_round", 0)
+    with st.form("finetune_build_form", enter_to_submit=False):
+        class_name = st.text_input("Class", placeholder="e.g. pickup", key=f"finetune_build_class_{round_}")
+        photos = st.file_uploader("Its photos", accept_multiple_files=True, key=f"finetune_build_photos_{round_}",
                                   max_upload_size=ui.PHOTO_UPLOAD_MB)
-        snap = st.camera_input("Or take one", key="finetune_build_snap") if camera else None
+        snap = st.camera_input("Or take one", key=f"finetune_build_snap_{round_}") if camera else None
         added = st.form_submit_button("Add the photos to this class")
+    for kind, text in st.session_state.pop("finetune_build_said", []):
+        getattr(st, kind)(text)
     if added:
         given = [(f.name, f.getvalue()) for f in photos or []] + ([(snap.name, snap.getvalue())] if snap else [])
         try:
@@ -110,11 +116,13 @@ if source.startswith("Build"):
             if result is None:
                 st.warning("Choose some photos (or take one) first.")
             else:
-                st.success(f"{ui.count(len(result.saved), 'photo')} added to **{result.folder.name}**"
-                           + (f"; {ui.count(len(result.already_there), 'photo')} already there" if result.already_there
-                              else "") + ".")
-                for name, reason in result.refused:
-                    st.error(f"Skipped — {reason}")
+                st.session_state.finetune_build_said = [
+                    ("success", f"{ui.count(len(result.saved), 'photo')} added to **{result.folder.name}**"
+                                + (f"; {ui.count(len(result.already_there), 'photo')} already there"
+                                   if result.already_there else "") + ".")
+                ] + [("error", f"Skipped — {reason}") for name, reason in result.refused]
+                st.session_state.finetune_build_round = round_ + 1
+                st.rerun()
     counts = class_counts(built)
     if counts:
         st.dataframe(pd.DataFrame([{"class": c, "photos": n} for c, n in counts.items()]), hide_index=True,

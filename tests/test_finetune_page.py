@@ -155,6 +155,35 @@ def test_a_data_root_that_is_one_dataset_is_offered_as_one(colour_folder, tmp_pa
     assert evaluate.selectbox(key="evaluate_folder").options == ["colours", "blues"]
 
 
+ADD_PHOTOS = "FormSubmitter:finetune_build_form-Add the photos to this class"
+
+
+def build_field(at, label):
+    """The "Class" text input or "Its photos" uploader of the build-a-dataset form (their keys change once photos
+    are added, for empty fields)."""
+    return next(w for w in [*at.text_input, *at.get("file_uploader")] if w.label == label)
+
+
+def test_photos_picked_for_a_class_are_kept_until_they_are_added(dirs, car_photos):
+    """The build form cleared on every submit: photos picked before the class name was typed were lost to "give the
+    class a name" (and a class name to Enter, which submitted the form). Now the fields keep what was given until the
+    photos are in; then they are empty for the next class."""
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio(key="finetune_source").set_value("Build one from photos, class by class").run()
+    build_field(at, "Its photos").set_value([(p.name, p.read_bytes(), "image/jpeg") for p in car_photos[:3]])
+    at.button(key=ADD_PHOTOS).click().run()
+    assert any("give the class a name" in e.value for e in at.error)
+    assert len(build_field(at, "Its photos").value) == 3  # still picked
+    build_field(at, "Class").set_value("sports car")
+    at.button(key=ADD_PHOTOS).click().run()
+    assert not at.exception and any("3 photos added to **sports car**" in s.value for s in at.success)
+    assert len(list((dirs / "_built" / "my-cars" / "sports car").iterdir())) == 3
+    assert build_field(at, "Class").value == "" and not build_field(at, "Its photos").value  # ready for the next
+    build_field(at, "Class").set_value("pickup")
+    at.button(key=ADD_PHOTOS).click().run()
+    assert any("Choose some photos" in w.value for w in at.warning) and build_field(at, "Class").value == "pickup"
+
+
 def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, car_photos):
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
     at.radio(key="finetune_source").set_value("Build one from photos, class by class").run()
@@ -162,10 +191,10 @@ def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, 
     assert any("at least two classes" in i.value for i in at.info) and not at.get("metric")
 
     def add(class_name, photos):
-        at.text_input(key="finetune_build_class").set_value(class_name)
-        at.file_uploader(key="finetune_build_photos").set_value(
+        build_field(at, "Class").set_value(class_name)
+        build_field(at, "Its photos").set_value(
             [(p.name, p.read_bytes(), "image/jpeg") for p in photos] + [("notes.txt", b"hello", "text/plain")])
-        at.button(key="FormSubmitter:finetune_build_form-Add the photos to this class").click().run()
+        at.button(key=ADD_PHOTOS).click().run()
         assert not at.exception, at.exception
 
     add("sports car", car_photos[:6])
