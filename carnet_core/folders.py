@@ -80,7 +80,11 @@ def load_mapping(path: str | Path) -> dict[str, list[str]]:
             raise CarNetError(f"{path.name}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise CarNetError(f"{path.name}: expected an object {{folder class: [model classes]}}")
-        return {str(k): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in raw.items()}
+        for k, v in raw.items():
+            if not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise CarNetError(f"{path.name}: {k!r} maps to {json.dumps(v)}; give a model class name or a list of "
+                                  f"them, e.g. {{{json.dumps(k)}: [\"sports car\", \"convertible\"]}}")
+        return {str(k): [v] if isinstance(v, str) else v for k, v in raw.items()}
     mapping: dict[str, list[str]] = {}
     for row in csv.reader(text.splitlines()):
         if not row or row[0].startswith("#") or [c.strip() for c in row[:2]] == ["folder_class", "model_class"]:

@@ -212,6 +212,12 @@ def test_mapping_errors(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(CarNetError, match="expected an object"):
         load_mapping(bad)
+    for value in ("3", '["sports car", 2]', "null", '{"a": "b"}'):  # was a TypeError, or taken as its text
+        bad.write_text(f'{{"car": "convertible", "pickup": {value}}}')
+        with pytest.raises(CarNetError, match=f"'pickup' maps to .*; give a model class name or a list of them"):
+            load_mapping(bad)
+    bad.write_text('{"car": "convertible", "pickup": ["pickup", "moving van"]}')
+    assert load_mapping(bad) == {"car": ["convertible"], "pickup": ["pickup", "moving van"]}
 
 
 def test_shipped_mapping_names_real_imagenet_classes():
