@@ -10,6 +10,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import runs_overlay_figure, training_curves_figure
+from carnet_core.datacheck import too_few_classes
 from carnet_core.jobs import FINISHED, JobRunner, hosted_mode
 from carnet_core.registry import get_spec
 from carnet_core.train import TrainConfig
@@ -184,6 +185,10 @@ with st.expander("Validation report", expanded=bool(report["duplicates"] or repo
                  "accuracy will be too optimistic. Remove them from one split.")
         st.dataframe(pd.DataFrame(report["duplicates"]), hide_index=True)
 
+untrainable = too_few_classes(list(report["counts"]))
+if untrainable:
+    st.error(f"`{dataset.name}` cannot be fine-tuned on: {untrainable}.")
+
 available, _ = ui.available_model_names()
 backbones = [n for n in available if not n.startswith(ui.CHECKPOINT_PREFIX)]
 with st.form("finetune_form"):
@@ -205,7 +210,7 @@ with st.form("finetune_form"):
     augment = right.selectbox("Augmentation", ["RandAugment (m7)", "flip + crop only"], key="finetune_aug")
     mixup = right.toggle("Mixup / CutMix", key="finetune_mixup")
     estimate_clicked = st.form_submit_button("Estimate time per epoch", key="finetune_estimate")
-    launch_clicked = st.form_submit_button("Launch", type="primary", key="finetune_launch")
+    launch_clicked = st.form_submit_button("Launch", type="primary", key="finetune_launch", disabled=bool(untrainable))
 
 if estimate_clicked:
     try:

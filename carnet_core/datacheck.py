@@ -36,7 +36,12 @@ class DataReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.unreadable or self.small_classes or self.duplicates)
+        return not (self.unreadable or self.small_classes or self.duplicates or self.untrainable)
+
+    @property
+    def untrainable(self) -> str | None:
+        """Why no classifier can be fine-tuned on these classes (:func:`too_few_classes`), or ``None``."""
+        return too_few_classes(list(self.counts))
 
     def to_dict(self) -> dict:
         return {"counts": self.counts, "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
@@ -46,13 +51,23 @@ class DataReport:
     def summary(self) -> str:
         n_train = sum(c["train"] for c in self.counts.values())
         n_val = sum(c["val"] for c in self.counts.values())
-        lines = [f"{len(self.counts)} classes, {n_train} train and {n_val} val images"]
+        lines = [f"{len(self.counts)} class{'es' if len(self.counts) != 1 else ''}, {n_train} train and {n_val} val "
+                 f"images"] + ([f"cannot fine-tune: {self.untrainable}"] if self.untrainable else [])
         lines.append(f"unreadable files: {len(self.unreadable)}" + "".join(f"\n  {p}: {r}" for p, r in self.unreadable[:10]))
         lines.append(f"classes with too few images: {len(self.small_classes)}"
                      + (f" ({', '.join(self.small_classes[:10])})" if self.small_classes else ""))
         lines.append(f"train/val duplicates (pHash distance <= {NEAR_DUPLICATE_BITS}): {len(self.duplicates)}"
                      + "".join(f"\n  {a} ~ {b} (distance {d})" for a, b, d in self.duplicates[:10]))
         return "\n".join(lines)
+
+
+def too_few_classes(class_names: list[str]) -> str | None:
+    """Why a fine-tune cannot be made on ``class_names``, or ``None``: a classifier learns to tell classes apart, and
+    with one class it reaches 100 % at once (softmax over one logit) and has learnt nothing."""
+    if len(class_names) >= 2:
+        return None
+    return (f"only one class ({class_names[0]}): a classifier learns to tell classes apart; add a folder of images of "
+            f"at least one more class" if class_names else "no classes")
 
 
 def _hashes(dataset: ImageDataset) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .checkpoint import save_checkpoint
-from .datacheck import validate_splits, without_unreadable
+from .datacheck import too_few_classes, validate_splits, without_unreadable
 from .datasets import DatasetSplits, open_dataset
 from .errors import CarNetError
 from .model import Classifier, build_module, load_model
@@ -311,6 +311,8 @@ class Trainer:
 
         splits = splits or open_dataset(cfg.data, cfg.dataset_kind, **({"val_fraction": cfg.val_fraction}
                                                                         if cfg.dataset_kind in ("auto", "image_folder") else {}))
+        if problem := too_few_classes(splits.class_names):
+            raise CarNetError(f"{cfg.data}: {problem}")
         report = validate_splits(splits)
         if fabric.is_global_zero:
             (self.out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=1))

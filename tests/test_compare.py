@@ -214,7 +214,7 @@ def test_mapping_errors(tmp_path):
         load_mapping(bad)
     for value in ("3", '["sports car", 2]', "null", '{"a": "b"}'):  # was a TypeError, or taken as its text
         bad.write_text(f'{{"car": "convertible", "pickup": {value}}}')
-        with pytest.raises(CarNetError, match=f"'pickup' maps to .*; give a model class name or a list of them"):
+        with pytest.raises(CarNetError, match="'pickup' maps to .*; give a model class name or a list of them"):
             load_mapping(bad)
     bad.write_text('{"car": "convertible", "pickup": ["pickup", "moving van"]}')
     assert load_mapping(bad) == {"car": ["convertible"], "pickup": ["pickup", "moving van"]}

@@ -164,6 +164,18 @@ def build_field(at, label):
     return next(w for w in [*at.text_input, *at.get("file_uploader")] if w.label == label)
 
 
+def test_a_dataset_of_one_class_cannot_be_launched(dirs):
+    """A one-class folder was offered Launch, and "trained" to 100 % top-1 on nothing to tell apart."""
+    shutil.copytree(dirs / "colours" / "red", dirs / "solo" / "red")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.selectbox(key="finetune_folder").set_value(dirs / "solo").run()
+    assert not at.exception and [m.value for m in at.metric][0] == "1"
+    assert any("`solo` cannot be fine-tuned on: only one class (red)" in e.value for e in at.error)
+    assert at.button(key="finetune_launch").disabled
+    at.selectbox(key="finetune_folder").set_value(dirs / "colours").run()
+    assert not at.error and not at.button(key="finetune_launch").disabled
+
+
 def test_photos_picked_for_a_class_are_kept_until_they_are_added(dirs, car_photos):
     """The build form cleared on every submit: photos picked before the class name was typed were lost to "give the
     class a name" (and a class name to Enter, which submitted the form). Now the fields keep what was given until the

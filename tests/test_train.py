@@ -218,6 +218,19 @@ def test_duplicates_across_splits_are_found(tmp_path):
     assert sorted(report.small_classes) == ["blue", "green", "red"]  # 6 < 7 train images
 
 
+def test_one_class_is_no_fine_tune(colour_folder, tmp_path):
+    """A folder of one class trained to "100 % top-1" after an epoch (a softmax over one logit is always right) and
+    wrote a checkpoint that had learnt nothing. It is now refused, and the validation report says why."""
+    shutil.copytree(colour_folder / "red", tmp_path / "solo" / "red")
+    report = validate_splits(open_dataset(tmp_path / "solo"))
+    assert not report.ok and "cannot fine-tune: only one class (red)" in report.summary()
+    assert report.summary().startswith("1 class, ")
+    with pytest.raises(CarNetError, match="only one class \\(red\\): a classifier learns to tell classes apart"):
+        fine_tune(TrainConfig(data=str(tmp_path / "solo"), out=str(tmp_path / "run"), epochs=1, **FAST))
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+    assert validate_splits(open_dataset(colour_folder)).untrainable is None
+
+
 # --- evaluation metrics ----------------------------------------------------------------------------------------
 
 def test_metrics_on_a_known_confusion_pattern():
