@@ -7,7 +7,7 @@ A split that leaks val images into train reports inflated accuracy; this check f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class DataReport:
         return "\n".join(lines)
 
 
-def too_few_classes(class_names: list[str]) -> str | None:
+def too_few_classes(class_names: Sequence[str]) -> str | None:
     """Why a fine-tune cannot be made on ``class_names``, or ``None``: a classifier learns to tell classes apart, and
     with one class it reaches 100 % at once (softmax over one logit) and has learnt nothing."""
     if len(class_names) >= 2:
