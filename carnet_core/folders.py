@@ -113,8 +113,9 @@ class LabelProjection:
         if mapping is None:
             unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
             if unknown:
-                raise CarNetError(f"{len(unknown)} of the {len(self.folder_classes)} folder classes are not classes of "
-                                  f"the model ({listed(unknown)}); give a mapping file (folder class → model classes)")
+                raise CarNetError(f"{len(unknown)} of the {len(self.folder_classes)} folder classes "
+                                  f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of the model "
+                                  f"({listed(unknown)}); give a mapping file (folder class → model classes)")
             mapping = {c: [c] for c in self.folder_classes}
         missing = [c for c in self.folder_classes if c not in mapping]
         if missing:

@@ -188,7 +188,7 @@ def test_members_with_different_label_sets_are_compared_in_the_folders_classes(t
 
 def test_mapping_errors(tmp_path):
     classes = ["red", "green", "blue"]
-    with pytest.raises(CarNetError, match=r"^1 of the 1 folder classes are not classes of the model \(crimson\); give a "
+    with pytest.raises(CarNetError, match=r"^1 of the 1 folder classes is not a class of the model \(crimson\); give a "
                                           "mapping"):
         LabelProjection(["crimson"], classes)
     with pytest.raises(CarNetError, match=r"^7 of the 8 folder classes .* \(c0, c1, c2, c3, c4 and 2 more\)"):
@@ -274,7 +274,7 @@ def test_cli_compare_json(tmp_path, monkeypatch):
     out = run_cli("compare", str(tmp_path / "data"), "--models", "efficientnet_lite0,mobilenetv2_100",
                   env_extra={"CARNET_WEIGHTS_DIR": str(weights)})
     assert out.returncode == 2 and out.stderr.startswith(  # how many classes, and which
-        "error: 1 of the 2 folder classes are not classes of the model (car); give a mapping file")
+        "error: 1 of the 2 folder classes is not a class of the model (car); give a mapping file")
     out = run_cli("compare", str(tmp_path / "data"), "--models", "efficientnet_lite0,mobilenetv2_100", "--weights", "1,x")
     assert out.returncode == 2 and "expected comma-separated numbers" in out.stderr and "Traceback" not in out.stderr
 
