@@ -186,6 +186,21 @@ def architecture_hint(path: str | os.PathLike) -> str | None:
     return hint if isinstance(hint, str) else None
 
 
+def resume_state_problem(path: str | os.PathLike) -> str | None:
+    """What to give instead when ``path`` is a CarNet fine-tune's resume state (``last_state.pt``: the optimizer,
+    the schedule and the progress of a run, see :mod:`carnet_core.train`) rather than a model; None for any other
+    file. Its weights are the run's ``last.safetensors``, which names its classes; its best epoch is ``best-*``."""
+    from .jobs import best_checkpoint
+
+    if not {"optimizer", "scheduler", "history", "config"} <= set(_wrapper(path)):
+        return None
+    path = Path(path)
+    beside = [p for p in (best_checkpoint(path.parent), path.with_name("last.safetensors")) if p and p.exists()]
+    return (f"{path.name} is a fine-tune's resume state (optimizer, schedule, progress), not a model to classify "
+            f"with: give its run's checkpoint, " + (" or ".join(str(p) for p in beside) if beside else
+                                                   "best-*.safetensors or last.safetensors beside it"))
+
+
 def training_args(path: str | os.PathLike) -> argparse.Namespace | None:
     """The options timm ``train.py`` saved in its checkpoint (``args``: ``model``, ``num_classes``, ``data_dir``,
     ``train_split``, ``class_map``, ...); None for any other file."""

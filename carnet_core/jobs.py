@@ -94,6 +94,14 @@ def _pid_alive(pid: int | None, token: str = "") -> bool:
     return True
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The best-top-1 checkpoint of a fine-tune's run folder (``best-eNNN-top1-XX.X.safetensors``), if any epoch
+    finished."""
+    found = sorted(Path(run_dir).glob("best-e*-top1-*.safetensors"),
+                   key=lambda p: (-float(p.stem.rsplit("-", 1)[1]), p.name))
+    return found[0] if found else None
+
+
 @dataclass
 class Job:
     """A snapshot of one job folder (re-read with :meth:`JobRunner.get`)."""
@@ -136,9 +144,7 @@ class Job:
     @property
     def best_checkpoint(self) -> Path | None:
         """The best-top-1 checkpoint of this run, if any epoch finished."""
-        found = sorted(self.dir.glob("best-e*-top1-*.safetensors"),
-                       key=lambda p: (-float(p.stem.rsplit("-", 1)[1]), p.name))
-        return found[0] if found else None
+        return best_checkpoint(self.dir)
 
     @property
     def duration_s(self) -> float | None:

@@ -279,6 +279,23 @@ def test_short_run_lowers_the_loss_and_writes_everything(short_run, colour_folde
     assert predict(model, [colour_image(COLOURS["red"], 999)])[0].top1 == "red"
 
 
+def test_a_runs_resume_state_given_as_a_model_points_to_its_checkpoints(short_run, tmp_path):
+    """last_state.pt (optimizer, schedule, progress) given as a model was taken for a plain state dict ("say which
+    architecture"), and with --model asked for class names next; it now names the run's checkpoints to give."""
+    out, result = short_run
+    for name in (None, "efficientnet_lite0"):
+        with pytest.raises(CarNetError) as caught:
+            load_model(name, checkpoint=out / "last_state.pt", device="cpu")
+        assert "last_state.pt is a fine-tune's resume state" in str(caught.value)
+        assert str(caught.value).endswith(f"{result.best_checkpoint} or {out / 'last.safetensors'}")
+    from carnet_core.jobs import best_checkpoint
+
+    assert best_checkpoint(out) == result.best_checkpoint and best_checkpoint(tmp_path) is None
+    shutil.copy(out / "last_state.pt", tmp_path / "last_state.pt")  # alone: where they would be
+    with pytest.raises(CarNetError, match="give its run's checkpoint, best-\\*.safetensors or last.safetensors"):
+        load_model(checkpoint=tmp_path / "last_state.pt", device="cpu")
+
+
 class CrashAfter:
     def __init__(self, epoch):
         self.epoch = epoch
