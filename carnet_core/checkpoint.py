@@ -244,9 +244,10 @@ def _is_zip(path: Path) -> bool:
 
 def _unsafe_globals(path: Path) -> list[str]:
     """The Python classes and functions a zip-format PyTorch file asks to build (torch lists them without
-    unpickling); [] when it cannot tell (a legacy or corrupt file)."""
+    unpickling), sorted (torch gives them in a set's order, which changes from one process to the next); [] when it
+    cannot tell (a legacy or corrupt file)."""
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a zip-format checkpoint
         return []
 
