@@ -137,7 +137,8 @@ def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[
 
     Raises:
         CheckpointError: missing file, unknown suffix, a pickle holding Python objects (refused, never
-            executed), a corrupt file, or a file without tensors.
+            executed), a corrupt file, a file without tensors, or a fine-tune's resume state (``last_state.pt``; the
+            message names its run's checkpoints).
     """
     path = Path(path)
     check_file(path)
@@ -161,6 +162,8 @@ def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[
     except Exception as exc:  # zip errors, EOF, wrong magic number...
         raise CheckpointError(f"{path.name}: not a readable PyTorch weights file — corrupt, cut short or another "
                               f"format ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, Mapping) and _RESUME_STATE_KEYS <= obj.keys():  # its "model" entry would unwrap as weights
+        raise _resume_state_error(path)
     return _unwrap(obj, path.name)
 
 
@@ -186,19 +189,20 @@ def architecture_hint(path: str | os.PathLike) -> str | None:
     return hint if isinstance(hint, str) else None
 
 
-def resume_state_problem(path: str | os.PathLike) -> str | None:
-    """What to give instead when ``path`` is a CarNet fine-tune's resume state (``last_state.pt``: the optimizer,
-    the schedule and the progress of a run, see :mod:`carnet_core.train`) rather than a model; None for any other
-    file. Its weights are the run's ``last.safetensors``, which names its classes; its best epoch is ``best-*``."""
+#: The top-level keys of a CarNet fine-tune's resume state (``last_state.pt``, written by :mod:`carnet_core.train`).
+_RESUME_STATE_KEYS = frozenset({"optimizer", "scheduler", "history", "config"})
+
+
+def _resume_state_error(path: Path) -> CheckpointError:
+    """A resume state given as a model: what to give instead — its run's checkpoints (``best-*``, ``last``), which
+    carry the weights and name the classes."""
     from .jobs import best_checkpoint
 
-    if not {"optimizer", "scheduler", "history", "config"} <= set(_wrapper(path)):
-        return None
-    path = Path(path)
     beside = [p for p in (best_checkpoint(path.parent), path.with_name("last.safetensors")) if p and p.exists()]
-    return (f"{path.name} is a fine-tune's resume state (optimizer, schedule, progress), not a model to classify "
-            f"with: give its run's checkpoint, " + (" or ".join(str(p) for p in beside) if beside else
-                                                   "best-*.safetensors or last.safetensors beside it"))
+    return CheckpointError(f"{path.name} is a fine-tune's resume state (optimizer, schedule, progress), not a model to "
+                           f"classify with: give its run's checkpoint, "
+                           + (" or ".join(map(str, beside)) if beside else
+                              "best-*.safetensors or last.safetensors beside it"))
 
 
 def training_args(path: str | os.PathLike) -> argparse.Namespace | None:

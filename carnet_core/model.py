@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import weights as _weights
 from .checkpoint import (architecture_hint, check_file, head_classes, load_into, match_state_dict, read_metadata,
-                         read_state_dict, resume_state_problem, save_checkpoint, training_args)
+                         read_state_dict, save_checkpoint, training_args)
 from .errors import CarNetError, CheckpointError, ClassNamesNeededError, WeightsNotFoundError
 from .labels import close_classes, find_class, label_set_names, read_class_names
 from .registry import HEADS, ModelSpec, find_spec, get_spec
@@ -379,8 +379,6 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
                                   f"without them")
         clf = _from_checkpoint(checkpoint, meta)
     else:
-        if checkpoint is not None and (problem := resume_state_problem(checkpoint)):
-            raise CheckpointError(problem)
         hint = architecture_hint(checkpoint) if name is None else None
         spec = get_spec(name) if name is not None else find_spec(hint or "")
         if spec is None:
