@@ -22,6 +22,7 @@ from carnet_core import CarNetError, list_models, load_image, load_model
 from carnet_core import weights as W
 from carnet_core._env import env_path
 from carnet_core.errors import ClassNamesNeededError
+from carnet_core.errors import count as _count
 from carnet_core.explain import Explanation
 from carnet_core.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
 from carnet_core.jobs import jobs_dir
@@ -43,10 +44,7 @@ def data_root() -> Path:
     return env_path("CARNET_DATA_ROOT", ROOT / "data")
 
 
-def count(n: int, noun: str) -> str:
-    """``n`` and ``noun`` in agreement: "1 mistake", "440 mistakes" (nouns here take a plain -s)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
+count = _count  # "1 mistake", "440 mistakes": the library's agreement of numbers and nouns, for the pages
 
 CHECKPOINT_PREFIX = "checkpoint:"
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .datasets import DatasetSplits, ImageDataset
-from .errors import ImageError
+from .errors import ImageError, count
 
 #: pHash Hamming distance (of 64 bits) up to which two images count as near duplicates.
 NEAR_DUPLICATE_BITS = 4
@@ -51,8 +51,7 @@ class DataReport:
     def summary(self) -> str:
         n_train = sum(c["train"] for c in self.counts.values())
         n_val = sum(c["val"] for c in self.counts.values())
-        lines = [f"{len(self.counts)} class{'es' if len(self.counts) != 1 else ''}, {n_train} train and {n_val} val "
-                 f"images"] + ([f"cannot fine-tune: {self.untrainable}"] if self.untrainable else [])
+        lines = [f"{count(len(self.counts), 'class', 'classes')}, {n_train} train and {n_val} val images"] + ([f"cannot fine-tune: {self.untrainable}"] if self.untrainable else [])
         lines.append(f"unreadable files: {len(self.unreadable)}" + "".join(f"\n  {p}: {r}" for p, r in self.unreadable[:10]))
         lines.append(f"classes with too few images: {len(self.small_classes)}"
                      + (f" ({', '.join(self.small_classes[:10])})" if self.small_classes else ""))

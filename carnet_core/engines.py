@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from ._env import env_path
-from .errors import CarNetError, ImageError
+from .errors import CarNetError, ImageError, count
 from .images import IMAGE_EXTENSIONS, ImageSource, load_image
 from .model import Classifier
 from .predict import softmax  # the one predict() uses, so the gate checks what classification returns
@@ -583,10 +583,6 @@ def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
     return images
 
 
-def _photos(n: int) -> str:
-    return f"{n} photo" if n == 1 else f"{n} photos"
-
-
 def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | None) -> EngineChoice:
     reference = TorchEngine(model)
     names = FP32_ENGINES if engine == "auto" else ("torch", engine)
@@ -620,11 +616,11 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
             continue
         if name in REDUCED_ENGINES:
             x, ref = (x_photos[1::2], ref_photos[1::2]) if name == "onnxruntime-int8" else (x_photos, ref_photos)
-            cand.parity = _check(eng, ref, x, _photos(len(x)))
+            cand.parity = _check(eng, ref, x, count(len(x), "photo"))
         else:
             cand.parity = _check(eng, ref_random, x_random, "random inputs")
             if cand.parity.passed and ref_photos is not None:
-                cand.parity = _check(eng, ref_photos, x_photos, _photos(len(images)))
+                cand.parity = _check(eng, ref_photos, x_photos, count(len(images), "photo"))
         if not cand.parity.passed:
             if engine == name:
                 raise CarNetError(f"{name} fails the parity gate for {model.name}: {cand.parity.summary()}")

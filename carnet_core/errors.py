@@ -44,6 +44,12 @@ class ClassNamesNeededError(CheckpointError):
         self.path, self.model, self.looked_in = path, model, looked_in
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun`` in agreement, for messages: "1 photo", "4 photos", "1 class", "40 classes" (``plural``:
+    the plural when it is not ``noun`` + s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def listed(names: Sequence[str], limit: int = 5) -> str:
     """The first ``limit`` of ``names`` for a message, and how many more there are: ``"a, b, c and 37 more"``;
     ``"—"`` when there are none."""
