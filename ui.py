@@ -209,10 +209,10 @@ MAX_PHOTOS = 32  # classified per run of the Classify page (a classroom's worth;
 PHOTO_UPLOAD_MB = MAX_FILE_BYTES // 2**20  # the uploader says the library's limit, and refuses bigger files at once
 
 
-def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, object]]:
+def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
     """Upload / camera / gallery tabs. Returns (display name, bytes-like source) pairs, possibly empty."""
     upload_tab, camera_tab, gallery_tab = st.tabs(["Upload", "Camera", "Sample gallery"])
-    chosen: list[tuple[str, object]] = []
+    chosen: list[tuple[str, bytes]] = []
     with upload_tab:
         files = st.file_uploader(f"Car photos ({FORMAT_NAMES})", accept_multiple_files=multiple,
                                  key=f"{key}_upload", max_upload_size=PHOTO_UPLOAD_MB)
