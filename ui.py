@@ -274,31 +274,37 @@ class Photo:
         return load_image(self.data, name=self.name)
 
 
-def remembered(slot: str, models: Sequence[Classifier], key: Hashable, compute: Callable[[], T]) -> T:
-    """``compute()`` — what a page works out from its photos with these models: their top-5, a photo's size —
-    remembered for this session under ``slot`` (one per page) while the models and ``key`` (the photos' digests, say)
-    stay the same, the last one only: a rerun (a toggle, a slider, an ensemble rule) redraws without decoding and
-    classifying the photos again. Measured with 12 MP JPEGs (AppTest): Classify with 8 photos 2.4 s per rerun, Explain
-    0.16 s, Compare with two models 0.22 s. A model is recognised by identity, not only by its id, which CPython may
-    give to the next model loaded once the app's cache drops one.
+def remembered(slot: str, models: Sequence[Classifier], key: Hashable, compute: Callable[[], T] | None,
+               keep: int = 1) -> T | None:
+    """``compute()`` — what a page works out from its photos with these models: their top-5, a photo's size, a CAM —
+    remembered for this session under ``slot`` while the models and ``key`` (the photos' digests, say) stay the same;
+    the last ``keep`` are kept. A rerun (a toggle, a slider, an ensemble rule) redraws without decoding and classifying
+    the photos again. Measured with 12 MP JPEGs (AppTest): Classify with 8 photos 2.4 s per rerun, Explain 0.16 s,
+    Compare with two models 0.22 s. ``compute=None``: only what is remembered, else None. A model is recognised by
+    identity, not only by its id, which CPython may give to the next model loaded once the app's cache drops one.
 
     Raises:
         whatever ``compute`` raises (nothing is remembered then).
     """
+    memory = st.session_state.setdefault(slot, {})  # (ids, names, key) -> (the models' weakrefs, value); oldest first
     full_key = (tuple(id(m) for m in models), tuple(m.name for m in models), key)
-    kept = st.session_state.get(slot)
-    if kept is None or kept[0] != full_key or any(ref() is not m for ref, m in zip(kept[1], models)):
-        kept = full_key, [weakref.ref(m) for m in models], compute()
-        st.session_state[slot] = kept
-    return kept[2]
+    refs, value = memory.pop(full_key, (None, None))
+    if refs is None or any(ref() is not m for ref, m in zip(refs, models)):  # not kept, or kept for another model
+        if compute is None:
+            return None
+        refs, value = [weakref.ref(m) for m in models], compute()
+    memory[full_key] = refs, value  # most recently used last
+    while len(memory) > keep:
+        memory.pop(next(iter(memory)))
+    return value
 
 
 def explanation(model: Classifier, photo: Photo, method: str, class_name: str | None, layer: str | None,
                 compute: bool = True, aug_smooth: bool = False, eigen_smooth: bool = False) -> Explanation | None:
     """The CAM of ``photo`` (decoded only when the CAM is computed) for this model, method, class, layer and
-    smoothing, remembered for this session by the photo's digest: a slider or colormap change, or a second look, does
-    not compute it again (ScoreCAM takes about a minute). ``compute=False``: only what is remembered, else None. The
-    last :data:`EXPLANATIONS_KEPT` are kept.
+    smoothing, :func:`remembered` for this session by the photo's digest: a slider or colormap change, or a second
+    look, does not compute it again (ScoreCAM takes about a minute). ``compute=False``: only what is remembered, else
+    None. The last :data:`EXPLANATIONS_KEPT` are kept.
 
     Raises:
         CarNetError: from :func:`carnet_core.explain.explain` (unknown class or layer); ImageError from
@@ -306,19 +312,12 @@ def explanation(model: Classifier, photo: Photo, method: str, class_name: str | 
     """
     import carnet_core.explain as cams
 
-    memory = st.session_state.setdefault("_explanations", {})
-    key = (id(model), model.name, photo.digest, method, class_name, layer, aug_smooth, eigen_smooth)
-    owner, found = memory.pop(key, (None, None))
-    if owner is not None and owner() is not model:  # an id reused by another model after the cache dropped this one
-        found = None
-    if found is None and compute:
-        found = cams.explain(model, photo.image, method=method, class_name=class_name, layer=layer,
-                             aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-    if found is not None:
-        memory[key] = (weakref.ref(model), found)  # most recently used last
-        while len(memory) > EXPLANATIONS_KEPT:
-            memory.pop(next(iter(memory)))
-    return found
+    def cam() -> Explanation:
+        return cams.explain(model, photo.image, method=method, class_name=class_name, layer=layer,
+                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+    return remembered("_explanations", [model], (photo.digest, method, class_name, layer, aug_smooth, eigen_smooth),
+                      cam if compute else None, keep=EXPLANATIONS_KEPT)
 
 
 def has_gpu() -> bool:

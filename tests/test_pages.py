@@ -256,16 +256,26 @@ def test_a_remembered_cam_is_never_shown_for_another_model(monkeypatch):
     photo = ui.Photo("black.png", buf.getvalue())
     assert ui.explanation(first, photo, "gradcam", None, None) == f"CAM of {id(first)}"
     assert ui.explanation(first, photo, "gradcam", None, None) == f"CAM of {id(first)}" and calls == [first]
-    memory = st.session_state["_explanations"]
-    [key] = memory
-    memory[(id(second),) + key[1:]] = memory.pop(key)  # as if `second` had been given `first`'s id
+
+    def given_first_ids(slot):  # as if `second` had been given `first`'s id
+        memory = st.session_state[slot]
+        [key] = memory
+        ids, names, rest = key
+        memory[((id(second),), names, rest)] = memory.pop(key)
+
+    given_first_ids("_explanations")
+    assert ui.explanation(second, photo, "gradcam", None, None, compute=False) is None  # not first's CAM
     assert ui.explanation(second, photo, "gradcam", None, None) == f"CAM of {id(second)}"
     assert calls == [first, second]
 
+    st.session_state["_test_photo"] = {}
     assert ui.remembered("_test_photo", [first], photo.digest, lambda: "top-5 of first") == "top-5 of first"
     assert ui.remembered("_test_photo", [first], photo.digest, lambda: "again") == "top-5 of first"  # remembered
-    key, refs, kept = st.session_state["_test_photo"]
-    st.session_state["_test_photo"] = (((id(second),),) + key[1:], refs, kept)
+    assert ui.remembered("_test_photo", [first], "another photo", lambda: "top-5 of another") == "top-5 of another"
+    assert ui.remembered("_test_photo", [first], photo.digest, None) is None  # keep=1: the last one only
+    st.session_state["_test_photo"] = {}
+    ui.remembered("_test_photo", [first], photo.digest, lambda: "top-5 of first")
+    given_first_ids("_test_photo")
     assert ui.remembered("_test_photo", [second], photo.digest, lambda: "top-5 of second") == "top-5 of second"
 
 
