@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--checkpoint file names)")
     p.add_argument("--checkpoint", type=Path, help="weights file or CarNet checkpoint to use")
     p.add_argument("--classes", metavar="FILE_OR_FOLDER", help=CLASSES_HELP)
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--topk", "--top-k", dest="topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--csv", type=Path, help="also write one row per image (top-k classes and probabilities) here")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")

@@ -54,8 +54,9 @@ def test_predict_says_when_the_model_sees_little_of_a_photo(tmp_path, capsys):
     wide, tiny, photo = out.split("\n\n")[1:]
     assert "note: The model sees the middle 1080×1080 px, 56% of the photo" in wide
     assert "note: The photo is 40×40 px, enlarged 5.6×" in tiny and "note:" not in photo
-    code, out, _ = run_main(capsys, "predict", tmp_path / "photo.png", tmp_path / "wide.png", "--json")
+    code, out, _ = run_main(capsys, "predict", tmp_path / "photo.png", tmp_path / "wide.png", "--json", "--top-k", "2")
     photo, wide = json.loads(out)["results"]
+    assert len(photo["topk"]) == 2  # --top-k, as it is often spelled, is --topk (timm's inference.py)
     assert photo["note"] is None and wide["note"].startswith("The model sees the middle 1080×1080 px")
 
 
