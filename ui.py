@@ -370,12 +370,13 @@ def built_dataset(name: str) -> Path:
 
 
 def extract_upload(name: str, data: bytes) -> Path:
-    """Extract an uploaded zip safely under ``<data root>/_uploads/<name>-<hash>``; the same zip is reused."""
-    from carnet_core.uploads import dataset_root, safe_extract_zip
+    """Extract an uploaded zip safely under ``<data root>/_uploads/<name>-<hash>``; the same zip is reused. One that
+    holds no dataset is not kept (:func:`carnet_core.uploads.extract_dataset_zip`)."""
+    from carnet_core.uploads import dataset_root, extract_dataset_zip
 
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
     dest = data_root() / UPLOADS / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
-    return dataset_root(dest) if dest.exists() else safe_extract_zip(data, dest)
+    return dataset_root(dest) if dest.exists() else extract_dataset_zip(data, dest, name)
 
 
 @st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)

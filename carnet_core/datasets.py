@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import CarNetError, listed
+from .errors import CarNetError, count, listed
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 
 Hierarchy = dict[str, dict[str, str]]  # class name -> {"make": ..., "model": ..., "year": ...}
@@ -167,7 +167,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
         class_dirs = class_folders(train_dir)
         classes = [p.name for p in class_dirs]
         if not classes:
-            raise CarNetError(f"{train_dir} has no class sub-folders: expected {train_dir}/<class name>/<images>")
+            raise no_class_folders_error(train_dir, splits=False)
         extra = sorted({p.name for p in class_folders(val_dir)} - set(classes))
         if extra:
             raise CarNetError(f"{val_dir} has classes that {train_dir} lacks: {listed(extra)}")
@@ -181,8 +181,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
         where = _single_split(root) or root  # train/ (or val/) alone: split it here
         class_dirs = class_folders(where)
         if not class_dirs:
-            raise CarNetError(f"{where} has no class sub-folders: expected {where}/<class name>/<images> or "
-                              f"{where}/train/<class name>/… and {where}/val/<class name>/…")
+            raise no_class_folders_error(where, splits=where == root)
         classes = [p.name for p in class_dirs]
         items = [(p, i) for i, c in enumerate(class_dirs) for p in list_images(c)]
         tr, va = stratified_split([label for _, label in items], val_fraction, seed)
@@ -396,6 +395,21 @@ def not_a_folder_error(path: Path) -> CarNetError:
         return CarNetError(f"{path} is a zip archive: extract it and give the folder (the Fine-tune page takes the "
                            f"zip itself)")
     return CarNetError(f"{path} is a file, not a dataset folder: expected {path}/<class name>/<image files>")
+
+
+def no_class_folders_error(folder: Path, splits: bool = True) -> CarNetError:
+    """The error for a dataset folder without class sub-folders (``splits``: say that train/ and val/ ones would do
+    too). A folder of photos with no labels says so, and where such photos are classified instead."""
+    expected = f"{folder}/<class name>/<images>"
+    if splits:
+        expected += f" or {folder}/train/<class name>/… and {folder}/val/<class name>/…"
+    loose = list_images(folder)
+    if loose:
+        unlabelled = "it has no label" if len(loose) == 1 else "they have no labels"
+        return CarNetError(f"{folder} holds {count(len(loose), 'image')} but no class sub-folders, so {unlabelled}: "
+                           f"put each class's images in a folder named after it ({expected}). To classify photos "
+                           f"without labels, use predict (or the Classify page)")
+    return CarNetError(f"{folder} has no class sub-folders: expected {expected}")
 
 
 def empty_dataset_error(folder: Path) -> CarNetError:

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .datasets import check_class_folders, class_folders, empty_dataset_error, labelled_folder, not_a_folder_error
+from .datasets import (check_class_folders, class_folders, empty_dataset_error, labelled_folder,
+                       no_class_folders_error, not_a_folder_error)
 from .ensemble import RULES, aligned_class_names, combine, member_probabilities
 from .errors import CarNetError, ImageError, listed
 from .images import list_images, load_image
@@ -38,7 +39,7 @@ def read_labelled_folder(folder: str | Path) -> list[tuple[Path, str]]:
         raise not_a_folder_error(folder)
     classes = class_folders(folder)
     if not classes:
-        raise CarNetError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<image files>")
+        raise no_class_folders_error(folder, splits=False)
     items = [(img, c.name) for c in classes for img in list_images(c)]
     if not items:
         raise empty_dataset_error(folder)

@@ -72,6 +72,29 @@ def safe_extract_zip(source: str | os.PathLike | bytes | BinaryIO, dest: str | o
     return dataset_root(dest)
 
 
+def extract_dataset_zip(source: str | os.PathLike | bytes | BinaryIO, dest: str | os.PathLike, name: str) -> Path:
+    """:func:`safe_extract_zip`, then the dataset in it opened as a fine-tune opens it
+    (:func:`~carnet_core.datasets.open_dataset`, which lists the images and decodes none). A zip that holds no dataset
+    — loose photos without class folders, say — is removed again, and its error names the zip (``name``, e.g.
+    ``cars.zip``) where the folder it was extracted to would mean nothing to the person who uploaded it.
+
+    Returns:
+        The dataset root in ``dest`` (as :func:`safe_extract_zip`).
+
+    Raises:
+        UnsafeArchiveError, CarNetError: as :func:`safe_extract_zip`, or the dataset reader's error.
+    """
+    from .datasets import open_dataset
+
+    root = safe_extract_zip(source, dest)
+    try:
+        open_dataset(root)
+    except CarNetError as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise CarNetError(str(exc).replace(str(Path(dest)), name)) from None
+    return root
+
+
 def dataset_root(folder: str | os.PathLike) -> Path:
     """``folder``, or its single top-level sub-folder when it holds exactly one (an extracted ``cars.zip`` → ``cars/``)."""
     folder = Path(folder)

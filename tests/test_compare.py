@@ -168,8 +168,9 @@ def test_members_with_different_label_sets_are_compared_in_the_folders_classes(t
     # asked before measuring (the Compare page does): the folder's classes, and who needs the mapping
     assert members_needing_mapping([tuned, wide], tmp_path) == (["blue", "green", "red"], ["wide"])
     assert members_needing_mapping([tuned], tmp_path)[1] == []
-    with pytest.raises(CarNetError, match="no class sub-folders"):
-        members_needing_mapping([tuned], tmp_path / "red")
+    with pytest.raises(CarNetError, match=r"red holds 4 images but no class sub-folders, so they have no labels: .*"
+                                          r"To classify photos without labels, use predict"):
+        members_needing_mapping([tuned], tmp_path / "red")  # a class folder given as the dataset
     with pytest.raises(CarNetError, match=r"^wide: 3 of the 3 folder classes are not classes of the model \(blue, green, red\)"):
         compare_on_folder([tuned, wide], tmp_path)  # the mapping is needed, and the message says for which member
     report = compare_on_folder([tuned, wide], tmp_path, mapping)

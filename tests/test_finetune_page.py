@@ -82,18 +82,36 @@ def test_a_jobs_folder_that_cannot_be_written_is_a_message(dirs, tmp_path, monke
     assert any("cannot keep fine-tune jobs in" in e.value and "CARNET_JOBS_DIR" in e.value for e in at.error)
 
 
-def test_unsafe_zip_upload_is_refused(dirs):
+def test_unsafe_zip_or_one_without_class_folders_is_refused(dirs):
     import io
     import zipfile
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("../../evil.png", b"x")
+    photo = next((dirs / "colours" / "red").iterdir()).read_bytes()
+
+    def zipped(members):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name in members:
+                z.writestr(name, photo)
+        return buf.getvalue()
+
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
     at.radio(key="finetune_source").set_value("Upload a zip of class folders").run()
-    at.file_uploader(key="finetune_zip").set_value(("evil.zip", buf.getvalue(), "application/zip")).run()
+    at.file_uploader(key="finetune_zip").set_value(("evil.zip", zipped(["../../evil.png"]), "application/zip")).run()
     assert not at.exception
     assert any("Upload refused" in e.value and "outside" in e.value for e in at.error)
+    # photos without class folders: said in the zip's terms, not the server folder it went to, which is not kept
+    at.file_uploader(key="finetune_zip").set_value(("holiday cars.zip", zipped(["a.png", "b.png"]), "application/zip"))
+    at.run()
+    assert not at.exception and not at.success and not at.get("metric")
+    [error] = at.error
+    assert error.value.startswith("Upload refused — holiday cars.zip holds 2 images but no class sub-folders, so "
+                                  "they have no labels: put each class's images in a folder named after it "
+                                  "(holiday cars.zip/<class name>/<images> or "), error.value
+    assert str(dirs) not in error.value and not list((dirs / "_uploads").iterdir())
+    at.file_uploader(key="finetune_zip").set_value(("cars.zip", zipped(["cars/red/a.png", "cars/blue/b.png"]),
+                                                    "application/zip")).run()
+    assert not at.exception and "Extracted" in at.success[0].value and at.metric[0].value == "2"  # classes
 
 
 def test_hosted_mode_cannot_launch(dirs, monkeypatch):
