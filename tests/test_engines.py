@@ -133,6 +133,46 @@ def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, mo
         select_engine(lite0)
 
 
+def test_the_carnet_model_runs_on_onnxruntime_and_an_int8_graph_that_fails_to_run_is_no_candidate(tmp_path,
+                                                                                                   monkeypatch, capfd):
+    """The ML-Decoder head (the CarNet model) exports and passes the fp32 gate. ONNX Runtime's quantizer makes an
+    int8 graph of it that ONNX Runtime cannot run (a Reshape of the attention's keys); that raised out of
+    select_engine, a traceback in `engines --photos` and on every page once $CARNET_PARITY_PHOTOS was set."""
+    import logging
+
+    import numpy as np
+
+    from carnet_core.model import Classifier, build_module
+    from carnet_core.weights import WeightsSource
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = Classifier(module=build_module("tf_efficientnet_lite0", head="ml_decoder", num_classes=6).eval(),
+                       name="carnet-tiny", arch="tf_efficientnet_lite0", family="efficientnet", head="ml_decoder",
+                       class_names=tuple("abcdef"), weights=WeightsSource("random"), label_set="tiny",
+                       data_config={"input_size": [3, 64, 64], "interpolation": "bicubic", "mean": [0.5] * 3,
+                                    "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"})
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in range(8)]
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the CLI (pytest gives the root logger its own)
+    choice = select_engine(model, photos=photos)
+    assert choice.engine.name == "onnxruntime"
+    table = {c.name: c for c in choice.candidates}
+    assert table["onnxruntime"].parity.passed and table["onnxruntime"].parity.inputs == "8 photos"
+    int8 = table["onnxruntime-int8"]
+    assert int8.parity is None and int8.note.startswith("unavailable (Fail: [ONNXRuntimeError]"), int8.note
+    assert "onnxruntime-int8 unavailable" in choice.reason
+    # the quantizer's notes and ONNX Runtime's error log are not printed, nor is a log handler left behind
+    assert logging.getLogger().handlers == [] and not capfd.readouterr().err
+    with pytest.raises(CarNetError, match="onnxruntime-int8 is not available for carnet-tiny: .*Reshape"):
+        select_engine(model, "onnxruntime-int8", photos=photos)
+    batch = predict(model, photos[:3])  # batches: the export's dynamic batch dimension reaches the attention too
+    with torch.no_grad():
+        reference = torch.softmax(model.module(model.preprocess(photos[:3])), 1)
+    assert torch.allclose(torch.tensor([p.probabilities[0] for p in batch.predictions]),
+                          reference.max(1).values, atol=PARITY_ATOL)
+
+
 def test_export_cache_is_reused_and_invalidated_by_new_weights():
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
     first = OnnxRuntimeEngine(model).path
