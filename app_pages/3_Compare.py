@@ -10,7 +10,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
-from carnet_core.ensemble import RULES, agreement, combine, member_predictions
+from carnet_core.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.errors import listed
 from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.jobs import hosted_mode
@@ -38,6 +38,7 @@ if len(names) < 2:
     st.info("Pick at least two models.")
     st.stop()
 models = [ui.model_or_stop(n) for n in names]
+labels = member_names(models)  # distinct: two fine-tunes of one dataset can share a name
 
 st.subheader("One photo")
 inputs = ui.image_inputs("compare", multiple=False)
@@ -54,9 +55,9 @@ if inputs:
         st.stop()
     if preds is not None:
         columns = st.columns(len(models))
-        for i, (model, pred, column) in enumerate(zip(models, preds, columns)):
+        for i, (model, label, pred, column) in enumerate(zip(models, labels, preds, columns)):
             with column:
-                st.markdown(f"**{model.name}**")
+                st.markdown(f"**{label}**")
                 st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities), key=f"compare_bars_{i}")
                 cam = ui.explanation(model, photo, "gradcam", pred.top1, None)  # remembered per session
                 st.image(cam.overlay(0.5), caption=f"Grad-CAM for {pred.top1}", width="stretch")
@@ -65,15 +66,15 @@ if inputs:
 
         if probs is None:  # e.g. a fine-tune of a folder's classes beside an ImageNet model
             st.info("No ensemble of one photo: the models have different label sets ("
-                    + ", ".join(f"{m.name}: {m.num_classes} classes" for m in models) + "). On a labelled folder "
+                    + ", ".join(f"{label}: {m.num_classes} classes" for label, m in zip(labels, models)) + "). On a labelled folder "
                     "below each is scored in the folder's classes, and the ensembles combine those.")
         else:
             st.markdown("**Ensemble**")
             left, right = st.columns([1, 2])
             rule = left.selectbox("Rule", RULES, key="compare_rule", help="soft: mean of probabilities · geometric: "
                                   "mean of log-probabilities · hard: majority vote")
-            weights = [left.slider(f"Weight of {m.name}", 0.0, 1.0, 1.0, 0.05, key=f"compare_weight_{i}")
-                       for i, m in enumerate(models)]
+            weights = [left.slider(f"Weight of {label}", 0.0, 1.0, 1.0, 0.05, key=f"compare_weight_{i}")
+                       for i, label in enumerate(labels)]
             if sum(weights) == 0:
                 left.error("At least one weight must be above zero.")
             else:
@@ -82,7 +83,7 @@ if inputs:
                 right.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities, title=f"Ensemble ({rule})"),
                                    key="compare_ensemble_bars")
             a = agreement(probs[0, 0], probs[1, 0])
-            st.markdown(f"**Agreement of {models[0].name} and {models[1].name}**")
+            st.markdown(f"**Agreement of {labels[0]} and {labels[1]}**")
             m1, m2, m3 = st.columns(3)
             m1.metric("Same top-1", "yes" if a.same_top1 else "no")
             m2.metric("Top-5 overlap", f"{a.top5_overlap} / 5")
@@ -108,13 +109,6 @@ else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any 
                           index=ui.first_measurable("compare_folder_pick", choices[:-1], models))
     folder = (st.text_input("Folder path", value=str(ui.data_root()), key="compare_folder") if picked == OTHER_FOLDER
               else str(picked))
-mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
-mapping_names = [NO_MAPPING] + [p.name for p in mapping_files] + ["upload…"]
-suggested = ui.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
-mapping_choice = st.selectbox("Mapping", mapping_names, index=mapping_names.index(suggested.name) if suggested else 0,
-                              key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
-mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
-                                  max_upload_size=5) if mapping_choice == "upload…" else None
 try:  # said before measuring: a folder that cannot be measured, or classes that need a mapping
     folder_classes, unmapped = members_needing_mapping(models, folder)
     folder_problem = None
@@ -122,6 +116,16 @@ except CarNetError as exc:
     folder_classes, unmapped, folder_problem = [], [], str(exc)
 if folder_problem:  # a warning: nothing failed, there is nothing to measure yet (an error is a press that failed)
     st.warning(folder_problem)
+mapping_files, mapping_choice, mapping_upload = [], NO_MAPPING, None
+if unmapped:  # offered only when a member lacks the folder's classes: fine-tunes of them need none (as on Evaluate)
+    mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
+    mapping_names = [NO_MAPPING] + [p.name for p in mapping_files] + ["upload…"]
+    suggested = ui.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
+    mapping_choice = st.selectbox("Mapping", mapping_names,
+                                  index=mapping_names.index(suggested.name) if suggested else 0,
+                                  key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
+    mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
+                                      max_upload_size=5) if mapping_choice == "upload…" else None
 no_mapping = mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload)
 needs_mapping = bool(unmapped) and no_mapping
 if needs_mapping:
@@ -170,7 +174,7 @@ if report is not None:
     st.download_button("Download results (JSON)", json.dumps(report.to_dict(), indent=2), "compare.json",
                        mime="application/json", key="compare_download")
     if report.disagreements:
-        st.markdown(f"**Where the members disagree** (first 12, as {models[0].name} sees them: resized and "
+        st.markdown(f"**Where the members disagree** (first 12, as {labels[0]} sees them: resized and "
                     "center-cropped)")
         cells = st.columns(4)
         for i, d in enumerate(report.disagreements[:12]):

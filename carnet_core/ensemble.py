@@ -10,6 +10,7 @@ Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -25,6 +26,29 @@ if TYPE_CHECKING:
 
 RULES: tuple[str, ...] = ("soft", "geometric", "hard")
 _EPS = 1e-12
+
+
+def member_names(models: Sequence[Classifier]) -> list[str]:
+    """One distinct name per ensemble member, for tables, charts and reports: each model's name, and where members
+    share one — two fine-tunes of one dataset that stopped at the same epoch, say, a linear and an ML-Decoder head —
+    the folder of each one's weights file after it (``"efficientnet_lite0-cars-e3 (20261123-081500-ab12cd)"``), or
+    else its place among the members (``"… #2"``).
+
+    Raises:
+        CarNetError: a model given twice (the same name and the same weights file).
+    """
+    given = set()
+    for m in models:
+        key = (m.name, m.weights.source, m.weights.location or id(m))  # random weights: each model its own
+        if key in given:
+            raise CarNetError(f"{m.name} is given twice: each ensemble member must be a different model")
+        given.add(key)
+    shared = {n for n in (m.name for m in models) if sum(m.name == n for m in models) > 1}
+    names = [f"{m.name} ({Path(m.weights.location).parent.name})" if m.name in shared and m.weights.location
+             else m.name for m in models]
+    if len(set(names)) < len(names):  # still the same (weights files in one folder, or no file): their places
+        names = [f"{m.name} #{i + 1}" if m.name in shared else m.name for i, m in enumerate(models)]
+    return names
 
 
 def _weights(num_members: int, weights: Sequence[float] | None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from .datasets import (check_class_folders, class_folders, empty_dataset_error, labelled_folder,
                        no_class_folders_error, not_a_folder_error)
-from .ensemble import RULES, aligned_class_names, combine, member_probabilities
+from .ensemble import RULES, aligned_class_names, combine, member_names, member_probabilities
 from .errors import CarNetError, ImageError, listed
 from .images import list_images, load_image
 from .labels import close_classes, find_class, within_classes
@@ -57,7 +57,7 @@ def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) ->
             datasets, an annotation-file layout).
     """
     classes = sorted({label for _, label in read_labelled_folder(folder)})
-    return classes, [m.name for m in models if not within_classes(classes, m.class_names)]
+    return classes, [name for name, m in zip(member_names(models), models) if not within_classes(classes, m.class_names)]
 
 
 def load_mapping(path: str | Path) -> dict[str, list[str]]:
@@ -196,8 +196,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
         if len(models) < 2:
             raise
         names = None  # different label sets: each member is projected onto the folder's classes on its own
-    if len({m.name for m in models}) != len(models):
-        raise CarNetError("each ensemble member must be a different model")
+    members = member_names(models)  # distinct, for the report's rows
     folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
     items = read_labelled_folder(folder)
     classes = sorted({label for _, label in items})
@@ -228,18 +227,18 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     member = torch.cat(probs, dim=1)  # (M, N, C)
     y = torch.tensor(labels)
     if names is not None:
-        rows = {m.name: projection.project(member[i]) for i, m in enumerate(models)}
+        rows = {name: projection.project(member[i]) for i, name in enumerate(members)}
         rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
     else:
-        rows = {m.name: member[i] for i, m in enumerate(models)}
+        rows = {name: member[i] for i, name in enumerate(members)}
         rows.update({f"ensemble ({rule})": combine(member, rule, weights) for rule in RULES})
     accuracy = {k: {"top1": _topk_hits(v, y, 1), "top5": _topk_hits(v, y, 5)} for k, v in rows.items()}
-    top1 = torch.stack([rows[m.name].argmax(1) for m in models])  # (M, N)
+    top1 = torch.stack([rows[name].argmax(1) for name in members])  # (M, N)
     disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()
     disagreements = [{"path": paths[i], "label": classes[labels[i]],
-                      "predictions": {m.name: classes[int(top1[j, i])] for j, m in enumerate(models)}}
+                      "predictions": {name: classes[int(top1[j, i])] for j, name in enumerate(members)}}
                      for i in disagree]
-    return CompareReport(classes, [m.name for m in models], accuracy, len(paths), disagreements, unreadable,
+    return CompareReport(classes, members, accuracy, len(paths), disagreements, unreadable,
                          str(folder), combined_in="model classes" if names is not None else "folder classes")
 
 

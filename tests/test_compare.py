@@ -67,6 +67,39 @@ def colour_model(name, weight, classes):
                       weights=WeightsSource("random"), label_set="colours")
 
 
+def test_members_that_share_a_name_are_told_apart_and_one_given_twice_is_refused(tmp_path):
+    """Two fine-tunes of one dataset that stopped at the same epoch have the same name (a linear and an ML-Decoder
+    head, say): they were refused as "not different models"; they are, and are named by their run folders."""
+    from dataclasses import replace
+
+    from carnet_core.ensemble import member_names
+
+    for colour, rgb in (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / colour).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), rgb).save(tmp_path / colour / f"{i}.png")
+    good = colour_model("cars-e3", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
+    bad = colour_model("cars-e3", [[1, 0, 0], [0, 0, 1], [0, 1, 0]], ["red", "green", "blue"])
+    good.weights, bad.weights = (WeightsSource("checkpoint", f"/runs/{run}/best-e003.safetensors")
+                                 for run in ("20261123-0815-linear", "20261123-0930-mldec"))
+    report = compare_on_folder([good, bad], tmp_path)
+    assert report.members == ["cars-e3 (20261123-0815-linear)", "cars-e3 (20261123-0930-mldec)"]
+    assert report.accuracy["cars-e3 (20261123-0815-linear)"]["top1"] == pytest.approx(1.0)
+    assert report.accuracy["cars-e3 (20261123-0930-mldec)"]["top1"] == pytest.approx(2 / 6)  # green ↔ blue
+    assert set(report.disagreements[0]["predictions"]) == set(report.members) and len(report.disagreements) == 4
+    other = colour_model("other", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
+    same_folder = replace(bad, weights=WeightsSource("checkpoint", "/runs/20261123-0815-linear/last.safetensors"))
+    assert member_names([good, other, same_folder]) == ["cars-e3 #1", "other", "cars-e3 #3"]
+    assert member_names([good, other]) == ["cars-e3", "other"]
+    with pytest.raises(CarNetError, match="^cars-e3 is given twice: each ensemble member must be a different model"):
+        compare_on_folder([good, replace(good)], tmp_path)  # the same checkpoint file, loaded twice
+    from carnet_core.charts import accuracy_bar_figure
+
+    top5, top1 = accuracy_bar_figure(report.accuracy).data  # names read whole beside horizontal bars, first on top
+    assert top1.orientation == "h" and list(top1.y) == list(report.accuracy)[::-1]
+    assert top1.x[-1] == pytest.approx(100.0) and top5.name == "Top-5" and top1.text[-1] == "100.0%"
+
+
 def test_member_model_time_leaves_out_the_engine_choice(monkeypatch):
     """A member's first call chooses its engine (an ONNX export and timings, seconds); the Compare page's "ms" is the
     model time only, as in predict()."""

@@ -446,6 +446,25 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert table["top-1 (%)"].iloc[0] >= 50  # the fine-tune, on (mostly) the images it was trained on
     assert any("different label sets" in c.value for c in at.caption)
 
+    # two fine-tunes of the folder's classes with the same name (runs that stopped at the same epoch): they need no
+    # mapping, so none is offered (the one named after the folder was applied to them, and failed: "'fire engine'
+    # is not a class of the model"), and each is named by its run
+    jobs = tmp_path / "jobs"
+    for run in ("20261123-0815-a", "20261123-0930-b"):
+        (jobs / run).mkdir(parents=True)
+        shutil.copy(colour_checkpoint, jobs / run / colour_checkpoint.name)
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(jobs))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    runs = [ui_key(jobs / run / colour_checkpoint.name) for run in ("20261123-0815-a", "20261123-0930-b")]
+    at.multiselect(key="compare_models").set_value(runs).run()
+    assert not [s for s in at.selectbox if s.label == "Mapping"] and not at.button(key="compare_run").disabled
+    at.button(key="compare_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    from carnet_core.checkpoint import read_metadata
+
+    name = read_metadata(colour_checkpoint)["name"]
+    assert list(at.dataframe[0].value["model / rule"])[:2] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
+
 
 def test_classify_offers_the_vehicle_view_only_for_imagenets_classes(colour_checkpoint, tmp_path, monkeypatch):
     """The "vehicle classes only" toggle was shown for a fine-tune's own classes too, where it does nothing."""
