@@ -151,11 +151,12 @@ def _export_meta(model: Classifier) -> dict:
             "outputs": ["logits", "probabilities"]}
 
 
-def cached_export(model: Classifier) -> Path:
+def cached_export(model: Classifier, fresh: bool = False) -> Path:
     """The model's ONNX export in :func:`cache_dir`, written on first use (keyed by :func:`fingerprint`). A reused
-    file has its modification time set to now, so :func:`prune_cache` drops the least recently used first."""
+    file has its modification time set to now, so :func:`prune_cache` drops the least recently used first.
+    ``fresh``: export again over the cached file (one ONNX Runtime could not load)."""
     path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
-    if path.is_file():
+    if path.is_file() and not fresh:
         _touch(path)
     else:
         export_onnx(model, path)
@@ -314,7 +315,10 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, model: Classifier):
-        self._open(cached_export(model), model)
+        try:
+            self._open(cached_export(model), model)
+        except Exception:  # noqa: BLE001 - a cached file ONNX Runtime cannot load (damaged on disk): made again, once
+            self._open(cached_export(model, fresh=True), model)  # fails as before if the new export does too
 
     def _open(self, path: Path, model: Classifier) -> None:
         self.path = path
@@ -398,9 +402,13 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
         path = fp32.with_name(f"{fp32.stem}-u8s8-{h}.onnx")  # fp32.stem carries EXPORT_VERSION
         if path.is_file():
             _touch(path)
-        else:
-            _quantize(fp32, path, batches)
-            prune_cache(keep=(path, fp32))
+            try:
+                self._open(path, model)
+                return
+            except Exception:  # noqa: BLE001 - damaged on disk: quantized again, below
+                pass
+        _quantize(fp32, path, batches)
+        prune_cache(keep=(path, fp32))
         self._open(path, model)
 
 

@@ -179,6 +179,10 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
     assert not model.module.training  # exporting left the model in eval mode (BatchNorm on its running statistics)
     inode = first.stat().st_ino  # an export writes a new file (os.replace): a reuse keeps the inode
     assert OnnxRuntimeEngine(model).path == first and first.stat().st_ino == inode  # reused, not re-exported
+    first.write_bytes(first.read_bytes()[:1000])  # damaged on disk: it was "onnxruntime unavailable
+    engine = OnnxRuntimeEngine(model)             # (InvalidProtobuf …)" from then on, and torch 4x slower
+    assert engine.path == first and first.stat().st_size > 10_000_000
+    assert engine.probabilities(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
     before = fingerprint(model)
     with torch.no_grad():
         model.module.classifier.bias.add_(1.0)
@@ -187,6 +191,26 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
     assert second != first and second.is_file()
     meta = json.loads(second.with_name(second.name + ".json").read_text())
     assert meta["arch"] == "mobilenetv2_100" and len(meta["class_names"]) == 1000
+
+
+def test_a_damaged_int8_file_is_quantized_again(tmp_path, monkeypatch):
+    from carnet_core.engines import OnnxInt8Engine
+    from carnet_core.model import Classifier, build_module
+    from carnet_core.weights import WeightsSource
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = Classifier(module=build_module("mobilenetv2_050", num_classes=4).eval(), name="tiny",
+                       arch="mobilenetv2_050", family="mobilenetv2", head="linear", class_names=tuple("abcd"),
+                       weights=WeightsSource("random"), label_set="tiny",
+                       data_config={"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3,
+                                    "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"})
+    calibration = torch.rand(4, 3, 64, 64)
+    path = OnnxInt8Engine(model, calibration).path
+    path.write_bytes(b"")
+    engine = OnnxInt8Engine(model, calibration)
+    assert engine.path == path and path.stat().st_size > 100_000
+    assert engine.one_by_one(calibration.numpy()).shape == (4, 4)
 
 
 def test_prune_cache_drops_the_least_recently_used_exports(tmp_path, monkeypatch):
