@@ -65,8 +65,8 @@ if inputs:
                            f"weights: {model.weights.describe()}")
 
         if probs is None:  # e.g. a fine-tune of a folder's classes beside an ImageNet model
-            st.info("No ensemble of one photo: the models have different label sets ("
-                    + ", ".join(f"{label}: {m.num_classes} classes" for label, m in zip(labels, models)) + "). On a labelled folder "
+            sizes = ", ".join(f"{label}: {m.num_classes} classes" for label, m in zip(labels, models))
+            st.info(f"No ensemble of one photo: the models have different label sets ({sizes}). On a labelled folder "
                     "below each is scored in the folder's classes, and the ensembles combine those.")
         else:
             st.markdown("**Ensemble**")

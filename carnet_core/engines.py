@@ -315,8 +315,9 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, model: Classifier):
+        path = cached_export(model)  # an export that fails raises here, once
         try:
-            self._open(cached_export(model), model)
+            self._open(path, model)
         except Exception:  # noqa: BLE001 - a cached file ONNX Runtime cannot load (damaged on disk): made again, once
             self._open(cached_export(model, fresh=True), model)  # fails as before if the new export does too
 
