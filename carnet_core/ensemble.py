@@ -9,6 +9,7 @@ Rules (Kuncheva, "Combining Pattern Classifiers", 2004):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -43,7 +44,7 @@ def member_names(models: Sequence[Classifier]) -> list[str]:
         if key in given:
             raise CarNetError(f"{m.name} is given twice: each ensemble member must be a different model")
         given.add(key)
-    shared = {n for n in (m.name for m in models) if sum(m.name == n for m in models) > 1}
+    shared = {name for name, n in Counter(m.name for m in models).items() if n > 1}
     names = [f"{m.name} ({Path(m.weights.location).parent.name})" if m.name in shared and m.weights.location
              else m.name for m in models]
     if len(set(names)) < len(names):  # still the same (weights files in one folder, or no file): their places
