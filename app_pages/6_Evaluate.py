@@ -167,7 +167,8 @@ with tab_mistakes:
                 target = picked["predicted"] if find_class(model.class_names, picked["predicted"]) is not None else None
                 exp = ui.explanation(model, photo, "gradcam", target, None)  # remembered per session
                 c1, c2, _ = st.columns([1, 1, 1])
-                c1.image(photo.image, caption="photo", width="stretch")
+                view = ui.input_view(picked["path"], model)  # cached: a rerun does not decode the photo again
+                c1.image(view if view is not None else photo.image, caption="as the model sees it", width="stretch")
                 c2.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")
             except (CarNetError, OSError) as exc:  # ImageError is a CarNetError; a file removed since
                 st.error(str(exc))

@@ -347,6 +347,12 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     assert not at.exception and not at.error
     assert any("looked at" in m.value for m in at.markdown)
     assert any(c.startswith("Grad-CAM for '") for el in at.get("image") for c in el.captions)
+    import ui
+
+    decoded, real_load = [], ui.load_image  # a rerun (another widget) shows the mistake without decoding it again
+    monkeypatch.setattr(ui, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
+    at.run()
+    assert not at.exception and any("looked at" in m.value for m in at.markdown) and decoded == []
     _, mistake = at.session_state["evaluate_cam"]  # a mistake picked in another evaluation (another model, split or
     at.session_state["evaluate_cam"] = ("evaluation::another model", mistake)  # mapping) is not shown as this one's
     at.run()
