@@ -206,7 +206,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = compare_on_folder(models, args.folder, mapping, args.weights)
     if args.json:
-        print(json.dumps({"weights": {m.name: m.weights.to_dict() for m in models}, **report.to_dict()}, indent=2))
+        weights = {name: m.weights.to_dict() for name, m in zip(report.members, models)}  # members' distinct names
+        print(json.dumps({"weights": weights, **report.to_dict()}, indent=2))
         return 0
     print(f"{report.folder}: {report.num_images} images, {len(report.classes)} classes ({', '.join(report.classes)})")
     if report.combined_in == "folder classes":

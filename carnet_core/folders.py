@@ -146,7 +146,8 @@ class CompareReport:
 
     Attributes:
         classes: folder class names.
-        accuracy: row name (member name, or ``ensemble (soft)`` …) → {"top1": float, "top5": float} in [0, 1].
+        members: the members' names, distinct (:func:`~carnet_core.ensemble.member_names`).
+        accuracy: row name (a member's, or ``ensemble (soft)`` …) → {"top1": float, "top5": float} in [0, 1].
         num_images: images scored.
         disagreements: images whose members' top-1 (folder classes) differ: path, true label, each member's top-1.
         unreadable: (path, reason) for images skipped.

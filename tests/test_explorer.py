@@ -423,7 +423,7 @@ def test_fine_tune_curves_tick_whole_epochs():
 
 
 def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoint, colour_folder, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, capsys):
     """A fine-tune of a folder's classes and an ImageNet model: the page stopped at "different label sets". Now one
     photo shows each model in its own classes (no ensemble), and on the folder each is scored in its classes — the
     ImageNet model through the mapping named after the folder, chosen for it — with the ensembles combining those."""
@@ -470,6 +470,13 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
 
     name = read_metadata(colour_checkpoint)["name"]
     assert list(at.dataframe[0].value["model / rule"])[:2] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
+    from carnet_core.cli import main  # the CLI's JSON: one weights entry per member (the second overwrote the first)
+
+    assert main(["compare", str(colour_folder), "--models", ",".join(str(jobs / run / colour_checkpoint.name)
+                                                                      for run in ("20261123-0815-a", "20261123-0930-b")),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["weights"]) == out["members"] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
 
 
 def test_classify_offers_the_vehicle_view_only_for_imagenets_classes(colour_checkpoint, tmp_path, monkeypatch):
