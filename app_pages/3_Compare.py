@@ -12,6 +12,7 @@ from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.errors import listed
+from carnet_core.evaluate import TOP5_NOTE
 from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
@@ -167,10 +168,14 @@ if report is not None:
     if report.combined_in == "folder classes":
         st.caption("The members have different label sets: each is scored in the folder's classes (its own, or "
                    "through the mapping), and the ensembles combine those.")
-    table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1), "top-5 (%)": round(v["top5"] * 100, 1)}
+    top5 = len(report.classes) > 5
+    if not top5:
+        st.caption(f"Top-1 only: {TOP5_NOTE}")
+    table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1)}
+                          | ({"top-5 (%)": round(v["top5"] * 100, 1)} if top5 else {})
                           for k, v in report.accuracy.items()])
     st.dataframe(table, hide_index=True, key="compare_table")
-    st.plotly_chart(accuracy_bar_figure(report.accuracy), key="compare_accuracy_chart")
+    st.plotly_chart(accuracy_bar_figure(report.accuracy, top5=top5), key="compare_accuracy_chart")
     st.download_button("Download results (JSON)", json.dumps(report.to_dict(), indent=2), "compare.json",
                        mime="application/json", key="compare_download")
     if report.disagreements:

@@ -121,7 +121,8 @@ if card["top1"] is not None or card["recipe"]:
     st.markdown("**Fine-tune**")
     recipe = card["recipe"] or {}
     st.write(f"Dataset `{card['dataset']}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
-             + (f", top-5 {card['metrics'].get('top5', 0) * 100:.1f}%" if card["metrics"].get("top5") else "")
+             + (f", top-5 {card['metrics']['top5'] * 100:.1f}%"
+                if card["metrics"].get("top5") and len(card["class_names"]) > 5 else "")  # else 100 % by construction
              + (f" (epoch {card['metrics'].get('epoch')})" if card["metrics"].get("epoch") else ""))
     if recipe:
         keep = ["model", "head", "img_size", "epochs", "batch_size", "lr", "optimizer", "scheduler", "freeze_epochs",

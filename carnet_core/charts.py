@@ -29,15 +29,16 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
     return fig
 
 
-def accuracy_bar_figure(accuracy: dict[str, dict[str, float]]) -> go.Figure:
+def accuracy_bar_figure(accuracy: dict[str, dict[str, float]], top5: bool = True) -> go.Figure:
     """Grouped horizontal bars of top-1 and top-5 accuracy (%) per row (members, then ensemble rules), first row on
     top: a member's name is read whole beside its bars (a fine-tune's name and run, 60 characters, was cut off as a
-    tilted column label)."""
+    tilted column label). ``top5=False``: top-1 only (5 classes or fewer, where top-5 is 100 % by construction)."""
     rows = list(accuracy)[::-1]
+    kinds = (("Top-5", "top5"), ("Top-1", "top1")) if top5 else (("Top-1", "top1"),)
     fig = go.Figure([go.Bar(name=name, y=rows, x=[accuracy[r][key] * 100 for r in rows], orientation="h",
                             text=[f"{accuracy[r][key] * 100:.1f}%" for r in rows], textangle=0, cliponaxis=False,
                             hovertemplate="%{y}: %{x:.1f}%<extra>" + name + "</extra>")
-                     for name, key in (("Top-5", "top5"), ("Top-1", "top1"))])  # Top-1 drawn above Top-5 in a row
+                     for name, key in kinds])  # Top-1 drawn above Top-5 in a row
     fig.update_layout(barmode="group", xaxis=dict(range=[0, 100], title="accuracy (%)"), yaxis=dict(automargin=True),
                       height=44 * len(rows) + 90, margin=dict(l=0, r=10, t=10, b=0),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", traceorder="reversed"))

@@ -199,6 +199,7 @@ def _numbers(text: str) -> list[float]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import top5_text
     from .folders import compare_on_folder, load_mapping
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -216,7 +217,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     width = max(map(len, report.accuracy))
     print(f"{'':<{width}} {'top-1':>7} {'top-5':>7}")
     for row, acc in report.accuracy.items():
-        print(f"{row:<{width}} {acc['top1'] * 100:>6.1f}% {acc['top5'] * 100:>6.1f}%")
+        print(f"{row:<{width}} {acc['top1'] * 100:>6.1f}% {top5_text(acc['top5'], len(report.classes)):>7}")
     print(f"members disagree on {len(report.disagreements)} images")
     for path, reason in report.unreadable:
         print(f"skipped: {reason}", file=sys.stderr)
@@ -329,7 +330,7 @@ def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import open_dataset
-    from .evaluate import evaluate, per_class_rows
+    from .evaluate import evaluate, per_class_rows, top5_text
     from .folders import load_mapping
 
     _check_csv_folder(args.csv, "per-class table", "per_class.csv")
@@ -343,7 +344,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         print(f"{model.name} on {dataset.name}: {report.num_images} images")
-        print(f"top-1 {report.top1:.1%}  top-5 {report.top5:.1%}  macro F1 {report.macro_f1:.3f}  ECE {report.ece:.3f}")
+        top5 = top5_text(report.top5, len(report.class_names))
+        print(f"top-1 {report.top1:.1%}  top-5 {top5}  macro F1 {report.macro_f1:.3f}  ECE {report.ece:.3f}")
         for level, acc in report.hierarchy.items():
             print(f"{level} accuracy {acc:.1%}")
         worst = per_class_rows(report)[:5]

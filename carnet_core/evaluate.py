@@ -20,6 +20,15 @@ from .predict import predict_probabilities
 ECE_BINS = 15
 
 
+def top5_text(top5: float | None, num_classes: int) -> str:
+    """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` with 5 classes or fewer, where every
+    class is in the top 5 and top-5 accuracy is 100 % by construction (the JSON keeps the number)."""
+    return "—" if top5 is None or num_classes <= 5 else f"{top5 * 100:.1f}%"
+
+
+TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."
+
+
 @dataclass
 class EvalReport:
     """Numbers of :func:`evaluate`; all accuracies in [0, 1].

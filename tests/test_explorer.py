@@ -251,6 +251,8 @@ def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     assert not at.exception
     assert [b.proto.label for b in at.get("download_button")] == ["Download as ONNX (.zip)",
                                                                    "Download the checkpoint (.safetensors)"]
+    [trained] = [m.value for m in at.markdown if m.value.startswith("Dataset `")]
+    assert "validation top-1 **" in trained and "top-5" not in trained  # 3 classes: 100 % by construction
 
 
 def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_checkpoint, colour_folder, tmp_path,
@@ -269,6 +271,7 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     expected = evaluate(load_model(checkpoint=colour_checkpoint, device="cpu"), open_dataset(colour_folder).val)
     assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[4].value == "18"
     assert at.metric[2].label == "macro F1" and at.metric[2].value == f"{expected.macro_f1 * 100:.1f}%"
+    assert at.metric[1].label == "top-5" and at.metric[1].value == "—"  # 3 classes: it read 100.0 %, always
     charts = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
     assert "heatmap" in charts and "bar" in charts
     assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
@@ -477,6 +480,18 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["weights"]) == out["members"] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
+    # 3 classes: top-5 is 100 % by construction, so it is not shown (the JSON keeps it)
+    assert out["accuracy"][out["members"][0]]["top5"] == 1.0
+    assert list(at.dataframe[0].value.columns) == ["model / rule", "top-1 (%)"]
+    assert any(c.value.startswith("Top-1 only: With 5 classes or fewer") for c in at.caption)
+    assert [trace["name"] for trace in json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]] == ["Top-1"]
+    assert main(["compare", str(colour_folder), "--models", f"{colour_checkpoint},efficientnet_lite0", "--mapping",
+                 str(maps / "colours_to_imagenet.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["top-1", "top-5"])
+    assert lines[header + 1].endswith("%       —") and len(lines[header + 1]) == len(lines[header])
+    assert main(["evaluate", str(colour_checkpoint), str(colour_folder)]) == 0
+    assert "  top-5 —  macro F1" in capsys.readouterr().out
 
 
 def test_classify_offers_the_vehicle_view_only_for_imagenets_classes(colour_checkpoint, tmp_path, monkeypatch):
