@@ -12,7 +12,7 @@ from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.errors import listed
-from carnet_core.evaluate import TOP5_NOTE
+from carnet_core.evaluate import TOP5_NOTE, top5_informative
 from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
@@ -168,7 +168,7 @@ if report is not None:
     if report.combined_in == "folder classes":
         st.caption("The members have different label sets: each is scored in the folder's classes (its own, or "
                    "through the mapping), and the ensembles combine those.")
-    top5 = len(report.classes) > 5
+    top5 = top5_informative(len(report.classes))
     if not top5:
         st.caption(f"Top-1 only: {TOP5_NOTE}")
     table = pd.DataFrame([{"model / rule": k, "top-1 (%)": round(v["top1"] * 100, 1)}

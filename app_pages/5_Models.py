@@ -10,6 +10,7 @@ import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
 from carnet_core.engines import export_bundle
+from carnet_core.evaluate import top5_informative
 from carnet_core.registry import list_models
 
 st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
@@ -122,7 +123,7 @@ if card["top1"] is not None or card["recipe"]:
     recipe = card["recipe"] or {}
     st.write(f"Dataset `{card['dataset']}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
              + (f", top-5 {card['metrics']['top5'] * 100:.1f}%"
-                if card["metrics"].get("top5") and len(card["class_names"]) > 5 else "")  # else 100 % by construction
+                if card["metrics"].get("top5") and top5_informative(len(card["class_names"])) else "")
              + (f" (epoch {card['metrics'].get('epoch')})" if card["metrics"].get("epoch") else ""))
     if recipe:
         keep = ["model", "head", "img_size", "epochs", "batch_size", "lr", "optimizer", "scheduler", "freeze_epochs",

@@ -11,7 +11,8 @@ from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.datasets import open_dataset
 from carnet_core.errors import listed
-from carnet_core.evaluate import TOP5_NOTE, confusion_order, evaluate_cached, per_class_rows, top5_text
+from carnet_core.evaluate import (TOP5_NOTE, confusion_order, evaluate_cached, per_class_rows, top5_informative,
+                                  top5_text)
 from carnet_core.folders import load_mapping
 from carnet_core.labels import find_class, within_classes
 
@@ -86,7 +87,7 @@ if cached:
 m = st.columns(5)
 m[0].metric("top-1", f"{report.top1 * 100:.1f}%")
 m[1].metric("top-5", top5_text(report.top5, len(report.class_names)),
-            help=TOP5_NOTE if len(report.class_names) <= 5 else None)
+            help=None if top5_informative(len(report.class_names)) else TOP5_NOTE)
 m[2].metric("macro F1", f"{report.macro_f1 * 100:.1f}%", help="The mean of the classes' F1 (precision and recall "
             "of each class), every class counting the same however many images it has.")
 m[3].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")

@@ -20,10 +20,16 @@ from .predict import predict_probabilities
 ECE_BINS = 15
 
 
+def top5_informative(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: not with 5 classes or fewer, where every class is in the top 5 and it is
+    100 % by construction (pages and the CLI show "—" then; the JSON keeps the number)."""
+    return num_classes > 5
+
+
 def top5_text(top5: float | None, num_classes: int) -> str:
-    """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` with 5 classes or fewer, where every
-    class is in the top 5 and top-5 accuracy is 100 % by construction (the JSON keeps the number)."""
-    return "—" if top5 is None or num_classes <= 5 else f"{top5 * 100:.1f}%"
+    """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` where it says nothing
+    (:func:`top5_informative`)."""
+    return f"{top5 * 100:.1f}%" if top5 is not None and top5_informative(num_classes) else "—"
 
 
 TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."
