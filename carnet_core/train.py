@@ -27,6 +27,7 @@ from .checkpoint import save_checkpoint
 from .datacheck import too_few_classes, validate_splits, without_unreadable
 from .datasets import DatasetSplits, open_dataset
 from .errors import CarNetError
+from .evaluate import top5_text
 from .model import Classifier, build_module, load_model
 from .registry import get_spec
 from .weights import WeightsSource
@@ -424,7 +425,8 @@ class Trainer:
             history.append(metrics)
             if fabric.is_global_zero:
                 fabric.print(f"epoch {metrics.epoch}: train loss {metrics.train_loss:.3f}, val loss {val_loss:.3f}, "
-                             f"top-1 {top1:.1%}, top-5 {top5:.1%}, lr {lr:.2e}, {metrics.images_per_s:.0f} img/s")
+                             f"top-1 {top1:.1%}, top-5 {top5_text(top5, len(splits.class_names))}, lr {lr:.2e}, "
+                             f"{metrics.images_per_s:.0f} img/s")
                 best = self._checkpoint(metrics, eval_module, best)
                 # the resume state first: a metrics row is visible only once its epoch can be resumed from
                 self._save_state(state_path, module, optimizer, scheduler, ema, epoch + 1, history, best)

@@ -405,6 +405,7 @@ def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_pat
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output[-2000:]
     assert f"resuming after epoch {done[-1]}" in output
+    assert "top-5 —, lr" in output and "top-5 100" not in output  # 3 classes: 100 % by construction, not shown
     assert "Seed set to" not in output  # Lightning's log line: the seed is in the recipe, not in every run's output
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
