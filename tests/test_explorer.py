@@ -475,9 +475,8 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert list(at.dataframe[0].value["model / rule"])[:2] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
     from carnet_core.cli import main  # the CLI's JSON: one weights entry per member (the second overwrote the first)
 
-    assert main(["compare", str(colour_folder), "--models", ",".join(str(jobs / run / colour_checkpoint.name)
-                                                                      for run in ("20261123-0815-a", "20261123-0930-b")),
-                 "--json"]) == 0
+    both = ",".join(str(jobs / run / colour_checkpoint.name) for run in ("20261123-0815-a", "20261123-0930-b"))
+    assert main(["compare", str(colour_folder), "--models", both, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["weights"]) == out["members"] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
     # 3 classes: top-5 is 100 % by construction, so it is not shown (the JSON keeps it)
@@ -485,8 +484,7 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert list(at.dataframe[0].value.columns) == ["model / rule", "top-1 (%)"]
     assert any(c.value.startswith("Top-1 only: With 5 classes or fewer") for c in at.caption)
     assert [trace["name"] for trace in json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]] == ["Top-1"]
-    assert main(["compare", str(colour_folder), "--models", f"{colour_checkpoint},efficientnet_lite0", "--mapping",
-                 str(maps / "colours_to_imagenet.json")]) == 0
+    assert main(["compare", str(colour_folder), "--models", both]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split() == ["top-1", "top-5"])
     assert lines[header + 1].endswith("%       —") and len(lines[header + 1]) == len(lines[header])

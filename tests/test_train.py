@@ -101,7 +101,8 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(CarNetError, match="cars.zip is a zip archive"):
         read_labelled_folder(tmp_path / "cars.zip")  # Compare's folders too
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CarNetError, match=r"empty has no class sub-folders: expected .*empty/<class name>/<images> or "):
+    with pytest.raises(CarNetError, match=r"empty has no class sub-folders: expected "
+                                          r".*empty/<class name>/<images> or "):
         open_dataset(tmp_path / "empty")
     colour_image((200, 0, 0), 0).save(tmp_path / "empty" / "photo.png")  # photos without labels (a zip of them, say)
     with pytest.raises(CarNetError, match=r"empty holds 1 image but no class sub-folders, so it has no label: "
