@@ -51,7 +51,9 @@ class DataReport:
     def summary(self) -> str:
         n_train = sum(c["train"] for c in self.counts.values())
         n_val = sum(c["val"] for c in self.counts.values())
-        lines = [f"{count(len(self.counts), 'class', 'classes')}, {n_train} train and {n_val} val images"] + ([f"cannot fine-tune: {self.untrainable}"] if self.untrainable else [])
+        lines = [f"{count(len(self.counts), 'class', 'classes')}, {n_train} train and {n_val} val images"]
+        if self.untrainable:
+            lines.append(f"cannot fine-tune: {self.untrainable}")
         lines.append(f"unreadable files: {len(self.unreadable)}" + "".join(f"\n  {p}: {r}" for p, r in self.unreadable[:10]))
         lines.append(f"classes with too few images: {len(self.small_classes)}"
                      + (f" ({', '.join(self.small_classes[:10])})" if self.small_classes else ""))

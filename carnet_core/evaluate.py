@@ -26,10 +26,10 @@ def top5_informative(num_classes: int) -> bool:
     return num_classes > 5
 
 
-def top5_text(top5: float | None, num_classes: int) -> str:
+def top5_text(top5: float, num_classes: int) -> str:
     """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` where it says nothing
     (:func:`top5_informative`)."""
-    return f"{top5 * 100:.1f}%" if top5 is not None and top5_informative(num_classes) else "—"
+    return f"{top5 * 100:.1f}%" if top5_informative(num_classes) else "—"
 
 
 TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."

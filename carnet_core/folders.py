@@ -57,7 +57,8 @@ def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) ->
             datasets, an annotation-file layout).
     """
     classes = sorted({label for _, label in read_labelled_folder(folder)})
-    return classes, [name for name, m in zip(member_names(models), models) if not within_classes(classes, m.class_names)]
+    return classes, [name for name, m in zip(member_names(models), models)
+                     if not within_classes(classes, m.class_names)]
 
 
 def load_mapping(path: str | Path) -> dict[str, list[str]]:
