@@ -7,6 +7,7 @@ architecture and travels with the loaded model and its checkpoints.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,12 +98,26 @@ def get_spec(name: str) -> ModelSpec:
     """The spec registered as ``name``.
 
     Raises:
-        UnknownModelError: no such model; the message lists the registered names.
+        UnknownModelError: no such model; the message names the registered model the name is closest to, if one
+            is close (a typo, a hyphen, capitals, a timm architecture name), and lists the registered names.
     """
     try:
         return _MODELS[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_MODELS)}", name) from None
+        close = closest_model_name(name)
+        listed = f" — did you mean {close}? Registered models: " if close else "; registered models: "
+        raise UnknownModelError(f"unknown model {name!r}{listed}{', '.join(_MODELS)}", name) from None
+
+
+def closest_model_name(name: str) -> str | None:
+    """The registered model a mistyped ``name`` most likely means, or None: the one whose timm architecture it is,
+    else the closest by :func:`difflib.get_close_matches` after folding case, hyphens and spaces to timm's spelling
+    (``EfficientNet-B0`` → efficientnet_b0, ``resnet5`` → resnet50)."""
+    if spec := find_spec(name):
+        return spec.name
+    folded = name.strip().lower().replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(folded, list(_MODELS), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def find_spec(name_or_arch: str) -> ModelSpec | None:

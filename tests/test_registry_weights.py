@@ -11,6 +11,7 @@ from carnet_core import _hub
 from carnet_core import weights as W
 from carnet_core.errors import CheckpointError, UnknownModelError
 from carnet_core.labels import VEHICLE_CLASSES, imagenet_class_names
+from carnet_core.registry import closest_model_name
 
 
 def test_registry_has_the_required_models_with_imagenet_labels():
@@ -22,8 +23,17 @@ def test_registry_has_the_required_models_with_imagenet_labels():
 
 
 def test_unknown_model_names_the_registered_ones():
-    with pytest.raises(UnknownModelError, match="registered models: .*resnet50"):
+    with pytest.raises(UnknownModelError, match="(?i)registered models: .*resnet50"):
         get_spec("resnet5O")
+    typos = [("resnet5", "resnet50"), ("EfficientNet-B0", "efficientnet_b0"), ("mobilenetv2", "mobilenetv2_100"),
+             ("tf_efficientnet_lite0", "efficientnet_lite0"), ("SE-ResNet50", "seresnet50")]
+    for typed, meant in typos:
+        with pytest.raises(UnknownModelError, match=f"unknown model '{typed}' — did you mean {meant}\\? Registered "):
+            get_spec(typed)
+    with pytest.raises(UnknownModelError) as exc:
+        get_spec("vit_base_patch16_224")
+    assert "did you mean" not in str(exc.value)  # nothing registered is close: no guess
+    assert closest_model_name("resnet18") is None  # another network, not a typo of resnet50
 
 
 def test_imagenet_labels_and_vehicle_view():
