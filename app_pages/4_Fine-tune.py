@@ -191,7 +191,7 @@ if untrainable:
 
 available, _ = ui.available_model_names()
 backbones = [n for n in available if not n.startswith(ui.CHECKPOINT_PREFIX)]
-with st.form("finetune_form"):
+with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field only sets it: the buttons submit
     left, mid, right = st.columns(3)
     model = left.selectbox("Backbone", backbones, key="finetune_model")
     head = left.radio("Head", ["linear", "ml_decoder"], horizontal=True, key="finetune_head",

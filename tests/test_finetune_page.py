@@ -5,6 +5,7 @@ import shutil
 import time
 
 import pytest
+from streamlit.proto.Block_pb2 import Block
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
@@ -245,3 +246,19 @@ def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, 
     assert not at.exception and sorted(p.name for p in built.iterdir()) == ["sports car"]
     at.radio(key="finetune_source").set_value("Folder under the data root").run()
     assert "my-cars" in at.selectbox(key="finetune_folder").options  # and from now on a dataset like any other
+
+
+def test_enter_in_a_form_field_does_not_submit_it(dirs):
+    """Streamlit submits a form on Enter with its first button: typing an epoch count and Enter started a timing run
+    ("Estimate time per epoch"). Only the buttons submit now, as in the class-by-class form."""
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+
+    def forms(node, found):
+        proto = getattr(node, "proto", None)
+        if isinstance(proto, Block) and proto.WhichOneof("type") == "form":
+            found[proto.form.form_id] = proto.form.enter_to_submit
+        for child in getattr(node, "children", {}).values():
+            forms(child, found)
+        return found
+
+    assert forms(at._tree, {}) == {"finetune_form": False}
