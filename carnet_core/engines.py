@@ -151,17 +151,24 @@ def _export_meta(model: Classifier) -> dict:
             "outputs": ["logits", "probabilities"]}
 
 
-def cached_export(model: Classifier, fresh: bool = False) -> Path:
+def cached_export(model: Classifier) -> Path:
     """The model's ONNX export in :func:`cache_dir`, written on first use (keyed by :func:`fingerprint`). A reused
-    file has its modification time set to now, so :func:`prune_cache` drops the least recently used first.
-    ``fresh``: export again over the cached file (one ONNX Runtime could not load)."""
-    path = cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
-    if path.is_file() and not fresh:
+    file has its modification time set to now, so :func:`prune_cache` drops the least recently used first."""
+    path = _export_path(model)
+    if path.is_file():
         _touch(path)
     else:
-        export_onnx(model, path)
-        prune_cache(keep=(path,))
+        _write_export(model, path)
     return path
+
+
+def _export_path(model: Classifier) -> Path:
+    return cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
+
+
+def _write_export(model: Classifier, path: Path) -> None:
+    export_onnx(model, path)
+    prune_cache(keep=(path,))
 
 
 def export_bundle(model: Classifier) -> bytes:
@@ -315,11 +322,21 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, model: Classifier):
-        path = cached_export(model)  # an export that fails raises here, once
-        try:
-            self._open(path, model)
-        except Exception:  # noqa: BLE001 - a cached file ONNX Runtime cannot load (damaged on disk): made again, once
-            self._open(cached_export(model, fresh=True), model)  # fails as before if the new export does too
+        path = _export_path(model)
+        self._open_cached(path, model, make=lambda: _write_export(model, path))
+
+    def _open_cached(self, path: Path, model: Classifier, make: Callable[[], None]) -> None:
+        """Open ``path`` from the cache, written by ``make()`` when it is not there. A cached file that ONNX Runtime
+        cannot load (damaged on disk) is made again, once; a file just made that cannot be loaded raises."""
+        if path.is_file():
+            _touch(path)
+            try:
+                self._open(path, model)
+                return
+            except Exception:  # noqa: BLE001 - damaged on disk: made again, below
+                pass
+        make()
+        self._open(path, model)
 
     def _open(self, path: Path, model: Classifier) -> None:
         self.path = path
@@ -401,16 +418,12 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
         batches = [x[None].numpy() for x in calibration.cpu()]
         h = hashlib.sha256(b"".join(b.tobytes() for b in batches)).hexdigest()[:12]
         path = fp32.with_name(f"{fp32.stem}-u8s8-{h}.onnx")  # fp32.stem carries EXPORT_VERSION
-        if path.is_file():
-            _touch(path)
-            try:
-                self._open(path, model)
-                return
-            except Exception:  # noqa: BLE001 - damaged on disk: quantized again, below
-                pass
-        _quantize(fp32, path, batches)
-        prune_cache(keep=(path, fp32))
-        self._open(path, model)
+
+        def make() -> None:
+            _quantize(fp32, path, batches)
+            prune_cache(keep=(path, fp32))
+
+        self._open_cached(path, model, make)
 
 
 def _quantize(src: Path, dst: Path, batches: list) -> None:

@@ -193,6 +193,20 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
     assert meta["arch"] == "mobilenetv2_100" and len(meta["class_names"]) == 1000
 
 
+def test_an_export_that_onnxruntime_cannot_load_is_made_once(tmp_path, monkeypatch):
+    """Only a cached file is made again when it does not load; a new export that does not load fails, once."""
+    import carnet_core.engines as E
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    exports, real_export = [], E.export_onnx
+    monkeypatch.setattr(E, "export_onnx", lambda m, path: exports.append(path) or real_export(m, path))
+    monkeypatch.setattr(E, "onnxruntime_session", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("cannot load")))
+    with pytest.raises(RuntimeError, match="cannot load"):
+        OnnxRuntimeEngine(model)
+    assert len(exports) == 1
+
+
 def test_a_damaged_int8_file_is_quantized_again(tmp_path, monkeypatch):
     from carnet_core.engines import OnnxInt8Engine
     from carnet_core.model import Classifier, build_module
