@@ -1,15 +1,16 @@
 """CarNet (`streamlit run app.py`): the app's navigation. Each page is a script in ``app_pages/``, listed here in the
-sidebar's order with its label, icon and URL (Streamlit's ``st.navigation``)."""
+sidebar's order with its label, icon and URL (Streamlit's ``st.navigation``). URLs are lower case (``/classify``),
+as people type them."""
 
 import streamlit as st
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
 st.navigation([
     st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/1_Classify.py", title="Classify", icon=":material/image_search:"),
-    st.Page("app_pages/2_Explain.py", title="Explain", icon=":material/visibility:"),
-    st.Page("app_pages/3_Compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", icon=":material/model_training:"),
-    st.Page("app_pages/5_Models.py", title="Models", icon=":material/view_list:"),
-    st.Page("app_pages/6_Evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+    st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),
+    st.Page("app_pages/2_Explain.py", title="Explain", url_path="explain", icon=":material/visibility:"),
+    st.Page("app_pages/3_Compare.py", title="Compare", url_path="compare", icon=":material/compare:"),
+    st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", url_path="fine-tune", icon=":material/model_training:"),
+    st.Page("app_pages/5_Models.py", title="Models", url_path="models", icon=":material/view_list:"),
+    st.Page("app_pages/6_Evaluate.py", title="Evaluate", url_path="evaluate", icon=":material/fact_check:"),
 ]).run()

@@ -38,6 +38,18 @@ def test_navigation_has_every_page_and_each_runs():
         assert at.title[0].value == title
 
 
+def test_page_urls_are_the_lower_case_names_people_type(monkeypatch):
+    import streamlit as st
+
+    # a URL typed from the sidebar's label, /classify, gave "Page not found" while the pages were at /Classify
+    seen = []
+    real = st.navigation
+    monkeypatch.setattr(st, "navigation", lambda pages, **kw: seen.extend(pages) or real(pages, **kw))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert [p.url_path for p in seen] == ["", "classify", "explain", "compare", "fine-tune", "models", "evaluate"]
+
+
 def test_counts_read_as_words():
     import ui
 
