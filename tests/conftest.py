@@ -35,6 +35,12 @@ def need(path: Path) -> Path:
     return path
 
 
+def photo_count(folder: Path) -> int:
+    """How many .jpg photos lie anywhere under ``folder``, counted here, apart from the library's readers: a test that
+    every photo was scored compares with this, not with a number that holds only for today's copy of ../shared."""
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() == ".jpg")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_weights(tmp_path_factory, monkeypatch):
     """Each test sees an empty weights folder unless it sets CARNET_WEIGHTS_DIR itself."""
@@ -70,7 +76,7 @@ def lite0():
 
 @pytest.fixture(scope="session")
 def car_photos() -> list[Path]:
-    """All real Stanford Cars validation photos (274), sorted."""
+    """All real Stanford Cars validation photos (274 in ../shared today), sorted."""
     return sorted(need(CARS_VAL).glob("*/*.jpg"))
 
 

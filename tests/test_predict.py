@@ -70,7 +70,7 @@ def test_offline_default_sees_vehicles_in_real_car_photos(lite0, car_photos):
     Measured here: 261/274 = 95.3 % have a road-vehicle class at top-1 (timm's 0.875 center crop: 257/274,
     most misses "grille" or "car wheel"); with the vehicle view, 274/274 show a vehicle class in their top-5.
     """
-    assert len(car_photos) == 274
+    assert len(car_photos) >= 100  # enough for a rate to mean something (274 in ../shared today)
     top1_vehicle = in_top5 = 0
     for i in range(0, len(car_photos), 64):
         for p in predict(lite0, car_photos[i:i + 64]).predictions:
