@@ -122,6 +122,31 @@ def _image_paths(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _rejoin_split_paths(args: Sequence[str], longest: int = 16) -> list[str]:
+    """The command line, with a path that the shell split at its spaces (``cars/AM General Hummer`` typed without
+    quotes) put back together, said on stderr: an argument that names nothing is joined with the ones after it when
+    together (up to ``longest`` pieces) they name a file or folder, the longest such run."""
+    out, i = [], 0
+    while i < len(args):
+        end = i + 1
+        if not args[i].startswith("-") and not _exists(args[i]):
+            end = next((j for j in range(min(len(args), i + longest), i + 1, -1) if _exists(" ".join(args[i:j]))), end)
+        if end > i + 1:
+            print(f"note: {' '.join(map(repr, args[i:end]))} read as one path, {' '.join(args[i:end])!r}: put quotes "
+                  "around a path with spaces", file=sys.stderr)
+        out.append(" ".join(args[i:end]))
+        i = end
+    return out
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` names a file or folder; False, not an error, for a name too long for the system."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _check_image_out(path: Path) -> None:
     """Said before the work: ``--out`` must name an image file of a format PIL can write (the overlay is a picture;
     HEIC is read, not written)."""
@@ -592,7 +617,7 @@ def _checkpoint_hint(name: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some inputs failed, 2 error, 130 interrupted, 141 the reader of
     its output went away)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_rejoin_split_paths(sys.argv[1:] if argv is None else list(argv)))
     if isinstance(getattr(args, "devices", None), str) and args.devices.isdigit():
         args.devices = int(args.devices)
     if getattr(args, "topk", 1) < 1:

@@ -60,6 +60,28 @@ def test_predict_says_when_the_model_sees_little_of_a_photo(tmp_path, capsys):
     assert photo["note"] is None and wide["note"].startswith("The model sees the middle 1080×1080 px")
 
 
+def test_predict_takes_a_path_the_shell_split_at_its_spaces(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+    folder = tmp_path / "AM General Hummer SUV 2000"  # a Stanford Cars class folder, typed without quotes
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(folder / "a b.png")
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "plain.png")
+    split = [*str(folder).split(" "), tmp_path / "plain.png", *str(tmp_path / "no such photo.jpg").split(" ")]
+    code, out, err = run_main(capsys, "predict", *split, "--json")
+    results = json.loads(out)["results"]
+    assert [r["image"] for r in results] == [str(folder / "a b.png"), str(tmp_path / "plain.png"),
+                                             str(tmp_path / "no"), "such", "photo.jpg"]
+    assert all(len(r["topk"]) == 5 for r in results[:2]) and "no such file" in results[2]["error"]
+    assert code == 1 and f"read as one path, {str(folder)!r}: put quotes around a path with spaces" in err
+    # (the folder's photos were 5 "no such file" errors: AM, General, …); so too for every command's paths
+    code, out, err = run_main(capsys, "validate-data", *str(folder).split(" "))
+    assert "read as one path" in err and "unrecognized arguments" not in err and str(folder) in out + err
+    code, out, err = run_main(capsys, "predict", "x" * 5000, "--json")  # a name too long for the system: said
+    assert code == 2 and err.endswith("File name too long\n")
+
+
 def test_missing_weights_is_a_message_not_a_traceback(tmp_path, capsys):
     code, _, err = run_main(capsys, "predict", "x.jpg", "--model", "resnet50")
     assert code == 2
