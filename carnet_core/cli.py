@@ -397,7 +397,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**given)
     result = fine_tune(cfg)
     if result.best_checkpoint:
-        print(f"best val top-1 {result.best_top1:.1%}: {result.best_checkpoint}")
+        probe = "" if result.probe_top1 is None else f" (linear probe {result.probe_top1:.1%})"
+        print(f"best val top-1 {result.best_top1:.1%}{probe}: {result.best_checkpoint}")
     return 0
 
 

@@ -142,6 +142,9 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     stopped_early: bool = False
     cancelled: bool = False
+    #: val top-1 of the linear probe (LP-FT's first stage: the head fitted on frozen features) before any epoch —
+    #: the number fine-tuning the whole network has to beat; None when the run fitted no probe
+    probe_top1: float | None = None
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -348,6 +351,7 @@ class Trainer:
         val_loss_fn = torch.nn.CrossEntropyLoss()
 
         start_epoch, history, best = 0, [], []  # best: [(top1, epoch, path)]
+        self.probe_top1: float | None = None
         state_path = self.out / STATE_FILE
         if cfg.resume and state_path.is_file():
             start_epoch, history, best = self._resume(state_path, module, optimizer, scheduler, ema)
@@ -359,6 +363,9 @@ class Trainer:
                     self._write_metrics(row)
         elif cfg.probe_init:
             if self._probe_init(module, train_ds.with_transform(eval_tf), head_params):
+                _, self.probe_top1, probe_top5 = self._validate(module, val_loader, val_loss_fn)
+                fabric.print(f"linear probe: val top-1 {self.probe_top1:.1%}, top-5 "
+                             f"{top5_text(probe_top5, len(splits.class_names))} (fine-tuning starts from it)")
                 if ema is not None:
                     ema.set(module)
             else:  # no probe after all: the untrained head needs its faster LR back
@@ -368,7 +375,8 @@ class Trainer:
                         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
                             scheduler.base_lrs[i] *= cfg.head_lr_scale
 
-        result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history)
+        result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history,
+                             probe_top1=self.probe_top1)
         since_best = 0
         for epoch in range(start_epoch, cfg.epochs):
             frozen = epoch < cfg.freeze_epochs
@@ -434,7 +442,8 @@ class Trainer:
                 fabric.log_dict({k: v for k, v in asdict(metrics).items() if k != "epoch"}, step=metrics.epoch)
             fabric.barrier()
             since_best = 0 if best and best[0][1] == metrics.epoch else since_best + 1
-            result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history)
+            result = TrainResult(best[0][2] if best else None, best[0][0] if best else 0.0, history,
+                                 probe_top1=self.probe_top1)
             self._call("on_epoch_end", metrics)
             if any(self._call("should_stop")):
                 result.cancelled = True
@@ -551,7 +560,7 @@ class Trainer:
                  "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
                  "best": [(t, e, str(p)) for t, e, p in best], "config": json.dumps(asdict(self.cfg), default=str),
                  "ema": ema.module.state_dict() if ema is not None else None,
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "probe_top1": self.probe_top1}
         _atomic_torch_save(state, path)
 
     def _resume(self, path: Path, module, optimizer, scheduler, ema):
@@ -569,6 +578,7 @@ class Trainer:
             if ema is not None and state.get("ema") is not None:
                 ema.module.load_state_dict(state["ema"])
             torch.set_rng_state(state["torch_rng"])
+            self.probe_top1 = state.get("probe_top1")  # None in a state written before it was recorded
         except CarNetError:
             raise
         except Exception as exc:

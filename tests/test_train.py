@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -399,13 +400,17 @@ def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_pat
         time.sleep(0.2)
     assert (tmp_path / "metrics.jsonl").exists(), proc.communicate()[0][-2000:] if proc.poll() is not None else ""
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    first = proc.communicate()[0]
     done = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert 1 <= len(done) < 4
+    probe = re.search(r"linear probe: val top-1 ([\d.]+%)", first)
+    assert probe, first[-2000:]
     proc = _cli(*args)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output[-2000:]
     assert f"resuming after epoch {done[-1]}" in output
+    assert "probe init" not in output  # the resumed run keeps the killed run's head, and its probe's number:
+    assert re.search(rf"best val top-1 [\d.]+% \(linear probe {re.escape(probe.group(1))}\): ", output), output[-500:]
     assert "top-5 —, lr" in output and "top-5 100" not in output  # 3 classes: 100 % by construction, not shown
     assert "Seed set to" not in output  # Lightning's log line: the seed is in the recipe, not in every run's output
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -415,23 +420,38 @@ def test_kill_minus_9_then_resume_loses_at_most_one_epoch(colour_folder, tmp_pat
     assert read_metadata(tmp_path / "last.safetensors")["recipe"]["randaugment"] is None  # "--randaugment none"
 
 
-def test_real_fine_tune_clearly_beats_the_linear_probe(tmp_path):
+def test_real_fine_tune_clearly_beats_its_own_linear_probe(tmp_path):
     """EfficientNet-Lite0 (bundled ImageNet weights) fine-tuned on the 824 real Stanford Cars train photos of
-    ../shared (40 classes), scored on their 274 val photos. A linear probe (frozen Lite0 features + logistic
-    regression, measured independently) reaches 69 % val top-1.
+    ../shared (40 classes) at 112 px, half the size it was trained at, scored on their 274 val photos against the
+    linear probe that the same run fits first (LP-FT's head on frozen features, scored on val before any epoch).
 
-    Short CPU recipe (~2 min here): LP-FT — head fitted on cached features, then 2 epochs of everything at 224 px,
-    AdamW 2e-4 with a 0.3-epoch warm-up (the head is already fitted) and cosine decay, RandAugment m7, bf16 autocast.
-    Measured: 75.2 % (65.7 % after epoch 1; with a whole warm-up epoch, 2 epochs end at 70.4 %, 3 at 75.5 %). The
-    full recipe (bench/recipes.py, README) trains longer.
+    At 112 px the frozen ImageNet features lose much (probe 55–57 % here, 74 % at 224 px), so adapting the whole
+    network pays within 2 epochs: measured 60.9 % (probe 55.1 %) in fp32, 63.1 % (56.9 %) in bf16, about 50 s. A
+    backbone that did not train would stay at the probe's level. At 224 px two epochs only get back to the probe
+    (70–73 % against 74 %; the 10-epoch recipe, bench/recipes.py, reaches 81 %). Precision is the CPU default (fp32),
+    the same work on every CPU, with or without bf16 instructions.
     """
     data = need(SHARED / "data" / "stanford_cars_40")
-    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path), img_size=224, epochs=2, lr=2e-4,
-                                   warmup_epochs=0.3, precision="bf16-mixed", workers=2, keep_best=1))
-    print(f"val top-1 per epoch: {[round(h.top1, 3) for h in result.history]}")
-    assert result.best_top1 >= 0.73  # the linear probe: 0.69
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path), img_size=112, epochs=2, lr=2e-4,
+                                   warmup_epochs=0.3, workers=2, keep_best=1))
+    print(f"linear probe {result.probe_top1:.3f}, val top-1 per epoch: {[round(h.top1, 3) for h in result.history]}")
+    assert result.probe_top1 >= 0.45  # 40 classes: chance is 0.025; the probe is a real fit
+    assert result.best_top1 >= result.probe_top1 + 0.03  # at least 9 more of the 274 photos right
     model = load_model(checkpoint=result.best_checkpoint, device="cpu")
-    assert len(model.class_names) == 40 and model.data_config["input_size"] == [3, 224, 224]
+    assert len(model.class_names) == 40 and model.data_config["input_size"] == [3, 112, 112]
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_keeps_fp32_weights(colour_folder, tmp_path):
+    """bf16 mixed precision (Lightning Fabric's "bf16-mixed", the GPU default where supported) through the same loop
+    on the CPU: it learns, and the checkpoint holds the fp32 master weights, not bf16 copies."""
+    from safetensors import safe_open
+
+    result = fine_tune(TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=2, precision="bf16-mixed",
+                                   **FAST))
+    assert result.best_top1 >= 0.8 and result.history[-1].train_loss < result.history[0].train_loss
+    with safe_open(str(result.best_checkpoint), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert "F32" in dtypes and dtypes <= {"F32", "I64"}, dtypes  # I64: BatchNorm's num_batches_tracked; no BF16
 
 
 def test_two_cpu_processes_end_with_identical_weights(colour_folder, tmp_path):
@@ -487,16 +507,15 @@ def test_head_learns_faster_when_the_probe_is_skipped(colour_folder, tmp_path, m
 
     cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, **{**FAST, "probe_init": True,
                                                                                  "freeze_epochs": 0})
-    Trainer(cfg, [Probe()]).fit()
-    assert "probe init skipped" in capsys.readouterr().out
+    result = Trainer(cfg, [Probe()]).fit()
+    out = capsys.readouterr().out
+    assert "probe init skipped" in out and "linear probe:" not in out and result.probe_top1 is None
     assert seen["head"] == pytest.approx(seen["backbone"] * cfg.head_lr_scale)
 
 
 def test_ml_decoder_probe_fits_the_head_before_fine_tuning(colour_folder, tmp_path, capsys):
     """LP-FT with the ML-Decoder head: the probe (AdamW with warm-up on cached features) fits the decoder, which then
     fine-tunes at the backbone's LR like a fitted linear head."""
-    import re
-
     seen = {}
 
     class Probe:
@@ -506,7 +525,10 @@ def test_ml_decoder_probe_fits_the_head_before_fine_tuning(colour_folder, tmp_pa
 
     cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, head="ml_decoder",
                       **{**FAST, "probe_init": True, "freeze_epochs": 0, "probe_epochs": 10})
-    Trainer(cfg, [Probe()]).fit()
-    fitted = re.search(r"probe init: head fitted on \d+ cached feature maps .*train top-1 ([\d.]+)%", capsys.readouterr().out)
+    result = Trainer(cfg, [Probe()]).fit()
+    out = capsys.readouterr().out
+    fitted = re.search(r"probe init: head fitted on \d+ cached feature maps .*train top-1 ([\d.]+)%", out)
     assert fitted and float(fitted.group(1)) >= 90.0
     assert seen["head"] == pytest.approx(seen["backbone"])
+    # the fitted probe is scored on val before the first epoch: the baseline the fine-tune is measured against
+    assert result.probe_top1 is not None and f"linear probe: val top-1 {result.probe_top1:.1%}, top-5 —" in out
