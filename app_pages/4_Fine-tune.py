@@ -72,7 +72,8 @@ def live_panel() -> None:
     else:
         st.progress(0.0, text="preparing: checking the dataset and loading the model…")
     if job.history:
-        st.plotly_chart(training_curves_figure(job.history), width="stretch", key="live_curves")
+        st.plotly_chart(training_curves_figure(job.history, probe_top1=job.probe_top1), width="stretch",
+                        key="live_curves")
     with st.expander("Log", expanded=not job.history):
         st.code(job.log_tail(15) or "(no output yet)", language=None)
     if st.button("Stop", key="finetune_stop", type="secondary",
@@ -244,6 +245,7 @@ st.dataframe(pd.DataFrame([{
     "job": j.id, "dataset": Path(j.spec.get("data", "")).name, "model": j.spec.get("model"),
     "head": j.spec.get("head"), "status": j.state, "epochs": f"{len(j.history)}/{j.spec.get('epochs')}",
     "best top-1 (%)": None if j.best_top1 is None else round(j.best_top1 * 100, 1),
+    "linear probe (%)": None if j.probe_top1 is None else round(j.probe_top1 * 100, 1),
     # a running job's time is in the live panel above, which refreshes; this table is drawn once
     "duration": None if j.state == "running" else _fmt_s(j.duration_s)} for j in jobs]), hide_index=True,
     width="stretch", placeholder="–")

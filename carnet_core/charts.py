@@ -45,12 +45,15 @@ def accuracy_bar_figure(accuracy: dict[str, dict[str, float]], top5: bool = True
     return fig
 
 
-def training_curves_figure(history: Sequence[dict[str, float]], title: str | None = None) -> go.Figure:
+def training_curves_figure(history: Sequence[dict[str, float]], title: str | None = None,
+                           probe_top1: float | None = None) -> go.Figure:
     """Live fine-tune curves: train / val loss, val top-1 / top-5 (%) and learning rate, per epoch.
 
     Args:
         history: per-epoch rows with ``epoch``, ``train_loss``, ``val_loss``, ``top1``, ``top5``, ``lr``
             (:class:`carnet_core.train.EpochMetrics` as dicts, as in ``metrics.jsonl``).
+        probe_top1: the run's linear-probe val top-1 (0–1), drawn as a dotted line on the accuracy panel: where
+            fine-tuning started, and what it should end above (its first epoch often dips below it).
     """
     from plotly.subplots import make_subplots
 
@@ -61,6 +64,9 @@ def training_curves_figure(history: Sequence[dict[str, float]], title: str | Non
         scale = 100 if key in ("top1", "top5") else 1
         fig.add_trace(go.Scatter(x=epochs, y=[r[key] * scale for r in history], name=name, mode="lines+markers"),
                       row=1, col=col)
+    if probe_top1 is not None:
+        fig.add_hline(y=probe_top1 * 100, line_dash="dot", line_color="grey", row=1, col=2,
+                      annotation_text=f"linear probe {probe_top1:.1%}", annotation_position="bottom right")
     fig.update_xaxes(title_text="epoch", dtick=1 if len(epochs) <= 15 else None)
     fig.update_yaxes(type="log", row=1, col=3)
     fig.update_layout(title=title, height=320, margin=dict(l=0, r=0, t=50 if title else 30, b=0),

@@ -6,7 +6,7 @@ A job is a folder under the jobs root (``$CARNET_JOBS_DIR``, default ``runs/jobs
     <id>/status.json      state (queued, running, done, failed, cancelled), pid, times, error, best top-1
     <id>/progress.json    epoch / step / device / memory, rewritten about once a second while it runs
     <id>/log.txt          the worker's stdout and stderr
-    <id>/metrics.jsonl, best-*.safetensors, last.safetensors, last_state.pt   written by carnet_core.train
+    <id>/metrics.jsonl, probe.json, best-*.safetensors, last.safetensors, last_state.pt   written by carnet_core.train
 
 The worker is ``python -m carnet_core.jobs JOB_FOLDER`` in its own process session, never the caller's thread, so
 a Streamlit rerun, a browser reload or an app restart changes nothing: a new :class:`JobRunner` reads the same
@@ -135,6 +135,14 @@ class Job:
         """Latest progress: epoch, epochs, step, num_steps, fraction (0–1), elapsed_s, eta_s (None until the second
         report: it is timed from the first, a batch into training), device, memory_mb."""
         return _read_json(self.dir / "progress.json", {}) or {}
+
+    @property
+    def probe_top1(self) -> float | None:
+        """Val top-1 of the run's linear probe (LP-FT's first stage, scored before the first epoch): the baseline its
+        fine-tune should beat. None when the run fitted no probe, or has not yet."""
+        probe = _read_json(self.dir / "probe.json")
+        value = probe.get("top1") if isinstance(probe, dict) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @property
     def best_top1(self) -> float | None:

@@ -32,6 +32,7 @@ from .model import Classifier, build_module, load_model
 from .registry import get_spec
 from .weights import WeightsSource
 
+PROBE_FILE = "probe.json"  # the fitted probe's val top-1 / top-5, written before the first epoch
 PROBE_MAX_MB = 2048  # cached feature maps for probe_init, at most
 STATE_FILE = "last_state.pt"  # optimizer/scheduler/progress for resume; weights beside it in last.safetensors
 
@@ -353,7 +354,8 @@ class Trainer:
         start_epoch, history, best = 0, [], []  # best: [(top1, epoch, path)]
         self.probe_top1: float | None = None
         state_path = self.out / STATE_FILE
-        if cfg.resume and state_path.is_file():
+        resuming = cfg.resume and state_path.is_file()
+        if resuming:
             start_epoch, history, best = self._resume(state_path, module, optimizer, scheduler, ema)
             fabric.print(f"resuming after epoch {start_epoch} from {state_path}")
             if fabric.is_global_zero:  # drop rows of an epoch that was written but not saved for resuming
@@ -361,11 +363,15 @@ class Trainer:
                     (self.out / name).unlink(missing_ok=True)
                 for row in history:
                     self._write_metrics(row)
-        elif cfg.probe_init:
+        elif fabric.is_global_zero:  # a fresh run in a used folder: not an earlier run's probe on its curves
+            (self.out / PROBE_FILE).unlink(missing_ok=True)
+        if not resuming and cfg.probe_init:
             if self._probe_init(module, train_ds.with_transform(eval_tf), head_params):
                 _, self.probe_top1, probe_top5 = self._validate(module, val_loader, val_loss_fn)
                 fabric.print(f"linear probe: val top-1 {self.probe_top1:.1%}, top-5 "
                              f"{top5_text(probe_top5, len(splits.class_names))} (fine-tuning starts from it)")
+                if fabric.is_global_zero:  # for the Fine-tune page's curves, beside metrics.jsonl
+                    (self.out / PROBE_FILE).write_text(json.dumps({"top1": self.probe_top1, "top5": probe_top5}))
                 if ema is not None:
                     ema.set(module)
             else:  # no probe after all: the untrained head needs its faster LR back

@@ -425,6 +425,17 @@ def test_fine_tune_curves_tick_whole_epochs():
     assert runs_overlay_figure({"a": long}).layout.xaxis.dtick is None
 
 
+def test_fine_tune_curves_show_the_linear_probe_on_the_accuracy_panel():
+    """The run's probe is where fine-tuning starts: a dotted line at its top-1 (%), on the accuracy panel only."""
+    rows = [{"epoch": e, "top1": t, "top5": 0.9, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3}
+            for e, t in ((1, 0.65), (2, 0.78))]
+    assert not training_curves_figure(rows).layout.shapes
+    fig = training_curves_figure(rows, probe_top1=0.741)
+    [line] = fig.layout.shapes
+    assert (line.y0, line.y1, line.yref, line.line.dash) == (74.1, 74.1, "y2", "dot")  # y2: "val accuracy (%)"
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("linear")] == ["linear probe 74.1%"]
+
+
 def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoint, colour_folder, tmp_path,
                                                                 monkeypatch, capsys):
     """A fine-tune of a folder's classes and an ImageNet model: the page stopped at "different label sets". Now one

@@ -52,6 +52,7 @@ def test_launch_watch_and_reuse_a_fine_tune(dirs):
         pytest.fail("the fine-tune did not finish")
     row = table.iloc[0]
     assert row["model"] == "efficientnet_lite0" and row["epochs"] == "2/2" and row["best top-1 (%)"] > 50
+    assert 0 <= row["linear probe (%)"] <= 100  # the page launches LP-FT: its probe, scored before epoch 1
     overlay = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert overlay and [len(t["x"]) for t in overlay[-1]["data"]] == [2]  # one run, two epochs
     assert any("Best checkpoint" in c.value for c in at.caption)

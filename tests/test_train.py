@@ -426,8 +426,9 @@ def test_real_fine_tune_clearly_beats_its_own_linear_probe(tmp_path):
     linear probe that the same run fits first (LP-FT's head on frozen features, scored on val before any epoch).
 
     At 112 px the frozen ImageNet features lose much (probe 55–57 % here, 74 % at 224 px), so adapting the whole
-    network pays within 2 epochs: measured 60.9 % (probe 55.1 %) in fp32, 63.1 % (56.9 %) in bf16, about 50 s. A
-    backbone that did not train would stay at the probe's level. At 224 px two epochs only get back to the probe
+    network pays within 2 epochs: measured 60.9 % (probe 55.1 %) in fp32, 63.1 % (56.9 %) in bf16, about 50 s; the
+    augmentations' random stream moves it (fp32 with 0 or 1 loader workers: 60.2 %, 59.1 %). A backbone that did not
+    train stays at the probe's level (head-only epochs: 56.2 %). At 224 px two epochs only get back to the probe
     (70–73 % against 74 %; the 10-epoch recipe, bench/recipes.py, reaches 81 %). Precision is the CPU default (fp32),
     the same work on every CPU, with or without bf16 instructions.
     """
@@ -436,7 +437,7 @@ def test_real_fine_tune_clearly_beats_its_own_linear_probe(tmp_path):
                                    warmup_epochs=0.3, workers=2, keep_best=1))
     print(f"linear probe {result.probe_top1:.3f}, val top-1 per epoch: {[round(h.top1, 3) for h in result.history]}")
     assert result.probe_top1 >= 0.45  # 40 classes: chance is 0.025; the probe is a real fit
-    assert result.best_top1 >= result.probe_top1 + 0.03  # at least 9 more of the 274 photos right
+    assert result.best_top1 >= result.probe_top1 + 0.025  # at least 7 more of the 274 photos right
     model = load_model(checkpoint=result.best_checkpoint, device="cpu")
     assert len(model.class_names) == 40 and model.data_config["input_size"] == [3, 112, 112]
 
@@ -532,3 +533,11 @@ def test_ml_decoder_probe_fits_the_head_before_fine_tuning(colour_folder, tmp_pa
     assert seen["head"] == pytest.approx(seen["backbone"])
     # the fitted probe is scored on val before the first epoch: the baseline the fine-tune is measured against
     assert result.probe_top1 is not None and f"linear probe: val top-1 {result.probe_top1:.1%}, top-5 —" in out
+    from carnet_core.jobs import Job
+
+    assert json.loads((tmp_path / "probe.json").read_text())["top1"] == result.probe_top1  # for the page's curves
+    job = Job("x", tmp_path, {}, {})
+    assert job.probe_top1 == result.probe_top1
+    for damaged in ("", "{", '{"top1": "high"}', '{"top1": true}', "[]", "[1]"):  # a half-written or odd file reads as no probe, not a crash
+        (tmp_path / "probe.json").write_text(damaged)
+        assert job.probe_top1 is None, damaged
