@@ -124,7 +124,8 @@ if card["top1"] is not None or card["recipe"]:
     st.write(f"Dataset `{card['dataset']}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
              + (f", top-5 {card['metrics']['top5'] * 100:.1f}%"
                 if card["metrics"].get("top5") and top5_informative(len(card["class_names"])) else "")
-             + (f" (epoch {card['metrics'].get('epoch')})" if card["metrics"].get("epoch") else ""))
+             + (f" (epoch {card['metrics']['epoch']})" if card["metrics"].get("epoch") else
+                " (the linear probe: no fine-tuned epoch beat it)" if card["metrics"].get("epoch") == 0 else ""))
     if recipe:
         keep = ["model", "head", "img_size", "epochs", "batch_size", "lr", "optimizer", "scheduler", "freeze_epochs",
                 "probe_init", "label_smoothing", "randaugment", "mixup", "cutmix", "ema_decay", "precision"]

@@ -399,6 +399,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.best_checkpoint:
         probe = "" if result.probe_top1 is None else f" (linear probe {result.probe_top1:.1%})"
         print(f"best val top-1 {result.best_top1:.1%}{probe}: {result.best_checkpoint}")
+        if result.probe_is_best:
+            print("note: no epoch beat the linear probe, so the best checkpoint is the probe's (the head fitted on "
+                  "frozen features); train longer, or at a lower --lr, for fine-tuning to pay off")
     return 0
 
 

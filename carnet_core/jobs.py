@@ -96,9 +96,9 @@ def _pid_alive(pid: int | None, token: str = "") -> bool:
 
 def best_checkpoint(run_dir: Path) -> Path | None:
     """The best-top-1 checkpoint of a fine-tune's run folder (``best-eNNN-top1-XX.X.safetensors``), if any epoch
-    finished."""
+    finished or the run's linear probe was saved (``best-e000-…``: the probe, which loses a tie with an epoch)."""
     found = sorted(Path(run_dir).glob("best-e*-top1-*.safetensors"),
-                   key=lambda p: (-float(p.stem.rsplit("-", 1)[1]), p.name))
+                   key=lambda p: (-float(p.stem.rsplit("-", 1)[1]), p.name.startswith("best-e000-"), p.name))
     return found[0] if found else None
 
 
@@ -146,8 +146,9 @@ class Job:
 
     @property
     def best_top1(self) -> float | None:
-        history = self.history
-        return max(r["top1"] for r in history) if history else None
+        """The best val top-1 of the run's epochs and its linear probe (which is kept when no epoch beats it)."""
+        scores = [r["top1"] for r in self.history] + ([] if self.probe_top1 is None else [self.probe_top1])
+        return max(scores) if scores else None
 
     @property
     def best_checkpoint(self) -> Path | None:

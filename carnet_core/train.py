@@ -144,8 +144,14 @@ class TrainResult:
     stopped_early: bool = False
     cancelled: bool = False
     #: val top-1 of the linear probe (LP-FT's first stage: the head fitted on frozen features) before any epoch —
-    #: the number fine-tuning the whole network has to beat; None when the run fitted no probe
+    #: the number fine-tuning the whole network has to beat; None when the run fitted no probe. When no epoch beats
+    #: it, the best checkpoint is the probe's (``best-e000-…``, named ``…-probe``)
     probe_top1: float | None = None
+
+    @property
+    def probe_is_best(self) -> bool:
+        """True when no fine-tuned epoch reached the probe's val top-1, so the best checkpoint holds the probe."""
+        return self.probe_top1 is not None and all(h.top1 < self.probe_top1 for h in self.history)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -366,12 +372,20 @@ class Trainer:
         elif fabric.is_global_zero:  # a fresh run in a used folder: not an earlier run's probe on its curves
             (self.out / PROBE_FILE).unlink(missing_ok=True)
         if not resuming and cfg.probe_init:
-            if self._probe_init(module, train_ds.with_transform(eval_tf), head_params):
-                _, self.probe_top1, probe_top5 = self._validate(module, val_loader, val_loss_fn)
-                fabric.print(f"linear probe: val top-1 {self.probe_top1:.1%}, top-5 "
-                             f"{top5_text(probe_top5, len(splits.class_names))} (fine-tuning starts from it)")
-                if fabric.is_global_zero:  # for the Fine-tune page's curves, beside metrics.jsonl
-                    (self.out / PROBE_FILE).write_text(json.dumps({"top1": self.probe_top1, "top5": probe_top5}))
+            probe_train_loss = self._probe_init(module, train_ds.with_transform(eval_tf), head_params)
+            if probe_train_loss is not None:
+                t0 = time.perf_counter()
+                val_loss, top1, top5 = self._validate(module, val_loader, val_loss_fn)
+                probe = EpochMetrics(0, probe_train_loss, val_loss, top1, top5, lr=0.0, images_per_s=0.0,
+                                     seconds=time.perf_counter() - t0)
+                self.probe_top1 = top1
+                fabric.print(f"linear probe: val top-1 {top1:.1%}, top-5 {top5_text(top5, len(splits.class_names))} "
+                             "(fine-tuning starts from it)")
+                if fabric.is_global_zero:
+                    (self.out / PROBE_FILE).write_text(json.dumps({"top1": top1, "top5": top5}))  # for the page
+                    # a candidate for the best checkpoint, as epoch 0: a short fine-tune that ends below its probe
+                    # (the first epochs dip below it) leaves the probe's weights as the run's best, not worse ones
+                    best = self._checkpoint(probe, module, best)
                 if ema is not None:
                     ema.set(module)
             else:  # no probe after all: the untrained head needs its faster LR back
@@ -463,11 +477,12 @@ class Trainer:
             logger.finalize("success" if not result.cancelled else "aborted")
         return result
 
-    def _probe_init(self, module, dataset, head_params) -> bool:
+    def _probe_init(self, module, dataset, head_params) -> float | None:
         """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): fit the new head on the frozen
         backbone's features of the (un-augmented) train images, cached once, before fine-tuning everything. One
         pass of inference replaces the slow head-only epochs, and fine-tuning starts from a linear probe. Returns
-        False (and changes nothing) when the cached features would exceed :data:`PROBE_MAX_MB`."""
+        the probe's last training loss, or None (having changed nothing) when the cached features would exceed
+        :data:`PROBE_MAX_MB`."""
         cfg, fabric = self.cfg, self.fabric
         raw = getattr(module, "module", module)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
@@ -484,7 +499,7 @@ class Trainer:
                 if need_mb > PROBE_MAX_MB:
                     fabric.print(f"probe init skipped: caching the features would take {need_mb:,.0f} MB "
                                  f"(limit {PROBE_MAX_MB} MB); the head trains with the backbone instead")
-                    return False
+                    return None
         feats, labels = torch.cat(feats), torch.cat(labels)
         linear = cfg.head == "linear"
         optimizer = torch.optim.AdamW(head_params, lr=1e-2 if linear else 1e-3, weight_decay=cfg.weight_decay)
@@ -511,7 +526,7 @@ class Trainer:
             acc = float((raw.forward_head(feats).argmax(1) == labels).float().mean())
         fabric.print(f"probe init: head fitted on {len(feats)} cached feature maps in {time.perf_counter() - t0:.0f} s "
                      f"(train top-1 {acc:.1%}, loss {float(loss.detach()):.3f})")
-        return True
+        return float(loss.detach())
 
     def _validate(self, module, loader, loss_fn) -> tuple[float, float, float]:
         module.eval()
@@ -532,11 +547,12 @@ class Trainer:
         raw = getattr(module, "module", module)  # unwrap Fabric / DDP / EMA wrappers
         state = {k: v for k, v in raw.state_dict().items()}
         meta = {**{k: v for k, v in clf.describe().items() if k != "num_params"},
-                "name": f"{clf.name}-e{metrics.epoch}", "num_params": sum(p.numel() for p in raw.parameters()),
+                "name": f"{clf.name}-e{metrics.epoch}" if metrics.epoch else f"{clf.name}-probe", "num_params": sum(p.numel() for p in raw.parameters()),
                 "metrics": asdict(metrics), "dataset": str(self.cfg.data), "recipe": asdict(self.cfg)}
         meta["recipe"]["loggers"] = list(self.cfg.loggers)
         save_checkpoint(self.out / "last.safetensors", state, meta)
-        best = sorted(best + [(metrics.top1, metrics.epoch, None)], key=lambda t: (-t[0], t[1]))
+        # best first; on a tie the earlier epoch, but a fine-tuned epoch before the probe (epoch 0)
+        best = sorted(best + [(metrics.top1, metrics.epoch, None)], key=lambda t: (-t[0], t[1] == 0, t[1]))
         keep, drop = best[: self.cfg.keep_best], best[self.cfg.keep_best:]
         for _, epoch, path in drop:
             if path is not None and Path(path).exists():

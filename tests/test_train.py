@@ -437,9 +437,58 @@ def test_real_fine_tune_clearly_beats_its_own_linear_probe(tmp_path):
                                    warmup_epochs=0.3, workers=2, keep_best=1))
     print(f"linear probe {result.probe_top1:.3f}, val top-1 per epoch: {[round(h.top1, 3) for h in result.history]}")
     assert result.probe_top1 >= 0.45  # 40 classes: chance is 0.025; the probe is a real fit
-    assert result.best_top1 >= result.probe_top1 + 0.025  # at least 7 more of the 274 photos right
+    fine_tuned = max(h.top1 for h in result.history)  # the epochs' best; result.best_top1 may be the probe's
+    assert fine_tuned >= result.probe_top1 + 0.025 and result.best_top1 == fine_tuned  # 7 more of the 274 photos
     model = load_model(checkpoint=result.best_checkpoint, device="cpu")
     assert len(model.class_names) == 40 and model.data_config["input_size"] == [3, 112, 112]
+
+
+def test_a_fine_tune_that_ends_below_its_probe_keeps_the_probe_as_its_best_checkpoint(colour_folder, tmp_path, capsys):
+    """The probe is saved as epoch 0, a candidate for the best checkpoint: a fine-tune whose epochs all end below it
+    (here wrecked by a learning rate of 0.5; in practice a short run whose first epochs dip below the probe) leaves
+    the probe's weights as the run's best, not worse ones, and says so."""
+    from carnet_core.cli import main
+    from carnet_core.jobs import Job, best_checkpoint
+
+    assert main(["train", str(colour_folder), "--out", str(tmp_path), "--epochs", "1", "--img-size", "64",
+                 "--batch-size", "6", "--workers", "0", "--randaugment", "none", "--lr", "0.5",
+                 "--warmup-epochs", "0", "--keep-best", "2"]) == 0
+    out = capsys.readouterr().out
+    probe = float(re.search(r"linear probe: val top-1 ([\d.]+)%", out).group(1))
+    epoch1 = float(re.search(r"epoch 1: .*top-1 ([\d.]+)%", out).group(1))
+    assert epoch1 < probe, out
+    best = best_checkpoint(tmp_path)
+    assert best.name == f"best-e000-top1-{probe:.1f}.safetensors", sorted(p.name for p in tmp_path.iterdir())
+    assert f"best val top-1 {probe:.1f}% (linear probe {probe:.1f}%): {best}" in out
+    assert "note: no epoch beat the linear probe, so the best checkpoint is the probe's" in out
+    model = load_model(checkpoint=best, device="cpu")
+    assert model.name.endswith("-probe") and model.metrics["epoch"] == 0
+    assert evaluate(model, open_dataset(colour_folder).val).top1 * 100 == pytest.approx(probe, abs=0.05)  # its weights
+    assert Job("x", tmp_path, {}, {}).best_top1 * 100 == pytest.approx(probe, abs=0.05)  # the Runs table's best
+    from streamlit.testing.v1 import AppTest
+
+    listed = Path(os.environ["CARNET_WEIGHTS_DIR"]) / "colours-probe.safetensors"  # where the pickers list it
+    shutil.copy(best, listed)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Models.py"), default_timeout=300).run()
+    at.selectbox(key="models_pick").set_value(f"checkpoint:{listed}").run()
+    assert not at.exception, at.exception
+    assert any("(the linear probe: no fine-tuned epoch beat it)" in m.value for m in at.markdown)
+
+
+def test_an_epoch_that_ties_the_probe_is_the_best_checkpoint(colour_folder, tmp_path):
+    """On a tie the fine-tuned epoch is kept as best, not the probe (epoch 0), in the run and in its folder."""
+    from carnet_core.jobs import best_checkpoint
+    from carnet_core.train import EpochMetrics, _initial_model
+
+    cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), keep_best=2, **FAST)
+    trainer = Trainer(cfg)
+    trainer.classifier = _initial_model(cfg, ("blue", "green", "red"))
+    best = []
+    for epoch, top1 in ((0, 1.0), (1, 1.0), (2, 0.9)):
+        best = trainer._checkpoint(EpochMetrics(epoch, 0.1, 0.1, top1, 1.0, 1e-3, 1.0, 1.0),
+                                   trainer.classifier.module, best)
+    assert [(top1, epoch) for top1, epoch, _ in best] == [(1.0, 1), (1.0, 0)]
+    assert best_checkpoint(tmp_path) == best[0][2] == tmp_path / "best-e001-top1-100.0.safetensors"
 
 
 def test_bf16_autocast_trains_on_the_cpu_and_keeps_fp32_weights(colour_folder, tmp_path):
