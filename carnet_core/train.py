@@ -546,8 +546,9 @@ class Trainer:
         clf = self.classifier
         raw = getattr(module, "module", module)  # unwrap Fabric / DDP / EMA wrappers
         state = {k: v for k, v in raw.state_dict().items()}
+        name = f"{clf.name}-e{metrics.epoch}" if metrics.epoch else f"{clf.name}-probe"  # epoch 0: the linear probe
         meta = {**{k: v for k, v in clf.describe().items() if k != "num_params"},
-                "name": f"{clf.name}-e{metrics.epoch}" if metrics.epoch else f"{clf.name}-probe", "num_params": sum(p.numel() for p in raw.parameters()),
+                "name": name, "num_params": sum(p.numel() for p in raw.parameters()),
                 "metrics": asdict(metrics), "dataset": str(self.cfg.data), "recipe": asdict(self.cfg)}
         meta["recipe"]["loggers"] = list(self.cfg.loggers)
         save_checkpoint(self.out / "last.safetensors", state, meta)
