@@ -429,8 +429,8 @@ def test_real_fine_tune_clearly_beats_its_own_linear_probe(tmp_path):
     network pays within 2 epochs: measured 60.9 % (probe 55.1 %) in fp32, 63.1 % (56.9 %) in bf16, about 50 s; the
     augmentations' random stream moves it (fp32 with 0 or 1 loader workers: 60.2 %, 59.1 %). A backbone that did not
     train stays at the probe's level (head-only epochs: 56.2 %). At 224 px two epochs only get back to about the
-    probe's level (73.4 % against 74.1 %; the 10-epoch recipe, bench/recipes.py, reaches 81 %). Precision is the CPU default (fp32),
-    the same work on every CPU, with or without bf16 instructions.
+    probe's level (73.4 % against 74.1 %; the 10-epoch recipe, bench/recipes.py, reaches 81 %). Precision is the CPU
+    default (fp32), the same work on every CPU, with or without bf16 instructions.
     """
     data = need(SHARED / "data" / "stanford_cars_40")
     result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path), img_size=112, epochs=2, lr=2e-4,
@@ -557,9 +557,11 @@ def test_head_learns_faster_when_the_probe_is_skipped(colour_folder, tmp_path, m
 
     cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=1, **{**FAST, "probe_init": True,
                                                                                  "freeze_epochs": 0})
+    (tmp_path / "probe.json").write_text('{"top1": 0.5, "top5": 0.9}')  # an earlier run's, in the same folder
     result = Trainer(cfg, [Probe()]).fit()
     out = capsys.readouterr().out
     assert "probe init skipped" in out and "linear probe:" not in out and result.probe_top1 is None
+    assert not (tmp_path / "probe.json").exists()  # this run fitted no probe: its curves show none
     assert seen["head"] == pytest.approx(seen["backbone"] * cfg.head_lr_scale)
 
 
@@ -587,6 +589,6 @@ def test_ml_decoder_probe_fits_the_head_before_fine_tuning(colour_folder, tmp_pa
     assert json.loads((tmp_path / "probe.json").read_text())["top1"] == result.probe_top1  # for the page's curves
     job = Job("x", tmp_path, {}, {})
     assert job.probe_top1 == result.probe_top1
-    for damaged in ("", "{", '{"top1": "high"}', '{"top1": true}', "[]", "[1]"):  # a half-written or odd file reads as no probe, not a crash
+    for damaged in ("", "{", '{"top1": "high"}', '{"top1": true}', "[]", "[1]"):  # half-written or odd: no probe,
         (tmp_path / "probe.json").write_text(damaged)
-        assert job.probe_top1 is None, damaged
+        assert job.probe_top1 is None, damaged  # not a crash
