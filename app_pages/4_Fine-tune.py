@@ -258,8 +258,10 @@ if with_curves:
                       format_func=lambda m: {"top1": "val top-1", "top5": "val top-5", "val_loss": "val loss",
                                              "train_loss": "train loss"}[m])
     if picked:
-        st.plotly_chart(runs_overlay_figure({f"{with_curves[i].label} ({i})": with_curves[i].history for i in picked},
-                                            metric), width="stretch", key="overlay")
+        names = {i: f"{with_curves[i].label} ({i})" for i in picked}
+        st.plotly_chart(runs_overlay_figure({names[i]: with_curves[i].history for i in picked}, metric,
+                                            probes={names[i]: with_curves[i].probe_top1 for i in picked}),
+                        width="stretch", key="overlay")
 
 chosen = st.selectbox("Run", [j.id for j in jobs], key="finetune_run",
                       format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).label}")

@@ -74,16 +74,38 @@ def training_curves_figure(history: Sequence[dict[str, float]], title: str | Non
     return fig
 
 
-def runs_overlay_figure(runs: dict[str, Sequence[dict[str, float]]], metric: str = "top1") -> go.Figure:
+def runs_overlay_figure(runs: dict[str, Sequence[dict[str, float]]], metric: str = "top1",
+                        probes: dict[str, float | None] | None = None) -> go.Figure:
     """One line per run of ``metric`` (``top1``, ``top5``, ``val_loss``, ``train_loss``) against epoch, to compare
-    fine-tunes. Accuracies are shown in %."""
+    fine-tunes. Accuracies are shown in %.
+
+    Args:
+        runs: per-epoch rows (as in ``metrics.jsonl``) by run label.
+        metric: the row key drawn.
+        probes: each run's linear-probe val top-1 (0–1; None: no probe), by run label. For ``top1`` a run with a
+            probe starts at epoch 0 from it, an open diamond in the run's colour: what its epochs should end above
+            (the single run's chart draws the same value as a dotted line).
+    """
     scale = 100 if metric in ("top1", "top5") else 1
-    fig = go.Figure([go.Scatter(x=[r["epoch"] for r in rows], y=[r[metric] * scale for r in rows], name=label,
-                                mode="lines+markers") for label, rows in runs.items()])
-    label = {"top1": "val top-1 (%)", "top5": "val top-5 (%)", "val_loss": "val loss", "train_loss": "train loss"}
+    probes = (probes or {}) if metric == "top1" else {}
+    value = "%{y:.1f}%" if scale == 100 else "%{y:.3f}"
+    fig = go.Figure()
+    for label, rows in runs.items():
+        epochs, values = [r["epoch"] for r in rows], [r[metric] * scale for r in rows]
+        points = [f"epoch {e}" for e in epochs]
+        if probes.get(label) is not None:
+            epochs, values, points = [0, *epochs], [probes[label] * scale, *values], ["linear probe", *points]
+        fig.add_trace(go.Scatter(x=epochs, y=values, name=label, mode="lines+markers", text=points,
+                                 marker=dict(symbol=["diamond-open" if p == "linear probe" else "circle"
+                                                     for p in points],
+                                             size=[11 if p == "linear probe" else 6 for p in points]),
+                                 hovertemplate="%{text}: " + value + "<extra>%{fullData.name}</extra>"))
+    titles = {"top1": "val top-1 (%)", "top5": "val top-5 (%)", "val_loss": "val loss", "train_loss": "train loss"}
     longest = max((len(rows) for rows in runs.values()), default=0)
     fig.update_xaxes(dtick=1 if longest <= 15 else None)  # whole epochs, as on the live curves (not 1.2, 1.4, …)
-    fig.update_layout(xaxis_title="epoch", yaxis_title=label.get(metric, metric), height=340,
+    with_probe = any(probes.get(run) is not None for run in runs)
+    fig.update_layout(xaxis_title="epoch (0: linear probe)" if with_probe else "epoch",
+                      yaxis_title=titles.get(metric, metric), height=340,
                       margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.2))
     return fig
 

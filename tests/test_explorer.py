@@ -425,6 +425,21 @@ def test_fine_tune_curves_tick_whole_epochs():
     assert runs_overlay_figure({"a": long}).layout.xaxis.dtick is None
 
 
+def test_runs_overlay_starts_each_run_at_its_linear_probe():
+    """Compared runs: on val top-1 each run with a probe starts at epoch 0 from it (an open diamond, in the line's own
+    colour); a run without one, and the other metrics, draw the epochs alone."""
+    rows = [{"epoch": e, "top1": t, "top5": 0.9, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3}
+            for e, t in ((1, 0.62), (2, 0.71))]
+    fig = runs_overlay_figure({"a": rows, "b": rows}, "top1", probes={"a": 0.654, "b": None})
+    a, b = fig.data
+    assert list(a.x) == [0, 1, 2] and list(a.y) == pytest.approx([65.4, 62.0, 71.0])
+    assert list(a.marker.symbol) == ["diamond-open", "circle", "circle"] and a.text[0] == "linear probe"
+    assert list(b.x) == [1, 2] and fig.layout.xaxis.title.text == "epoch (0: linear probe)"
+    loss = runs_overlay_figure({"a": rows}, "val_loss", probes={"a": 0.654})
+    assert list(loss.data[0].x) == [1, 2] and loss.layout.xaxis.title.text == "epoch"
+    assert runs_overlay_figure({"b": rows}, "top1", probes={"a": 0.654}).layout.xaxis.title.text == "epoch"
+
+
 def test_fine_tune_curves_show_the_linear_probe_on_the_accuracy_panel():
     """The run's probe is where fine-tuning starts: a dotted line at its top-1 (%), on the accuracy panel only."""
     rows = [{"epoch": e, "top1": t, "top5": 0.9, "train_loss": 1.0, "val_loss": 1.0, "lr": 1e-3}

@@ -54,7 +54,8 @@ def test_launch_watch_and_reuse_a_fine_tune(dirs):
     assert row["model"] == "efficientnet_lite0" and row["epochs"] == "2/2" and row["best top-1 (%)"] > 50
     assert 0 <= row["linear probe (%)"] <= 100  # the page launches LP-FT: its probe, scored before epoch 1
     overlay = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert overlay and [len(t["x"]) for t in overlay[-1]["data"]] == [2]  # one run, two epochs
+    [curve] = overlay[-1]["data"]  # one run: its linear probe at epoch 0, then its two epochs
+    assert curve["x"] == [0, 1, 2] and round(curve["y"][0], 1) == row["linear probe (%)"]
     assert any("Best checkpoint" in c.value for c in at.caption)
 
     classify = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
