@@ -113,3 +113,15 @@ def test_procfile_server_refuses_uploads_over_the_cap():
                 upload_status(port, cookie, token, session, int(accepted_mb * MB)),
                 upload_status(port, cookie, token, session, int(refused_mb * MB))])
         assert statuses == [204, 413], env  # a big photo goes in; over the cap is refused (the operator's, if set)
+
+
+def test_hosts_get_the_python_that_is_tested():
+    """Heroku's Python buildpack (and uv, pyenv) read `.python-version`; without it a host takes its own default
+    Python, which CI never ran. It names a major.minor release (a host then keeps the patch releases current), the
+    lowest that pyproject.toml allows, the one the README asks for and CI tests on."""
+    import tomllib
+
+    pinned = (ROOT / ".python-version").read_text().strip()
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert pinned.count(".") == 1 and required == f">={pinned}"
+    assert f"Python {pinned}." in (ROOT / "README.md").read_text()
