@@ -210,8 +210,10 @@ with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field
                                 help="Without the linear probe: train only the head this many epochs.")
     augment = right.selectbox("Augmentation", ["RandAugment (m7)", "flip + crop only"], key="finetune_aug")
     mixup = right.toggle("Mixup / CutMix", key="finetune_mixup")
-    estimate_clicked = st.form_submit_button("Estimate time per epoch", key="finetune_estimate")
-    launch_clicked = st.form_submit_button("Launch", type="primary", key="finetune_launch", disabled=bool(untrainable))
+    buttons = st.container(horizontal=True)
+    estimate_clicked = buttons.form_submit_button("Estimate time per epoch", key="finetune_estimate")
+    launch_clicked = buttons.form_submit_button("Launch", type="primary", key="finetune_launch",
+                                                disabled=bool(untrainable))
 
 if estimate_clicked:
     try:
@@ -270,10 +272,10 @@ if job.state == "failed":
     st.error(job.status.get("error") or "failed")
 if job.best_checkpoint:
     st.caption(f"Best checkpoint: `{job.best_checkpoint}` — pick it (★) on Classify, Explain or Compare.")
-left, right = st.columns(2)
-if job.resumable and left.button("Resume", key="finetune_resume"):
+actions = st.container(horizontal=True)
+if job.resumable and actions.button("Resume", key="finetune_resume"):
     runner.resume(job.id)
     st.rerun()
-if job.state in FINISHED and right.button("Delete run", key="finetune_delete"):
+if job.state in FINISHED and actions.button("Delete run", key="finetune_delete"):
     runner.delete(job.id)
     st.rerun()

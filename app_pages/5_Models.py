@@ -106,17 +106,17 @@ if cost:
                                                  "real ones do (the same network)."))
 if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
     model = ui.model_or_stop(pick)
-    down = st.columns(3)
-    down[0].download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",
-                            file_name=f"{model.name}-onnx.zip", key="models_onnx",
-                            help="The model in ONNX (outputs logits and probabilities) with its class names and data "
-                                 "config in a .json beside it, as `python -m carnet_core export` writes them.")
+    down = st.container(horizontal=True)
+    down.download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",
+                         file_name=f"{model.name}-onnx.zip", key="models_onnx",
+                         help="The model in ONNX (outputs logits and probabilities) with its class names and data "
+                              "config in a .json beside it, as `python -m carnet_core export` writes them.")
     if pick.startswith(ui.CHECKPOINT_PREFIX):
         path = Path(pick[len(ui.CHECKPOINT_PREFIX):])
-        down[1].download_button("Download the checkpoint (.safetensors)", path.read_bytes, file_name=path.name,
-                                mime="application/octet-stream", key="models_checkpoint",
-                                help="CarNet's own format: class names, data config and provenance inside; "
-                                     "`load_model(checkpoint=...)` or the weights folder of another CarNet.")
+        down.download_button("Download the checkpoint (.safetensors)", path.read_bytes, file_name=path.name,
+                             mime="application/octet-stream", key="models_checkpoint",
+                             help="CarNet's own format: class names, data config and provenance inside; "
+                                  "`load_model(checkpoint=...)` or the weights folder of another CarNet.")
 
 if card["top1"] is not None or card["recipe"]:
     st.markdown("**Fine-tune**")

@@ -63,9 +63,9 @@ if not within_classes(dataset.class_names, model.class_names):  # classes named 
         st.stop()
 
 state_key = f"evaluation::{model_key}::{folder}::{kind}::{split}::{mapping_name}"
-cols = st.columns([1, 2, 3])
-run = cols[0].button("Evaluate", type="primary", key="evaluate_run")
-rerun = cols[1].button("Re-run (ignore cache)", key="evaluate_refresh")
+buttons = st.container(horizontal=True)  # side by side, not spread over the page's width
+run = buttons.button("Evaluate", type="primary", key="evaluate_run")
+rerun = buttons.button("Re-run (ignore cache)", key="evaluate_refresh")
 if run or rerun:
     bar = st.progress(0.0, text=f"Evaluating {model.name} on {len(dataset)} images…")
     try:
@@ -105,13 +105,13 @@ table = pd.DataFrame(rows)
 for column in ("accuracy", "precision", "F1"):
     table[column] = (table[column] * 100).round(1)
 table = table.rename(columns={"accuracy": "accuracy (%)", "precision": "precision (%)", "F1": "F1 (%)"})
-export = st.columns(3)
-export[0].download_button("Per-class table (CSV)", table.to_csv(index=False), "per_class.csv", "text/csv",
-                          key="evaluate_csv")
-export[1].download_button("Full report (JSON)", json.dumps({"model": model.name, "dataset": str(folder),
-                                                             "split": split, "mapping": mapping_name,
-                                                             **report.to_dict()}, indent=1),
-                          "evaluation.json", "application/json", key="evaluate_json")
+export = st.container(horizontal=True)
+export.download_button("Per-class table (CSV)", table.to_csv(index=False), "per_class.csv", "text/csv",
+                       key="evaluate_csv")
+export.download_button("Full report (JSON)", json.dumps({"model": model.name, "dataset": str(folder),
+                                                          "split": split, "mapping": mapping_name,
+                                                          **report.to_dict()}, indent=1),
+                       "evaluation.json", "application/json", key="evaluate_json")
 
 tab_classes, tab_confusion, tab_mistakes, tab_calibration = st.tabs(
     ["Per class", "Confusion", "Mistakes", "Calibration"])
