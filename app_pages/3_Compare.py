@@ -13,7 +13,7 @@ from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.errors import listed
 from carnet_core.evaluate import TOP5_NOTE, top5_informative
-from carnet_core.folders import compare_on_folder, load_mapping, members_needing_mapping
+from carnet_core.folders import compare_on_folder, load_mapping, mapping_problem, members_needing_mapping
 from carnet_core.jobs import hosted_mode
 from carnet_core.predict import topk_predictions
 
@@ -133,19 +133,28 @@ if needs_mapping:
     st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
             f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
             f"`{ui.mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
-weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
-settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
-            tuple(weights))  # what a folder report was made with
-if st.button("Evaluate", key="compare_run", disabled=bool(folder_problem) or needs_mapping):
+mapping, mapping_error = None, None
+if unmapped and not no_mapping:  # read and checked now: a mapping that does not fit a member is said before Evaluate
     try:
-        mapping = None
-        if mapping_choice in [p.name for p in mapping_files]:
-            mapping = load_mapping(ui.mappings_dir() / mapping_choice)
-        elif mapping_upload is not None:
+        if mapping_upload is not None:
             with tempfile.NamedTemporaryFile(suffix=Path(mapping_upload.name).suffix) as f:
                 f.write(mapping_upload.getvalue())
                 f.flush()
                 mapping = load_mapping(f.name)
+        else:
+            mapping = load_mapping(ui.mappings_dir() / mapping_choice)
+        mapping_error = mapping_problem(models, folder_classes, mapping)
+    except CarNetError as exc:
+        mapping_error = str(exc)
+if mapping_error:
+    several_label_sets = len({frozenset(m.class_names) for m in models}) > 1
+    st.warning(mapping_error + (" — a mapping serves one label set: pick models that share one, or a folder whose "
+                                "classes each member either has or the mapping covers" if several_label_sets else ""))
+weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
+settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
+            tuple(weights))  # what a folder report was made with
+if st.button("Evaluate", key="compare_run", disabled=bool(folder_problem or mapping_error) or needs_mapping):
+    try:
         bar = st.progress(0.0, text="Classifying…")
         try:
             report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,

@@ -192,20 +192,12 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
         CarNetError: bad folder or mapping (naming the member it does not fit), fewer than two members, or a member
             given twice.
     """
-    try:
-        names: tuple[str, ...] | None = aligned_class_names(models)
-    except CarNetError:
-        if len(models) < 2:
-            raise
-        names = None  # different label sets: each member is projected onto the folder's classes on its own
+    names = _common_label_set(models)
     members = member_names(models)  # distinct, for the report's rows
     folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
     items = read_labelled_folder(folder)
     classes = sorted({label for _, label in items})
-    if names is not None:
-        projection = LabelProjection(classes, names, mapping)
-    else:
-        own = [_member_projection(m, classes, mapping) for m in models]
+    projections = _projections(models, names, classes, mapping)  # checked before any image is read
     probs, labels, paths, unreadable = [], [], [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -220,7 +212,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
         if images and names is not None:
             probs.append(member_probabilities(models, images)[0])  # (M, n, C) in the common label set
         elif images:
-            probs.append(torch.stack([own[i].project(timed_probabilities(m, images)[0])
+            probs.append(torch.stack([projections[i].project(timed_probabilities(m, images)[0])
                                       for i, m in enumerate(models)]))  # (M, n, folder classes)
         if progress:
             progress(min(1.0, (start + len(chunk)) / len(items)))
@@ -229,6 +221,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     member = torch.cat(probs, dim=1)  # (M, N, C)
     y = torch.tensor(labels)
     if names is not None:
+        projection = projections[0]  # the common label set onto the folder's classes
         rows = {name: projection.project(member[i]) for i, name in enumerate(members)}
         rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
     else:
@@ -242,6 +235,39 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
                      for i in disagree]
     return CompareReport(classes, members, accuracy, len(paths), disagreements, unreadable,
                          str(folder), combined_in="model classes" if names is not None else "folder classes")
+
+
+def mapping_problem(models: Sequence[Classifier], classes: Sequence[str],
+                    mapping: dict[str, list[str]] | None) -> str | None:
+    """Why :func:`compare_on_folder` would refuse to score ``models`` on a folder of ``classes`` through ``mapping``
+    (None: no mapping), or None when it would not: what it raises, found without reading an image, so a page can say
+    it before Evaluate is pressed. A mapping serves one label set: ImageNet classes mean nothing to a fine-tune of
+    other classes, whose message names it."""
+    try:
+        _projections(models, _common_label_set(models), classes, mapping)
+    except CarNetError as exc:
+        return str(exc)
+    return None
+
+
+def _common_label_set(models: Sequence[Classifier]) -> tuple[str, ...] | None:
+    """The members' one label set, or None when they have different ones (each is then projected onto the folder's
+    classes on its own). Raises CarNetError for fewer than two members."""
+    try:
+        return aligned_class_names(models)
+    except CarNetError:
+        if len(models) < 2:
+            raise
+        return None
+
+
+def _projections(models: Sequence[Classifier], names: Sequence[str] | None, classes: Sequence[str],
+                 mapping: dict[str, list[str]] | None) -> list[LabelProjection]:
+    """One projection of the common label set ``names`` onto the folder ``classes``, or one per member when they have
+    different label sets. Raises CarNetError when the mapping (or a member's own classes) does not fit."""
+    if names is not None:
+        return [LabelProjection(classes, names, mapping)]
+    return [_member_projection(m, classes, mapping) for m in models]
 
 
 def _member_projection(model: Classifier, classes: Sequence[str],

@@ -8,7 +8,8 @@ from PIL import Image
 
 from carnet_core import CarNetError, load_model
 from carnet_core.ensemble import agreement, aligned_class_names, combine
-from carnet_core.folders import LabelProjection, compare_on_folder, load_mapping, members_needing_mapping
+from carnet_core.folders import (LabelProjection, compare_on_folder, load_mapping, mapping_problem,
+                                 members_needing_mapping)
 from carnet_core.model import Classifier
 from carnet_core.weights import WeightsSource
 
@@ -214,6 +215,19 @@ def test_members_with_different_label_sets_are_compared_in_the_folders_classes(t
     same = compare_on_folder([tuned, colour_model("b", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])],
                              tmp_path)
     assert same.combined_in == "model classes"  # one label set: combined in it, as before
+
+    # asked before measuring, without reading an image: what compare_on_folder would refuse, naming the member
+    classes = ["blue", "green", "red"]
+    assert mapping_problem([tuned, wide], classes, mapping) is None
+    assert mapping_problem([tuned, wide], classes, None).startswith("wide: 3 of the 3 folder classes are not")
+    other = colour_model("other", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["cyan", "magenta", "yellow"])
+    assert mapping_problem([other, wide], classes, mapping) == "other: mapping for 'blue': 'navy' is not a class of " \
+                                                              "the model"  # a mapping serves one label set
+    with pytest.raises(CarNetError, match="^other: mapping for 'blue'"):
+        compare_on_folder([other, wide], tmp_path, mapping)
+    twin = colour_model("twin", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])  # one label set
+    assert mapping_problem([tuned, twin], classes, {"red": ["red"]}) == "the mapping has no entry for folder " \
+                                                                         "classes: blue, green"
 
     preds, times, probs = member_predictions([tuned, wide], Image.new("RGB", (16, 16), (0, 255, 0)))
     assert probs is None and len(times) == 2  # nothing to combine on one photo

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from carnet_core import load_model
 from carnet_core.cards import cached_cost, count_macs, model_card
+from carnet_core.checkpoint import read_metadata
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure, runs_overlay_figure, \
     training_curves_figure
 from carnet_core.datasets import open_dataset
@@ -481,6 +483,22 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert table["top-1 (%)"].iloc[0] >= 50  # the fine-tune, on (mostly) the images it was trained on
     assert any("different label sets" in c.value for c in at.caption)
 
+    # a folder of other classes, with a mapping to ImageNet: it fits the ImageNet model but means nothing to the
+    # fine-tune (whose classes are colours). Said before Evaluate, which is disabled (it failed only when pressed)
+    for cls in ("dusk", "dawn"):
+        (tmp_path / "data" / "skies" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "orange").save(tmp_path / "data" / "skies" / cls / "0.png")
+    (maps / "skies_to_imagenet.json").write_text(json.dumps({"dusk": ["volcano"], "dawn": ["lakeside"]}))
+    at.run()  # the folder list is read on each run
+    at.selectbox(key="compare_folder_pick").set_value(tmp_path / "data" / "skies").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert next(s for s in at.selectbox if s.label == "Mapping").value == "skies_to_imagenet.json"
+    [warning] = [w.value for w in at.warning if "mapping" in w.value]  # beside the defaults' missing weights
+    tuned = read_metadata(colour_checkpoint)["name"]
+    assert warning.startswith(f"{tuned}: mapping for 'dawn': 'lakeside' is not a class of the model") \
+        and "a mapping serves one label set" in warning
+    assert at.button(key="compare_run").disabled
+
     # two fine-tunes of the folder's classes with the same name (runs that stopped at the same epoch): they need no
     # mapping, so none is offered (the one named after the folder was applied to them, and failed: "'fire engine'
     # is not a class of the model"), and each is named by its run
@@ -495,8 +513,6 @@ def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoin
     assert not [s for s in at.selectbox if s.label == "Mapping"] and not at.button(key="compare_run").disabled
     at.button(key="compare_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    from carnet_core.checkpoint import read_metadata
-
     name = read_metadata(colour_checkpoint)["name"]
     assert list(at.dataframe[0].value["model / rule"])[:2] == [f"{name} (20261123-0815-a)", f"{name} (20261123-0930-b)"]
     from carnet_core.cli import main  # the CLI's JSON: one weights entry per member (the second overwrote the first)
