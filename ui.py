@@ -413,20 +413,22 @@ def mapping_files() -> list[Path]:
 
 def first_measurable(key: str, folders: list[Path], models: list[Classifier]) -> int:
     """The index a dataset picker (widget ``key``) starts at: the first of ``folders`` that ``models`` can be measured
-    on as it is — a mapping file named after it, or class folders that are classes of every model — else 0. Chosen
-    on the page's first run and kept (a picker's default must not move under the user)."""
-    from carnet_core.folders import members_needing_mapping
+    on as it is — class folders that are classes of every model, or else a mapping file named after it that fits
+    every model that needs one — else 0. Chosen on the page's first run and kept (a picker's default must not move
+    under the user)."""
+    from carnet_core.folders import load_mapping, mapping_problem, members_needing_mapping
 
     remembered = f"_{key}_first_measurable"
     if remembered not in st.session_state:
         files = mapping_files()
 
         def measurable(folder: Path) -> bool:
-            if suggested_mapping(folder, files):
-                return True
             try:
-                return not members_needing_mapping(models, folder)[1]
-            except CarNetError:  # not class folders (an annotation-file layout, say): not chosen for the user
+                classes, unmapped = members_needing_mapping(models, folder)
+                suggested = suggested_mapping(folder, files)
+                return not unmapped or (suggested is not None
+                                        and mapping_problem(models, classes, load_mapping(suggested)) is None)
+            except CarNetError:  # not class folders (an annotation-file layout, say), a bad mapping: not chosen
                 return False
 
         st.session_state[remembered] = next((i for i, f in enumerate(folders) if measurable(f)), 0)

@@ -239,12 +239,13 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
 
 def mapping_problem(models: Sequence[Classifier], classes: Sequence[str],
                     mapping: dict[str, list[str]] | None) -> str | None:
-    """Why :func:`compare_on_folder` would refuse to score ``models`` on a folder of ``classes`` through ``mapping``
-    (None: no mapping), or None when it would not: what it raises, found without reading an image, so a page can say
-    it before Evaluate is pressed. A mapping serves one label set: ImageNet classes mean nothing to a fine-tune of
-    other classes, whose message names it."""
+    """Why :func:`compare_on_folder` would refuse to score ``models`` (an ensemble's members, or one model, as
+    Evaluate scores it) on a folder of ``classes`` through ``mapping`` (None: no mapping), or None when it would not:
+    what it raises, found without reading an image, so a page can say it before Evaluate is pressed. A mapping serves
+    one label set: ImageNet classes mean nothing to a fine-tune of other classes, whose message names it."""
     try:
-        _projections(models, _common_label_set(models), classes, mapping)
+        names = models[0].class_names if len(models) == 1 else _common_label_set(models)
+        _projections(models, names, classes, mapping)
     except CarNetError as exc:
         return str(exc)
     return None

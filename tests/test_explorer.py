@@ -453,6 +453,35 @@ def test_fine_tune_curves_show_the_linear_probe_on_the_accuracy_panel():
     assert [a.text for a in fig.layout.annotations if a.text.startswith("linear")] == ["linear probe 74.1%"]
 
 
+def test_pickers_start_at_a_folder_every_model_can_be_measured_on(colour_checkpoint, colour_folder, tmp_path,
+                                                                 monkeypatch):
+    """A folder with a mapping named after it was taken as measurable even when the mapping meant nothing to a member
+    (ImageNet classes, a fine-tune of colours): Compare started there, with Evaluate disabled. It now starts at the
+    first folder that every member can be measured on; Evaluate, for the ImageNet model alone, still starts there."""
+    monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path / "data"))
+    shutil.copytree(colour_folder, tmp_path / "data" / "colours")
+    for cls in ("dusk", "dawn"):  # "ash" comes before "colours"
+        (tmp_path / "data" / "ash" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "grey").save(tmp_path / "data" / "ash" / cls / "0.png")
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "ash_to_imagenet.json").write_text(json.dumps({"dusk": ["volcano"], "dawn": ["lakeside"]}))
+    (tmp_path / "maps" / "colours_to_imagenet.json").write_text(json.dumps({"red": ["fire engine"], "green": [
+        "green mamba"], "blue": ["jean"]}))  # for the ImageNet model; the fine-tune has the colours itself
+    monkeypatch.setenv("CARNET_MAPPINGS_DIR", str(tmp_path / "maps"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT)
+    at.session_state["compare_models"] = [ui_key(colour_checkpoint), "efficientnet_lite0"]
+    at.run()
+    assert not at.exception and at.multiselect(key="compare_models").value == [ui_key(colour_checkpoint),
+                                                                             "efficientnet_lite0"]
+    folders = at.selectbox(key="compare_folder_pick")
+    assert folders.options[:2] == ["ash", "colours"] and folders.value.name == "colours"  # options: as shown
+    assert not at.button(key="compare_run").disabled
+    evaluate = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
+    assert evaluate.selectbox(key="evaluate_model").value == "efficientnet_lite0"
+    assert evaluate.selectbox(key="evaluate_folder").value.name == "ash"  # its mapping fits the ImageNet model
+
+
 def test_compare_page_with_a_fine_tune_beside_an_imagenet_model(colour_checkpoint, colour_folder, tmp_path,
                                                                 monkeypatch, capsys):
     """A fine-tune of a folder's classes and an ImageNet model: the page stopped at "different label sets". Now one
