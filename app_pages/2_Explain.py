@@ -73,8 +73,7 @@ heat.image(result.heatmap_image(colormap), width="stretch",
            caption=f"{method_name} heatmap · layer {result.layer}" + (f" · {smoothed} smoothing" if smoothed else ""))
 overlay_image = result.overlay(alpha, colormap)
 over.image(overlay_image, caption=f"{result.class_name}: {result.probability * 100:.1f}%", width="stretch")
-st.caption(f"Faithfulness: keeping only the highlighted region changes the probability of **{result.class_name}** by "
-           f"**{result.faithfulness * 100:+.1f} points** (pytorch-grad-cam CamMultImageConfidenceChange) · "
+st.caption(f"Faithfulness (pytorch-grad-cam's CamMultImageConfidenceChange): {result.faithfulness_text()} · "
            f"{result.latency_ms:.0f} ms")
 buffer = io.BytesIO()
 overlay_image.save(buffer, "PNG")

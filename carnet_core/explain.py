@@ -61,6 +61,13 @@ COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "magma", "ho
 AUG_SMOOTH_PASSES = 6
 
 
+_FAITHFULNESS_VERDICTS = {
+    "supports": "the highlighted region alone supports the class",
+    "most": "the highlighted region carries much of the evidence, not all",
+    "outside": "most of the evidence lies outside the highlighted region: do not read this heatmap alone",
+}
+
+
 @dataclass
 class Explanation:
     """One CAM.
@@ -90,6 +97,20 @@ class Explanation:
     latency_ms: float
     aug_smooth: bool = False
     eigen_smooth: bool = False
+
+    def faithfulness_text(self) -> str:
+        """:attr:`faithfulness` in words (Markdown), for a page or a report: the class probability before and after
+        keeping only the highlighted region, and what that says of the heatmap: it supports the class (the
+        probability does not fall), carries much of the evidence (it keeps over half), or misses most of it."""
+        before, after = self.probability, min(max(self.probability + self.faithfulness, 0.0), 1.0)
+        if f"{after:.1%}" == f"{before:.1%}":
+            change, verdict = f"keeps the probability of **{self.class_name}** at {before:.1%}", "supports"
+        else:
+            change = (f"{'raises' if after > before else 'lowers'} the probability of **{self.class_name}** from "
+                      f"{before:.1%} to {after:.1%}")
+            verdict = "supports" if after > before else "outside" if after < before / 2 else "most"
+        return (f"keeping only the highlighted region {change} ({self.faithfulness * 100:+.1f} points): "
+                + _FAITHFULNESS_VERDICTS[verdict])
 
     def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
         """The heatmap over the image as an RGB PIL image; ``alpha`` in [0, 1] is the heatmap's weight."""

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from carnet_core import CarNetError, predict
-from carnet_core.explain import METHOD_NAMES, METHODS, default_layer, explain, spatial_layers
+from carnet_core.explain import METHOD_NAMES, METHODS, Explanation, default_layer, explain, spatial_layers
 from carnet_core.model import Classifier, build_module
 from carnet_core.weights import WeightsSource
 
@@ -278,3 +278,24 @@ def test_augmentation_smoothing_is_refused_where_it_washes_out():
     assert aug_smooth_refusal("gradcam++") is None
     assert usable_smoothing("gradcam++", True, False) == {"aug_smooth": True, "eigen_smooth": False}
     assert explain(model, photo(), method="finercam", eigen_smooth=True).eigen_smooth
+
+
+def test_faithfulness_in_words():
+    """The Explain page said "changes the probability … by -31.5 points"; it now says from what to what, and what that
+    says of the heatmap: it supports the class, carries most of the evidence, or misses most of it (over half lost)."""
+    blank = np.zeros((2, 2), np.float32)
+
+    def words(probability, change):
+        return Explanation(blank, np.zeros((2, 2, 3), np.float32), "convertible", 511, probability, "gradcam", "bn2",
+                           change, 1.0).faithfulness_text()
+
+    assert words(0.664, -0.315) == ("keeping only the highlighted region lowers the probability of **convertible** "
+                                    "from 66.4% to 34.9% (-31.5 points): the highlighted region carries much of the "
+                                    "evidence, not all")
+    assert words(0.664, -0.4).endswith("to 26.4% (-40.0 points): most of the evidence lies outside the highlighted "
+                                       "region: do not read this heatmap alone")
+    assert words(0.5, 0.3).startswith("keeping only the highlighted region raises the probability of **convertible** "
+                                      "from 50.0% to 80.0% (+30.0 points): the highlighted region alone supports")
+    assert words(0.5, 0.00004).startswith("keeping only the highlighted region keeps the probability of "
+                                          "**convertible** at 50.0% (+0.0 points): the highlighted region alone")
+    assert "to 100.0%" in words(0.9, 0.2) and "to 0.0%" in words(0.1, -0.2)  # a probability, whatever the metric says

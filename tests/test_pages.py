@@ -194,7 +194,7 @@ def test_explain_page_shows_original_heatmap_overlay_and_compares(car_photos):
     assert not at.exception and not at.error
     assert len(image_captions(at)) == 3  # original | heatmap | overlay
     captions = " ".join(c.value for c in at.caption)
-    assert "Faithfulness" in captions
+    assert "Faithfulness" in captions and "keeping only the highlighted region " in captions and " points): " in captions
     classes = at.selectbox(key="explain_class").options
     assert len(classes) == 6 and classes[0].endswith("%)")  # top-5 with probabilities, then "other…"
     at.selectbox(key="explain_class").set_value(classes[1]).run()
