@@ -370,12 +370,12 @@ def test_carnet_engine_torch_forces_the_reference(monkeypatch):
     assert select_engine(model).engine.name == "torch"
 
 
-def test_export_cli(tmp_path):
-    from test_cli import run_cli
+def test_export_cli(tmp_path, capsys):
+    from test_cli import run_main
 
-    out = run_cli("export", "efficientnet_lite0", "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
-    assert out.returncode == 0, out.stderr
-    assert "max probability difference vs torch" in out.stdout
+    code, out, err = run_main(capsys, "export", "efficientnet_lite0", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert code == 0, err
+    assert "max probability difference vs torch" in out
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["data_config"]["mean"] == [0.5, 0.5, 0.5] and meta["class_names"][817] == "sports car"
     assert meta["outputs"] == ["logits", "probabilities"]
@@ -400,39 +400,39 @@ def test_export_and_engines_cli_name_bad_paths_without_a_traceback(tmp_path, cap
         assert capsys.readouterr().err.strip() == f"error: {missing}: no such checkpoint file"
 
 
-def test_engines_cli(tmp_path):
-    from test_cli import run_cli
+def test_engines_cli(tmp_path, capsys):
+    from test_cli import run_main  # in this process: the CLI's own subprocess tests are in test_cli.py
 
-    out = run_cli("engines", "efficientnet_lite0")
-    assert out.returncode == 0, out.stderr
-    *table, batching = out.stdout.splitlines()[2:]
+    code, out, err = run_main(capsys, "engines", "efficientnet_lite0")
+    assert code == 0, err
+    *table, batching = out.splitlines()[2:]
     lines = {line.split()[0]: line for line in table}
     assert list(lines) == ["torch", "onnxruntime", "torch-bf16", "onnxruntime-int8"]
     assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
     assert lines["torch-bf16"].endswith("-  not tried: their parity check needs real photos (--photos or "
                                         "$CARNET_PARITY_PHOTOS)")  # the table said nothing of them
     assert batching.startswith("onnxruntime: batches run ") and "ms/image" in batching
-    out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
-    assert out.returncode == 2 and f"no photos under {tmp_path}" in out.stderr
+    code, out, err = run_main(capsys, "engines", "efficientnet_lite0", "--photos", tmp_path)
+    assert code == 2 and f"no photos under {tmp_path}" in err
     Image.new("RGB", (64, 48), "red").save(tmp_path / "one.jpg")  # too few: checked on it, but bf16 / int8 not tried
     (tmp_path / "two.jpg").write_text("not a photo")
-    out = run_cli("engines", "efficientnet_lite0", "--photos", str(tmp_path))
-    assert out.returncode == 0, out.stderr
-    lines = {line.split()[0]: line for line in out.stdout.splitlines()[2:]}
+    code, out, err = run_main(capsys, "engines", "efficientnet_lite0", "--photos", tmp_path)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert "on 1 photo:" in lines["onnxruntime"]
     assert "not tried: their parity check needs at least 4 real photos (1 readable given)" in lines["onnxruntime-int8"]
 
 
-def test_engines_cli_on_a_plain_state_dict():
+def test_engines_cli_on_a_plain_state_dict(capsys):
     """A plain state dict (no CarNet metadata) needs its architecture: the error names the option, which exists."""
-    from test_cli import run_cli
+    from test_cli import run_main
 
-    weights = str(need(MOBILENET_TIMM))
-    out = run_cli("engines", weights)
-    assert out.returncode != 0 and "--model NAME" in out.stderr and "Traceback" not in out.stderr
-    out = run_cli("engines", weights, "--model", "mobilenetv2_100")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("mobilenetv2_100 on the CPU: onnxruntime")
+    weights = need(MOBILENET_TIMM)
+    code, out, err = run_main(capsys, "engines", weights)
+    assert code != 0 and "--model NAME" in err and "Traceback" not in err
+    code, out, err = run_main(capsys, "engines", weights, "--model", "mobilenetv2_100")
+    assert code == 0, err
+    assert out.startswith("mobilenetv2_100 on the CPU: onnxruntime")
 
 
 def test_the_onnx_download_runs_elsewhere_as_the_model_does_here(lite0, car_photos):
