@@ -176,8 +176,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     else:
         smoothed = " + ".join(w for w, on in (("aug", result.aug_smooth), ("eigen", result.eigen_smooth)) if on)
         print(f"{result.method}{f' ({smoothed} smoothing)' if smoothed else ''} on {model.name}/{result.layer}: "
-              f"{result.class_name} ({result.probability * 100:.1f}%), "
-              f"faithfulness {result.faithfulness * 100:+.1f} points, {result.latency_ms:.0f} ms → {args.out}")
+              f"{result.class_name} ({result.probability * 100:.1f}%), {result.latency_ms:.0f} ms → {args.out}")
+        print("faithfulness: " + result.faithfulness_text().replace("**", ""))  # as the Explain page words it
     return 0
 
 

@@ -110,6 +110,11 @@ def test_explain_writes_an_overlay_and_rejects_unknown_classes(car_photos, tmp_p
     assert code == 2 and "did you mean 'sports car'" in err
     code, out, err = run_main(capsys, "explain", car_photos[0], "--aug-smooth", "--eigen-smooth", "--out", out_png)
     assert code == 2 and "does not go with eigen smoothing" in err
+    code, out, err = run_main(capsys, "explain", car_photos[0], "--out", out_png)  # words, as the Explain page's
+    first, faithfulness = out.splitlines()
+    assert code == 0 and first.startswith("gradcam on efficientnet_lite0/bn2: ") and first.endswith(f"→ {out_png}")
+    assert faithfulness.startswith("faithfulness: keeping only the highlighted region ") and "**" not in faithfulness
+    assert f"{data['faithfulness'] * 100:+.1f} points): " in faithfulness
     code, out, err = run_main(capsys, "explain", car_photos[0], "--aug-smooth", "--out", out_png, "--json")
     assert code == 0, err
     smoothed = json.loads(out)
