@@ -147,9 +147,7 @@ if unmapped and not no_mapping:  # read and checked now: a mapping that does not
     except CarNetError as exc:
         mapping_error = str(exc)
 if mapping_error:
-    several_label_sets = len({frozenset(m.class_names) for m in models}) > 1
-    st.warning(mapping_error + (" — a mapping serves one label set: pick models that share one, or a folder whose "
-                                "classes each member either has or the mapping covers" if several_label_sets else ""))
+    st.warning(mapping_error)
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
 settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
             tuple(weights))  # what a folder report was made with
