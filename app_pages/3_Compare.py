@@ -25,9 +25,14 @@ st.title("Compare")
 st.caption("Two architectures on the same photo: where they disagree, what each looked at, and what combining them buys.")
 
 available, missing = ui.available_model_names()
-for name in ("resnet50", "mobilenetv2_100"):
-    if name in missing:
-        st.warning(f"**{name}** is not available here. {missing[name]}")
+absent = [name for name in ("resnet50", "mobilenetv2_100") if name in missing]  # the pair this page is made for
+if absent:
+    pair = " and ".join(f"**{name}**" for name in absent)
+    st.warning(f"{pair} {'is' if len(absent) == 1 else 'are'} not available here; the picker below offers "
+               "the models that have weights.")
+    with st.expander(f"Why, and how to add {'it' if len(absent) == 1 else 'them'}"):
+        for name in absent:
+            st.markdown(f"**{name}**: {missing[name]}")
 if len(available) < 2:
     st.error("Comparing needs at least two models with weights. Available: "
              f"{', '.join(available) or 'none'}. Add a weights file to `weights/` (see the home page).")

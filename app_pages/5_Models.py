@@ -19,8 +19,9 @@ st.caption("Pick a model by what it costs and how well it does. Parameters and G
            "counter, 1 MAC = 2 FLOPs); latency and peak memory are measured on this machine and cached.")
 
 show_all = st.toggle("All registered architectures (not only the defaults)", key="models_all")
-keys = [s.name for s in list_models(default_only=not show_all)] + list(ui.fine_tuned())
-title = ui.model_titles()
+checkpoints = ui.fine_tuned()
+keys = [s.name for s in list_models(default_only=not show_all)] + list(checkpoints)
+title = ui.model_titles(checkpoints)
 cards, broken = {}, []
 with st.spinner("Counting parameters and multiply-accumulates…"):
     for key in keys:
@@ -35,7 +36,7 @@ keys = list(cards)
 rows = []
 for key, card in cards.items():
     cost = ui.cached_cost(key)
-    rows.append({"model": title(key).removeprefix("★ ").split(" · ")[0],
+    rows.append({"model": checkpoints[key].label if key in checkpoints else key,
                  "key": key, "architecture": card["arch"], "head": card["head"], "label set": card["label_set"],
                  "classes": len(card["class_names"]), "params (M)": round(card["params"] / 1e6, 2),
                  "GMACs": round(card["gmacs"], 2), "input (px)": card["input_px"],

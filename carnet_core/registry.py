@@ -141,11 +141,17 @@ class CheckpointEntry:
     recipe: dict | None
 
     @property
+    def label(self) -> str:
+        """E.g. ``"efficientnet_lite0-cars-e7 (20261121-101500-ab12cd)"``: the checkpoint's name and its run folder
+        (``weights`` for one in the weights folder), which tells apart two runs that stopped at the same epoch."""
+        return f"{self.name} ({self.path.parent.name})"
+
+    @property
     def title(self) -> str:
         """E.g. ``"efficientnet_lite0-cars-e7 (20261121-101500-ab12cd) · linear · 40 classes · top-1 81.2 %"``: the
-        checkpoint's name, its run folder, head, label-set size and validation top-1."""
+        checkpoint's :attr:`label`, head, label-set size and validation top-1."""
         top1 = self.metrics.get("top1") if self.metrics else None
-        return " · ".join([f"{self.name} ({self.path.parent.name})", self.head, f"{len(self.class_names)} classes"]
+        return " · ".join([self.label, self.head, f"{len(self.class_names)} classes"]
                           + ([f"top-1 {top1 * 100:.1f} %"] if top1 is not None else []))
 
 

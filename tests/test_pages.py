@@ -66,13 +66,17 @@ def test_home_lists_models_and_device(tmp_path, monkeypatch):
     best = save_checkpoint(tmp_path / "run" / "best-e003-top1-91.0.safetensors", {"w": torch.zeros(1)}, {
         "name": "efficientnet_lite0-cars-e3", "arch": "tf_efficientnet_lite0", "head": "linear", "label_set": "cars",
         "class_names": ["coupe", "sedan", "van"], "metrics": {"top1": 0.91}})
+    save_checkpoint(tmp_path / "run2" / "best-e003-top1-88.0.safetensors", {"w": torch.zeros(1)}, {
+        "name": "efficientnet_lite0-cars-e3", "arch": "tf_efficientnet_lite0", "head": "linear", "label_set": "cars",
+        "class_names": ["coupe", "sedan", "van"], "metrics": {"top1": 0.88}})  # another run, stopped at the same epoch
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     table = at.dataframe[0].value
+    assert {"★ efficientnet_lite0-cars-e3 (run)", "★ efficientnet_lite0-cars-e3 (run2)"} <= set(table["model"])
     assert "efficientnet_lite0" in set(table["model"]) and len(table) >= 6
     assert table.set_index("model").loc["resnet50", "available"] == "no"
-    assert list(table["model"]).index("★ efficientnet_lite0-cars-e3") < list(table["model"]).index("resnet50")
-    star = table.set_index("model").loc["★ efficientnet_lite0-cars-e3"]  # listed with the registry, as in every picker
+    assert list(table["model"]).index("★ efficientnet_lite0-cars-e3 (run)") < list(table["model"]).index("resnet50")
+    star = table.set_index("model").loc["★ efficientnet_lite0-cars-e3 (run)"]  # with the registry, as in every picker
     assert (star["available"], star["labels"], star["weights"]) == ("yes", "cars (3 classes)", str(best))
 
 
@@ -501,8 +505,10 @@ def test_unusable_weights_files_are_said_so_and_compare_starts_with_models_that_
 
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
-    assert any("resnet50** is not available here" in w.value and "resnet50-run.pth: refused" in w.value
-               for w in at.warning)
+    assert at.warning[0].value == ("**resnet50** is not available here; the picker below offers the models that have "
+                                   "weights.")  # one line; why, in the expander under it
+    assert at.expander[0].label == "Why, and how to add it"
+    assert "resnet50-run.pth: refused" in at.expander[0].markdown[0].value
     assert at.multiselect[0].value == ["mobilenetv2_100", "efficientnet_lite0"]
 
 
@@ -511,6 +517,9 @@ def test_compare_page_with_one_available_model_says_so():
     assert not at.exception
     assert any("at least two models" in e.value for e in at.error)
     assert not at.get("plotly_chart")
+    assert at.warning[0].value.startswith("**resnet50** and **mobilenetv2_100** are not available here;")
+    assert at.expander[0].label == "Why, and how to add them"
+    assert [m.value.split(":")[0] for m in at.expander[0].markdown] == ["**resnet50**", "**mobilenetv2_100**"]
 
 
 def test_weights_of_classes_of_their_own_get_the_command_that_makes_them_usable(car_photos, tmp_path, monkeypatch,
