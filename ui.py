@@ -18,13 +18,13 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from carnet_core import CarNetError, list_models, load_image, load_model
+from carnet_core import CarNetError, ImageError, list_models, load_image, load_model
 from carnet_core import weights as W
 from carnet_core._env import env_path
 from carnet_core.errors import ClassNamesNeededError
 from carnet_core.errors import count as _count
 from carnet_core.explain import Explanation
-from carnet_core.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images
+from carnet_core.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
 from carnet_core.jobs import jobs_dir
 from carnet_core.model import Classifier
 from carnet_core.predict import ClassifiedPhoto, PredictionBatch, classify_files
@@ -209,6 +209,34 @@ MAX_PHOTOS = 32  # classified per run of the Classify page (a classroom's worth;
 PHOTO_UPLOAD_MB = MAX_FILE_BYTES // 2**20  # the uploader says the library's limit, and refuses bigger files at once
 
 
+#: The sample gallery shows this many photos as thumbnails of this width (px); all can be picked by name.
+GALLERY_THUMBNAILS, GALLERY_THUMBNAIL_PX = 24, 128
+
+
+def sample_title(file_name: str) -> str:
+    """How the gallery names a photo: its file name without the extension, ``_`` read as a space
+    (``Audi_S5_Convertible_2012_02335.jpg`` → ``Audi S5 Convertible 2012 02335``)."""
+    return Path(file_name).stem.replace("_", " ")
+
+
+def gallery_thumbnail(path: Path) -> bytes | None:
+    """:func:`carnet_core.images.thumbnail` of a gallery photo (a 2x screen's ``GALLERY_THUMBNAIL_PX``), made once
+    per process and again when the file changes; None for a file that cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:  # gone since the folder was listed
+        return None
+    return _thumbnail(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _thumbnail(path: str, mtime_ns: int, size: int) -> bytes | None:
+    try:
+        return thumbnail(path, 2 * GALLERY_THUMBNAIL_PX)
+    except ImageError:
+        return None
+
+
 def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
     """Upload / camera / gallery tabs. Returns (display name, bytes-like source) pairs, possibly empty."""
     upload_tab, camera_tab, gallery_tab = st.tabs(["Upload", "Camera", "Sample gallery"])
@@ -230,8 +258,13 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
             st.info(f"The sample gallery is empty. Put some car photos ({', '.join(IMAGE_EXTENSIONS[:5])}…) in "
                     f"`{folder}`, or point `CARNET_GALLERY_DIR` at a folder of images, then reload.")
         else:
+            shown = [(p.name, gallery_thumbnail(p)) for p in samples[:GALLERY_THUMBNAILS]]
+            shown = [(n, t) for n, t in shown if t is not None]  # an unreadable file is said when picked
+            st.image([t for _, t in shown], caption=[sample_title(n) for n, _ in shown], width=GALLERY_THUMBNAIL_PX)
+            if len(samples) > GALLERY_THUMBNAILS:
+                st.caption(f"The first {GALLERY_THUMBNAILS} of {len(samples)} photos; pick any of them by name.")
             picked = st.multiselect("Sample images", [p.name for p in samples], key=f"{key}_gallery",
-                                    max_selections=None if multiple else 1)
+                                    max_selections=None if multiple else 1, format_func=sample_title)
             chosen += [(n, (folder / n).read_bytes()) for n in picked]
     return chosen
 

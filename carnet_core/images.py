@@ -148,6 +148,35 @@ def dim_outside(image: Image.Image, box: tuple[float, float, float, float], brig
     return out
 
 
+def fit_within(image: Image.Image, px: int) -> Image.Image:
+    """``image`` scaled down (never up) so that its longer side is at most ``px`` pixels, aspect ratio kept
+    (Pillow's bicubic resize with ``reducing_gap=3.0``: a fast first reduction by an integer factor, then bicubic);
+    ``image`` itself when it is that small already."""
+    scale = min(1.0, px / max(image.size))
+    if scale == 1.0:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC,
+                        reducing_gap=3.0)
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` (RGB) encoded as JPEG at ``quality`` (1-95): what a page hands to the browser to show."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def thumbnail(source: ImageSource, px: int = 160) -> bytes:
+    """A JPEG of the image at ``source`` (anything :func:`load_image` takes), its longer side at most ``px`` pixels
+    and upright (EXIF orientation applied): a sample gallery's picture of a photo. A few kB; a 12 MP photo takes
+    about 0.2 s to decode and scale.
+
+    Raises:
+        ImageError: the image cannot be read (the message says why, as :func:`load_image`'s).
+    """
+    return jpeg_bytes(fit_within(load_image(source), px), quality=85)
+
+
 def _sniff(data: bytes) -> str:
     """A short hint of what a non-image file seems to be, for error messages."""
     head = data[:512]

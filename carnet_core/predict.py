@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .errors import ImageError
-from .images import ImageSource, dim_outside, load_image
+from .images import ImageSource, dim_outside, fit_within, jpeg_bytes, load_image
 from .labels import vehicle_indices
 from .model import Classifier, InputView
 
@@ -119,8 +119,6 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
     Raises:
         CarNetError: from :func:`predict` (e.g. an engine forced by ``$CARNET_ENGINE`` that this model cannot use).
     """
-    import io
-
     photos, images = [], []
     for name, data in files:
         try:
@@ -129,14 +127,11 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
             photos.append(ClassifiedPhoto(name, error=str(exc)))
             continue
         view = model.view_of(image.size)
-        scale = min(1.0, preview_px / max(image.size))
-        shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.BICUBIC, reducing_gap=3.0) if scale < 1 else image
+        shown = fit_within(image, preview_px)
         if view.cuts_off:
+            scale = min(1.0, preview_px / max(image.size))  # fit_within's
             shown = dim_outside(shown, tuple(v * scale for v in view.box))
-        buffer = io.BytesIO()
-        shown.save(buffer, "JPEG", quality=90)
-        photos.append(ClassifiedPhoto(name, view=view, preview=buffer.getvalue()))
+        photos.append(ClassifiedPhoto(name, view=view, preview=jpeg_bytes(shown)))
         images.append(image)
     if not images:
         return photos, None

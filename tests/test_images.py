@@ -149,3 +149,22 @@ def test_dim_outside_darkens_what_a_crop_cuts_off():
     assert out.size == photo.size and (a[:, 100:200] == (200, 100, 50)).all()
     assert (a[:, :100] == (70, 35, 17)).all() and (a[:, 200:] == (70, 35, 17)).all()
     assert dim_outside(photo, (0, 0, 300, 100)) is photo
+
+
+def test_thumbnail_is_a_small_upright_jpeg_and_a_bad_file_is_an_image_error(tmp_path):
+    from carnet_core.images import fit_within, thumbnail
+
+    photo = Image.new("RGB", (1200, 800), RED)
+    photo.paste((30, 30, 200), (0, 0, 600, 800))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90° clockwise: the blue half on top
+    (tmp_path / "car.jpg").write_bytes(encode(photo, "JPEG", exif=exif.tobytes()))
+    thumb = Image.open(io.BytesIO(thumbnail(tmp_path / "car.jpg", px=96)))
+    assert thumb.format == "JPEG" and thumb.size == (64, 96)  # upright and the longer side 96 px
+    a = np.asarray(thumb).astype(int)
+    assert a[10, 32, 2] > 150 > a[10, 32, 0] and a[85, 32, 0] > 150 > a[85, 32, 2]  # blue above, red below
+    small = Image.new("RGB", (40, 30))
+    assert fit_within(small, 96) is small  # never enlarged
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    with pytest.raises(ImageError, match="notes.jpg"):
+        thumbnail(tmp_path / "notes.jpg")

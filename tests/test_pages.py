@@ -181,7 +181,10 @@ def test_gallery_and_vehicle_view(car_photos, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CARNET_GALLERY_DIR", str(tmp_path))
     shutil.copy(car_photos[0], tmp_path / "sample.jpg")
+    (tmp_path / "notes.jpg").write_text("not a photo")
     at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    assert image_captions(at) == ["sample"]  # the gallery's thumbnails, before any is picked; not the broken file
+    assert at.multiselect(key="classify_gallery").options == ["notes", "sample"]  # both can be picked, by title
     at.multiselect(key="classify_gallery").set_value(["sample.jpg"]).run()
     at.toggle(key="classify_vehicles").set_value(True).run()
     assert not at.exception
