@@ -163,6 +163,8 @@ def test_thumbnail_is_a_small_upright_jpeg_and_a_bad_file_is_an_image_error(tmp_
     assert thumb.format == "JPEG" and thumb.size == (64, 96)  # upright and the longer side 96 px
     a = np.asarray(thumb).astype(int)
     assert a[10, 32, 2] > 150 > a[10, 32, 0] and a[85, 32, 0] > 150 > a[85, 32, 2]  # blue above, red below
+    assert load_image(tmp_path / "car.jpg", draft=96).size == (100, 150)  # decoded at 1/8, still over 96 px a side
+    assert load_image(tmp_path / "car.jpg").size == (800, 1200)
     small = Image.new("RGB", (40, 30))
     assert fit_within(small, 96) is small  # never enlarged
     (tmp_path / "notes.jpg").write_text("not a photo")
