@@ -244,12 +244,12 @@ def mapping_problem(models: Sequence[Classifier], classes: Sequence[str],
     what it raises, found without reading an image, so a page can say it before Evaluate is pressed. A mapping serves
     one label set: ImageNet classes mean nothing to a fine-tune of other classes, whose message names it and says so.
     """
-    several_label_sets = len({frozenset(m.class_names) for m in models}) > 1
+    names = models[0].class_names if len(models) == 1 else _common_label_set(models)
     try:
-        _projections(models, None if several_label_sets else models[0].class_names, classes, mapping)
+        _projections(models, names, classes, mapping)
     except CarNetError as exc:
         return str(exc) + (" — a mapping serves one label set: pick models that share one, or a folder whose classes "
-                           "each member either has or the mapping covers" if several_label_sets else "")
+                           "each member either has or the mapping covers" if names is None else "")
     return None
 
 
