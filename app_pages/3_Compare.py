@@ -28,8 +28,8 @@ available, missing = ui.available_model_names()
 absent = [name for name in ("resnet50", "mobilenetv2_100") if name in missing]  # the pair this page is made for
 if absent:
     pair = " and ".join(f"**{name}**" for name in absent)
-    st.warning(f"{pair} {'is' if len(absent) == 1 else 'are'} not available here; the picker below offers "
-               "the models that have weights.")
+    st.warning(f"{pair} {'is' if len(absent) == 1 else 'are'} not available here"
+               + ("; the picker below offers the models that have weights." if len(available) >= 2 else "."))
     with st.expander(f"Why, and how to add {'it' if len(absent) == 1 else 'them'}"):
         for name in absent:
             st.markdown(f"**{name}**: {missing[name]}")
