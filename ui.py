@@ -19,32 +19,18 @@ import torch
 from PIL import Image
 
 from carnet_core import CarNetError, ImageError, list_models, load_image, load_model
-from carnet_core import weights as W
-from carnet_core._env import env_path
+from carnet_core.config import data_root, gallery_dir, jobs_dir, mappings_dir, weights_dir
+from carnet_core.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
 from carnet_core.errors import ClassNamesNeededError
-from carnet_core.errors import count as _count
-from carnet_core.explain import Explanation
-from carnet_core.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
-from carnet_core.jobs import jobs_dir
-from carnet_core.model import Classifier
-from carnet_core.predict import ClassifiedPhoto, PredictionBatch, classify_files
-from carnet_core.registry import CheckpointEntry, list_checkpoints
+from carnet_core.explain.cams import Explanation
+from carnet_core.inference.predict import ClassifiedPhoto, PredictionBatch, classify_files
+from carnet_core.models import weights as W
+from carnet_core.models.catalog import CheckpointEntry, list_checkpoints
+from carnet_core.models.classifier import Classifier
 
-ROOT = Path(__file__).resolve().parent
 T = TypeVar("T")
 
 
-def gallery_dir() -> Path:
-    """Sample gallery folder: ``$CARNET_GALLERY_DIR`` or ``gallery/`` in the project."""
-    return env_path("CARNET_GALLERY_DIR", ROOT / "gallery")
-
-
-def data_root() -> Path:
-    """Default folder offered for labelled datasets: ``$CARNET_DATA_ROOT`` or ``data/`` in the project."""
-    return env_path("CARNET_DATA_ROOT", ROOT / "data")
-
-
-count = _count  # "1 mistake", "440 mistakes": the library's agreement of numbers and nouns, for the pages
 
 CHECKPOINT_PREFIX = "checkpoint:"
 
@@ -52,7 +38,7 @@ CHECKPOINT_PREFIX = "checkpoint:"
 def fine_tuned() -> dict[str, CheckpointEntry]:
     """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first. Read again as soon
     as a checkpoint file is added, replaced or removed (a fine-tune that just finished is in the next picker)."""
-    folders = (str(jobs_dir()), str(W.weights_dir()))
+    folders = (str(jobs_dir()), str(weights_dir()))
     return {CHECKPOINT_PREFIX + str(e.path): e for e in _checkpoints(folders, _checkpoint_files(folders))}
 
 
@@ -140,9 +126,9 @@ def _cached_model(name: str, stamp: str) -> Classifier:  # stamp: which file, an
 def weights_status(name: str) -> tuple[bool, str]:
     """(available, provenance or the message saying where to put a file, or why the weights folder's file for it
     cannot be used) for a registered model. A file put in the weights folder counts at the next rerun, once it is
-    checked to load (:func:`carnet_core.model.usable_weights`); the Hugging Face cache is looked at again after a
+    checked to load (:func:`carnet_core.models.classifier.usable_weights`); the Hugging Face cache is looked at again after a
     minute."""
-    folder = W.weights_dir()
+    folder = weights_dir()
     try:
         files = tuple(sorted((p.name, st_.st_size, st_.st_mtime_ns) for p in folder.iterdir() for st_ in [p.stat()]))
     except OSError:  # no weights folder (yet)
@@ -152,7 +138,7 @@ def weights_status(name: str) -> tuple[bool, str]:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, str]:  # files: the folder's listing
-    from carnet_core.model import usable_weights
+    from carnet_core.models.classifier import usable_weights
 
     try:
         return True, usable_weights(name, folder=Path(folder)).describe()
@@ -200,7 +186,7 @@ def model_or_stop(name: str) -> Classifier:
 
 def class_names_command(exc: ClassNamesNeededError) -> str:
     """The CLI command that turns the weights file of ``exc`` into a CarNet checkpoint in the weights folder."""
-    out = W.weights_dir() / f"{exc.model}-DATASET.safetensors"
+    out = weights_dir() / f"{exc.model}-DATASET.safetensors"
     return (f"python -m carnet_core export {shlex.quote(exc.path)} --model {exc.model} --classes DATASET_FOLDER "
             f"--format safetensors --out {shlex.quote(str(out))}")
 
@@ -220,7 +206,7 @@ def sample_title(file_name: str) -> str:
 
 
 def gallery_thumbnail(path: Path) -> bytes | None:
-    """:func:`carnet_core.images.thumbnail` of a gallery photo (a 2x screen's ``GALLERY_THUMBNAIL_PX``), made once
+    """:func:`carnet_core.data.images.thumbnail` of a gallery photo (a 2x screen's ``GALLERY_THUMBNAIL_PX``), made once
     per process and again when the file changes; None for a file that cannot be read."""
     try:
         stat = path.stat()
@@ -271,11 +257,11 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
 
 def classified(model: Classifier, photos: Sequence[Photo], topk: int = 5
                ) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
-    """:func:`carnet_core.predict.classify_files` of ``photos``, :func:`remembered` for this session while the model
+    """:func:`carnet_core.inference.predict.classify_files` of ``photos``, :func:`remembered` for this session while the model
     and the photos stay the same.
 
     Raises:
-        CarNetError: from :func:`carnet_core.predict.classify_files`.
+        CarNetError: from :func:`carnet_core.inference.predict.classify_files`.
     """
     return remembered("_classified", [model], (topk, tuple((p.name, p.digest) for p in photos)),
                       lambda: classify_files(model, [(p.name, p.data) for p in photos], topk=topk))
@@ -340,10 +326,10 @@ def explanation(model: Classifier, photo: Photo, method: str, class_name: str | 
     None. The last :data:`EXPLANATIONS_KEPT` are kept.
 
     Raises:
-        CarNetError: from :func:`carnet_core.explain.explain` (unknown class or layer); ImageError from
+        CarNetError: from :func:`carnet_core.explain.cams.explain` (unknown class or layer); ImageError from
             :attr:`Photo.image`.
     """
-    import carnet_core.explain as cams
+    import carnet_core.explain.cams as cams
 
     def cam() -> Explanation:
         return cams.explain(model, photo.image, method=method, class_name=class_name, layer=layer,
@@ -370,10 +356,10 @@ BUILT = "_built"  # datasets built class by class
 
 def dataset_folders() -> list[Path]:
     """Datasets offered by the pickers, sorted by name: the data root itself when it is one dataset
-    (:func:`~carnet_core.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
+    (:func:`~carnet_core.data.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
     the folders directly under it; then the extracted zip uploads and the datasets built class by class."""
-    from carnet_core.datasets import class_folders, is_one_dataset
-    from carnet_core.uploads import dataset_root
+    from carnet_core.data.datasets import class_folders, is_one_dataset
+    from carnet_core.data.uploads import dataset_root
 
     root = data_root()
     if not root.is_dir():
@@ -397,15 +383,15 @@ def built_dataset(name: str) -> Path:
     Raises:
         CarNetError: a name that cannot be a folder name.
     """
-    from carnet_core.uploads import check_folder_name
+    from carnet_core.data.uploads import check_folder_name
 
     return data_root() / BUILT / check_folder_name(name, "dataset")
 
 
 def extract_upload(name: str, data: bytes) -> Path:
     """Extract an uploaded zip safely under ``<data root>/_uploads/<name>-<hash>``; the same zip is reused. One that
-    holds no dataset is not kept (:func:`carnet_core.uploads.extract_dataset_zip`)."""
-    from carnet_core.uploads import dataset_root, extract_dataset_zip
+    holds no dataset is not kept (:func:`carnet_core.data.uploads.extract_dataset_zip`)."""
+    from carnet_core.data.uploads import dataset_root, extract_dataset_zip
 
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
     dest = data_root() / UPLOADS / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
@@ -414,8 +400,8 @@ def extract_upload(name: str, data: bytes) -> Path:
 
 @st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)
 def _dataset_report(folder: str, mtime: float) -> dict:
-    from carnet_core.datacheck import validate_splits
-    from carnet_core.datasets import open_dataset
+    from carnet_core.data.datacheck import validate_splits
+    from carnet_core.data.datasets import open_dataset
 
     return validate_splits(open_dataset(folder)).to_dict()
 
@@ -429,14 +415,9 @@ def dataset_report(folder: str) -> dict:
 
 @st.cache_data(show_spinner="Timing a training step on this machine…", max_entries=32)
 def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_train: int, n_val: int) -> dict:
-    from carnet_core.train import estimate_epoch_seconds
+    from carnet_core.training.trainer import estimate_epoch_seconds
 
     return estimate_epoch_seconds(model, head, img_size, batch_size, n_train, n_val)
-
-
-def mappings_dir() -> Path:
-    """Folder of label mapping files (dataset class → model classes): ``$CARNET_MAPPINGS_DIR`` or ``mappings/``."""
-    return env_path("CARNET_MAPPINGS_DIR", ROOT / "mappings")
 
 
 def mapping_files() -> list[Path]:
@@ -449,7 +430,7 @@ def first_measurable(key: str, folders: list[Path], models: list[Classifier]) ->
     on as it is — class folders that are classes of every model, or else a mapping file named after it that fits
     every model that needs one — else 0. Chosen on the page's first run and kept (a picker's default must not move
     under the user)."""
-    from carnet_core.folders import load_mapping, mapping_problem, members_needing_mapping
+    from carnet_core.evaluation.compare import load_mapping, mapping_problem, members_needing_mapping
 
     remembered = f"_{key}_first_measurable"
     if remembered not in st.session_state:
@@ -471,7 +452,7 @@ def first_measurable(key: str, folders: list[Path], models: list[Classifier]) ->
 def suggested_mapping(folder: str | Path, files: list[Path]) -> Path | None:
     """The first of ``files`` named after the dataset ``folder`` (``tiny_vehicles_6_to_imagenet.json`` for
     ``…/tiny_vehicles_6``, or for its ``val/`` split), or None."""
-    from carnet_core.datasets import SPLIT_FOLDER_NAMES
+    from carnet_core.data.datasets import SPLIT_FOLDER_NAMES
 
     folder = Path(folder)
     name = folder.parent.name if folder.name in SPLIT_FOLDER_NAMES else folder.name
@@ -486,7 +467,7 @@ def _key_mtime(key: str) -> float:
 
 
 def model_card(key: str) -> dict:
-    """The card of a registered model or checkpoint as a dict (:class:`carnet_core.cards.ModelCard` fields plus
+    """The card of a registered model or checkpoint as a dict (:class:`carnet_core.evaluation.cards.ModelCard` fields plus
     ``has_weights``, ``metrics`` and the weights ``fingerprint``), cached per process. A registered model without
     weights here gets a card counted on random weights (parameters and GMACs do not depend on them)."""
     has_weights = key.startswith(CHECKPOINT_PREFIX) or weights_status(key)[0]
@@ -495,8 +476,8 @@ def model_card(key: str) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _model_card(key: str, mtime: float, has_weights: bool) -> dict:
-    from carnet_core.cards import model_card as make_card
-    from carnet_core.engines import fingerprint
+    from carnet_core.evaluation.cards import model_card as make_card
+    from carnet_core.inference.engines import fingerprint
 
     model = cached_model(key) if has_weights else load_model(key, weights="random", device="cpu")
     card = make_card(key, model).to_dict()
@@ -513,15 +494,15 @@ RANDOM_WEIGHTS = "random weights"
 def cached_cost(key: str) -> dict | None:
     """Latency / peak memory measured earlier on this machine for this model's current weights (or, without weights
     here, on random weights), or None."""
-    from carnet_core.cards import cached_cost as read
+    from carnet_core.evaluation.cards import cached_cost as read
 
     return read(key, model_card(key)["fingerprint"])
 
 
 def measure(key: str) -> dict:
-    """Measure latency and peak memory of a model in a fresh process and cache the result (see carnet_core.cards); a
+    """Measure latency and peak memory of a model in a fresh process and cache the result (see carnet_core.evaluation.cards); a
     registered model without weights here is measured on random weights."""
-    from carnet_core.cards import measure_cost
+    from carnet_core.evaluation.cards import measure_cost
 
     card = model_card(key)
     args = {"checkpoint": key[len(CHECKPOINT_PREFIX):]} if key.startswith(CHECKPOINT_PREFIX) else {"name": key}

@@ -40,9 +40,9 @@ rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640),
              column_config={"weights": st.column_config.TextColumn(width="medium")})  # where from: wider
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
-           f"in `{ui.W.weights_dir()}`, or run once with network access so timm can download them. Weights "
+           f"in `{ui.weights_dir()}`, or run once with network access so timm can download them. Weights "
            f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
-           f"DATASET_FOLDER --format safetensors --out {ui.W.weights_dir() / 'NAME.safetensors'}` and pick them ★.")
+           f"DATASET_FOLDER --format safetensors --out {ui.weights_dir() / 'NAME.safetensors'}` and pick them ★.")
 
 st.subheader("Device")
 st.write(ui.device_label())

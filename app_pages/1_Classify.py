@@ -5,11 +5,11 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import topk_bar_figure
-from carnet_core.engines import select_engine
-from carnet_core.jobs import hosted_mode
-from carnet_core.labels import vehicle_indices
-from carnet_core.predict import prediction_csv
-from carnet_core.uploads import add_class_photos
+from carnet_core.config import hosted_mode
+from carnet_core.data.uploads import add_class_photos
+from carnet_core.inference.engines import select_engine
+from carnet_core.inference.predict import prediction_csv
+from carnet_core.models.labels import vehicle_indices
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")

@@ -5,9 +5,20 @@ import io
 import streamlit as st
 
 import ui
-from carnet_core import CarNetError, predict
-from carnet_core.explain import AUG_SMOOTH_PASSES, COLORMAPS, EXPENSIVE_METHODS, METHOD_NAMES, METHODS, \
-    aug_smooth_refusal, default_layer, estimate_seconds, spatial_layers, usable_smoothing
+from carnet_core import CarNetError
+from carnet_core.explain.cams import (
+    AUG_SMOOTH_PASSES,
+    COLORMAPS,
+    EXPENSIVE_METHODS,
+    METHOD_NAMES,
+    METHODS,
+    aug_smooth_refusal,
+    default_layer,
+    estimate_seconds,
+    spatial_layers,
+    usable_smoothing,
+)
+from carnet_core.inference.predict import predict
 
 st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
 st.title("Explain")

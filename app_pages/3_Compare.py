@@ -10,12 +10,12 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
-from carnet_core.ensemble import RULES, agreement, combine, member_names, member_predictions
+from carnet_core.config import hosted_mode
 from carnet_core.errors import listed
-from carnet_core.evaluate import TOP5_NOTE, top5_informative
-from carnet_core.folders import compare_on_folder, load_mapping, mapping_problem, members_needing_mapping
-from carnet_core.jobs import hosted_mode
-from carnet_core.predict import topk_predictions
+from carnet_core.evaluation.compare import compare_on_folder, load_mapping, mapping_problem, members_needing_mapping
+from carnet_core.evaluation.evaluate import TOP5_NOTE, top5_informative
+from carnet_core.inference.ensemble import RULES, agreement, combine, member_names, member_predictions
+from carnet_core.inference.predict import topk_predictions
 
 OTHER_FOLDER = "another folder…"
 NO_MAPPING = "none (folder classes are model classes)"

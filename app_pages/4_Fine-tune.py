@@ -10,11 +10,13 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import runs_overlay_figure, training_curves_figure
-from carnet_core.datacheck import too_few_classes
-from carnet_core.jobs import FINISHED, JobRunner, hosted_mode
-from carnet_core.registry import get_spec
-from carnet_core.train import TrainConfig
-from carnet_core.uploads import add_class_photos, class_counts, remove_class
+from carnet_core.config import hosted_mode
+from carnet_core.data.datacheck import too_few_classes
+from carnet_core.data.uploads import add_class_photos, class_counts, remove_class
+from carnet_core.errors import count
+from carnet_core.models.registry import get_spec
+from carnet_core.training.jobs import FINISHED, JobRunner
+from carnet_core.training.trainer import TrainConfig
 
 st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
 st.title("Fine-tune")
@@ -58,7 +60,7 @@ def live_panel() -> None:
     st.session_state["finetune_active"] = [j.id for j in active + queued]
     if not active:
         if queued:
-            st.info(f"{ui.count(len(queued), 'job')} queued.")
+            st.info(f"{count(len(queued), 'job')} queued.")
         return
     job = active[0]
     st.subheader(f"Running: {job.label}")
@@ -119,8 +121,8 @@ if source.startswith("Build"):
                 st.warning("Choose some photos (or take one) first.")
             else:
                 st.session_state.finetune_build_said = [
-                    ("success", f"{ui.count(len(result.saved), 'photo')} added to **{result.folder.name}**"
-                                + (f"; {ui.count(len(result.already_there), 'photo')} already there"
+                    ("success", f"{count(len(result.saved), 'photo')} added to **{result.folder.name}**"
+                                + (f"; {count(len(result.already_there), 'photo')} already there"
                                    if result.already_there else "") + ".")
                 ] + [("error", f"Skipped — {reason}") for name, reason in result.refused]
                 st.session_state.finetune_build_round = round_ + 1
@@ -131,7 +133,7 @@ if source.startswith("Build"):
                      width="content")
         gone = st.selectbox("Remove a class", [None] + list(counts), key="finetune_build_remove",
                             format_func=lambda c: "—" if c is None else c)
-        if gone is not None and st.button(f"Remove {gone} and its {ui.count(counts[gone], 'photo')}",
+        if gone is not None and st.button(f"Remove {gone} and its {count(counts[gone], 'photo')}",
                                           key="finetune_build_remove_run"):
             try:
                 remove_class(built, gone)
@@ -177,12 +179,12 @@ with st.expander("Validation report", expanded=bool(report["duplicates"] or repo
     st.dataframe(pd.DataFrame([{"class": k, **v} for k, v in report["counts"].items()]), hide_index=True,
                  width="stretch", height=min(400, 35 * len(report["counts"]) + 38))
     if report["unreadable"]:
-        st.warning(f"{ui.count(len(report['unreadable']), 'unreadable file')} will be skipped:")
+        st.warning(f"{count(len(report['unreadable']), 'unreadable file')} will be skipped:")
         st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True)
     if report["small_classes"]:
         st.warning(f"Classes with too few images: {', '.join(report['small_classes'])}")
     if report["duplicates"]:
-        st.error(f"{ui.count(len(report['duplicates']), 'val image')} also in train (perceptual-hash duplicates): val "
+        st.error(f"{count(len(report['duplicates']), 'val image')} also in train (perceptual-hash duplicates): val "
                  "accuracy will be too optimistic. Remove them from one split.")
         st.dataframe(pd.DataFrame(report["duplicates"]), hide_index=True)
 

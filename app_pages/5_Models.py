@@ -9,9 +9,10 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
-from carnet_core.engines import export_bundle
-from carnet_core.evaluate import top5_informative
-from carnet_core.registry import list_models
+from carnet_core.errors import count
+from carnet_core.evaluation.evaluate import top5_informative
+from carnet_core.inference.engines import export_bundle
+from carnet_core.models.registry import list_models
 
 st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
 st.title("Models")
@@ -59,8 +60,8 @@ if measured:
                "weights: the same network, the same cost.")
 unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None]
 if unmeasured:
-    st.info(f"Latency not measured yet for {ui.count(len(unmeasured), 'model')} on this machine.")
-    if st.button(f"Measure {ui.count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all",
+    st.info(f"Latency not measured yet for {count(len(unmeasured), 'model')} on this machine.")
+    if st.button(f"Measure {count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all",
                  help="A model without weights here is measured on random weights: the same network, the same cost."):
         bar = st.progress(0.0)
         failed = []

@@ -9,12 +9,18 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
-from carnet_core.datasets import open_dataset
-from carnet_core.errors import listed
-from carnet_core.evaluate import (TOP5_NOTE, confusion_order, evaluate_cached, per_class_rows, top5_informative,
-                                  top5_text)
-from carnet_core.folders import load_mapping
-from carnet_core.labels import find_class, within_classes
+from carnet_core.data.datasets import open_dataset
+from carnet_core.errors import count, listed
+from carnet_core.evaluation.compare import load_mapping
+from carnet_core.evaluation.evaluate import (
+    TOP5_NOTE,
+    confusion_order,
+    evaluate_cached,
+    per_class_rows,
+    top5_informative,
+    top5_text,
+)
+from carnet_core.models.labels import find_class, within_classes
 
 MISTAKES_PER_PAGE = 24  # four rows of six thumbnails
 
@@ -93,7 +99,7 @@ m[2].metric("macro F1", f"{report.macro_f1 * 100:.1f}%", help="The mean of the c
 m[3].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
 m[4].metric("images", report.num_images)
 if report.skipped:
-    st.warning(f"{ui.count(len(report.skipped), 'unreadable image')} skipped.")
+    st.warning(f"{count(len(report.skipped), 'unreadable image')} skipped.")
 if report.hierarchy:
     st.markdown("**By level of the label hierarchy** (a prediction of the right make in the wrong year still counts "
                 "at make level)")
@@ -146,7 +152,7 @@ with tab_mistakes:
         page = st.columns(4)[0].number_input("Page", 1, pages, 1, key=f"evaluate_wrong_page_{true_class}_{predicted}") \
             if pages > 1 else 1  # a page number per filter: another filter starts at page 1
         first = (page - 1) * MISTAKES_PER_PAGE
-        st.caption(f"{ui.count(len(shown), 'mistake')}, {order}"
+        st.caption(f"{count(len(shown), 'mistake')}, {order}"
                    + (f"; page {page} of {pages}" if pages > 1 else "")
                    + ", as the model sees them (resized and center-cropped).")
         for i, p in enumerate(shown[first:first + MISTAKES_PER_PAGE], start=first):

@@ -5,8 +5,8 @@ fp32, same run.
 
 Latency does not depend on the weights' values, so models without weights on this machine run with random
 weights. "timm eager" is a plain ``timm.create_model`` network (NCHW, fp32) called under ``torch.no_grad()`` on the
-already preprocessed tensor; "CarNet" is :func:`carnet_core.predict` on a PIL image (its model time, and model +
-preprocessing), with the engine it chose (see carnet_core.engines); "ORT" is a default ``onnxruntime.InferenceSession``
+already preprocessed tensor; "CarNet" is :func:`carnet_core.inference.predict` on a PIL image (its model time, and model +
+preprocessing), with the engine it chose (see carnet_core.inference.engines); "ORT" is a default ``onnxruntime.InferenceSession``
 (fp32, CPU) on the same exported file, the anchor, timed like CarNet's model time: one call right after the same
 preprocessing of the same image ("ORT back-to-back": called in a tight loop on a ready tensor, its threads still
 spinning, which no classify request gets); "CarNet session / ORT": CarNet's own ONNX Runtime session timed exactly as
@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from carnet_core import CarNetError, list_models, load_model, predict  # noqa: E402
-from carnet_core.engines import cached_export, median_ms, parity_photos, select_engine  # noqa: E402
-from carnet_core.predict import predict_probabilities  # noqa: E402
+from carnet_core import CarNetError, list_models, load_model  # noqa: E402
+from carnet_core.inference.engines import cached_export, median_ms, parity_photos, select_engine  # noqa: E402
+from carnet_core.inference.predict import predict, predict_probabilities  # noqa: E402
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars_40" / "val"
 
@@ -111,7 +111,7 @@ from PIL import Image
 model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
 predict(model, [Image.new("RGB", (640, 480), (90, 90, 90))])
 first = time.time()
-from carnet_core._proc import peak_rss_mb
+from carnet_core._io import peak_rss_mb
 print(f"{first:.3f} {time.perf_counter() - t0:.2f} {peak_rss_mb():.0f}")
 """
 
@@ -207,7 +207,7 @@ def main() -> None:
             cells.append(f"{b / ms['carnet'] * 1e3:>5.0f} /{b / ms['ort'] * 1e3:>4.0f}")
         print(f"{name:<20} " + " ".join(cells))
 
-    from carnet_core.explain import EXPENSIVE_METHODS, METHOD_NAMES, METHODS, explain
+    from carnet_core.explain.cams import EXPENSIVE_METHODS, METHOD_NAMES, METHODS, explain
 
     methods = [m for m in METHODS if args.expensive or m not in EXPENSIVE_METHODS]
     print(f"\n# Grad-CAM latency (median of {args.cam_repeats}, ms) and ratio to one forward pass")

@@ -3,7 +3,7 @@
     python bench/recipes.py ../shared/data/stanford_cars_40 ../shared/data/tiny_vehicles_6 [--heads linear ml_decoder]
 
 For each dataset and head: fine-tune the registry's EfficientNet-Lite0 (bundled ImageNet weights) with the recipe
-below through ``carnet_core.train`` (the same loop as the CLI and the fine-tune page), then print the best val top-1
+below through ``carnet_core.training.trainer`` (the same loop as the CLI and the fine-tune page), then print the best val top-1
 next to the linear-probe baseline (frozen Lite0 features + logistic regression, measured independently). Runs on
 whatever Fabric finds (a GPU with bf16 mixed precision, else the CPU). ``--json FILE`` writes the table.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carnet_core.train import TrainConfig, fine_tune  # noqa: E402
+from carnet_core.training.trainer import TrainConfig, fine_tune  # noqa: E402
 
 #: The recipe: LP-FT (fit the head on cached features, then fine-tune everything; Kumar et al. 2022) with AdamW,
 #: 1 warm-up epoch and cosine decay, label smoothing, RandAugment, bf16 autocast (AVX-512-BF16 / AMX CPUs, GPUs).

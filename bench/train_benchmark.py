@@ -71,8 +71,8 @@ def timm_loop(data: Path, steps: int, batch_size: int, img_size: int, workers: i
 
 
 def carnet_loop(data: Path, steps: int, batch_size: int, img_size: int, workers: int) -> float:
-    """Images/s of ``carnet_core.train`` (the CLI / page loop) over ``steps`` steps (+2 warm-up), no validation cost."""
-    from carnet_core.train import TrainConfig, Trainer
+    """Images/s of ``carnet_core.training.trainer`` (the CLI / page loop) over ``steps`` steps (+2 warm-up), no validation cost."""
+    from carnet_core.training.trainer import TrainConfig, Trainer
 
     class Clock:
         def __init__(self):
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     common = (args.data, args.steps, args.batch_size, args.img_size, args.workers)
 
-    rows = [("CarNet (carnet_core.train, channels_last)", carnet_loop(*common))]
+    rows = [("CarNet (carnet_core.training.trainer, channels_last)", carnet_loop(*common))]
     if args.timm_train:
         rows.append(("timm train.py", timm_train_script(args.timm_train, *common)))
     else:

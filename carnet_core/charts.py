@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import plotly.graph_objects as go
@@ -51,7 +52,7 @@ def training_curves_figure(history: Sequence[dict[str, float]], title: str | Non
 
     Args:
         history: per-epoch rows with ``epoch``, ``train_loss``, ``val_loss``, ``top1``, ``top5``, ``lr``
-            (:class:`carnet_core.train.EpochMetrics` as dicts, as in ``metrics.jsonl``).
+            (:class:`carnet_core.training.trainer.EpochMetrics` as dicts, as in ``metrics.jsonl``).
         probe_top1: the run's linear-probe val top-1 (0–1), drawn as a dotted line on the accuracy panel: where
             fine-tuning started, and what it should end above (its first epoch often dips below it).
     """
@@ -113,7 +114,7 @@ def runs_overlay_figure(runs: dict[str, Sequence[dict[str, float]]], metric: str
 def confusion_heatmap_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
                              order: Sequence[int] | None = None, normalize: bool = True) -> go.Figure:
     """Confusion matrix heatmap (rows = true class, columns = predicted), classes in ``order`` (e.g.
-    :func:`carnet_core.evaluate.confusion_order`, which puts confused classes together). With ``normalize`` each
+    :func:`carnet_core.evaluation.evaluate.confusion_order`, which puts confused classes together). With ``normalize`` each
     row is shown as % of that class's images. Tick labels are hidden beyond 60 classes (hover shows the names), so
     a 196-class matrix stays readable."""
     import numpy as np
@@ -156,8 +157,6 @@ def reliability_figure(reliability: Sequence[dict[str, float]], ece: float) -> g
 def cost_scatter_figure(rows: Sequence[dict]) -> go.Figure:
     """Models as bubbles: batch-1 latency (ms) against top-1 accuracy (%) where known (else 0, marked "top-1
     unknown"), bubble area ∝ parameters. Each row: name, latency_ms, top1 (0–1 or None), params, label_set."""
-    import math
-
     known = [r for r in rows if r.get("latency_ms") is not None]
     fig = go.Figure()
     for has_acc in (True, False):

@@ -55,7 +55,7 @@ def _no_job_worker_outlives_its_test():
     import signal
     import sys
 
-    jobs = sys.modules.get("carnet_core.jobs")
+    jobs = sys.modules.get("carnet_core.training.jobs")
     for pid, proc in list(jobs._children.items()) if jobs else []:
         if proc.poll() is None:
             try:
@@ -64,6 +64,83 @@ def _no_job_worker_outlives_its_test():
                 pass
             proc.wait()
         jobs._children.pop(pid, None)
+
+
+class FakeClock:
+    """A stand-in for ``time.perf_counter``: each reading is 1 ms after the one before, and :meth:`advance` makes
+    seconds pass at once, so a test can tell what a timer measured without sleeping."""
+
+    def __init__(self, tick_s: float = 1e-3):
+        self.now, self.tick_s = 1000.0, tick_s
+
+    def __call__(self) -> float:
+        self.now += self.tick_s
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> FakeClock:
+    """``time.perf_counter`` replaced by a :class:`FakeClock` for the test."""
+    import time
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    return clock
+
+
+@pytest.fixture
+def cli(capsys):
+    """The CLI in this process (``carnet_core.cli.main``, what ``python -m carnet_core`` runs): call it with the
+    command's words, get (exit code, stdout, stderr). Cheaper than a new interpreter where the process boundary is
+    not what a test is about."""
+    from carnet_core.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def cli_process():
+    """``python -m carnet_core`` in a new process, from the project folder: call it with the command's words (and
+    ``env_extra``, variables to add), get the ``subprocess.CompletedProcess``."""
+    import subprocess
+    import sys
+
+    def run(*args, env_extra=None) -> subprocess.CompletedProcess:
+        env = {**os.environ, **(env_extra or {})}
+        return subprocess.run([sys.executable, "-m", "carnet_core", *map(str, args)], cwd=ROOT, capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    return run
+
+
+#: Six ImageNet classes (one capitalised, as a dataset's folder may be) of a car classifier made from MobileNetV2.
+SIX = ["sports car", "pickup", "Jeep", "minivan", "limousine", "convertible"]
+
+
+@pytest.fixture
+def six_class_mobilenet():
+    """A function of a class order giving (state dict, ImageNet rows): real ImageNet MobileNetV2 weights cut down to
+    six of its classes, in that order — a six-class car classifier whose logits are the ImageNet model's for those
+    classes (what a fine-tune's head would be, known exactly). Skips without ../shared."""
+    from carnet_core.models.checkpoints import read_state_dict
+    from carnet_core.models.labels import imagenet_class_names
+
+    def make(order: list[str]):
+        state = read_state_dict(need(MOBILENET_TIMM))
+        rows = [imagenet_class_names().index(name.lower() if name == "Jeep" else name) for name in order]
+        state["classifier.weight"] = state["classifier.weight"][rows]
+        state["classifier.bias"] = state["classifier.bias"][rows]
+        return state, rows
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""Every setting CarNet reads from the environment, in one place.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``CARNET_WEIGHTS_DIR`` | folder scanned for weight files | ``weights/`` in the project |
+| ``CARNET_JOBS_DIR`` | fine-tune jobs (one folder a run) | ``runs/jobs`` under the current folder |
+| ``CARNET_CACHE_DIR`` | ONNX exports, evaluation reports, model costs | ``~/.cache/carnet`` |
+| ``CARNET_CACHE_MAX_MB`` | bound of the export cache, MB | :data:`CACHE_MAX_MB` |
+| ``CARNET_DATA_ROOT`` | labelled datasets offered by the pages | ``data/`` in the project |
+| ``CARNET_GALLERY_DIR`` | the sample gallery | ``gallery/`` in the project |
+| ``CARNET_MAPPINGS_DIR`` | label mapping files | ``mappings/`` in the project |
+| ``CARNET_HOSTED`` | a public demo: no training, no server folders | off |
+| ``CARNET_OFFLINE`` / ``HF_HUB_OFFLINE`` | never touch the network | off |
+| ``CARNET_DEVICE`` | torch device name (``cpu``, ``cuda:1``) | first CUDA GPU, else the CPU |
+| ``CARNET_ENGINE`` | force an inference engine everywhere | ``auto`` |
+| ``CARNET_PARITY_PHOTOS`` | real photos for the reduced-precision gate | none |
+
+Values are read on every call (tests and a host's config may change them at run time); a blank value counts as
+unset. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from carnet_core.errors import CarNetError
+
+#: The folder holding ``app.py`` and ``carnet_core/``.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Default bound of the export cache, MB (``$CARNET_CACHE_MAX_MB`` overrides it).
+CACHE_MAX_MB = 2000
+_TRUE = ("1", "true", "yes", "on")
+
+
+def env_text(name: str) -> str:
+    """``$name`` stripped, or ``""`` when unset."""
+    return os.environ.get(name, "").strip()
+
+
+def env_flag(name: str) -> bool:
+    """True when ``$name`` is 1, true, yes or on (any case)."""
+    return env_text(name).lower() in _TRUE
+
+
+def env_path(name: str, default: str | os.PathLike) -> Path:
+    """The folder ``$name`` names (``~`` expanded), or ``default`` when it is unset or blank. A blank value (``X=``
+    in a shell or a host's config) would otherwise be ``Path("")``: the current folder, which then fills up with
+    exports, jobs or uploads."""
+    value = env_text(name)
+    return Path(value).expanduser() if value else Path(default)
+
+
+def hosted_mode() -> bool:
+    """True when ``CARNET_HOSTED`` is set (1/true/yes): a public demo that must not train or browse folders."""
+    return env_flag("CARNET_HOSTED")
+
+
+def offline_by_env() -> bool:
+    """True when the environment says not to use the network (``HF_HUB_OFFLINE`` or ``CARNET_OFFLINE``)."""
+    return env_flag("HF_HUB_OFFLINE") or env_flag("CARNET_OFFLINE")
+
+
+def weights_dir() -> Path:
+    """The folder scanned for user-provided weight files: ``$CARNET_WEIGHTS_DIR`` or ``<project>/weights``."""
+    return env_path("CARNET_WEIGHTS_DIR", PROJECT_ROOT / "weights")
+
+
+def jobs_dir() -> Path:
+    """The jobs root: ``$CARNET_JOBS_DIR`` or ``runs/jobs`` under the current folder (absolute)."""
+    return env_path("CARNET_JOBS_DIR", "runs/jobs").resolve()
+
+
+def data_root() -> Path:
+    """Default folder offered for labelled datasets: ``$CARNET_DATA_ROOT`` or ``data/`` in the project."""
+    return env_path("CARNET_DATA_ROOT", PROJECT_ROOT / "data")
+
+
+def gallery_dir() -> Path:
+    """Sample gallery folder: ``$CARNET_GALLERY_DIR`` or ``gallery/`` in the project."""
+    return env_path("CARNET_GALLERY_DIR", PROJECT_ROOT / "gallery")
+
+
+def mappings_dir() -> Path:
+    """Label mapping files: ``$CARNET_MAPPINGS_DIR`` or ``mappings/`` in the project."""
+    return env_path("CARNET_MAPPINGS_DIR", PROJECT_ROOT / "mappings")
+
+
+def cache_dir() -> Path:
+    """Where CarNet caches ONNX exports, evaluation reports and measured model costs: ``$CARNET_CACHE_DIR`` or
+    ``~/.cache/carnet``; when that folder cannot be created or written (a read-only home on some hosts), a folder in
+    the system's temporary directory instead, so the fast engine and the caches still work."""
+    configured = env_path("CARNET_CACHE_DIR", Path.home() / ".cache" / "carnet")
+    try:
+        configured.mkdir(parents=True, exist_ok=True)
+        if os.access(configured, os.W_OK | os.X_OK):
+            return configured
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"carnet-cache-{getattr(os, 'getuid', lambda: 'user')()}"
+
+
+def cache_max_mb() -> float:
+    """The export cache's bound in MB: ``$CARNET_CACHE_MAX_MB`` or :data:`CACHE_MAX_MB`.
+
+    Raises:
+        CarNetError: ``$CARNET_CACHE_MAX_MB`` is not a number >= 0.
+    """
+    text = env_text("CARNET_CACHE_MAX_MB")
+    if not text:
+        return float(CACHE_MAX_MB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise CarNetError(f"CARNET_CACHE_MAX_MB must be a number of MB, at least 0, not {text!r}")
+    return value
+
+
+def device_name() -> str:
+    """``$CARNET_DEVICE`` (``""``: choose automatically); checked by
+    :func:`carnet_core.models.classifier.default_device`."""
+    return env_text("CARNET_DEVICE")
+
+
+def forced_engine() -> str:
+    """``$CARNET_ENGINE`` (``""``: not forced); checked by :func:`carnet_core.inference.engines.select_engine`."""
+    return env_text("CARNET_ENGINE")
+
+
+def parity_photos_dir() -> str:
+    """``$CARNET_PARITY_PHOTOS``: a folder of real photos for the reduced-precision gate (``""``: none)."""
+    return env_text("CARNET_PARITY_PHOTOS")

@@ -1,0 +1,1 @@
+"""Data: images, dataset readers, the dataset check, uploads. Imports nothing of CarNet above errors and config."""

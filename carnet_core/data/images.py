@@ -1,0 +1,213 @@
+"""Image loading that takes what people upload and turns it into an RGB ``PIL.Image``.
+
+Accepts JPEG, PNG, WebP, BMP, GIF (first frame), TIFF, HEIC/HEIF (iPhone photos; decoded by pi-heif, libheif's
+decoder-only Pillow plugin) and AVIF (Pillow); applies the EXIF orientation; converts grayscale,
+grayscale+alpha, RGBA, palette, CMYK and 16-bit / float images to 8-bit RGB (transparency is composited on
+white). Anything else raises :class:`~carnet_core.errors.ImageError` with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from pi_heif import register_heif_opener
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from carnet_core.errors import ImageError
+
+register_heif_opener()  # HEIC / HEIF for PIL.Image.open; rotation (irot) applied by libheif, EXIF orientation reset
+
+#: Formats CarNet decodes (PIL format names).
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF")
+#: The same, as people name them (for messages and upload widgets).
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC, AVIF"
+#: File name extensions for upload widgets and folder scans.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif",
+                                     "avif")
+#: Largest image accepted, in pixels (width × height): 50 MP, far above any camera photo, far below a
+#: decompression bomb.
+MAX_PIXELS: int = 50_000_000
+#: Largest file accepted, in bytes.
+MAX_FILE_BYTES: int = 50 * 1024 * 1024
+
+ImageSource = Union[str, Path, bytes, bytearray, BinaryIO, Image.Image]
+
+
+def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
+    """Bytes of ``source`` and a name for messages."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), "the upload"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            if isinstance(source, str) and "://" in source:  # Path() would also fold its "//" into "/"
+                raise ImageError(f"{source}: a web address; CarNet reads image files on this machine — download the "
+                                 "image first, then give its file")
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image file")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{path.name}: file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
+        return path.read_bytes(), path.name
+    name = getattr(source, "name", "the upload")
+    data = source.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: file is larger than the {MAX_FILE_BYTES / 2**20:.0f} MB limit")
+    return data, str(name)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited on a white background."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if img.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(source: ImageSource, *, name: str | None = None, draft: int | None = None) -> Image.Image:
+    """Decode an image file into an RGB ``PIL.Image`` (H×W×3, uint8), ready for a model's transform.
+
+    Args:
+        source: a path, raw bytes, a binary file object (e.g. a Streamlit ``UploadedFile``) or a PIL image.
+        name: what to call the file in error messages (defaults to the file name).
+        draft: for a picture to show, not to classify: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of
+            its size that is still at least ``draft`` px on each side (Pillow's ``Image.draft``; a 12 MP photo at
+            256 px: about 4× faster). Other formats are decoded whole.
+
+    Returns:
+        The image in RGB, EXIF orientation applied, first frame for animations.
+
+    Raises:
+        ImageError: the file is empty, truncated, not an image, an unsupported format, or larger than
+            :data:`MAX_PIXELS` / :data:`MAX_FILE_BYTES`. The message names the file and the reason.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(source))
+    data, default_name = _read_bytes(source)
+    label = name or default_name
+    if len(data) == 0:
+        raise ImageError(f"{label}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+            raise ImageError(f"{label}: a HEIC/AVIF file that cannot be decoded — cut short, or encoded in a way "
+                             "CarNet's decoder lacks; export it as JPEG") from None
+        raise ImageError(f"{label}: not an image CarNet can read{_sniff(data)}; "
+                         f"supported formats: {FORMAT_NAMES}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: image is too large (over {MAX_PIXELS / 1e6:.0f} megapixels)") from None
+    except Exception as exc:  # PIL raises many types on garbage headers
+        raise ImageError(f"{label}: cannot read the image header ({exc})") from None
+    if img.format not in SUPPORTED_FORMATS:
+        raise ImageError(f"{label}: {img.format} images are not supported; "
+                         f"supported formats: {FORMAT_NAMES}")
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{label}: image is {width}×{height} px = {width * height / 1e6:.0f} megapixels; "
+                         f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels")
+    if width == 0 or height == 0:
+        raise ImageError(f"{label}: image has no pixels ({width}×{height})")
+    try:
+        img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
+        if draft and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft, draft))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except OSError as exc:
+        reason = "the file is truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else str(exc)
+        raise ImageError(f"{label}: cannot decode the image: {reason}") from None
+    except Exception as exc:
+        raise ImageError(f"{label}: cannot decode the image ({type(exc).__name__}: {exc})") from None
+
+
+def dim_outside(image: Image.Image, box: tuple[float, float, float, float], brightness: float = 0.35) -> Image.Image:
+    """``image`` (RGB) with everything outside ``box`` ((left, top, right, bottom), px, rounded to whole pixels)
+    darkened to ``brightness`` (0-1) of its value: a picture of what a crop keeps. Returns ``image`` itself when the
+    box covers it all."""
+    left, top, right, bottom = (round(v) for v in box)
+    if (left, top, right, bottom) == (0, 0, *image.size):
+        return image
+    out = image.point(lambda v: int(v * brightness))
+    out.paste(image.crop((left, top, right, bottom)), (left, top))
+    return out
+
+
+def fit_within(image: Image.Image, px: int) -> Image.Image:
+    """``image`` scaled down (never up) so that its longer side is at most ``px`` pixels, aspect ratio kept
+    (Pillow's bicubic resize with ``reducing_gap=3.0``: a fast first reduction by an integer factor, then bicubic);
+    ``image`` itself when it is that small already."""
+    scale = min(1.0, px / max(image.size))
+    if scale == 1.0:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC,
+                        reducing_gap=3.0)
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` (RGB) encoded as JPEG at ``quality`` (1-95): what a page hands to the browser to show."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def thumbnail(source: ImageSource, px: int = 160) -> bytes:
+    """A JPEG of the image at ``source`` (anything :func:`load_image` takes), its longer side at most ``px`` pixels
+    and upright (EXIF orientation applied): a sample gallery's picture of a photo. A few kB; a 12 MP JPEG is
+    decoded at 1/8 of its size for it (``load_image(draft=px)``).
+
+    Raises:
+        ImageError: the image cannot be read (the message says why, as :func:`load_image`'s).
+    """
+    return jpeg_bytes(fit_within(load_image(source, draft=px), px), quality=85)
+
+
+def _sniff(data: bytes) -> str:
+    """A short hint of what a non-image file seems to be, for error messages."""
+    head = data[:512]
+    if head.startswith(b"%PDF"):
+        return " (it looks like a PDF)"
+    if head.startswith(b"PK\x03\x04"):
+        return " (it looks like a zip archive)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):  # "Save link as…" on a search result saves the page
+        return " (it looks like a web page, not the image on it: open the image itself, then save that)"
+    if b"<svg" in text:
+        return " (it looks like an SVG drawing, which is not supported: export it as PNG)"
+    try:
+        head.decode("utf-8")
+        return " (it looks like a text file)"
+    except UnicodeDecodeError:
+        return ""
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files (by extension, see :data:`IMAGE_EXTENSIONS`) directly in ``folder`` — or anywhere under it with
+    ``recursive`` — sorted by path; [] if none. Hidden files and folders are left out: macOS writes a ``._photo.jpg``
+    of metadata beside each photo on a USB stick, which is no image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluating a model or an ensemble on a labelled folder, model cards."""

@@ -1,0 +1,321 @@
+"""Evaluation of a classifier on a labelled dataset: top-1, top-5, per-class accuracy, confusion matrix,
+calibration (expected calibration error, Guo et al. 2017, and the reliability-curve data) and, for label sets with a
+make / model / year hierarchy, accuracy at each level."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from carnet_core._io import atomic_write_json
+from carnet_core.config import cache_dir as default_cache_dir
+from carnet_core.data.datasets import ImageDataset
+from carnet_core.errors import CarNetError, ImageError, listed
+from carnet_core.evaluation.compare import LabelProjection
+from carnet_core.inference.engines import fingerprint
+from carnet_core.inference.predict import predict_probabilities
+from carnet_core.models.classifier import Classifier
+from carnet_core.models.labels import within_classes
+
+ECE_BINS = 15
+
+
+def top5_informative(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: not with 5 classes or fewer, where every class is in the top 5 and it is
+    100 % by construction (pages and the CLI show "—" then; the JSON keeps the number)."""
+    return num_classes > 5
+
+
+def top5_text(top5: float, num_classes: int) -> str:
+    """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` where it says nothing
+    (:func:`top5_informative`)."""
+    return f"{top5 * 100:.1f}%" if top5_informative(num_classes) else "—"
+
+
+TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."
+
+
+@dataclass
+class EvalReport:
+    """Numbers of :func:`evaluate`; all accuracies in [0, 1].
+
+    Attributes:
+        class_names: the label set (rows/columns of ``confusion``).
+        top1 / top5: accuracy.
+        per_class: class name → {"accuracy": float, "count": int}.
+        confusion: (C, C) counts, rows = true class, columns = predicted class.
+        ece: expected calibration error over :data:`ECE_BINS` equal-width confidence bins.
+        reliability: per bin {"confidence": mean top-1 probability, "accuracy": float, "count": int}.
+        hierarchy: {"make": acc, "model": acc, "year": acc} when the dataset has a hierarchy.
+        predictions: per image {"path", "label", "predicted", "confidence"} (for galleries).
+        skipped: (path, reason) of unreadable images.
+    """
+    class_names: list[str]
+    num_images: int
+    top1: float
+    top5: float
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]]
+    ece: float
+    reliability: list[dict[str, float]]
+    hierarchy: dict[str, float] = field(default_factory=dict)
+    predictions: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def most_confused(self, n: int = 10) -> list[tuple[str, str, int]]:
+        """The ``n`` largest off-diagonal confusion counts as (true, predicted, count)."""
+        c = np.array(self.confusion)
+        np.fill_diagonal(c, 0)
+        order = np.argsort(-c, axis=None)[:n]
+        return [(self.class_names[i], self.class_names[j], int(c[i, j]))
+                for i, j in zip(*np.unravel_index(order, c.shape)) if c[i, j] > 0]
+
+    def class_scores(self) -> dict[str, dict[str, float]]:
+        """Precision, recall (the class's accuracy) and F1 of each class from :attr:`confusion`, as scikit-learn's
+        ``classification_report`` defines them: precision is NaN for a class never predicted and recall for a class
+        with no images, and F1 counts either as 0 (``zero_division=0``)."""
+        c = np.array(self.confusion, dtype=np.float64)
+        hits, predicted, actual = np.diag(c), c.sum(0), c.sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision, recall = hits / predicted, hits / actual
+            f1 = np.nan_to_num(2 * hits / (predicted + actual))
+        return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
+                for i, name in enumerate(self.class_names)}
+
+    @property
+    def macro_f1(self) -> float:
+        """Unweighted mean of the classes' F1 over those with images or predictions (scikit-learn's
+        ``f1_score(average="macro")``); a model that gets the frequent classes right and the rare ones wrong scores
+        low here though its top-1 is high. NaN when nothing was scored."""
+        return self._macro_f1(self.class_scores())
+
+    def _macro_f1(self, scores: dict[str, dict[str, float]]) -> float:
+        c = np.array(self.confusion)
+        present = (c.sum(0) + c.sum(1)) > 0
+        f1 = [scores[name]["f1"] for name, p in zip(self.class_names, present) if p]
+        return float(np.mean(f1)) if f1 else float("nan")
+
+    def mistakes(self, true_class: str | None = None, predicted: str | None = None,
+                 most_confident_first: bool = True) -> list[dict]:
+        """The misclassified images of :attr:`predictions` (``{"path", "label", "predicted", "confidence"}``), only
+        those of ``true_class`` and/or predicted as ``predicted`` when given, ordered by the model's confidence in its
+        wrong class: most confident first (the mistakes it is surest of) or least (the near misses)."""
+        wrong = [p for p in self.predictions if p["label"] != p["predicted"]
+                 and true_class in (None, p["label"]) and predicted in (None, p["predicted"])]
+        return sorted(wrong, key=lambda p: p["confidence"], reverse=most_confident_first)
+
+    def to_dict(self) -> dict:
+        """Everything as JSON-ready values; an undefined number (the accuracy of a class with no images, the precision
+        of one never predicted) is None, as JSON has no NaN (``json.dumps`` writes a bare ``NaN`` that strict
+        parsers — ``jq``, browsers — refuse)."""
+        scores = self.class_scores()
+        return _nan_to_none({
+            "num_images": self.num_images, "top1": self.top1, "top5": self.top5, "macro_f1": self._macro_f1(scores),
+            "ece": self.ece, "hierarchy": self.hierarchy, "per_class": self.per_class,
+            "class_scores": scores, "class_names": self.class_names, "confusion": self.confusion,
+            "reliability": self.reliability,
+            "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
+            "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
+
+
+def _nan_to_none(value: Any) -> Any:
+    """``value`` with every float NaN in it, however deep in dicts and lists, replaced by None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                               hierarchy: dict | None = None) -> dict:
+    """All metrics of :class:`EvalReport` (but predictions) from probabilities (N, C) and labels (N,)."""
+    n, c = probs.shape
+    conf, pred = probs.max(1)
+    k = min(5, c)
+    top5 = (probs.topk(k, 1).indices == labels[:, None]).any(1)
+    correct = pred == labels
+    confusion = torch.zeros(c, c, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        mask = labels == i
+        per_class[name] = {"accuracy": float(correct[mask].float().mean()) if mask.any() else float("nan"),
+                           "count": int(mask.sum())}
+    edges = torch.linspace(0, 1, ECE_BINS + 1)
+    reliability, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            acc, mean_conf = float(correct[mask].float().mean()), float(conf[mask].mean())
+            ece += float(mask.float().mean()) * abs(acc - mean_conf)
+            reliability.append({"bin_low": float(lo), "bin_high": float(hi), "confidence": mean_conf,
+                                "accuracy": acc, "count": int(mask.sum())})
+    levels = {}
+    if hierarchy:
+        for level in ("make", "model", "year"):
+            true = [hierarchy[class_names[int(y)]].get(level, "") for y in labels]
+            guess = [hierarchy[class_names[int(p)]].get(level, "") for p in pred]
+            if all(true):
+                levels[level] = float(np.mean([a == b for a, b in zip(true, guess)]))
+    return {"top1": float(correct.float().mean()), "top5": float(top5.float().mean()), "per_class": per_class,
+            "confusion": confusion.tolist(), "ece": ece, "reliability": reliability, "hierarchy": levels}
+
+
+def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
+             progress: Callable[[float], None] | None = None, mapping: dict[str, list[str]] | None = None) -> EvalReport:
+    """Evaluate ``model`` on ``dataset`` through the fast inference engine (:mod:`carnet_core.inference.engines`).
+
+    Args:
+        model: any classifier; its classes must be the dataset's (in any order), or include them all (the dataset's
+            folders named after model classes: scored over those, renormalised), unless ``mapping`` is given.
+        dataset: labelled images (any reader of :mod:`carnet_core.data.datasets`).
+        batch_size: images per forward pass.
+        progress: called with the fraction done (0–1) after each batch.
+        mapping: dataset class → model classes (e.g. ``mappings/tiny_vehicles_6_to_imagenet.json``) to score an
+            ImageNet model on other labels: its probabilities are summed per dataset class
+            (:class:`carnet_core.evaluation.compare.LabelProjection`) and renormalised over the dataset's classes.
+
+    Raises:
+        CarNetError: the label sets differ and no mapping is given (the message names the difference), a bad
+            mapping, or no image could be read.
+    """
+    projection = None
+    # a mapping, or folders named after some of the model's classes ("sports car", "pickup"): scored over those
+    if mapping is not None or (set(dataset.class_names) != set(model.class_names)
+                               and within_classes(dataset.class_names, model.class_names)):
+        projection = LabelProjection(dataset.class_names, model.class_names, mapping)
+        names = list(dataset.class_names)
+        to_index = list(range(len(names)))
+    else:
+        if set(dataset.class_names) != set(model.class_names):
+            only_d = sorted(set(dataset.class_names) - set(model.class_names))
+            only_m = sorted(set(model.class_names) - set(dataset.class_names))
+            raise CarNetError(f"the dataset's classes are not {model.name}'s: only in the dataset: {listed(only_d)}; "
+                              f"only in the model: {listed(only_m)} (for an ImageNet model, give a mapping file)")
+        names = list(model.class_names)
+        to_index = [names.index(c) for c in dataset.class_names]
+    probs, labels, rows, skipped = [], [], [], []
+    for start in range(0, len(dataset), batch_size):
+        images = []
+        for i in range(start, min(start + batch_size, len(dataset))):
+            item, label = dataset.items[i]
+            try:
+                images.append(dataset.load(i))
+            except ImageError as exc:
+                skipped.append((str(item), str(exc)))
+                continue
+            labels.append(to_index[label])
+            rows.append(str(item) if not isinstance(item, np.ndarray) else f"#{i}")
+        if images:
+            p = predict_probabilities(model, model.preprocess(images))
+            if projection is not None:
+                p = projection.project(p)
+                p = p / p.sum(1, keepdim=True).clamp_min(1e-12)
+            probs.append(p)
+        if progress:
+            progress(min(1.0, (start + batch_size) / len(dataset)))
+    if not probs:
+        raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
+    p, y = torch.cat(probs), torch.tensor(labels)
+    m = metrics_from_probabilities(p, y, names, dataset.hierarchy)
+    conf, pred = p.max(1)
+    predictions = [{"path": r, "label": names[int(t)], "predicted": names[int(q)], "confidence": float(c)}
+                   for r, t, q, c in zip(rows, y, pred, conf)]
+    return EvalReport(names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"],
+                      m["hierarchy"], predictions, skipped)
+
+
+def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
+    """A class order that puts classes confused with each other next to each other: average-linkage clustering of
+    the symmetrised, row-normalised confusion matrix with optimal leaf ordering (``scipy.cluster.hierarchy``), so a
+    196-class heatmap shows blocks instead of scattered dots. Returns indices into the class list."""
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import squareform
+
+    c = np.asarray(confusion, dtype=float)
+    if len(c) < 3:
+        return list(range(len(c)))
+    rates = c / np.maximum(c.sum(1, keepdims=True), 1)
+    similarity = (rates + rates.T) / 2
+    np.fill_diagonal(similarity, 0)
+    distance = 1.0 - similarity / max(similarity.max(), 1e-12)
+    np.fill_diagonal(distance, 0)
+    condensed = squareform(distance, checks=False)
+    tree = optimal_leaf_ordering(linkage(condensed, method="average"), condensed)
+    return [int(i) for i in leaves_list(tree)]
+
+
+def report_from_dict(data: dict) -> EvalReport:
+    """Rebuild an :class:`EvalReport` from :meth:`EvalReport.to_dict` (the evaluation cache and JSON exports)."""
+    per_class = {name: {**v, "accuracy": float("nan") if v["accuracy"] is None else v["accuracy"]}
+                 for name, v in data["per_class"].items()}
+    return EvalReport(data["class_names"], data["num_images"], data["top1"], data["top5"], per_class,
+                      data["confusion"], data["ece"], data["reliability"], data.get("hierarchy", {}),
+                      data.get("predictions", []), [(d["path"], d["reason"]) for d in data.get("skipped", [])])
+
+
+def per_class_rows(report: EvalReport) -> list[dict]:
+    """Per-class table rows, worst accuracy first: class, accuracy (= recall), precision, F1 (in [0, 1],
+    :meth:`EvalReport.class_scores`), images, most frequent wrong prediction."""
+    c = np.array(report.confusion)
+    scores = report.class_scores()
+    rows = []
+    for i, name in enumerate(report.class_names):
+        off = c[i].copy()
+        off[i] = 0
+        j = int(off.argmax())
+        rows.append({"class": name, "accuracy": report.per_class[name]["accuracy"],
+                     "precision": scores[name]["precision"], "F1": scores[name]["f1"],
+                     "images": report.per_class[name]["count"],
+                     "most often predicted instead": report.class_names[j] if off[j] else "",
+                     "times": int(off[j])})
+    return sorted(rows, key=lambda r: (np.nan_to_num(r["accuracy"], nan=2.0), r["class"]))
+
+
+def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict | None = None) -> str:
+    """Identifies an evaluation: the model's weights fingerprint, the dataset's files (paths, sizes, mtimes) and
+    the mapping. A changed checkpoint or dataset gets a new key."""
+
+    h = hashlib.sha256(fingerprint(model).encode())
+    h.update(json.dumps(mapping, sort_keys=True).encode())
+    h.update(json.dumps(list(dataset.class_names)).encode())
+    for item, label in dataset.items:
+        if isinstance(item, (str, Path)):
+            st = Path(item).stat() if Path(item).exists() else None
+            h.update(f"{item}|{label}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+        else:
+            h.update(np.ascontiguousarray(item).tobytes()[:4096])
+            h.update(str(label).encode())
+    return h.hexdigest()[:24]
+
+
+def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | None = None,
+                    progress: Callable[[float], None] | None = None, mapping: dict | None = None,
+                    refresh: bool = False) -> tuple[EvalReport, bool]:
+    """:func:`evaluate` with its report cached as JSON under ``cache_dir`` (default
+    ``$CARNET_CACHE_DIR/evaluations``). Returns (report, came from the cache)."""
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir() / "evaluations"
+    path = root / f"{evaluation_cache_key(model, dataset, mapping)}.json"
+    if path.exists() and not refresh:
+        try:
+            return report_from_dict(json.loads(path.read_text())), True
+        except (ValueError, KeyError):
+            pass
+    report = evaluate(model, dataset, progress=progress, mapping=mapping)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, report.to_dict(), indent=None)
+    except OSError:  # an unwritable or full cache: the report is still returned, just not kept
+        pass
+    return report, False

@@ -1,0 +1,1 @@
+"""Explanations: class activation maps over pytorch-grad-cam."""

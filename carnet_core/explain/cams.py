@@ -1,0 +1,361 @@
+"""Grad-CAM explanations on pytorch-grad-cam (https://github.com/jacobgil/pytorch-grad-cam); no CAM math here.
+
+``explain(model, image, method="gradcam")`` returns the heatmap aligned with the image as the model sees it
+(after its resize and center crop), the target class and its probability, and a faithfulness number from
+pytorch-grad-cam's metrics, so users learn that a heatmap can be wrong.
+
+Concurrency: models are shared by all app sessions. pytorch-grad-cam hooks the target layer for the length of a
+call, so every call holds the model's lock (:attr:`Classifier.lock`, also held by :func:`predict`), and the hooks
+are released and gradients freed before the lock is let go.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from carnet_core.data.images import ImageSource, load_image
+from carnet_core.errors import CarNetError
+from carnet_core.models.classifier import Classifier
+
+
+def _methods() -> dict[str, type]:
+    import pytorch_grad_cam as pgc
+
+    return {
+        "gradcam": pgc.GradCAM,              # Selvaraju et al. 2017
+        "gradcam++": pgc.GradCAMPlusPlus,    # Chattopadhyay et al. 2018
+        "hirescam": pgc.HiResCAM,            # Draelos & Carin 2020
+        "xgradcam": pgc.XGradCAM,            # Fu et al. 2020
+        "layercam": pgc.LayerCAM,            # Jiang et al. 2021
+        "eigencam": pgc.EigenCAM,            # Muhammad & Yeasin 2020 (class-agnostic: first principal component)
+        "scorecam": pgc.ScoreCAM,            # Wang et al. 2020 (one forward pass per channel)
+        "ablationcam": pgc.AblationCAM,      # Desai & Ramaswamy 2020 (one forward pass per channel)
+        "finercam": pgc.FinerCAM,            # Zhang et al. 2025: target class vs its most similar classes
+    }
+
+
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam",
+                            "ablationcam", "finercam")
+#: How the methods are written in the UI: the names their papers and pytorch-grad-cam give them.
+METHOD_NAMES: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "hirescam": "HiResCAM",
+                                "xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+                                "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "finercam": "FinerCAM"}
+#: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
+EXPENSIVE_METHODS: frozenset[str] = frozenset({"scorecam", "ablationcam"})
+#: Default target layer per architecture family: the last block with spatial output.
+DEFAULT_LAYERS: dict[str, str] = {
+    "resnet": "layer4",          # torchvision/timm ResNet: last stage (7×7 at 224 px)
+    "seresnet": "layer4",
+    "mobilenetv2": "bn2",        # timm MobileNetV2/EfficientNet: conv_head → bn2 (BN + activation), 7×7
+    "efficientnet": "bn2",
+}
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
+#: pytorch-grad-cam's test-time augmentation for ``aug_smooth``: horizontal flip × brightness 0.9, 1, 1.1.
+AUG_SMOOTH_PASSES = 6
+
+
+_FAITHFULNESS_VERDICTS = {
+    "supports": "the highlighted region alone supports the class",
+    "most": "the highlighted region carries much of the evidence, not all",
+    "outside": "most of the evidence lies outside the highlighted region: do not read this heatmap alone",
+}
+
+
+@dataclass
+class Explanation:
+    """One CAM.
+
+    Attributes:
+        heatmap: (H, W) float32 in [0, 1], H×W = the model's input size, aligned with ``image``.
+        image: (H, W, 3) float32 RGB in [0, 1]: the photo after the model's resize and center crop.
+        class_name / class_index: the explained class.
+        probability: the model's softmax probability for that class.
+        method / layer: what produced the heatmap.
+        faithfulness: change in the class probability when the image is multiplied by the heatmap (keeps
+            the highlighted region, darkens the rest): pytorch-grad-cam's ``CamMultImageConfidenceChange``.
+            Positive or near zero: the highlighted region alone supports the class; strongly negative: it
+            does not, and the heatmap should not be trusted.
+        latency_ms: wall time of the CAM computation, ms.
+        aug_smooth / eigen_smooth: the smoothing asked for (see :func:`explain`).
+    """
+
+    heatmap: np.ndarray
+    image: np.ndarray
+    class_name: str
+    class_index: int
+    probability: float
+    method: str
+    layer: str
+    faithfulness: float
+    latency_ms: float
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+
+    def faithfulness_text(self) -> str:
+        """:attr:`faithfulness` in words (Markdown), for a page or a report: the class probability before and after
+        keeping only the highlighted region, and what that says of the heatmap: it supports the class (the
+        probability does not fall), carries much of the evidence (it keeps over half), or misses most of it."""
+        before, after = self.probability, min(max(self.probability + self.faithfulness, 0.0), 1.0)
+        if f"{after:.1%}" == f"{before:.1%}":
+            change, verdict = f"keeps the probability of **{self.class_name}** at {before:.1%}", "supports"
+        else:
+            change = (f"{'raises' if after > before else 'lowers'} the probability of **{self.class_name}** from "
+                      f"{before:.1%} to {after:.1%}")
+            verdict = "supports" if after > before else "outside" if after < before / 2 else "most"
+        return (f"keeping only the highlighted region {change} ({self.faithfulness * 100:+.1f} points): "
+                + _FAITHFULNESS_VERDICTS[verdict])
+
+    def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The heatmap over the image as an RGB PIL image; ``alpha`` in [0, 1] is the heatmap's weight."""
+        return overlay(self.image, self.heatmap, alpha, colormap)
+
+    def heatmap_image(self, colormap: str = "jet") -> Image.Image:
+        """The heatmap alone, colour-mapped, as an RGB PIL image."""
+        return overlay(self.image, self.heatmap, 1.0, colormap)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """Blend a [0, 1] heatmap (H, W) over an RGB [0, 1] image (H, W, 3) with pytorch-grad-cam's ``show_cam_on_image``.
+
+    Raises:
+        CarNetError: unknown colormap or alpha outside [0, 1].
+    """
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    if colormap not in COLORMAPS:
+        raise CarNetError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise CarNetError(f"alpha must be between 0 and 1, got {alpha}")
+    cmap = getattr(cv2, f"COLORMAP_{colormap.upper()}")
+    return Image.fromarray(show_cam_on_image(image.astype(np.float32), heatmap, use_rgb=True, colormap=cmap,
+                                             image_weight=1.0 - alpha))
+
+
+_layer_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def spatial_layers(model: Classifier) -> dict[str, tuple[int, ...]]:
+    """Layers whose output has spatial extent (N, C, H, W with H·W > 1), name → (C, H, W) at the model's input size.
+
+    Computed once per model with one forward pass, in network order.
+    """
+    module = model.module
+    if module in _layer_cache:
+        return _layer_cache[module]
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, sub in module.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, out, name=name):
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+                shapes.setdefault(name, tuple(out.shape[1:]))
+
+        handles.append(sub.register_forward_hook(hook))
+    try:
+        with model.lock, torch.inference_mode():
+            module(torch.zeros(1, *model.data_config["input_size"], device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    _layer_cache[module] = shapes
+    return shapes
+
+
+def default_layer(model: Classifier) -> str:
+    """The documented default target layer for the model's family, else the last layer with spatial output."""
+    layers = spatial_layers(model)
+    name = DEFAULT_LAYERS.get(model.family)
+    if name in layers:
+        return name
+    return list(layers)[-1]
+
+
+def resolve_layer(model: Classifier, layer: str | None) -> tuple[str, torch.nn.Module]:
+    """(name, module) of the target layer; ``None`` → :func:`default_layer`.
+
+    Raises:
+        CarNetError: no such layer, or its output has no spatial extent; the message names valid choices.
+    """
+    layers = spatial_layers(model)
+    name = layer or default_layer(model)
+    if name not in layers:
+        modules = dict(model.module.named_modules())
+        last = ", ".join(list(layers)[-6:])
+        if name in modules:
+            raise CarNetError(f"layer {name!r} of {model.name} has no spatial output (a CAM needs a C×H×W feature "
+                              f"map); choose a convolutional layer such as: {last}")
+        raise CarNetError(f"{model.name} has no layer {name!r}; layers with spatial output include: {last} "
+                          f"({len(layers)} in all, see spatial_layers())")
+    return name, dict(model.module.named_modules())[name]
+
+
+def estimate_seconds(model: Classifier, method: str, layer: str | None = None, batch_size: int = 32,
+                     aug_smooth: bool = False) -> float:
+    """Rough CAM duration on this machine, s, from one measured forward pass.
+
+    Gradient methods: about 1.5 forward passes (the forward pass, then a backward pass that stops at the target
+    layer; GradCAM measured 0.8-1.7x a forward pass here on the default models). ScoreCAM / AblationCAM: one forward
+    pass per channel of the target layer, run in batches of ``batch_size``; per-image cost is measured at that batch
+    size (on a 2-core CPU a batch of 32 costs ~2x per image what batch 1 does). Checked here on EfficientNet-Lite0
+    (1280 channels): estimate ~70 s, measured 70 s (ScoreCAM) and 63 s (AblationCAM). ``aug_smooth``: all of it
+    :data:`AUG_SMOOTH_PASSES` times.
+    """
+    expensive = method in EXPENSIVE_METHODS
+    n = batch_size if expensive else 1
+    x = torch.zeros(n, *model.data_config["input_size"], device=model.device)
+    with model.lock, torch.inference_mode():
+        t = time.perf_counter()
+        model.module(x)
+        per_image_s = (time.perf_counter() - t) / n
+    passes = AUG_SMOOTH_PASSES if aug_smooth else 1
+    if expensive:
+        channels = spatial_layers(model)[resolve_layer(model, layer)[0]][0]
+        return passes * channels * per_image_s
+    return passes * 1.5 * per_image_s
+
+
+def aug_smooth_refusal(method: str, eigen_smooth: bool = False) -> str | None:
+    """Why augmentation smoothing cannot go with ``method`` / ``eigen_smooth``, or None when it can. FinerCAM does not
+    take it. A principal component's sign is arbitrary, so EigenCAM's and eigen-smoothed maps of the flipped photo
+    come out inverted on some photos (correlation -0.5 to -0.75 with the unflipped map on 3 of 6 Stanford Cars photos
+    here), and the mean washes out to a flat map."""
+    if method == "finercam":
+        return "FinerCAM has no augmentation smoothing (pytorch-grad-cam's FinerCAM takes eigen smoothing only)"
+    if method == "eigencam" or eigen_smooth:
+        what = "EigenCAM" if method == "eigencam" else "eigen smoothing"
+        return (f"augmentation smoothing does not go with {what}: a principal component's sign is arbitrary, so the "
+                f"map of the flipped photo can come out inverted and the mean washes out")
+    return None
+
+
+def usable_smoothing(method: str, aug_smooth: bool, eigen_smooth: bool) -> dict[str, bool]:
+    """:func:`explain`'s smoothing arguments for ``method`` from what was asked for all methods at once (the Explain
+    page's method grid): augmentation smoothing only where it goes with the method (:func:`aug_smooth_refusal`)."""
+    return {"aug_smooth": aug_smooth and aug_smooth_refusal(method, eigen_smooth) is None, "eigen_smooth": eigen_smooth}
+
+
+def cut_graph_at(layer: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Make ``layer``'s output a new autograd leaf (with ``requires_grad``), copied so that later in-place ops are
+    allowed, for as long as the returned handle is not removed. A backward pass from the logits then stops at that
+    output instead of running through every layer before it: the gradient there, all a gradient CAM reads, is
+    unchanged. The hook is prepended, so pytorch-grad-cam's own forward hook on the layer sees the leaf's copy.
+    """
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            return output.detach().requires_grad_(True).clone()
+        return None
+
+    return layer.register_forward_hook(hook, prepend=True)
+
+
+def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "gradcam",
+            class_name: str | None = None, layer: str | None = None, batch_size: int = 32,
+            progress: Callable[[float], None] | None = None, aug_smooth: bool = False,
+            eigen_smooth: bool = False) -> Explanation:
+    """Compute a class activation map for one image.
+
+    Args:
+        model: a loaded classifier (its module is shared; this call holds ``model.lock``).
+        image: an RGB PIL image or anything :func:`load_image` accepts.
+        method: one of :data:`METHODS`.
+        class_name: class to explain; default: the model's top-1 class.
+        layer: target layer name (see :func:`spatial_layers`); default: :func:`default_layer`.
+        batch_size: batch size of the per-channel forward passes of ScoreCAM / AblationCAM.
+        progress: called with 0.0 before and 1.0 after the computation.
+        aug_smooth: pytorch-grad-cam's test-time augmentation smoothing: the mean CAM over the photo flipped and
+            brightened by 0.9, 1 and 1.1 (:data:`AUG_SMOOTH_PASSES` CAMs, each mapped back onto the photo), for the
+            class chosen on the photo itself; centres the map on the object. Not with FinerCAM, EigenCAM or
+            ``eigen_smooth`` (:func:`aug_smooth_refusal`).
+        eigen_smooth: pytorch-grad-cam's eigen smoothing: the first principal component of the weighted
+            activations instead of their sum; less noise.
+
+    Returns:
+        An :class:`Explanation`.
+
+    Raises:
+        CarNetError: unknown method, class or layer (the message names the valid choices); ``aug_smooth`` where it
+            cannot be used (:func:`aug_smooth_refusal`).
+        ImageError: the image cannot be decoded.
+    """
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    if method not in METHODS:
+        raise CarNetError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    why_not = aug_smooth_refusal(method, eigen_smooth) if aug_smooth else None
+    if why_not:
+        raise CarNetError(why_not)
+    pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+    x = model.preprocess([pil])
+    layer_name, target_layer = resolve_layer(model, layer)
+    if progress:
+        progress(0.0)
+    with model.lock:
+        t0 = time.perf_counter()
+        index = model.index_of(class_name) if class_name is not None else None
+        photo_logits = None
+        if aug_smooth:  # each augmented pass would pick its own top-1: the class and probability are the photo's
+            with torch.inference_mode():
+                photo_logits = model.module(x).float()
+            index = int(photo_logits.argmax()) if index is None else index
+        cls = _methods()[method]
+        kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
+        cam = cls(model.module, [target_layer], **kwargs)
+        # A CAM needs d(score)/d(target layer's output) only. The backward pass stops there: that output enters
+        # the rest of the network as a fresh autograd leaf (cut_graph_at, run before pytorch-grad-cam's hook), and no
+        # parameter asks for a gradient. Parameters are restored in `finally`; other callers wait on the lock.
+        trainable = [p for p in model.module.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        cut = cut_graph_at(target_layer)
+        try:
+            if method == "scorecam":
+                cam.batch_size = batch_size
+            if method == "finercam":  # FinerCAM finds the top-1 class itself; the logits are caught on the way out
+                caught: list[torch.Tensor] = []
+                grab = model.module.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+                try:
+                    grayscale = cam(x, targets=None, target_idx=index, eigen_smooth=eigen_smooth)
+                finally:
+                    grab.remove()
+                logits = caught[0]
+                index = int(logits.argmax()) if index is None else index
+            else:  # the CAM's own forward pass gives the logits; targets=None means top-1
+                grayscale = cam(x, targets=None if index is None else [ClassifierOutputTarget(index)],
+                                aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+                logits = cam.outputs if photo_logits is None else photo_logits  # the last pass saw an augmented photo
+                index = int(logits.argmax()) if index is None else index
+            probs = torch.softmax(logits.detach().float(), dim=1)[0]
+        finally:
+            base = cam.base_cam if method == "finercam" else cam
+            base.activations_and_grads.release()
+            cut.remove()
+            if hasattr(base, "outputs"):
+                base.outputs = None
+            for p in trainable:
+                p.requires_grad_(True)
+            model.module.zero_grad(set_to_none=True)
+        heatmap = grayscale[0].astype(np.float32)  # pytorch-grad-cam scales each CAM to [0, 1]
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        # The metric's probability of the photo times the heatmap, less the CAM's own probability of the photo (the
+        # metric would run a second forward pass for that; return_diff=False skips it).
+        after = CamMultImageConfidenceChange()(x, heatmap[None], [ClassifierOutputSoftmaxTarget(index)], model.module,
+                                               return_diff=False)
+        change = float(np.asarray(after).ravel()[0]) - float(probs[index])
+    if progress:
+        progress(1.0)
+    view = model.unnormalize(x)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
+                       probability=float(probs[index]), method=method, layer=layer_name,
+                       faithfulness=change, latency_ms=latency_ms, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)

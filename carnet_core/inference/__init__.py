@@ -1,0 +1,1 @@
+"""Inference: top-k prediction, ensembles and the engines (torch, ONNX Runtime, reduced precision)."""

@@ -1,0 +1,251 @@
+"""Top-k prediction for a batch of images, with measured latency and the vehicle view of ImageNet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from carnet_core.data.images import ImageSource, dim_outside, fit_within, jpeg_bytes, load_image
+from carnet_core.errors import ImageError
+from carnet_core.inference.engines import select_engine
+from carnet_core.models.classifier import Classifier, InputView
+from carnet_core.models.labels import vehicle_indices
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image.
+
+    Attributes:
+        class_names: top-k class names, most probable first.
+        probabilities: their softmax probabilities in [0, 1].
+        indices: their class indices.
+        vehicle_class_names / vehicle_probabilities: the top-k among the road-vehicle classes
+            (:data:`carnet_core.models.labels.VEHICLE_CLASSES`), same probabilities as above (not renormalised);
+            empty for label sets without vehicle classes.
+        vehicle_share: total probability on the vehicle classes.
+    """
+    class_names: list[str]
+    probabilities: list[float]
+    indices: list[int]
+    vehicle_class_names: list[str] = field(default_factory=list)
+    vehicle_probabilities: list[float] = field(default_factory=list)
+    vehicle_share: float = 0.0
+
+    @property
+    def top1(self) -> str:
+        return self.class_names[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "topk": [{"class": c, "probability": round(p, 6)} for c, p in zip(self.class_names, self.probabilities)],
+            "vehicle_topk": [{"class": c, "probability": round(p, 6)}
+                             for c, p in zip(self.vehicle_class_names, self.vehicle_probabilities)],
+            "vehicle_share": round(self.vehicle_share, 6),
+        }
+
+
+@dataclass
+class PredictionBatch:
+    """Predictions for a batch, with timings.
+
+    Attributes:
+        predictions: one :class:`Prediction` per input image, in input order.
+        preprocess_ms: wall time of decoding-free preprocessing (resize, crop, normalise), ms.
+        latency_ms: wall time of the forward pass and softmax for the whole batch, ms.
+    """
+    predictions: list[Prediction]
+    preprocess_ms: float
+    latency_ms: float
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return self.predictions[i]
+
+    def timing(self) -> str:
+        """The timings in words: "31 ms model time + 18 ms preprocessing" for one image; for N > 1, "N images in
+        X ms model time (X/N ms per image) + P ms preprocessing"."""
+        n, ms = len(self), self.latency_ms
+        model = f"{ms:.0f} ms model time"
+        if n > 1:
+            model = f"{n} images in {model} ({ms / n:.0f} ms per image)"
+        return f"{model} + {self.preprocess_ms:.0f} ms preprocessing"
+
+
+@dataclass
+class ClassifiedPhoto:
+    """One photo of :func:`classify_files`.
+
+    Attributes:
+        name: its file name.
+        prediction: its top-k, None when it could not be read.
+        view: where the model looks in it (:meth:`Classifier.view_of`), None when it could not be read.
+        preview: a JPEG of it for display, at most ``preview_px`` on its longer side, the parts the model does not
+            see dimmed (:func:`~carnet_core.data.images.dim_outside`); None when it could not be read.
+        error: why it could not be read (the :class:`~carnet_core.errors.ImageError` message), else None.
+    """
+    name: str
+    prediction: Prediction | None = None
+    view: InputView | None = None
+    preview: bytes | None = None
+    error: str | None = None
+
+
+#: Longer side of :attr:`ClassifiedPhoto.preview`, px: a third of a wide page on a 2x screen.
+PREVIEW_PX = 800
+
+
+def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSource]], topk: int = 5,
+                   preview_px: int = PREVIEW_PX) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
+    """Decode and classify uploaded files in one batch, each with a small preview to show: what the Classify page
+    does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
+
+    A 12 MP photo costs about 0.3 s to decode, scale and hand to a browser; the previews (tens of kB) let a page
+    keep the result and redraw it without doing that again.
+
+    Returns:
+        (one :class:`ClassifiedPhoto` per file, in order; the :class:`PredictionBatch` of the readable ones, None
+        when there are none).
+
+    Raises:
+        CarNetError: from :func:`predict` (e.g. an engine forced by ``$CARNET_ENGINE`` that this model cannot use).
+    """
+    photos, images = [], []
+    for name, data in files:
+        try:
+            image = load_image(data, name=name)
+        except ImageError as exc:
+            photos.append(ClassifiedPhoto(name, error=str(exc)))
+            continue
+        view = model.view_of(image.size)
+        shown = fit_within(image, preview_px)
+        if view.cuts_off:
+            scale = min(1.0, preview_px / max(image.size))  # fit_within's
+            shown = dim_outside(shown, tuple(v * scale for v in view.box))
+        photos.append(ClassifiedPhoto(name, view=view, preview=jpeg_bytes(shown)))
+        images.append(image)
+    if not images:
+        return photos, None
+    batch = predict(model, images, topk=topk)
+    readable = iter(batch.predictions)
+    for photo in photos:
+        if photo.error is None:
+            photo.prediction = next(readable)
+    return photos, batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predict_probabilities(model: Classifier, batch: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    """Softmax probabilities (N, num_classes) float32 on the CPU for a preprocessed batch (N, 3, H, W).
+
+    ``engine``: ``"auto"`` (the fastest engine that matches torch, see :mod:`carnet_core.inference.engines`), ``"torch"``
+    (the reference) or ``"onnxruntime"``.
+    """
+    return select_engine(model, engine).engine.probabilities(batch)
+
+
+def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk: int = 5,
+            engine: str = "auto") -> PredictionBatch:
+    """Classify a batch of images.
+
+    Preprocessing comes from the model's data config (timm), never from the caller.
+
+    Args:
+        model: a loaded :class:`~carnet_core.models.classifier.Classifier`.
+        images: RGB PIL images, or anything :func:`~carnet_core.data.images.load_image` accepts.
+        topk: how many classes to return per image (clipped to the number of classes).
+        engine: inference engine (see :func:`predict_probabilities`).
+
+    Returns:
+        A :class:`PredictionBatch` with top-k names and probabilities and the measured latency (ms).
+
+    Raises:
+        ImageError: an input that is not a PIL image cannot be decoded.
+        ValueError: ``images`` is empty or ``topk`` < 1.
+    """
+    if len(images) == 0:
+        raise ValueError("predict() needs at least one image")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    probs, preprocess_ms, model_ms = timed_probabilities(model, images, engine)
+    return PredictionBatch(topk_predictions(probs, model.class_names, topk), preprocess_ms, model_ms)
+
+
+def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.Image],
+                        engine: str = "auto") -> tuple[torch.Tensor, float, float]:
+    """(probabilities (N, C) float32 on the CPU, preprocessing ms, model ms) for ``images`` (RGB PIL images, or
+    anything :func:`~carnet_core.data.images.load_image` accepts). The engine is chosen first (a model's first call exports
+    and measures, see :func:`~carnet_core.inference.engines.select_engine`), outside both timers, and so is ONNX Runtime's
+    one-off choice of how batches run (:meth:`~carnet_core.inference.engines.OnnxRuntimeEngine.prepare`); decoding is not timed
+    either.
+
+    Raises:
+        ImageError: an input that is not a PIL image cannot be decoded.
+    """
+    chosen = select_engine(model, engine).engine
+    pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
+    t0 = time.perf_counter()
+    batch = model.preprocess(pil)
+    _sync(model.device)
+    t1 = time.perf_counter()
+    chosen.prepare(batch)  # ONNX Runtime's one-off choice of how batches run: not this batch's model time
+    t2 = time.perf_counter()
+    probs = chosen.probabilities(batch)
+    t3 = time.perf_counter()
+    return probs, (t1 - t0) * 1e3, (t3 - t2) * 1e3
+
+
+def topk_predictions(probs: torch.Tensor, class_names: Sequence[str], topk: int = 5) -> list[Prediction]:
+    """Turn probabilities (N, C) into :class:`Prediction` objects, with the vehicle view when the labels have one."""
+    k = min(topk, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    vidx = vehicle_indices(class_names)
+    out = []
+    for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist())):
+        pred = Prediction([class_names[j] for j in i], v, i)
+        if vidx:
+            vprobs = probs[row, vidx]
+            vv, vi = vprobs.topk(min(k, len(vidx)))
+            pred.vehicle_class_names = [class_names[vidx[j]] for j in vi.tolist()]
+            pred.vehicle_probabilities = vv.tolist()
+            pred.vehicle_share = float(vprobs.sum())
+        out.append(pred)
+    return out
+
+
+def prediction_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
+    """One row per image, as timm's ``inference.py`` writes them (``image``, ``class_1``, ``probability_1``, ...,
+    then ``latency_ms`` and ``error``), from ``results``: ``{"image": name, **Prediction.to_dict()}`` (with
+    ``latency_ms`` when known) or ``{"image": name, "error": message}`` for an image that could not be read.
+
+    Returns:
+        (column names, rows as dicts), for :class:`csv.DictWriter`.
+    """
+    k = max([len(r["topk"]) for r in results if "topk" in r], default=0)
+    columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+    rows = [{"image": r["image"], "latency_ms": r.get("latency_ms"), "error": r.get("error", ""),
+             **{f"{c}_{i}": t[c] for i, t in enumerate(r.get("topk", []), 1) for c in ("class", "probability")}}
+            for r in results]
+    return columns + ["latency_ms", "error"], rows
+
+
+def prediction_csv(results: Sequence[dict]) -> str:
+    """:func:`prediction_table` as CSV text."""
+    columns, rows = prediction_table(results)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

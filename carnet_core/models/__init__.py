@@ -1,0 +1,1 @@
+"""Models: the registry, weights, checkpoints, the run-folder contract, labels and the Classifier."""

@@ -1,0 +1,1 @@
+"""Training: the fine-tuning loop (Lightning Fabric), its loggers and the background job runner."""

@@ -1,0 +1,480 @@
+import json
+
+import pytest
+import torch
+from conftest import MOBILENET_TIMM, need
+from PIL import Image
+
+from carnet_core import CarNetError, load_model
+from carnet_core.data.images import load_image
+from carnet_core.inference.engines import (
+    PARITY_ATOL,
+    REDUCED_ENGINES,
+    STALE_TMP_S,
+    TOP1_PROB_ATOL,
+    OnnxRuntimeEngine,
+    TorchEngine,
+    fingerprint,
+    onnxruntime_session,
+    parity,
+    prune_cache,
+    select_engine,
+)
+from carnet_core.inference.predict import predict
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "seresnet50"])
+def test_onnxruntime_matches_torch_for_default_architectures(name):
+    """Random weights: the same graph and numerics are checked; real weights are checked below."""
+    model = load_model(name, weights="random", device="cpu")
+    choice = select_engine(model, "onnxruntime")
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = torch.softmax(model.module(x), 1)
+    assert (torch.softmax(choice.engine.logits(x), 1) - ref).abs().max() <= PARITY_ATOL
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_fast_path_is_chosen_and_equal_on_real_photos(lite0, car_photos):
+    """With real photos every candidate, bf16 and int8 included, is gated; whatever is chosen keeps torch's top-5
+    and probabilities on other photos, and a candidate that failed its gate is never the one used."""
+    mnv2 = load_model("mobilenetv2_100", checkpoint=need(MOBILENET_TIMM), device="cpu")
+    gate, check = car_photos[::7], car_photos[3::9]
+    for model in (lite0, mnv2):
+        choice = select_engine(model, photos=gate)
+        tried = {c.name: c for c in choice.candidates}
+        assert set(tried) == {"torch", "onnxruntime", *REDUCED_ENGINES}, choice.table()
+        assert all(tried[n].parity is not None for n in ("onnxruntime", *REDUCED_ENGINES))
+        assert tried[choice.engine.name].parity is None or tried[choice.engine.name].parity.passed
+        assert choice.engine.name != "torch", choice.reason  # ONNX Runtime fp32 beats eager torch on a CPU
+        fast, ref = predict(model, check), predict(model, check, engine="torch")
+        tol = TOP1_PROB_ATOL if choice.engine.name in REDUCED_ENGINES else PARITY_ATOL
+        for a, b in zip(fast.predictions, ref.predictions):
+            assert a.class_names == b.class_names
+            assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=tol)
+
+
+@pytest.mark.shared
+def test_onnxruntime_sessions_on_real_photos(lite0, car_photos):
+    """Single images run on a session whose batch dimension is fixed to 1 (it refuses two images); a batch is run
+    either way after a measurement, and both ways match torch on real photos."""
+    engine = OnnxRuntimeEngine(lite0)
+    x = lite0.preprocess([load_image(p) for p in car_photos[::12][:10]])
+    with pytest.raises(Exception, match="dimensions"):
+        engine.session.run(None, {"input": x[:2].numpy()})
+    with torch.no_grad():
+        ref = torch.softmax(lite0.module(x), 1)
+    assert engine.batching is None
+    assert (engine.probabilities(x[:1]) - ref[:1]).abs().max() <= PARITY_ATOL  # the export's softmax output
+    assert (torch.softmax(engine.logits(x[:1]), 1) - ref[:1]).abs().max() <= PARITY_ATOL
+    assert engine.batching is None  # one image: no batching decision yet
+    probs = engine.probabilities(x)  # whichever way was measured faster
+    assert engine.batching.startswith("batches run ") and "batch 8:" in engine.batching
+    assert (probs - ref).abs().max() <= PARITY_ATOL
+    assert (torch.softmax(engine.logits(x), 1) - ref).abs().max() <= PARITY_ATOL
+    one_by_one = engine.one_by_one(x.numpy())
+    one_call = torch.from_numpy(onnxruntime_session(engine.path).run(["probabilities"], {"input": x.numpy()})[0])
+    assert (one_by_one - ref).abs().max() <= PARITY_ATOL and (one_call - ref).abs().max() <= PARITY_ATOL
+    assert engine.probabilities(x[:0]).shape == (0, 1000) and engine.logits(x[:0]).shape == (0, 1000)
+
+
+@pytest.mark.parametrize("single_ms, whole_ms, atol, batched", [(2.0, 1.0, PARITY_ATOL, True),
+                                                                 (1.0, 2.0, PARITY_ATOL, False),
+                                                                 (2.0, 1.0, -1.0, False)])
+def test_batching_follows_the_measurement_and_parity(monkeypatch, single_ms, whole_ms, atol, batched):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    engine = OnnxRuntimeEngine(model)
+    times = iter([single_ms * 4, whole_ms * 4])  # median_ms of the 4 batch-1 calls, then of the one call
+    monkeypatch.setattr("carnet_core.inference.engines.median_ms", lambda fn, *a, **k: next(times))
+    monkeypatch.setattr("carnet_core.inference.engines.PARITY_ATOL", atol)
+    engine.logits(torch.randn(4, 3, 224, 224))
+    assert (engine.batched_session is not None) == batched, engine.batching
+    assert ("in one call (" in engine.batching) == batched
+    assert ("fails parity" in engine.batching) == (atol < 0)
+
+
+@pytest.mark.shared
+def test_the_one_off_batching_choice_is_not_a_batchs_model_time(lite0, car_photos, monkeypatch, fake_clock):
+    """The first batch of several photos makes ONNX Runtime's engine choose how batches run (timing both ways): that
+    choice is made before the model-time timer starts, and made once. The choice is made to take 1000 s on a fake
+    clock that otherwise ticks 1 ms a reading."""
+    from carnet_core.inference.engines import select_engine
+
+    engine = select_engine(lite0, "onnxruntime").engine
+    engine.batching = engine.batched_session = None  # as for a model's first batch
+    choose, calls = engine.choose_batching, []
+
+    def slow_choice(x, repeats=5):
+        calls.append(len(x))
+        fake_clock.advance(1000.0)
+        return choose(x, repeats)
+
+    monkeypatch.setattr(engine, "choose_batching", slow_choice)
+    first = predict(lite0, car_photos[:3], engine="onnxruntime")
+    second = predict(lite0, car_photos[3:6], engine="onnxruntime")
+    assert calls == [3] and engine.batching.startswith("batches run")
+    assert first.latency_ms < 10 and second.latency_ms < 10, (first.latency_ms, second.latency_ms)
+
+
+def test_parity_rules():
+    ref = torch.softmax(torch.randn(6, 1000, generator=torch.Generator().manual_seed(0)) * 3, 1)
+    assert parity(ref, ref + 5e-5, "onnxruntime", "x").passed
+    assert not parity(ref, ref + 2e-4, "onnxruntime", "x").passed
+    noisy = ref.clone()
+    top = ref.topk(5, dim=1).indices
+    noisy[0, top[0, 0]] -= 0.005  # top-1 probability off by 0.005: reduced precision may keep it
+    report = parity(ref, noisy, "torch-bf16", "6 photos")
+    assert report.passed and report.top5_identical == 1.0 and report.max_top1_prob_diff == pytest.approx(0.005)
+    assert not parity(ref, noisy, "onnxruntime", "x").passed  # but fp32 may not
+    noisy[1, top[1, 0]] -= 2 * TOP1_PROB_ATOL
+    assert not parity(ref, noisy, "torch-bf16", "x").passed
+    swapped = ref.clone()  # the 4th and 5th classes trade places: top-5 no longer identical
+    swapped[2, top[2, 3]], swapped[2, top[2, 4]] = ref[2, top[2, 4]], ref[2, top[2, 3]] - 1e-6
+    report = parity(ref, swapped, "onnxruntime-int8", "6 photos")
+    assert not report.passed and report.top5_identical == pytest.approx(5 / 6)
+
+
+@pytest.mark.shared
+def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, monkeypatch):
+    with pytest.raises(CarNetError, match="parity check on real photos"):
+        select_engine(lite0, "torch-bf16", photos=[])
+    monkeypatch.setattr("carnet_core.inference.engines.TOP1_PROB_ATOL", -1.0)  # nothing can pass
+    with pytest.raises(CarNetError, match="fails the parity gate"):
+        select_engine(lite0, "torch-bf16", photos=car_photos[::40])
+    monkeypatch.setenv("CARNET_ENGINE", "fp8")
+    with pytest.raises(CarNetError, match="unknown engine 'fp8'"):
+        select_engine(lite0)
+
+
+@pytest.mark.slow
+def test_the_carnet_model_runs_on_onnxruntime_and_an_int8_graph_that_fails_to_run_is_no_candidate(tmp_path,
+                                                                                                   monkeypatch, capfd):
+    """The ML-Decoder head (the CarNet model) exports and passes the fp32 gate. ONNX Runtime's quantizer makes an
+    int8 graph of it that ONNX Runtime cannot run (a Reshape of the attention's keys); that raised out of
+    select_engine, a traceback in `engines --photos` and on every page once $CARNET_PARITY_PHOTOS was set."""
+    import logging
+
+    import numpy as np
+
+    from carnet_core.models.classifier import Classifier, build_module
+    from carnet_core.models.weights import WeightsSource
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = Classifier(module=build_module("tf_efficientnet_lite0", head="ml_decoder", num_classes=6).eval(),
+                       name="carnet-tiny", arch="tf_efficientnet_lite0", family="efficientnet", head="ml_decoder",
+                       class_names=tuple("abcdef"), weights=WeightsSource("random"), label_set="tiny",
+                       data_config={"input_size": [3, 64, 64], "interpolation": "bicubic", "mean": [0.5] * 3,
+                                    "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"})
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in range(8)]
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the CLI (pytest gives the root logger its own)
+    choice = select_engine(model, photos=photos)
+    assert choice.engine.name == "onnxruntime"
+    table = {c.name: c for c in choice.candidates}
+    assert table["onnxruntime"].parity.passed and table["onnxruntime"].parity.inputs == "8 photos"
+    int8 = table["onnxruntime-int8"]
+    assert int8.parity is None and int8.note.startswith("unavailable (Fail: [ONNXRuntimeError]"), int8.note
+    assert "onnxruntime-int8 unavailable" in choice.reason
+    # the quantizer's notes and ONNX Runtime's error log are not printed, nor is a log handler left behind
+    assert logging.getLogger().handlers == [] and not capfd.readouterr().err
+    with pytest.raises(CarNetError, match="onnxruntime-int8 is not available for carnet-tiny: .*Reshape"):
+        select_engine(model, "onnxruntime-int8", photos=photos)
+    batch = predict(model, photos[:3])  # batches: the export's dynamic batch dimension reaches the attention too
+    with torch.no_grad():
+        reference = torch.softmax(model.module(model.preprocess(photos[:3])), 1)
+    assert torch.allclose(torch.tensor([p.probabilities[0] for p in batch.predictions]),
+                          reference.max(1).values, atol=PARITY_ATOL)
+
+
+def test_export_cache_is_reused_and_invalidated_by_new_weights():
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    first = OnnxRuntimeEngine(model).path
+    assert not model.module.training  # exporting left the model in eval mode (BatchNorm on its running statistics)
+    inode = first.stat().st_ino  # an export writes a new file (os.replace): a reuse keeps the inode
+    assert OnnxRuntimeEngine(model).path == first and first.stat().st_ino == inode  # reused, not re-exported
+    first.write_bytes(first.read_bytes()[:1000])  # damaged on disk: it was "onnxruntime unavailable
+    engine = OnnxRuntimeEngine(model)             # (InvalidProtobuf …)" from then on, and torch 4x slower
+    assert engine.path == first and first.stat().st_size > 10_000_000
+    assert engine.probabilities(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    before = fingerprint(model)
+    with torch.no_grad():
+        model.module.classifier.bias.add_(1.0)
+    assert fingerprint(model) != before
+    second = OnnxRuntimeEngine(model).path
+    assert second != first and second.is_file()
+    meta = json.loads(second.with_name(second.name + ".json").read_text())
+    assert meta["arch"] == "mobilenetv2_100" and len(meta["class_names"]) == 1000
+
+
+def test_an_export_that_onnxruntime_cannot_load_is_made_once(tmp_path, monkeypatch):
+    """Only a cached file is made again when it does not load; a new export that does not load fails, once."""
+    import carnet_core.inference.engines as E
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    exports, real_export = [], E.export_onnx
+    monkeypatch.setattr(E, "export_onnx", lambda m, path: exports.append(path) or real_export(m, path))
+    monkeypatch.setattr(E, "onnxruntime_session", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("cannot load")))
+    with pytest.raises(RuntimeError, match="cannot load"):
+        OnnxRuntimeEngine(model)
+    assert len(exports) == 1
+
+
+def test_a_damaged_int8_file_is_quantized_again(tmp_path, monkeypatch):
+    from carnet_core.inference.engines import OnnxInt8Engine
+    from carnet_core.models.classifier import Classifier, build_module
+    from carnet_core.models.weights import WeightsSource
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = Classifier(module=build_module("mobilenetv2_050", num_classes=4).eval(), name="tiny",
+                       arch="mobilenetv2_050", family="mobilenetv2", head="linear", class_names=tuple("abcd"),
+                       weights=WeightsSource("random"), label_set="tiny",
+                       data_config={"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3,
+                                    "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"})
+    calibration = torch.rand(4, 3, 64, 64)
+    path = OnnxInt8Engine(model, calibration).path
+    path.write_bytes(b"")
+    engine = OnnxInt8Engine(model, calibration)
+    assert engine.path == path and path.stat().st_size > 100_000
+    assert engine.one_by_one(calibration.numpy()).shape == (4, 4)
+
+
+def test_prune_cache_drops_the_least_recently_used_exports(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    now = time.time()
+
+    def put(name, age_s, mb=1.0):
+        p = folder / name
+        p.write_bytes(b"x" * int(mb * 2**20))
+        os.utime(p, (now - age_s, now - age_s))
+        return p
+
+    kept = put("a.onnx", 400)  # the oldest, but the caller is using it
+    old, old_json = put("b.onnx", 300), put("b.onnx.json", 300, 0.01)
+    new, new_json = put("c.onnx", 100), put("c.onnx.json", 100, 0.01)
+    stale, fresh = put("d.123.tmp", STALE_TMP_S + 60, 0.1), put("e.456.tmp", 10, 0.1)  # a crashed / a running export
+    removed = prune_cache(max_mb=2.5, keep=[kept])
+    assert sorted(p.name for p in removed) == ["b.onnx", "b.onnx.json", "d.123.tmp"]
+    assert kept.exists() and new.exists() and new_json.exists() and fresh.exists()
+    assert not old.exists() and not old_json.exists() and not stale.exists()
+    assert prune_cache(max_mb=2.5, keep=[kept]) == []  # within the bound now
+    assert {p.name for p in prune_cache(max_mb=0)} == {"a.onnx", "c.onnx", "c.onnx.json"}
+
+
+def test_a_bounded_cache_evicts_older_exports_and_their_engines_keep_working(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CARNET_CACHE_MAX_MB", "1")  # below one export: each new one evicts the others
+    first_model, second_model = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
+    first = OnnxRuntimeEngine(first_model)
+    second = OnnxRuntimeEngine(second_model)
+    assert second.path.is_file() and not first.path.exists()  # the new export is kept, the older one evicted
+    assert not first.path.with_name(first.path.name + ".json").exists()
+    x = torch.randn(4, 3, 224, 224)
+    ref = TorchEngine(first_model).probabilities(x)
+    assert (first.probabilities(x[:1]) - ref[:1]).abs().max() <= PARITY_ATOL  # its open session still runs
+    assert (first.probabilities(x) - ref).abs().max() <= PARITY_ATOL  # a batch, with no file to open
+    assert "as batch-1 calls (no dynamic-batch session" in first.batching
+    assert OnnxRuntimeEngine(first_model).path == first.path and first.path.is_file()  # exported again on demand
+
+
+def test_a_dropped_model_is_freed_with_its_engine():
+    """The app keeps 8 models (st.cache_resource max_entries); the engine choice used to live in a module-level table
+    keyed by the module, which kept every model ever classified with, and its ONNX Runtime sessions, alive."""
+    import gc
+    import weakref
+
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    choice = select_engine(model)
+    assert select_engine(model) is choice  # decided once per model
+    module, session = weakref.ref(model.module), weakref.ref(choice.engine)
+    del model, choice
+    gc.collect()
+    assert module() is None and session() is None
+
+
+def test_choosing_one_models_engine_does_not_hold_up_another(monkeypatch):
+    """A hosted demo: one session's first use of a model (export + measurement, seconds) used to block every other
+    session's classification behind one global lock, whatever model it used."""
+    import threading
+
+    import carnet_core.inference.engines as E
+
+    slow, fast = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
+    fast_choice = select_engine(fast, "torch")
+    fast._engine_choice = E.EngineChoice(fast_choice.engine, "known")
+    entered, release = threading.Event(), threading.Event()
+    def measure(model, engine, photos):  # an export and a measurement that take as long as the test wants
+        entered.set()
+        assert release.wait(30)
+        return E.EngineChoice(E.TorchEngine(model), "measured")
+
+    monkeypatch.setattr(E, "_measure", measure)
+    worker = threading.Thread(target=select_engine, args=(slow,))
+    worker.start()
+    assert entered.wait(30)
+    done = threading.Event()
+    threading.Thread(target=lambda: (select_engine(fast), done.set()), daemon=True).start()
+    try:
+        assert done.wait(5), "select_engine(fast) waited for another model's measurement"
+    finally:
+        release.set()
+        worker.join(60)
+    assert select_engine(slow).reason == "measured" and select_engine(fast).reason == "known"
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
+    """A read-only home (some hosts): exports go to the system's temporary folder, and ONNX Runtime is still used."""
+    import tempfile
+
+    from carnet_core.config import cache_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(blocker / "cache"))  # cannot be created: a file is in the way
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cache_dir().parent == tmp_path / "tmp" and cache_dir().name.startswith("carnet-cache-")
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    engine = OnnxRuntimeEngine(model)
+    assert engine.path.is_relative_to(tmp_path / "tmp")
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path / "ok"))
+    assert cache_dir() == tmp_path / "ok"
+
+
+def test_a_bad_cache_bound_is_named_in_the_engine_reason(tmp_path, monkeypatch):
+    """CARNET_CACHE_MAX_MB=abc made the export fail with a bare ValueError; classification then ran on torch, about 4x
+    slower, and the engine's reason (the Classify caption, `engines`) did not say why."""
+    from carnet_core.config import CACHE_MAX_MB, cache_max_mb
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    for good, value in (("", CACHE_MAX_MB), ("100", 100.0), ("0", 0.0)):
+        monkeypatch.setenv("CARNET_CACHE_MAX_MB", good)
+        assert cache_max_mb() == value
+    for bad in ("abc", "-1", "nan", "inf"):
+        monkeypatch.setenv("CARNET_CACHE_MAX_MB", bad)
+        with pytest.raises(CarNetError, match=f"CARNET_CACHE_MAX_MB must be a number of MB, at least 0, not '{bad}'"):
+            cache_max_mb()
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    choice = select_engine(model)
+    assert choice.engine.name == "torch"
+    assert "onnxruntime unavailable (CarNetError: CARNET_CACHE_MAX_MB must be a number" in choice.reason
+
+
+def test_a_bad_carnet_device_is_a_message(monkeypatch):
+    from carnet_core.models.classifier import default_device
+
+    for bad, message in (("gpu", "is not a device name"), ("cuda:99", "this machine has"), ("cuda:x", "not a device")):
+        monkeypatch.setenv("CARNET_DEVICE", bad)
+        with pytest.raises(CarNetError, match=message):
+            load_model("mobilenetv2_100", weights="random")
+    monkeypatch.setenv("CARNET_DEVICE", "cpu")
+    assert default_device() == torch.device("cpu")
+
+
+def test_carnet_engine_torch_forces_the_reference(monkeypatch):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    monkeypatch.setenv("CARNET_ENGINE", "torch")
+    assert select_engine(model).engine.name == "torch"
+
+
+@pytest.mark.subprocess
+def test_export_cli(cli, tmp_path, capsys):
+
+    code, out, err = cli("export", "efficientnet_lite0", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert code == 0, err
+    assert "max probability difference vs torch" in out
+    meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert meta["data_config"]["mean"] == [0.5, 0.5, 0.5] and meta["class_names"][817] == "sports car"
+    assert meta["outputs"] == ["logits", "probabilities"]
+    session = onnxruntime_session(tmp_path / "m.onnx")
+    assert [o.name for o in session.get_outputs()] == meta["outputs"]
+    logits, probs = session.run(None, {"input": torch.randn(2, 3, 224, 224).numpy()})
+    assert probs.sum(1) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert (torch.softmax(torch.from_numpy(logits), 1) - torch.from_numpy(probs)).abs().max() <= 1e-6
+
+
+def test_export_and_engines_cli_name_bad_paths_without_a_traceback(tmp_path, capsys):
+    from carnet_core.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["export", "efficientnet_lite0", "--format", "onnx", "--out", str(blocker / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write the ONNX export to {blocker / 'm.onnx'}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [blocker]  # no temporary file left behind
+    for missing in (str(tmp_path / "gone.safetensors"), "runs/x.pth"):
+        assert main(["engines", missing]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {missing}: no such checkpoint file"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_engines_cli(cli, tmp_path, capsys):
+
+    code, out, err = cli("engines", "efficientnet_lite0")
+    assert code == 0, err
+    *table, batching = out.splitlines()[2:]
+    lines = {line.split()[0]: line for line in table}
+    assert list(lines) == ["torch", "onnxruntime", "torch-bf16", "onnxruntime-int8"]
+    assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
+    assert lines["torch-bf16"].endswith("-  not tried: their parity check needs real photos (--photos or "
+                                        "$CARNET_PARITY_PHOTOS)")  # the table said nothing of them
+    assert batching.startswith("onnxruntime: batches run ") and "ms/image" in batching
+    code, out, err = cli("engines", "efficientnet_lite0", "--photos", tmp_path)
+    assert code == 2 and f"no photos under {tmp_path}" in err
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "one.jpg")  # too few: checked on it, but bf16 / int8 not tried
+    (tmp_path / "two.jpg").write_text("not a photo")
+    code, out, err = cli("engines", "efficientnet_lite0", "--photos", tmp_path)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert "on 1 photo:" in lines["onnxruntime"]
+    assert "not tried: their parity check needs at least 4 real photos (1 readable given)" in lines["onnxruntime-int8"]
+
+
+@pytest.mark.shared
+def test_engines_cli_on_a_plain_state_dict(cli, capsys):
+    """A plain state dict (no CarNet metadata) needs its architecture: the error names the option, which exists."""
+
+    weights = need(MOBILENET_TIMM)
+    code, out, err = cli("engines", weights)
+    assert code != 0 and "--model NAME" in err and "Traceback" not in err
+    code, out, err = cli("engines", weights, "--model", "mobilenetv2_100")
+    assert code == 0, err
+    assert out.startswith("mobilenetv2_100 on the CPU: onnxruntime")
+
+
+@pytest.mark.shared
+def test_the_onnx_download_runs_elsewhere_as_the_model_does_here(lite0, car_photos):
+    """The Models page's "Download as ONNX": a zip of the .onnx and its .json; a plain ONNX Runtime session on it,
+    fed the photo as the .json's data config says, gives CarNet's probabilities on a real photo."""
+    import io
+    import json
+    import zipfile
+
+    import onnxruntime as ort
+    from timm.data import create_transform
+
+    from carnet_core import load_image
+    from carnet_core.inference.engines import export_bundle
+
+    with zipfile.ZipFile(io.BytesIO(export_bundle(lite0))) as bundle:
+        assert sorted(bundle.namelist()) == ["efficientnet_lite0.onnx", "efficientnet_lite0.onnx.json"]
+        meta = json.loads(bundle.read("efficientnet_lite0.onnx.json"))
+        session = ort.InferenceSession(bundle.read("efficientnet_lite0.onnx"), providers=["CPUExecutionProvider"])
+    assert meta["name"] == "efficientnet_lite0" and meta["class_names"] == list(lite0.class_names)
+    assert meta["outputs"] == ["logits", "probabilities"] and meta["data_config"]["mean"] == [0.5, 0.5, 0.5]
+    image = load_image(car_photos[5])
+    x = create_transform(**meta["data_config"])(image)[None].numpy()  # what a user elsewhere would write
+    [probs] = session.run(["probabilities"], {"input": x})[0]
+    expected = predict(lite0, [image], topk=5)[0]
+    assert meta["class_names"][int(probs.argmax())] == expected.top1
+    assert float(probs.max()) == pytest.approx(expected.probabilities[0], abs=1e-4)
