@@ -19,27 +19,29 @@ import torch
 from PIL import Image
 
 from carnet_core import CarNetError, ImageError, list_models, load_image, load_model
-from carnet_core.config import data_root, gallery_dir, jobs_dir, mappings_dir, weights_dir
+from carnet_core.config import gallery_dir, jobs_dir, weights_dir
+from carnet_core.data import catalog
 from carnet_core.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
 from carnet_core.errors import ClassNamesNeededError
+from carnet_core.evaluation import compare
 from carnet_core.explain.cams import Explanation
 from carnet_core.inference.predict import ClassifiedPhoto, PredictionBatch, classify_files
 from carnet_core.models import weights as W
 from carnet_core.models.catalog import CheckpointEntry, list_checkpoints
 from carnet_core.models.classifier import Classifier
+from carnet_core.models.refs import ModelRef
 
 T = TypeVar("T")
 
 
 
-CHECKPOINT_PREFIX = "checkpoint:"
 
 
 def fine_tuned() -> dict[str, CheckpointEntry]:
     """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first. Read again as soon
     as a checkpoint file is added, replaced or removed (a fine-tune that just finished is in the next picker)."""
     folders = (str(jobs_dir()), str(weights_dir()))
-    return {CHECKPOINT_PREFIX + str(e.path): e for e in _checkpoints(folders, _checkpoint_files(folders))}
+    return {ModelRef.of_checkpoint(e.path).key: e for e in _checkpoints(folders, _checkpoint_files(folders))}
 
 
 def _checkpoint_files(folders: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
@@ -71,7 +73,7 @@ def model_titles(checkpoints: dict[str, CheckpointEntry] | None = None) -> Calla
 
 def model_title(name: str) -> str:
     """How a picker shows one model key (see :func:`model_titles`, for many)."""
-    return model_titles()(name) if name.startswith(CHECKPOINT_PREFIX) else name
+    return model_titles()(name) if ModelRef.parse(name).is_checkpoint else name
 
 
 def available_model_names() -> tuple[list[str], dict[str, str]]:
@@ -90,9 +92,9 @@ def cached_model(name: str) -> Classifier:
     """A model by registry name or checkpoint key, loaded once per process and shared by all sessions — again when
     its file changes: a checkpoint re-written, a registered model's file put into, replaced in or taken out of the
     weights folder."""
-    if name.startswith(CHECKPOINT_PREFIX):
-        path = Path(name[len(CHECKPOINT_PREFIX):])
-        return _cached_model(name, f"{path.stat().st_mtime_ns}" if path.exists() else "")
+    ref = ModelRef.parse(name)
+    if ref.is_checkpoint:
+        return _cached_model(name, f"{ref.checkpoint.stat().st_mtime_ns}" if ref.checkpoint.exists() else "")
     from carnet_core import get_spec
 
     found = W.find_in_weights_dir(get_spec(name))
@@ -118,15 +120,13 @@ def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _cached_model(name: str, stamp: str) -> Classifier:  # stamp: which file, and when it was written
-    if name.startswith(CHECKPOINT_PREFIX):
-        return load_model(checkpoint=name[len(CHECKPOINT_PREFIX):])
-    return load_model(name)
+    return load_model(**ModelRef.parse(name).load_args())
 
 
 def weights_status(name: str) -> tuple[bool, str]:
     """(available, provenance or the message saying where to put a file, or why the weights folder's file for it
     cannot be used) for a registered model. A file put in the weights folder counts at the next rerun, once it is
-    checked to load (:func:`carnet_core.models.classifier.usable_weights`); the Hugging Face cache is looked at again after a
+    checked to load (:func:`carnet_core.models.loading.usable_weights`); the Hugging Face cache is looked at again after a
     minute."""
     folder = weights_dir()
     try:
@@ -138,7 +138,7 @@ def weights_status(name: str) -> tuple[bool, str]:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, str]:  # files: the folder's listing
-    from carnet_core.models.classifier import usable_weights
+    from carnet_core.models.loading import usable_weights
 
     try:
         return True, usable_weights(name, folder=Path(folder)).describe()
@@ -348,54 +348,12 @@ def loader_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-#: Extracted zip uploads, under the data root. The leading "_" keeps them out of a dataset's class folders when the
-#: data root is itself one dataset; "uploads" is where earlier versions put them (still listed).
-UPLOADS = "_uploads"  # extracted zips
-BUILT = "_built"  # datasets built class by class
 
 
-def dataset_folders() -> list[Path]:
-    """Datasets offered by the pickers, sorted by name: the data root itself when it is one dataset
-    (:func:`~carnet_core.data.datasets.is_one_dataset`, e.g. ``CARNET_DATA_ROOT`` set to a folder of class folders), else
-    the folders directly under it; then the extracted zip uploads and the datasets built class by class."""
-    from carnet_core.data.datasets import class_folders, is_one_dataset
-    from carnet_core.data.uploads import dataset_root
-
-    root = data_root()
-    if not root.is_dir():
-        return []
-    if is_one_dataset(root):
-        found, upload_dirs = [root], [root / UPLOADS]
-    else:
-        found = [p for p in class_folders(root) if p.name != "uploads"]  # one dataset per folder
-        upload_dirs = [root / UPLOADS, root / "uploads"]
-    for uploads in upload_dirs:
-        if uploads.is_dir():
-            found += [dataset_root(p) for p in sorted(uploads.iterdir()) if p.is_dir()]
-    if (root / BUILT).is_dir():  # as they are: one with a single class so far is no zip's top folder
-        found += class_folders(root / BUILT)
-    return found
 
 
-def built_dataset(name: str) -> Path:
-    """The folder of a dataset built on the Fine-tune page class by class: ``<data root>/_built/<name>``.
-
-    Raises:
-        CarNetError: a name that cannot be a folder name.
-    """
-    from carnet_core.data.uploads import check_folder_name
-
-    return data_root() / BUILT / check_folder_name(name, "dataset")
 
 
-def extract_upload(name: str, data: bytes) -> Path:
-    """Extract an uploaded zip safely under ``<data root>/_uploads/<name>-<hash>``; the same zip is reused. One that
-    holds no dataset is not kept (:func:`carnet_core.data.uploads.extract_dataset_zip`)."""
-    from carnet_core.data.uploads import dataset_root, extract_dataset_zip
-
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
-    dest = data_root() / UPLOADS / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
-    return dataset_root(dest) if dest.exists() else extract_dataset_zip(data, dest, name)
 
 
 @st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)
@@ -415,69 +373,38 @@ def dataset_report(folder: str) -> dict:
 
 @st.cache_data(show_spinner="Timing a training step on this machine…", max_entries=32)
 def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_train: int, n_val: int) -> dict:
-    from carnet_core.training.trainer import estimate_epoch_seconds
+    from carnet_core.training.estimate import estimate_epoch_seconds
 
     return estimate_epoch_seconds(model, head, img_size, batch_size, n_train, n_val)
 
 
-def mapping_files() -> list[Path]:
-    folder = mappings_dir()
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".json", ".csv")) if folder.is_dir() else []
 
 
 def first_measurable(key: str, folders: list[Path], models: list[Classifier]) -> int:
-    """The index a dataset picker (widget ``key``) starts at: the first of ``folders`` that ``models`` can be measured
-    on as it is — class folders that are classes of every model, or else a mapping file named after it that fits
-    every model that needs one — else 0. Chosen on the page's first run and kept (a picker's default must not move
-    under the user)."""
-    from carnet_core.evaluation.compare import load_mapping, mapping_problem, members_needing_mapping
-
+    """The index a dataset picker (widget ``key``) starts at
+    (:func:`carnet_core.evaluation.compare.first_measurable`), chosen on the page's first run and kept: a picker's
+    default must not move under the user."""
     remembered = f"_{key}_first_measurable"
     if remembered not in st.session_state:
-        files = mapping_files()
-
-        def measurable(folder: Path) -> bool:
-            try:
-                classes, unmapped = members_needing_mapping(models, folder)
-                suggested = suggested_mapping(folder, files)
-                return not unmapped or (suggested is not None
-                                        and mapping_problem(models, classes, load_mapping(suggested)) is None)
-            except CarNetError:  # not class folders (an annotation-file layout, say), a bad mapping: not chosen
-                return False
-
-        st.session_state[remembered] = next((i for i, f in enumerate(folders) if measurable(f)), 0)
+        st.session_state[remembered] = compare.first_measurable(folders, models, catalog.mapping_files())
     return min(st.session_state[remembered], max(len(folders) - 1, 0))
 
 
-def suggested_mapping(folder: str | Path, files: list[Path]) -> Path | None:
-    """The first of ``files`` named after the dataset ``folder`` (``tiny_vehicles_6_to_imagenet.json`` for
-    ``…/tiny_vehicles_6``, or for its ``val/`` split), or None."""
-    from carnet_core.data.datasets import SPLIT_FOLDER_NAMES
-
-    folder = Path(folder)
-    name = folder.parent.name if folder.name in SPLIT_FOLDER_NAMES else folder.name
-    return next((f for f in files if name and f.stem.startswith(name)), None)
-
-
-def _key_mtime(key: str) -> float:
-    if key.startswith(CHECKPOINT_PREFIX):
-        path = Path(key[len(CHECKPOINT_PREFIX):])
-        return path.stat().st_mtime if path.exists() else 0.0
-    return 0.0
 
 
 def model_card(key: str) -> dict:
     """The card of a registered model or checkpoint as a dict (:class:`carnet_core.evaluation.cards.ModelCard` fields plus
     ``has_weights``, ``metrics`` and the weights ``fingerprint``), cached per process. A registered model without
     weights here gets a card counted on random weights (parameters and GMACs do not depend on them)."""
-    has_weights = key.startswith(CHECKPOINT_PREFIX) or weights_status(key)[0]
-    return _model_card(key, _key_mtime(key), has_weights)
+    ref = ModelRef.parse(key)
+    has_weights = ref.is_checkpoint or weights_status(key)[0]
+    return _model_card(key, ref.stamp(), has_weights)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _model_card(key: str, mtime: float, has_weights: bool) -> dict:
     from carnet_core.evaluation.cards import model_card as make_card
-    from carnet_core.inference.engines import fingerprint
+    from carnet_core.inference.export import fingerprint
 
     model = cached_model(key) if has_weights else load_model(key, weights="random", device="cpu")
     card = make_card(key, model).to_dict()
@@ -505,7 +432,7 @@ def measure(key: str) -> dict:
     from carnet_core.evaluation.cards import measure_cost
 
     card = model_card(key)
-    args = {"checkpoint": key[len(CHECKPOINT_PREFIX):]} if key.startswith(CHECKPOINT_PREFIX) else {"name": key}
+    args = ModelRef.parse(key).load_args()
     if not card["has_weights"]:
         args["weights"] = "random"
     return measure_cost(key, card["fingerprint"], args)

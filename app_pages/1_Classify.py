@@ -6,8 +6,9 @@ import ui
 from carnet_core import CarNetError
 from carnet_core.charts import topk_bar_figure
 from carnet_core.config import hosted_mode
+from carnet_core.data import catalog
 from carnet_core.data.uploads import add_class_photos
-from carnet_core.inference.engines import select_engine
+from carnet_core.inference.selection import select_engine
 from carnet_core.inference.predict import prediction_csv
 from carnet_core.models.labels import vehicle_indices
 
@@ -86,7 +87,7 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
                                       help="The right class for this photo (the model's top-1 to start with).")
                 if st.button("Add", key=f"collect_add_{photo_key}"):
                     try:
-                        added = add_class_photos(ui.built_dataset(dataset_name), label, [(upload.name, upload.data)])
+                        added = add_class_photos(catalog.built_dataset(dataset_name), label, [(upload.name, upload.data)])
                     except CarNetError as exc:
                         st.error(str(exc))
                     else:

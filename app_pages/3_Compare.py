@@ -10,10 +10,11 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
-from carnet_core.config import hosted_mode
+from carnet_core.config import data_root, hosted_mode, mappings_dir
+from carnet_core.data import catalog
 from carnet_core.errors import listed
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping, mapping_problem, members_needing_mapping
-from carnet_core.evaluation.evaluate import TOP5_NOTE, top5_informative
+from carnet_core.evaluation.metrics import TOP5_NOTE, top5_informative
 from carnet_core.inference.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.inference.predict import topk_predictions
 
@@ -102,18 +103,18 @@ st.subheader("Measured on a labelled folder")
 st.caption("A folder with one sub-folder of images per class (a dataset with train/ and val/ is measured on val). "
            "If its class names are not the models' classes, choose a mapping (folder class → model classes).")
 if hosted_mode():  # a public demo: only the folders the operator put under the data root, no typed paths
-    choices = ui.dataset_folders()
+    choices = catalog.dataset_folders()
     if not choices:
         st.info("No labelled folders are offered on this hosted demo.")
         st.stop()
     folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted",
                               index=ui.first_measurable("compare_folder_hosted", choices, models)))
 else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any folder typed in
-    choices = ui.dataset_folders() + [OTHER_FOLDER]
+    choices = catalog.dataset_folders() + [OTHER_FOLDER]
     picked = st.selectbox("Folder", choices, format_func=lambda p: p if p == OTHER_FOLDER else p.name,
                           key="compare_folder_pick",
                           index=ui.first_measurable("compare_folder_pick", choices[:-1], models))
-    folder = (st.text_input("Folder path", value=str(ui.data_root()), key="compare_folder") if picked == OTHER_FOLDER
+    folder = (st.text_input("Folder path", value=str(data_root()), key="compare_folder") if picked == OTHER_FOLDER
               else str(picked))
 try:  # said before measuring: a folder that cannot be measured, or classes that need a mapping
     folder_classes, unmapped = members_needing_mapping(models, folder)
@@ -124,9 +125,9 @@ if folder_problem:  # a warning: nothing failed, there is nothing to measure yet
     st.warning(folder_problem)
 mapping_files, mapping_choice, mapping_upload = [], NO_MAPPING, None
 if unmapped:  # offered only when a member lacks the folder's classes: fine-tunes of them need none (as on Evaluate)
-    mapping_files = ui.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
+    mapping_files = catalog.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
     mapping_names = [NO_MAPPING] + [p.name for p in mapping_files] + ["upload…"]
-    suggested = ui.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
+    suggested = catalog.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
     mapping_choice = st.selectbox("Mapping", mapping_names,
                                   index=mapping_names.index(suggested.name) if suggested else 0,
                                   key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
@@ -137,7 +138,7 @@ needs_mapping = bool(unmapped) and no_mapping
 if needs_mapping:
     st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
             f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
-            f"`{ui.mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
+            f"`{mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
 mapping, mapping_error = None, None
 if unmapped and not no_mapping:  # read and checked now: a mapping that does not fit a member is said before Evaluate
     try:
@@ -147,7 +148,7 @@ if unmapped and not no_mapping:  # read and checked now: a mapping that does not
                 f.flush()
                 mapping = load_mapping(f.name)
         else:
-            mapping = load_mapping(ui.mappings_dir() / mapping_choice)
+            mapping = load_mapping(mappings_dir() / mapping_choice)
         mapping_error = mapping_problem(models, folder_classes, mapping)
     except CarNetError as exc:
         mapping_error = str(exc)

@@ -10,13 +10,15 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import runs_overlay_figure, training_curves_figure
-from carnet_core.config import hosted_mode
+from carnet_core.config import data_root, hosted_mode
+from carnet_core.data import catalog
 from carnet_core.data.datacheck import too_few_classes
 from carnet_core.data.uploads import add_class_photos, class_counts, remove_class
 from carnet_core.errors import count
-from carnet_core.models.registry import get_spec
+from carnet_core.models.refs import ModelRef
+from carnet_core.models.registry import HEAD_TITLES, HEADS, get_spec
 from carnet_core.training.jobs import FINISHED, JobRunner
-from carnet_core.training.trainer import TrainConfig
+from carnet_core.training.config import TrainConfig
 
 st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
 st.title("Fine-tune")
@@ -93,7 +95,7 @@ source = st.radio("Dataset", ["Folder under the data root", "Upload a zip of cla
 dataset = None
 if source.startswith("Build"):
     try:
-        built = ui.built_dataset(st.text_input("Dataset name", value="my-cars", key="finetune_build_name"))
+        built = catalog.built_dataset(st.text_input("Dataset name", value="my-cars", key="finetune_build_name"))
     except CarNetError as exc:
         st.error(str(exc))
         st.stop()
@@ -145,9 +147,9 @@ if source.startswith("Build"):
     else:
         dataset = built
 elif source.startswith("Folder"):
-    folders = ui.dataset_folders()
+    folders = catalog.dataset_folders()
     if not folders:
-        st.info(f"No dataset folders in `{ui.data_root()}`. Put one there (class sub-folders of images, optionally "
+        st.info(f"No dataset folders in `{data_root()}`. Put one there (class sub-folders of images, optionally "
                 f"under train/ and val/), set `CARNET_DATA_ROOT`, or upload a zip.")
     else:
         dataset = st.selectbox("Folder", folders, format_func=lambda p: p.name, key="finetune_folder")
@@ -156,7 +158,7 @@ else:
                               type=["zip"], key="finetune_zip")
     if upload is not None:
         try:
-            dataset = ui.extract_upload(upload.name, upload.getvalue())
+            dataset = catalog.extract_upload(upload.name, upload.getvalue())
             st.success(f"Extracted to `{dataset}`.")
         except CarNetError as exc:
             st.error(f"Upload refused — {exc}")
@@ -193,12 +195,11 @@ if untrainable:
     st.error(f"`{dataset.name}` cannot be fine-tuned on: {untrainable}.")
 
 available, _ = ui.available_model_names()
-backbones = [n for n in available if not n.startswith(ui.CHECKPOINT_PREFIX)]
+backbones = [n for n in available if not ModelRef.parse(n).is_checkpoint]
 with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field only sets it: the buttons submit
     left, mid, right = st.columns(3)
     model = left.selectbox("Backbone", backbones, key="finetune_model")
-    head = left.radio("Head", ["linear", "ml_decoder"], horizontal=True, key="finetune_head",
-                      format_func=lambda h: {"linear": "linear", "ml_decoder": "ML-Decoder (CarNet)"}[h])
+    head = left.radio("Head", HEADS, horizontal=True, key="finetune_head", format_func=HEAD_TITLES.get)
     img_size = left.select_slider("Image size (px)", [96, 128, 160, 192, 224, 256, 288], value=160 if not
                                   ui.has_gpu() else 224, key="finetune_img")
     epochs = mid.number_input("Epochs", 1, 200, 5, key="finetune_epochs")

@@ -1,7 +1,6 @@
 """Models: a card per model and fine-tuned checkpoint — what it is, what it costs here, and how it was made."""
 
 import functools
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -10,8 +9,9 @@ import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
 from carnet_core.errors import count
-from carnet_core.evaluation.evaluate import top5_informative
-from carnet_core.inference.engines import export_bundle
+from carnet_core.evaluation.metrics import top5_informative
+from carnet_core.inference.export import export_bundle
+from carnet_core.models.refs import ModelRef
 from carnet_core.models.registry import list_models
 
 st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
@@ -113,8 +113,8 @@ if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed,
                          file_name=f"{model.name}-onnx.zip", key="models_onnx",
                          help="The model in ONNX (outputs logits and probabilities) with its class names and data "
                               "config in a .json beside it, as `python -m carnet_core export` writes them.")
-    if pick.startswith(ui.CHECKPOINT_PREFIX):
-        path = Path(pick[len(ui.CHECKPOINT_PREFIX):])
+    if (ref := ModelRef.parse(pick)).is_checkpoint:
+        path = ref.checkpoint
         down.download_button("Download the checkpoint (.safetensors)", path.read_bytes, file_name=path.name,
                              mime="application/octet-stream", key="models_checkpoint",
                              help="CarNet's own format: class names, data config and provenance inside; "

@@ -9,17 +9,13 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
-from carnet_core.data.datasets import open_dataset
+from carnet_core.config import data_root, mappings_dir
+from carnet_core.data import catalog
+from carnet_core.data.datasets import DATASET_KINDS, open_dataset
 from carnet_core.errors import count, listed
 from carnet_core.evaluation.compare import load_mapping
-from carnet_core.evaluation.evaluate import (
-    TOP5_NOTE,
-    confusion_order,
-    evaluate_cached,
-    per_class_rows,
-    top5_informative,
-    top5_text,
-)
+from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows
+from carnet_core.evaluation.metrics import TOP5_NOTE, confusion_order, top5_informative, top5_text
 from carnet_core.models.labels import find_class, within_classes
 
 MISTAKES_PER_PAGE = 24  # four rows of six thumbnails
@@ -32,15 +28,15 @@ st.caption("How a model does on a labelled dataset, class by class, and where it
 model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_titles())
 model = ui.model_or_stop(model_key)
 
-folders = ui.dataset_folders()
+folders = catalog.dataset_folders()
 if not folders:
-    st.info(f"No dataset folders in `{ui.data_root()}`. Put one there (class sub-folders, optionally under train/ and "
+    st.info(f"No dataset folders in `{data_root()}`. Put one there (class sub-folders, optionally under train/ and "
             f"val/; or Stanford Cars, CompCars, CIFAR-100 in their own layouts), or set `CARNET_DATA_ROOT`.")
     st.stop()
 left, mid, right = st.columns(3)
 folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder",
                         index=ui.first_measurable("evaluate_folder", folders, [model]))
-kind = mid.selectbox("Layout", ["auto", "image_folder", "stanford_cars", "compcars", "cifar100"], key="evaluate_kind")
+kind = mid.selectbox("Layout", DATASET_KINDS, key="evaluate_kind")
 split = right.radio("Split", ["val", "train"], horizontal=True, key="evaluate_split")
 try:
     splits = open_dataset(folder, kind)
@@ -51,15 +47,15 @@ dataset = splits.val if split == "val" else splits.train
 
 mapping, mapping_name = None, None
 if not within_classes(dataset.class_names, model.class_names):  # classes named after the model's need no mapping
-    files = ui.mapping_files()
-    suggested = ui.suggested_mapping(folder, files)
+    files = catalog.mapping_files()
+    suggested = catalog.suggested_mapping(folder, files)
     st.info(f"{dataset.name} has its own classes ({listed(dataset.class_names, 6)}), not {model.name}'s. "
             "It is scored through a mapping file (dataset class → model classes).")
     pick = st.selectbox("Mapping", files, index=files.index(suggested) if suggested else None,
                         key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,
                         placeholder="choose a mapping file") if files else None
     if pick is None:
-        st.warning(f"No mapping file for {folder.name} chosen (mapping files live in `{ui.mappings_dir()}`). Or pick a "
+        st.warning(f"No mapping file for {folder.name} chosen (mapping files live in `{mappings_dir()}`). Or pick a "
                    "model fine-tuned on these classes (★).")
         st.stop()
     try:

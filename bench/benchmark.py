@@ -43,7 +43,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from carnet_core import CarNetError, list_models, load_model  # noqa: E402
-from carnet_core.inference.engines import cached_export, median_ms, parity_photos, select_engine  # noqa: E402
+from carnet_core.inference.export import cached_export
+from carnet_core.inference.parity import median_ms, parity_photos
+from carnet_core.inference.selection import select_engine
 from carnet_core.inference.predict import predict, predict_probabilities  # noqa: E402
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars_40" / "val"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carnet_core.training.trainer import TrainConfig, fine_tune  # noqa: E402
+from carnet_core.training.config import TrainConfig
+from carnet_core.training.trainer import fine_tune
 
 #: The recipe: LP-FT (fit the head on cached features, then fine-tune everything; Kumar et al. 2022) with AdamW,
 #: 1 warm-up epoch and cosine decay, label smoothing, RandAugment, bf16 autocast (AVX-512-BF16 / AMX CPUs, GPUs).

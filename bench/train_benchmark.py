@@ -72,7 +72,8 @@ def timm_loop(data: Path, steps: int, batch_size: int, img_size: int, workers: i
 
 def carnet_loop(data: Path, steps: int, batch_size: int, img_size: int, workers: int) -> float:
     """Images/s of ``carnet_core.training.trainer`` (the CLI / page loop) over ``steps`` steps (+2 warm-up), no validation cost."""
-    from carnet_core.training.trainer import TrainConfig, Trainer
+    from carnet_core.training.config import TrainConfig
+    from carnet_core.training.trainer import Trainer
 
     class Clock:
         def __init__(self):

@@ -17,7 +17,7 @@ _PUBLIC = {
     "IMAGE_EXTENSIONS": "carnet_core.data.images", "load_image": "carnet_core.data.images",
     "VEHICLE_CLASSES": "carnet_core.models.labels", "imagenet_class_names": "carnet_core.models.labels",
     "Classifier": "carnet_core.models.classifier", "default_device": "carnet_core.models.classifier",
-    "load_model": "carnet_core.models.classifier",
+    "load_model": "carnet_core.models.loading",
     "Prediction": "carnet_core.inference.predict", "PredictionBatch": "carnet_core.inference.predict",
     "predict": "carnet_core.inference.predict",
     "ModelSpec": "carnet_core.models.registry", "get_spec": "carnet_core.models.registry",

@@ -360,20 +360,28 @@ def read_cifar100(root: str | Path, label_level: str = "fine") -> DatasetSplits:
 
 
 def open_dataset(root: str | Path, kind: str = "auto", **kwargs: Any) -> DatasetSplits:
-    """Open a dataset with the reader for ``kind`` (``auto``, ``image_folder``, ``stanford_cars``, ``compcars``,
-    ``cifar100``); ``auto`` looks at the layout.
+    """Open a dataset with the reader for ``kind`` (one of :data:`DATASET_KINDS`); ``auto`` looks at the layout.
 
     Raises:
         CarNetError: unknown kind, or the reader's error.
     """
     root = Path(root)
-    readers = {"image_folder": read_image_folder, "stanford_cars": read_stanford_cars, "compcars": read_compcars,
-               "cifar100": read_cifar100}
+    readers = _readers()
     if kind == "auto":
         kind = _layout(root)
     if kind not in readers:
-        raise CarNetError(f"unknown dataset kind {kind!r}; choose auto, {', '.join(readers)}")
+        raise CarNetError(f"unknown dataset kind {kind!r}; choose {', '.join(DATASET_KINDS)}")
     return readers[kind](root, **kwargs)
+
+
+def _readers() -> dict[str, Callable[..., DatasetSplits]]:
+    return {"image_folder": read_image_folder, "stanford_cars": read_stanford_cars, "compcars": read_compcars,
+            "cifar100": read_cifar100}
+
+
+#: The dataset layouts :func:`open_dataset` reads, ``auto`` first (it looks at the folder): the CLI's and the
+#: pages' choices.
+DATASET_KINDS: tuple[str, ...] = ("auto", *_readers())
 
 
 def _layout(root: Path) -> str:

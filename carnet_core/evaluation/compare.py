@@ -15,9 +15,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from carnet_core.data.catalog import suggested_mapping
 from carnet_core.data.datasets import labelled_folder, read_labelled_folder
 from carnet_core.data.images import load_image
 from carnet_core.errors import CarNetError, ImageError, listed
+from carnet_core.evaluation.metrics import topk_accuracy
 from carnet_core.inference.ensemble import RULES, aligned_class_names, combine, member_names, member_probabilities
 from carnet_core.inference.predict import timed_probabilities
 from carnet_core.models.classifier import Classifier
@@ -149,11 +151,6 @@ class CompareReport:
                 "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable]}
 
 
-def _topk_hits(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, probs.shape[1])
-    return float((probs.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())
-
-
 def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping: dict[str, list[str]] | None = None,
                       weights: Sequence[float] | None = None, batch_size: int = 32,
                       progress: Callable[[float], None] | None = None) -> CompareReport:
@@ -204,7 +201,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     else:
         rows = {name: member[i] for i, name in enumerate(members)}
         rows.update({f"ensemble ({rule})": combine(member, rule, weights) for rule in RULES})
-    accuracy = {k: {"top1": _topk_hits(v, y, 1), "top5": _topk_hits(v, y, 5)} for k, v in rows.items()}
+    accuracy = {k: {"top1": topk_accuracy(v, y, 1), "top5": topk_accuracy(v, y, 5)} for k, v in rows.items()}
     top1 = torch.stack([rows[name].argmax(1) for name in members])  # (M, N)
     disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()
     disagreements = [{"path": paths[i], "label": classes[labels[i]],
@@ -258,3 +255,21 @@ def _member_projection(model: Classifier, classes: Sequence[str],
         return LabelProjection(classes, model.class_names, None if within_classes(classes, model.class_names) else mapping)
     except CarNetError as exc:
         raise CarNetError(f"{model.name}: {exc}") from None
+
+
+def first_measurable(folders: Sequence[Path], models: Sequence[Classifier], mapping_files: Sequence[Path]) -> int:
+    """The index of the first of ``folders`` that ``models`` can be measured on as it is — class folders that are
+    classes of every model, or else a mapping file among ``mapping_files`` named after it
+    (:func:`carnet_core.data.catalog.suggested_mapping`) that fits every model that needs one — else 0. A folder
+    that is not class folders (an annotation-file layout, say) or whose mapping is bad is passed over."""
+
+    def measurable(folder: Path) -> bool:
+        try:
+            classes, unmapped = members_needing_mapping(models, folder)
+            suggested = suggested_mapping(folder, list(mapping_files))
+            return not unmapped or (suggested is not None
+                                    and mapping_problem(models, classes, load_mapping(suggested)) is None)
+        except CarNetError:
+            return False
+
+    return next((i for i, f in enumerate(folders) if measurable(f)), 0)

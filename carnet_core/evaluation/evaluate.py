@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,27 +19,11 @@ from carnet_core.config import cache_dir as default_cache_dir
 from carnet_core.data.datasets import ImageDataset
 from carnet_core.errors import CarNetError, ImageError, listed
 from carnet_core.evaluation.compare import LabelProjection
-from carnet_core.inference.engines import fingerprint
+from carnet_core.evaluation.metrics import metrics_from_probabilities
+from carnet_core.inference.export import fingerprint
 from carnet_core.inference.predict import predict_probabilities
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.labels import within_classes
-
-ECE_BINS = 15
-
-
-def top5_informative(num_classes: int) -> bool:
-    """Whether top-5 accuracy says anything: not with 5 classes or fewer, where every class is in the top 5 and it is
-    100 % by construction (pages and the CLI show "—" then; the JSON keeps the number)."""
-    return num_classes > 5
-
-
-def top5_text(top5: float, num_classes: int) -> str:
-    """Top-5 accuracy (in [0, 1]) for a page or the CLI: ``"93.1%"``, or ``"—"`` where it says nothing
-    (:func:`top5_informative`)."""
-    return f"{top5 * 100:.1f}%" if top5_informative(num_classes) else "—"
-
-
-TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."
 
 
 @dataclass
@@ -136,41 +120,6 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                               hierarchy: dict | None = None) -> dict:
-    """All metrics of :class:`EvalReport` (but predictions) from probabilities (N, C) and labels (N,)."""
-    n, c = probs.shape
-    conf, pred = probs.max(1)
-    k = min(5, c)
-    top5 = (probs.topk(k, 1).indices == labels[:, None]).any(1)
-    correct = pred == labels
-    confusion = torch.zeros(c, c, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
-    per_class = {}
-    for i, name in enumerate(class_names):
-        mask = labels == i
-        per_class[name] = {"accuracy": float(correct[mask].float().mean()) if mask.any() else float("nan"),
-                           "count": int(mask.sum())}
-    edges = torch.linspace(0, 1, ECE_BINS + 1)
-    reliability, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        mask = (conf > lo) & (conf <= hi)
-        if mask.any():
-            acc, mean_conf = float(correct[mask].float().mean()), float(conf[mask].mean())
-            ece += float(mask.float().mean()) * abs(acc - mean_conf)
-            reliability.append({"bin_low": float(lo), "bin_high": float(hi), "confidence": mean_conf,
-                                "accuracy": acc, "count": int(mask.sum())})
-    levels = {}
-    if hierarchy:
-        for level in ("make", "model", "year"):
-            true = [hierarchy[class_names[int(y)]].get(level, "") for y in labels]
-            guess = [hierarchy[class_names[int(p)]].get(level, "") for p in pred]
-            if all(true):
-                levels[level] = float(np.mean([a == b for a, b in zip(true, guess)]))
-    return {"top1": float(correct.float().mean()), "top5": float(top5.float().mean()), "per_class": per_class,
-            "confusion": confusion.tolist(), "ece": ece, "reliability": reliability, "hierarchy": levels}
-
-
 def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
              progress: Callable[[float], None] | None = None, mapping: dict[str, list[str]] | None = None) -> EvalReport:
     """Evaluate ``model`` on ``dataset`` through the fast inference engine (:mod:`carnet_core.inference.engines`).
@@ -233,26 +182,6 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
                    for r, t, q, c in zip(rows, y, pred, conf)]
     return EvalReport(names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"],
                       m["hierarchy"], predictions, skipped)
-
-
-def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
-    """A class order that puts classes confused with each other next to each other: average-linkage clustering of
-    the symmetrised, row-normalised confusion matrix with optimal leaf ordering (``scipy.cluster.hierarchy``), so a
-    196-class heatmap shows blocks instead of scattered dots. Returns indices into the class list."""
-    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
-    from scipy.spatial.distance import squareform
-
-    c = np.asarray(confusion, dtype=float)
-    if len(c) < 3:
-        return list(range(len(c)))
-    rates = c / np.maximum(c.sum(1, keepdims=True), 1)
-    similarity = (rates + rates.T) / 2
-    np.fill_diagonal(similarity, 0)
-    distance = 1.0 - similarity / max(similarity.max(), 1e-12)
-    np.fill_diagonal(distance, 0)
-    condensed = squareform(distance, checks=False)
-    tree = optimal_leaf_ordering(linkage(condensed, method="average"), condensed)
-    return [int(i) for i in leaves_list(tree)]
 
 
 def report_from_dict(data: dict) -> EvalReport:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from carnet_core.data.images import ImageSource, dim_outside, fit_within, jpeg_bytes, load_image
 from carnet_core.errors import ImageError
-from carnet_core.inference.engines import select_engine
+from carnet_core.inference.selection import select_engine
 from carnet_core.models.classifier import Classifier, InputView
 from carnet_core.models.labels import vehicle_indices
 

@@ -127,7 +127,7 @@ def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[
 
     ``shapes_only``: the same names and shapes without reading the values — meta tensors from a safetensors header, a
     PyTorch file's tensors memory-mapped (a legacy, non-zip file is read whole) — to check that a file fits a model
-    (:func:`carnet_core.models.classifier.check_weights_file`).
+    (:func:`carnet_core.models.loading.check_weights_file`).
 
     Raises:
         CheckpointError: missing file, unknown suffix, a pickle holding Python objects (refused, never

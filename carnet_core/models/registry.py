@@ -14,6 +14,8 @@ from carnet_core.errors import UnknownModelError
 from carnet_core.models.labels import IMAGENET_1K
 
 HEADS = ("linear", "ml_decoder")
+#: How the pages name each head.
+HEAD_TITLES = {"linear": "linear", "ml_decoder": "ML-Decoder (CarNet)"}
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,8 @@ class _WorkerCallbacks:
 
 def run_worker(folder: str | os.PathLike) -> int:
     """The worker process body: run the job in ``folder``, record how it ended, then start the next queued job."""
-    from carnet_core.training.trainer import TrainConfig, Trainer
+    from carnet_core.training.config import TrainConfig
+    from carnet_core.training.trainer import Trainer
 
     folder = Path(folder).resolve()
     runner_root = folder.parent

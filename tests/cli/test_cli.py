@@ -128,10 +128,10 @@ def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(cli, colour_folder
     code, out, err = cli(*evaluate, "--json", "--csv", tmp_path)  # a folder: said before the work
     assert code == 2 and f"is a folder; give the file to write the per-class table in, e.g. " \
                          f"{tmp_path / 'per_class.csv'}" in err and not out
-    import carnet_core.cli
+    import carnet_core.cli.commands
 
     with monkeypatch.context() as patch:  # a disk that refuses the file
-        patch.setattr(carnet_core.cli, "_write_csv", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+        patch.setattr(carnet_core.cli.commands, "write_csv", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
         code, out, err = cli(*evaluate, "--json", "--csv", tmp_path / "t.csv")
     assert code == 2 and "denied" in err
     assert json.loads(out)["num_images"] == 18  # the numbers came out first
@@ -148,7 +148,7 @@ def test_a_member_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
     import pytest
 
     from carnet_core import CarNetError, load_model
-    from carnet_core.cli import _load_member
+    from carnet_core.cli.inputs import load_member
     from carnet_core.errors import CheckpointError
     from carnet_core.models.checkpoints import read_state_dict
 
@@ -156,15 +156,15 @@ def test_a_member_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(CarNetError, match="is a folder, not a checkpoint file or a model name; it holds "
                                           "last.safetensors$"):
-        _load_member(str(tmp_path), use_hub=False)  # a fine-tune's run folder instead of a checkpoint in it
+        load_member(str(tmp_path), use_hub=False)  # a fine-tune's run folder instead of a checkpoint in it
     for load in (lambda: load_model("efficientnet_lite0", checkpoint=tmp_path), lambda: read_state_dict(tmp_path)):
         with pytest.raises(CheckpointError, match="is a folder, not a weights file; it holds last.safetensors$"):
             load()  # the library says it too (it said "no such file")
     with pytest.raises(CarNetError, match="no such checkpoint file"):
-        _load_member(str(tmp_path / "best.pt"), use_hub=False)
+        load_member(str(tmp_path / "best.pt"), use_hub=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "efficientnet_lite0").mkdir()  # a folder that shares a registered name does not hide the model
-    assert _load_member("efficientnet_lite0", use_hub=False).name == "efficientnet_lite0"
+    assert load_member("efficientnet_lite0", use_hub=False).name == "efficientnet_lite0"
 
 
 @pytest.mark.shared
@@ -236,7 +236,7 @@ def test_train_help_gives_the_recipe_defaults(capsys):
     """`train --help` listed most options with no default (argparse's are None so that TrainConfig fills them in);
     it now says TrainConfig's, as timm's train.py does."""
     from carnet_core.cli import main
-    from carnet_core.training.trainer import TrainConfig
+    from carnet_core.training.config import TrainConfig
 
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
@@ -253,7 +253,7 @@ def test_train_help_gives_the_recipe_defaults(capsys):
 def test_every_command_names_its_positional_arguments_alike():
     """`evaluate -h` read "usage: … checkpoint data" beside export's "CHECKPOINT" and compare's "folder": each
     command's positional arguments are now upper-case words, each with a help line."""
-    from carnet_core.cli import build_parser
+    from carnet_core.cli.parser import build_parser
 
     commands = next(a for a in build_parser()._actions if a.choices and "train" in a.choices).choices
     named = {name: [(a.metavar or a.dest, a.help) for a in sub._actions if not a.option_strings]
@@ -270,7 +270,7 @@ def test_a_checkpoint_is_taken_as_predict_takes_it_by_every_command(cli, colour_
     """predict and explain take `--checkpoint FILE`; evaluate, export and engines took it only as their first argument,
     so `evaluate --checkpoint FILE DATA` was "unrecognized arguments". Both spellings now work, alike; neither or both
     is a message. train's `--dataset-kind` is also `--kind`, as evaluate and validate-data spell it, and back."""
-    from carnet_core.cli import build_parser
+    from carnet_core.cli.parser import build_parser
 
     mapping = tmp_path / "colours.json"
     mapping.write_text(json.dumps({"red": ["fire engine"], "green": ["golf ball"], "blue": ["jellyfish"]}))

@@ -17,17 +17,13 @@ from carnet_core import load_model
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure, runs_overlay_figure, training_curves_figure
 from carnet_core.data.datasets import open_dataset
 from carnet_core.evaluation.cards import cached_cost, count_macs, model_card
-from carnet_core.evaluation.evaluate import (
-    confusion_order,
-    evaluate,
-    evaluate_cached,
-    metrics_from_probabilities,
-    per_class_rows,
-    report_from_dict,
-)
-from carnet_core.inference.engines import fingerprint
+from carnet_core.evaluation.evaluate import evaluate, evaluate_cached, per_class_rows, report_from_dict
+from carnet_core.evaluation.metrics import confusion_order, metrics_from_probabilities
+from carnet_core.inference.export import fingerprint
 from carnet_core.models.checkpoints import read_metadata
-from carnet_core.training.trainer import TrainConfig, fine_tune
+from carnet_core.models.refs import ModelRef
+from carnet_core.training.config import TrainConfig
+from carnet_core.training.trainer import fine_tune
 
 TIMEOUT = 300
 
@@ -166,7 +162,7 @@ def test_a_new_or_replaced_checkpoint_is_in_the_pickers_at_once(colour_checkpoin
     assert [e.path for e in ui.fine_tuned().values()] == [first]
     better = first.rename(first.with_name("best-e002-top1-95.0.safetensors"))  # a better epoch replaces it
     assert [e.path for e in ui.fine_tuned().values()] == [better]
-    assert ui.model_title(ui.CHECKPOINT_PREFIX + str(better)).startswith("★ ")
+    assert ui.model_title(ModelRef.of_checkpoint(better).key).startswith("★ ")
 
 
 @pytest.mark.slow
@@ -319,9 +315,8 @@ def test_a_checkpoint_that_cannot_be_loaded_is_a_message_on_every_page(colour_ch
 
 
 def ui_key(path):
-    import ui
 
-    return ui.CHECKPOINT_PREFIX + str(path)
+    return ModelRef.of_checkpoint(path).key
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from carnet_core.evaluation.evaluate import metrics_from_probabilities
+from carnet_core.evaluation.metrics import metrics_from_probabilities
 
 
 def test_metrics_on_a_known_confusion_pattern():
@@ -22,3 +22,15 @@ def test_metrics_on_a_known_confusion_pattern():
     # two bins: conf 0.6 (acc 0.5) and conf 0.9 (acc 0.5): ECE = 0.5·0.1 + 0.5·0.4
     assert m["ece"] == pytest.approx(0.25)
     assert m["top5"] == 1.0
+
+
+def test_topk_hits_and_accuracy_on_known_scores():
+    from carnet_core.evaluation.metrics import topk_accuracy, topk_hits
+
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 2, 0])
+    assert topk_hits(scores, labels, 1).tolist() == [True, False, False]
+    assert topk_hits(scores, labels, 2).tolist() == [True, False, False]
+    assert topk_hits(scores, labels, 5).tolist() == [True, True, True]  # k over the class count: every label
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(scores[:0], labels[:0], 1) == 0.0

@@ -7,20 +7,11 @@ from PIL import Image
 
 from carnet_core import CarNetError, load_model
 from carnet_core.data.images import load_image
-from carnet_core.inference.engines import (
-    PARITY_ATOL,
-    REDUCED_ENGINES,
-    STALE_TMP_S,
-    TOP1_PROB_ATOL,
-    OnnxRuntimeEngine,
-    TorchEngine,
-    fingerprint,
-    onnxruntime_session,
-    parity,
-    prune_cache,
-    select_engine,
-)
+from carnet_core.inference.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_session
+from carnet_core.inference.export import STALE_TMP_S, fingerprint, prune_cache
+from carnet_core.inference.parity import PARITY_ATOL, REDUCED_ENGINES, TOP1_PROB_ATOL, parity
 from carnet_core.inference.predict import predict
+from carnet_core.inference.selection import select_engine
 
 
 @pytest.mark.slow
@@ -88,7 +79,7 @@ def test_batching_follows_the_measurement_and_parity(monkeypatch, single_ms, who
     engine = OnnxRuntimeEngine(model)
     times = iter([single_ms * 4, whole_ms * 4])  # median_ms of the 4 batch-1 calls, then of the one call
     monkeypatch.setattr("carnet_core.inference.engines.median_ms", lambda fn, *a, **k: next(times))
-    monkeypatch.setattr("carnet_core.inference.engines.PARITY_ATOL", atol)
+    monkeypatch.setattr("carnet_core.inference.parity.PARITY_ATOL", atol)
     engine.logits(torch.randn(4, 3, 224, 224))
     assert (engine.batched_session is not None) == batched, engine.batching
     assert ("in one call (" in engine.batching) == batched
@@ -100,7 +91,7 @@ def test_the_one_off_batching_choice_is_not_a_batchs_model_time(lite0, car_photo
     """The first batch of several photos makes ONNX Runtime's engine choose how batches run (timing both ways): that
     choice is made before the model-time timer starts, and made once. The choice is made to take 1000 s on a fake
     clock that otherwise ticks 1 ms a reading."""
-    from carnet_core.inference.engines import select_engine
+    from carnet_core.inference.selection import select_engine
 
     engine = select_engine(lite0, "onnxruntime").engine
     engine.batching = engine.batched_session = None  # as for a model's first batch
@@ -140,7 +131,7 @@ def test_parity_rules():
 def test_reduced_precision_needs_photos_and_a_passing_gate(lite0, car_photos, monkeypatch):
     with pytest.raises(CarNetError, match="parity check on real photos"):
         select_engine(lite0, "torch-bf16", photos=[])
-    monkeypatch.setattr("carnet_core.inference.engines.TOP1_PROB_ATOL", -1.0)  # nothing can pass
+    monkeypatch.setattr("carnet_core.inference.parity.TOP1_PROB_ATOL", -1.0)  # nothing can pass
     with pytest.raises(CarNetError, match="fails the parity gate"):
         select_engine(lite0, "torch-bf16", photos=car_photos[::40])
     monkeypatch.setenv("CARNET_ENGINE", "fp8")
@@ -212,11 +203,12 @@ def test_export_cache_is_reused_and_invalidated_by_new_weights():
 def test_an_export_that_onnxruntime_cannot_load_is_made_once(tmp_path, monkeypatch):
     """Only a cached file is made again when it does not load; a new export that does not load fails, once."""
     import carnet_core.inference.engines as E
+    import carnet_core.inference.export as X
 
     monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
     model = load_model("mobilenetv2_100", weights="random", device="cpu")
-    exports, real_export = [], E.export_onnx
-    monkeypatch.setattr(E, "export_onnx", lambda m, path: exports.append(path) or real_export(m, path))
+    exports, real_export = [], X.export_onnx
+    monkeypatch.setattr(X, "export_onnx", lambda m, path: exports.append(path) or real_export(m, path))
     monkeypatch.setattr(E, "onnxruntime_session", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("cannot load")))
     with pytest.raises(RuntimeError, match="cannot load"):
         OnnxRuntimeEngine(model)
@@ -306,18 +298,18 @@ def test_choosing_one_models_engine_does_not_hold_up_another(monkeypatch):
     session's classification behind one global lock, whatever model it used."""
     import threading
 
-    import carnet_core.inference.engines as E
+    import carnet_core.inference.selection as S
 
     slow, fast = (load_model("mobilenetv2_100", weights="random", device="cpu") for _ in range(2))
     fast_choice = select_engine(fast, "torch")
-    fast._engine_choice = E.EngineChoice(fast_choice.engine, "known")
+    fast._engine_choice = S.EngineChoice(fast_choice.engine, "known")
     entered, release = threading.Event(), threading.Event()
     def measure(model, engine, photos):  # an export and a measurement that take as long as the test wants
         entered.set()
         assert release.wait(30)
-        return E.EngineChoice(E.TorchEngine(model), "measured")
+        return S.EngineChoice(TorchEngine(model), "measured")
 
-    monkeypatch.setattr(E, "_measure", measure)
+    monkeypatch.setattr(S, "_measure", measure)
     worker = threading.Thread(target=select_engine, args=(slow,))
     worker.start()
     assert entered.wait(30)
@@ -464,7 +456,7 @@ def test_the_onnx_download_runs_elsewhere_as_the_model_does_here(lite0, car_phot
     from timm.data import create_transform
 
     from carnet_core import load_image
-    from carnet_core.inference.engines import export_bundle
+    from carnet_core.inference.export import export_bundle
 
     with zipfile.ZipFile(io.BytesIO(export_bundle(lite0))) as bundle:
         assert sorted(bundle.namelist()) == ["efficientnet_lite0.onnx", "efficientnet_lite0.onnx.json"]

@@ -390,7 +390,7 @@ def test_a_timm_train_py_checkpoint_of_its_own_classes_finds_them_in_its_dataset
         load_model(checkpoint=ckpt, device="cpu")
     # in a weights folder it is listed as needing its class names; once its dataset is on this machine, it is not
     # (the check is kept per file version, and for such a file per version of what its options point to as well)
-    from carnet_core.models.classifier import usable_weights
+    from carnet_core.models.loading import usable_weights
 
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -150,7 +150,7 @@ def test_blank_settings_mean_the_defaults_not_the_current_folder(tmp_path, monke
         assert folder() == tmp_path / "home" / "carnet-test", name  # ~ expanded, as a shell would
     monkeypatch.setenv("CARNET_ENGINE", "")
     model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
-    from carnet_core.inference.engines import select_engine
+    from carnet_core.inference.selection import select_engine
 
     assert select_engine(model, "torch").engine.name == "torch"
 
@@ -162,7 +162,7 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
     checked on its tensor shapes (nothing loaded) and said to be unusable, with load_model's own reason."""
 
     from carnet_core.errors import ClassNamesNeededError
-    from carnet_core.models.classifier import check_weights_file, usable_weights
+    from carnet_core.models.loading import check_weights_file, usable_weights
 
     folder = unusable_weights_folder
     expected = {"resnet50": "resnet50-run.pth: refused — the file is a pickle that holds Python objects",
@@ -184,7 +184,7 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
     assert check_weights_file("mobilenetv2_100", good.location) == "by name"
 
     # asked on every rerun of a page with a model picker: a file is checked again only once it changes
-    import carnet_core.models.classifier as M
+    import carnet_core.models.loading as M
 
     checked = []
     with monkeypatch.context() as patch:

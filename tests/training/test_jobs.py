@@ -10,8 +10,8 @@ from conftest import FAST
 import carnet_core.training.jobs as jobs_module
 from carnet_core import CarNetError, load_model
 from carnet_core.models.catalog import list_checkpoints
+from carnet_core.training.config import TrainConfig
 from carnet_core.training.jobs import JobRunner
-from carnet_core.training.trainer import TrainConfig
 
 
 def _cfg(data, epochs=2, **kw):

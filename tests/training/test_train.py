@@ -19,7 +19,8 @@ from carnet_core import CarNetError, load_model
 from carnet_core.data.datasets import open_dataset
 from carnet_core.evaluation.evaluate import evaluate
 from carnet_core.inference.predict import predict
-from carnet_core.training.trainer import TrainConfig, Trainer, fine_tune
+from carnet_core.training.config import TrainConfig
+from carnet_core.training.trainer import Trainer, fine_tune
 
 # --- readers -------------------------------------------------------------------------------------------------
 
@@ -40,9 +41,9 @@ def test_short_run_lowers_the_loss_and_writes_everything(short_run, colour_folde
     losses = [h.train_loss for h in result.history]
     assert len(losses) == 4 and losses[-1] < losses[0] * 0.8, losses
     assert losses[0] < np.log(3)  # from uniform predictions (zero-initialised head, below) the head learns at once
-    from carnet_core.training.trainer import _initial_model
+    from carnet_core.training.parts import initial_model
 
-    fresh = _initial_model(TrainConfig(data=str(colour_folder), **FAST), ("blue", "green", "red")).module.eval()
+    fresh = initial_model(TrainConfig(data=str(colour_folder), **FAST), ("blue", "green", "red")).module.eval()
     assert torch.equal(fresh(torch.randn(2, 3, 64, 64)), torch.zeros(2, 3))
     assert result.best_top1 >= 0.8
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -258,11 +259,12 @@ def test_a_fine_tune_that_ends_below_its_probe_keeps_the_probe_as_its_best_check
 def test_an_epoch_that_ties_the_probe_is_the_best_checkpoint(colour_folder, tmp_path):
     """On a tie the fine-tuned epoch is kept as best, not the probe (epoch 0), in the run and in its folder."""
     from carnet_core.models.runs import best_checkpoint
-    from carnet_core.training.trainer import EpochMetrics, _initial_model
+    from carnet_core.training.config import EpochMetrics
+    from carnet_core.training.parts import initial_model
 
     cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), keep_best=2, **FAST)
     trainer = Trainer(cfg)
-    trainer.classifier = _initial_model(cfg, ("blue", "green", "red"))
+    trainer.classifier = initial_model(cfg, ("blue", "green", "red"))
     best = []
     for epoch, top1 in ((0, 1.0), (1, 1.0), (2, 0.9)):
         best = trainer._checkpoint(EpochMetrics(epoch, 0.1, 0.1, top1, 1.0, 1e-3, 1.0, 1.0),
