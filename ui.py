@@ -343,10 +343,6 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def loader_workers() -> int:
-    """Data-loading processes for a fine-tune: the cores left over, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
 
 
 

@@ -8,8 +8,8 @@ from carnet_core.charts import topk_bar_figure
 from carnet_core.config import hosted_mode
 from carnet_core.data import catalog
 from carnet_core.data.uploads import add_class_photos
-from carnet_core.inference.selection import select_engine
 from carnet_core.inference.predict import prediction_csv
+from carnet_core.inference.selection import select_engine
 from carnet_core.models.labels import vehicle_indices
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")

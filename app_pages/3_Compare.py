@@ -1,7 +1,6 @@
 """Compare: two or more models side by side on one photo, their ensemble, and both measured on a labelled folder."""
 
 import json
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
 from carnet_core.config import data_root, hosted_mode, mappings_dir
 from carnet_core.data import catalog
 from carnet_core.errors import listed
-from carnet_core.evaluation.compare import compare_on_folder, load_mapping, mapping_problem, members_needing_mapping
+from carnet_core.evaluation.compare import compare_on_folder, load_mapping, mapping_from_bytes, plan_folder
 from carnet_core.evaluation.metrics import TOP5_NOTE, top5_informative
 from carnet_core.inference.ensemble import RULES, agreement, combine, member_names, member_predictions
 from carnet_core.inference.predict import topk_predictions
@@ -116,15 +115,11 @@ else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any 
                           index=ui.first_measurable("compare_folder_pick", choices[:-1], models))
     folder = (st.text_input("Folder path", value=str(data_root()), key="compare_folder") if picked == OTHER_FOLDER
               else str(picked))
-try:  # said before measuring: a folder that cannot be measured, or classes that need a mapping
-    folder_classes, unmapped = members_needing_mapping(models, folder)
-    folder_problem = None
-except CarNetError as exc:
-    folder_classes, unmapped, folder_problem = [], [], str(exc)
-if folder_problem:  # a warning: nothing failed, there is nothing to measure yet (an error is a press that failed)
-    st.warning(folder_problem)
-mapping_files, mapping_choice, mapping_upload = [], NO_MAPPING, None
-if unmapped:  # offered only when a member lacks the folder's classes: fine-tunes of them need none (as on Evaluate)
+plan = plan_folder(models, folder)  # said before measuring: a folder that cannot be measured, classes to map
+if plan.problem:  # a warning: nothing failed, there is nothing to measure yet (an error is a press that failed)
+    st.warning(plan.problem)
+mapping_choice, mapping_upload, read_mapping = NO_MAPPING, None, None
+if plan.unmapped:  # offered only when a member lacks the folder's classes: fine-tunes of them need none (as on Evaluate)
     mapping_files = catalog.mapping_files()  # $CARNET_MAPPINGS_DIR, as on Evaluate
     mapping_names = [NO_MAPPING] + [p.name for p in mapping_files] + ["upload…"]
     suggested = catalog.suggested_mapping(folder, mapping_files)  # tiny_vehicles_6_to_imagenet.json for tiny_vehicles_6
@@ -133,35 +128,25 @@ if unmapped:  # offered only when a member lacks the folder's classes: fine-tune
                                   key=f"compare_mapping::{Path(folder).name}")  # each folder keeps its own choice
     mapping_upload = st.file_uploader("Mapping file (JSON or CSV)", type=["json", "csv"], key="compare_mapping_upload",
                                       max_upload_size=5) if mapping_choice == "upload…" else None
-no_mapping = mapping_choice == NO_MAPPING or (mapping_choice == "upload…" and not mapping_upload)
-needs_mapping = bool(unmapped) and no_mapping
-if needs_mapping:
-    st.info(f"**{Path(folder).name}** has classes of its own ({listed(folder_classes, 6)}), not those of "
-            f"{', '.join(unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
+    if mapping_upload is not None:
+        read_mapping = lambda: mapping_from_bytes(mapping_upload.getvalue(), mapping_upload.name)  # noqa: E731
+    elif mapping_choice not in (NO_MAPPING, "upload…"):
+        read_mapping = lambda: load_mapping(mappings_dir() / mapping_choice)  # noqa: E731
+plan = plan.with_mapping(models, read_mapping)  # read and checked now: a misfit is said before Evaluate
+if plan.needs_mapping:
+    st.info(f"**{Path(folder).name}** has classes of its own ({listed(plan.classes, 6)}), not those of "
+            f"{', '.join(plan.unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
             f"`{mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
-mapping, mapping_error = None, None
-if unmapped and not no_mapping:  # read and checked now: a mapping that does not fit a member is said before Evaluate
-    try:
-        if mapping_upload is not None:
-            with tempfile.NamedTemporaryFile(suffix=Path(mapping_upload.name).suffix) as f:
-                f.write(mapping_upload.getvalue())
-                f.flush()
-                mapping = load_mapping(f.name)
-        else:
-            mapping = load_mapping(mappings_dir() / mapping_choice)
-        mapping_error = mapping_problem(models, folder_classes, mapping)
-    except CarNetError as exc:
-        mapping_error = str(exc)
-if mapping_error:
-    st.warning(mapping_error)
+if plan.mapping_error:
+    st.warning(plan.mapping_error)
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
 settings = (tuple(names), folder, mapping_choice, ui.digest(mapping_upload.getvalue()) if mapping_upload else None,
             tuple(weights))  # what a folder report was made with
-if st.button("Evaluate", key="compare_run", disabled=bool(folder_problem or mapping_error) or needs_mapping):
+if st.button("Evaluate", key="compare_run", disabled=not plan.ready):
     try:
         bar = st.progress(0.0, text="Classifying…")
         try:
-            report = compare_on_folder(models, folder, mapping, weights if sum(weights) > 0 else None,
+            report = compare_on_folder(models, folder, plan.mapping, weights if sum(weights) > 0 else None,
                                        progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
         finally:
             bar.empty()  # done (or refused): no bar left at 100 % above the results

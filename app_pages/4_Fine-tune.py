@@ -14,11 +14,11 @@ from carnet_core.config import data_root, hosted_mode
 from carnet_core.data import catalog
 from carnet_core.data.datacheck import too_few_classes
 from carnet_core.data.uploads import add_class_photos, class_counts, remove_class
-from carnet_core.errors import count
+from carnet_core.errors import count, duration_text
 from carnet_core.models.refs import ModelRef
 from carnet_core.models.registry import HEAD_TITLES, HEADS, get_spec
+from carnet_core.training.config import IMAGE_SIZES, default_img_size, page_recipe
 from carnet_core.training.jobs import FINISHED, JobRunner
-from carnet_core.training.config import TrainConfig
 
 st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
 st.title("Fine-tune")
@@ -40,13 +40,6 @@ if not ui.has_gpu():
                "per epoch for a few hundred photos at 224 px; use a small image size and few epochs (and the linear-"
                "probe start), or a machine with a GPU.")
 
-
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
 
 
 # --- the running job (refreshed every 2 s without rerunning the page) ----------------------------------------
@@ -70,7 +63,7 @@ def live_panel() -> None:
     if p:
         st.progress(min(max(p["fraction"], 0.0), 1.0),
                     text=f"epoch {p['epoch']}/{p['epochs']} · batch {p['step']}/{p['num_steps']} · "
-                         f"elapsed {_fmt_s(p['elapsed_s'])} · ETA {_fmt_s(p['eta_s'])}")
+                         f"elapsed {duration_text(p['elapsed_s'])} · ETA {duration_text(p['eta_s'])}")
         st.caption(f"{p['device']} · memory {p['memory_mb']:,.0f} MB"
                    + (f" · {len(queued)} more queued" if queued else ""))
     else:
@@ -200,8 +193,8 @@ with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field
     left, mid, right = st.columns(3)
     model = left.selectbox("Backbone", backbones, key="finetune_model")
     head = left.radio("Head", HEADS, horizontal=True, key="finetune_head", format_func=HEAD_TITLES.get)
-    img_size = left.select_slider("Image size (px)", [96, 128, 160, 192, 224, 256, 288], value=160 if not
-                                  ui.has_gpu() else 224, key="finetune_img")
+    img_size = left.select_slider("Image size (px)", IMAGE_SIZES, value=default_img_size(ui.has_gpu()),
+                                  key="finetune_img")
     epochs = mid.number_input("Epochs", 1, 200, 5, key="finetune_epochs")
     batch_size = mid.number_input("Batch size", 1, 512, 32, key="finetune_batch")
     lr = mid.number_input("Learning rate", 1e-6, 1.0, 2e-4, format="%.0e", key="finetune_lr",
@@ -221,16 +214,14 @@ with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field
 if estimate_clicked:
     try:
         est = ui.epoch_estimate(model, head, int(img_size), int(batch_size), n_train, n_val)
-        st.info(f"About {_fmt_s(est['epoch_s'])} per epoch on {ui.device_label()} "
+        st.info(f"About {duration_text(est['epoch_s'])} per epoch on {ui.device_label()} "
                 f"({est['train_images_per_s']:.0f} training images/s, data loading not counted): "
-                f"{_fmt_s(est['epoch_s'] * epochs)} for {epochs} epochs.")
+                f"{duration_text(est['epoch_s'] * epochs)} for {epochs} epochs.")
     except CarNetError as exc:
         st.error(str(exc))
 if launch_clicked:
-    cfg = TrainConfig(data=str(dataset), model=model, head=head, img_size=int(img_size), epochs=int(epochs),
-                      batch_size=int(batch_size), lr=float(lr), freeze_epochs=int(freeze), probe_init=probe,
-                      randaugment="rand-m7-mstd0.5" if augment.startswith("Rand") else None,
-                      mixup=0.2 if mixup else 0.0, cutmix=1.0 if mixup else 0.0, workers=ui.loader_workers())
+    cfg = page_recipe(str(dataset), model, head, img_size, epochs, batch_size, lr, probe, freeze,
+                      randaugment=augment.startswith("Rand"), mixup=mixup)
     try:
         job = runner.submit(cfg, label=f"{get_spec(model).name} · {head} · {dataset.name}")
         st.session_state["finetune_active"] = [job.id]
@@ -252,7 +243,7 @@ st.dataframe(pd.DataFrame([{
     "best top-1 (%)": None if j.best_top1 is None else round(j.best_top1 * 100, 1),
     "linear probe (%)": None if j.probe_top1 is None else round(j.probe_top1 * 100, 1),
     # a running job's time is in the live panel above, which refreshes; this table is drawn once
-    "duration": None if j.state == "running" else _fmt_s(j.duration_s)} for j in jobs]), hide_index=True,
+    "duration": None if j.state == "running" else duration_text(j.duration_s)} for j in jobs]), hide_index=True,
     width="stretch", placeholder="–")
 
 with_curves = {j.id: j for j in jobs if j.history}

@@ -9,6 +9,7 @@ import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
 from carnet_core.errors import count
+from carnet_core.evaluation.cards import cost_points, table_row
 from carnet_core.evaluation.metrics import top5_informative
 from carnet_core.inference.export import export_bundle
 from carnet_core.models.refs import ModelRef
@@ -34,27 +35,13 @@ for message in broken:
     st.warning(f"Left out — {message}")
 keys = list(cards)
 
-rows = []
-for key, card in cards.items():
-    cost = ui.cached_cost(key)
-    rows.append({"model": checkpoints[key].label if key in checkpoints else key,
-                 "key": key, "architecture": card["arch"], "head": card["head"], "label set": card["label_set"],
-                 "classes": len(card["class_names"]), "params (M)": round(card["params"] / 1e6, 2),
-                 "GMACs": round(card["gmacs"], 2), "input (px)": card["input_px"],
-                 "file (MB)": None if card["file_mb"] is None else round(card["file_mb"], 1),
-                 "latency (ms)": None if not cost else round(cost["latency_ms"], 1),
-                 "peak memory (MB)": None if not cost else round(cost["peak_memory_mb"]),
-                 "val top-1 (%)": None if card["top1"] is None else round(card["top1"] * 100, 1),
-                 "weights": card["provenance"] if card["has_weights"] else "no weights here"})
+rows = [table_row(checkpoints[key].label if key in checkpoints else key, key, card, ui.cached_cost(key))
+        for key, card in cards.items()]
 table = pd.DataFrame(rows)
 
 st.subheader("Cost against accuracy")
-measured = [r for r in rows if r["latency (ms)"] is not None]
-if measured:
-    st.plotly_chart(cost_scatter_figure([{"name": r["model"], "latency_ms": r["latency (ms)"],
-                                          "top1": None if r["val top-1 (%)"] is None else r["val top-1 (%)"] / 100,
-                                          "params": r["params (M)"] * 1e6, "label_set": r["label set"]}
-                                         for r in measured]), width="stretch", key="models_scatter")
+if points := cost_points(rows):
+    st.plotly_chart(cost_scatter_figure(points), width="stretch", key="models_scatter")
     st.caption("Accuracy is known for fine-tuned checkpoints (their validation top-1, on their own label set); "
                "ImageNet models are drawn as open circles. A model with no weights here is measured on random "
                "weights: the same network, the same cost.")

@@ -71,7 +71,7 @@ def _status_mb(field: str) -> float | None:
 
 
 def _ru_maxrss_mb() -> float:
-    import resource
+    import resource  # lazy: only where /proc is missing
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -94,7 +94,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
     serialises read-modify-write of shared files between processes and threads. A no-op where ``fcntl`` does not
     exist (Windows, where one app process is the common case)."""
     try:
-        import fcntl
+        import fcntl  # lazy: POSIX only, Windows has none
     except ImportError:
         yield
         return

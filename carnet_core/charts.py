@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 
 
@@ -56,7 +57,7 @@ def training_curves_figure(history: Sequence[dict[str, float]], title: str | Non
         probe_top1: the run's linear-probe val top-1 (0–1), drawn as a dotted line on the accuracy panel: where
             fine-tuning started, and what it should end above (its first epoch often dips below it).
     """
-    from plotly.subplots import make_subplots
+    from plotly.subplots import make_subplots  # lazy: only the curve figures use subplots
 
     fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "val accuracy (%)", "learning rate"))
     epochs = [r["epoch"] for r in history]
@@ -117,8 +118,6 @@ def confusion_heatmap_figure(confusion: Sequence[Sequence[int]], class_names: Se
     :func:`carnet_core.evaluation.evaluate.confusion_order`, which puts confused classes together). With ``normalize`` each
     row is shown as % of that class's images. Tick labels are hidden beyond 60 classes (hover shows the names), so
     a 196-class matrix stays readable."""
-    import numpy as np
-
     order = list(order) if order is not None else list(range(len(class_names)))
     c = np.asarray(confusion, dtype=float)[np.ix_(order, order)]
     names = [class_names[i] for i in order]

@@ -56,3 +56,12 @@ def listed(names: Sequence[str], limit: int = 5) -> str:
     names = list(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more if names else "—"
+
+
+def duration_text(seconds: float | None) -> str:
+    """A duration for people: ``"2:05"`` (minutes:seconds), ``"1:02:03"`` from an hour on, ``"–"`` when unknown."""
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"

@@ -81,3 +81,31 @@ def test_no_import_cycle_in_carnet_core_counting_imports_inside_functions():
 def test_the_import_linter_contracts_hold():
     importlinter = pytest.importorskip("importlinter.cli")
     assert importlinter.lint_imports(config_filename=str(ROOT / "pyproject.toml")) == 0
+
+
+def test_imports_inside_functions_are_lazy_loads_of_heavy_dependencies_each_with_its_reason():
+    """An import inside a function is there to keep a heavy or optional dependency off the import path of those who
+    do not need it; the first import of each block says why (``# lazy: …`` on it or on the line above). Those of
+    carnet_core modules are the worker's training loop and the loggers only: none hides an import cycle."""
+    unexplained, internal = [], []
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            imports = sorted((n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))),
+                             key=lambda n: n.lineno)
+            previous_end = None
+            for node in imports:
+                if previous_end is None or node.lineno - 1 > previous_end:  # the first of a block
+                    said = "# lazy" in lines[node.lineno - 1] or "# lazy" in lines[node.end_lineno - 1] or \
+                        lines[node.lineno - 2].strip().startswith("# lazy")
+                    if not said:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                previous_end = node.end_lineno
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("carnet_core"):
+                    internal.append(f"{_module_name(path)}.{fn.name} -> {node.module}")
+    assert unexplained == []
+    assert sorted(internal) == ["carnet_core.training.jobs.run_worker -> carnet_core.training.config",
+                                "carnet_core.training.jobs.run_worker -> carnet_core.training.trainer",
+                                "carnet_core.training.parts.fabric_loggers -> carnet_core.training.loggers"]

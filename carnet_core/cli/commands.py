@@ -9,6 +9,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from carnet_core.cli.inputs import (
     check_csv_folder,
     check_image_out,
@@ -158,8 +160,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
 
     model = load_member(args.model, not args.no_hub, args.arch, args.classes)
     model.to("cpu")
@@ -185,8 +185,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def export_checkpoint(model, out: Path | None) -> int:
     """Save ``model`` as a CarNet checkpoint (class names, data config and provenance inside), load it back and
     check its probabilities against the model's own on a random batch."""
-    import torch
-
 
     out = out or Path(f"{model.name}.safetensors")  # a model of its own classes is named after them: m-cars6
     if out.suffix != ".safetensors":
@@ -205,8 +203,6 @@ def export_checkpoint(model, out: Path | None) -> int:
 
 
 def cmd_engines(args: argparse.Namespace) -> int:
-    import torch
-
 
     photos = None
     if args.photos:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
+
 from carnet_core.data.images import list_images
 from carnet_core.errors import CarNetError, ClassNamesNeededError
 from carnet_core.models.catalog import list_checkpoints
@@ -67,8 +69,6 @@ def path_exists(path: str) -> bool:
 def check_image_out(path: Path) -> None:
     """Said before the work: ``--out`` must name an image file of a format PIL can write (the overlay is a picture;
     HEIC is read, not written)."""
-    from PIL import Image
-
     if path.is_dir():
         raise CarNetError(f"--out {path}: is a folder; give the image file to write, e.g. {path / 'overlay.png'}")
     if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:

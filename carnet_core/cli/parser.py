@@ -155,13 +155,12 @@ def _add_engines(sub: argparse._SubParsersAction) -> None:
 
 def _add_validate_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-data", help="report class counts, unreadable files, small classes, train/val duplicates")
+    p.set_defaults(func=cmd_validate_data)
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder: class folders, train/ and val/, or a "
                                                            "Stanford Cars, CompCars or CIFAR-100 layout")
-    p.add_argument("--kind", "--dataset-kind", dest="kind", default="auto", choices=DATASET_KINDS,
-                   help="dataset layout (default auto: from the folder)")
+    _dataset_kind_option(p)
     p.add_argument("--min-per-class", type=int, default=5, help="flag classes with fewer images (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(func=cmd_validate_data)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -170,8 +169,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     checkpoint_argument(p, "checkpoint")
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
     plain_weights_options(p, dest="model")
-    p.add_argument("--kind", "--dataset-kind", dest="kind", default="auto", choices=DATASET_KINDS,
-                   help="dataset layout (default auto: from the folder)")
+    _dataset_kind_option(p)
     p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
     p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
@@ -232,3 +230,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     option("--loggers", "also log to tensorboard, mlflow and/or wandb (offline), comma-separated",
            type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
     p.set_defaults(func=cmd_train)
+
+
+def _dataset_kind_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", "--dataset-kind", dest="kind", default="auto", choices=DATASET_KINDS,
+                   help="dataset layout (default auto: from the folder)")

@@ -73,7 +73,7 @@ def too_few_classes(class_names: Sequence[str]) -> str | None:
 
 def _hashes(dataset: ImageDataset) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """64-bit pHashes (as uint64) of the readable items, their indices, and the unreadable ones."""
-    import imagehash
+    import imagehash  # lazy: only the duplicate check needs it
 
     values, kept, bad = [], [], []
     for i in range(len(dataset)):

@@ -200,7 +200,7 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
 def _loadmat(path: Path, *keys: str) -> dict:
     """A MATLAB file's variables; each of ``keys`` must be among them (a readable .mat file of another dataset, or
     one saved wrongly, otherwise fails later with a bare KeyError)."""
-    import scipy.io
+    import scipy.io  # lazy: only Stanford Cars' .mat annotations need it
 
     if not path.is_file():
         raise CarNetError(f"missing {path}")

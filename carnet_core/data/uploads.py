@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Sequence
 
+from PIL import Image
+
 from carnet_core._io import atomic_write_bytes
 from carnet_core.data.datasets import class_folders, open_dataset
 from carnet_core.data.images import list_images, load_image
@@ -199,8 +201,6 @@ def add_class_photos(dataset: str | os.PathLike, class_name: str,
         CarNetError: a class name that cannot be a folder name, or a folder that cannot be written (the message says
             how many photos were saved before).
     """
-    from PIL import Image
-
 
     folder = Path(dataset) / check_folder_name(class_name)
     report = AddedPhotos(folder)

@@ -64,7 +64,7 @@ class ModelCard:
 def count_macs(module: torch.nn.Module, input_size: tuple[int, int, int]) -> float:
     """Multiply-accumulates of one forward pass of a batch of 1 at ``input_size`` (C, H, W), counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # lazy: only model cards count MACs
 
     was_training = module.training
     module.eval()
@@ -196,3 +196,26 @@ def _store_cost(key: str, fingerprint: str, result: dict[str, Any]) -> None:
             atomic_write_json(path, data)
         except OSError:  # a full disk: the measurement is still shown, just measured again next time
             pass
+
+
+def table_row(label: str, key: str, card: dict[str, Any], cost: dict[str, float] | None) -> dict[str, Any]:
+    """One row of the Models page's table for a card (:meth:`ModelCard.to_dict` plus ``has_weights``) and its
+    measured cost (:func:`cached_cost`, or None when not measured yet): sizes rounded as shown, accuracy in %."""
+    return {"model": label, "key": key, "architecture": card["arch"], "head": card["head"],
+            "label set": card["label_set"], "classes": len(card["class_names"]),
+            "params (M)": round(card["params"] / 1e6, 2), "GMACs": round(card["gmacs"], 2),
+            "input (px)": card["input_px"],
+            "file (MB)": None if card["file_mb"] is None else round(card["file_mb"], 1),
+            "latency (ms)": None if not cost else round(cost["latency_ms"], 1),
+            "peak memory (MB)": None if not cost else round(cost["peak_memory_mb"]),
+            "val top-1 (%)": None if card["top1"] is None else round(card["top1"] * 100, 1),
+            "weights": card["provenance"] if card["has_weights"] else "no weights here"}
+
+
+def cost_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured rows of :func:`table_row` as points of the cost-against-accuracy chart
+    (:func:`carnet_core.charts.cost_scatter_figure`): name, latency (ms), top-1 in [0, 1] or None, parameters."""
+    return [{"name": r["model"], "latency_ms": r["latency (ms)"],
+             "top1": None if r["val top-1 (%)"] is None else r["val top-1 (%)"] / 100,
+             "params": r["params (M)"] * 1e6, "label_set": r["label set"]}
+            for r in rows if r["latency (ms)"] is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -54,6 +54,28 @@ def load_mapping(path: str | Path) -> dict[str, list[str]]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CarNetError(f"cannot read mapping file {path}: {exc}") from None
+    return parse_mapping(text, path)
+
+
+def mapping_from_bytes(data: bytes, name: str) -> dict[str, list[str]]:
+    """A mapping from an uploaded file's bytes (``name``: its file name, whose suffix says JSON or CSV).
+
+    Raises:
+        CarNetError: not UTF-8 text, or a wrong structure.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CarNetError(f"{name}: not a text file ({exc.reason})") from None
+    return parse_mapping(text, Path(name))
+
+
+def parse_mapping(text: str, path: Path) -> dict[str, list[str]]:
+    """A mapping from the text of a JSON or CSV file (``path``'s suffix says which; its name is in the messages).
+
+    Raises:
+        CarNetError: a wrong structure.
+    """
     if path.suffix.lower() == ".json":
         try:
             raw = json.loads(text)
@@ -273,3 +295,46 @@ def first_measurable(folders: Sequence[Path], models: Sequence[Classifier], mapp
             return False
 
     return next((i for i, f in enumerate(folders) if measurable(f)), 0)
+
+
+@dataclass
+class FolderPlan:
+    """What measuring some models on a labelled folder needs, said before anything is classified: the folder's
+    classes, the members that need a mapping to them, and what stands in the way (a message), if anything."""
+
+    classes: list[str]
+    unmapped: list[str]                                  # member names without the folder's classes
+    problem: str | None = None                           # the folder cannot be measured
+    mapping: dict[str, list[str]] | None = None          # the chosen mapping, read and checked
+    mapping_error: str | None = None                     # the chosen mapping cannot be read or does not fit
+
+    @property
+    def needs_mapping(self) -> bool:
+        """A member lacks the folder's classes and no mapping is chosen."""
+        return bool(self.unmapped) and self.mapping is None and self.mapping_error is None
+
+    @property
+    def ready(self) -> bool:
+        """Nothing stands in the way of measuring."""
+        return not (self.problem or self.mapping_error or self.needs_mapping)
+
+    def with_mapping(self, models: Sequence[Classifier],
+                     read: Callable[[], dict[str, list[str]]] | None) -> FolderPlan:
+        """This plan with the mapping ``read`` returns (None: none chosen), read and checked against every member
+        (:func:`mapping_problem`) only when a member needs one."""
+        if not self.unmapped or read is None or self.problem:
+            return self
+        try:
+            mapping = read()
+        except CarNetError as exc:
+            return replace(self, mapping_error=str(exc))
+        return replace(self, mapping=mapping, mapping_error=mapping_problem(models, self.classes, mapping))
+
+
+def plan_folder(models: Sequence[Classifier], folder: str | Path) -> FolderPlan:
+    """The :class:`FolderPlan` of ``models`` on ``folder``, before any mapping (:meth:`FolderPlan.with_mapping`)."""
+    try:
+        classes, unmapped = members_needing_mapping(models, folder)
+    except CarNetError as exc:
+        return FolderPlan([], [], problem=str(exc))
+    return FolderPlan(list(classes), list(unmapped))

@@ -78,6 +78,7 @@ def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
     """A class order that puts classes confused with each other next to each other: average-linkage clustering of
     the symmetrised, row-normalised confusion matrix with optimal leaf ordering (``scipy.cluster.hierarchy``), so a
     196-class heatmap shows blocks instead of scattered dots. Returns indices into the class list."""
+    # lazy: SciPy's clustering, only for the confusion heatmap's order
     from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
     from scipy.spatial.distance import squareform
 

@@ -26,7 +26,7 @@ from carnet_core.models.classifier import Classifier
 
 
 def _methods() -> dict[str, type]:
-    import pytorch_grad_cam as pgc
+    import pytorch_grad_cam as pgc  # lazy: pytorch-grad-cam brings OpenCV, SciPy, Matplotlib (180 MB)
 
     return {
         "gradcam": pgc.GradCAM,              # Selvaraju et al. 2017
@@ -127,7 +127,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap
     Raises:
         CarNetError: unknown colormap or alpha outside [0, 1].
     """
-    import cv2
+    import cv2  # lazy: OpenCV comes with pytorch-grad-cam, only overlays need it
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     if colormap not in COLORMAPS:
@@ -288,6 +288,7 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
             cannot be used (:func:`aug_smooth_refusal`).
         ImageError: the image cannot be decoded.
     """
+    # lazy: pytorch-grad-cam (see _methods)
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 

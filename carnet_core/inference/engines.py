@@ -1,23 +1,12 @@
-"""Inference engines for classification: plain torch (the reference), ONNX Runtime on exported models, and two
-reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8) that are used only when they pass a parity gate.
+"""Inference engines for classification: plain torch (the reference), ONNX Runtime on the exported model
+(:mod:`carnet_core.inference.export`), and two reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8
+with static QDQ quantization) that are used only when they pass their gate (:mod:`carnet_core.inference.parity`).
+Which one a model uses is decided in :mod:`carnet_core.inference.selection`.
 
-The fast path is chosen per model by measurement (:func:`select_engine`). The model is exported to ONNX once
-(cached on disk under a fingerprint of its architecture and weights, so a changed checkpoint gets a new file; the
-cache is bounded, least recently used first: :func:`prune_cache`) and every candidate is checked against torch fp32
-before it is timed at batch 1:
-
-- fp32 paths: softmax probabilities within :data:`PARITY_ATOL` (random inputs, and the real photos when given);
-- reduced precision (bf16, int8): on real photos (``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``), the top-5
-  classes identical, in order, on every photo and the top-1 probability within :data:`TOP1_PROB_ATOL`. Without
-  real photos they are not tried; int8 is calibrated on half of the photos and checked on the other half.
-
-The fastest candidate that passes is used; torch is always available as the reference and for Grad-CAM.
-``CARNET_ENGINE=torch`` (or any engine name) forces that engine everywhere. ONNX Runtime runs single images on a
-session specialised to batch 1, and batches as batch-1 calls or in one call, whichever its first batch measured
-faster (:class:`OnnxRuntimeEngine`).
-
-Every engine has ``logits(batch)`` and ``probabilities(batch)`` (both (N, C) float32 on the CPU); classification uses
-the probabilities, which ONNX Runtime computes inside the exported graph (its ``probabilities`` output).
+Every engine has ``logits(batch)`` and ``probabilities(batch)`` (both (N, C) float32 on the CPU, from a batch
+(N, 3, H, W)); classification uses the probabilities, which ONNX Runtime computes inside the exported graph (its
+``probabilities`` output). ONNX Runtime runs single images on a session specialised to batch 1, and batches as
+batch-1 calls or in one call, whichever its first batch measured faster (:class:`OnnxRuntimeEngine`).
 """
 
 from __future__ import annotations
@@ -97,7 +86,7 @@ def onnxruntime_session(path: str | os.PathLike, batch: int | None = None) -> on
     With every shape known, ONNX Runtime constant-folds the shape arithmetic of TF-"SAME" padding and fuses the pads
     into the convolutions: EfficientNet-Lite0 at batch 1 here 4.1 ms against 5.8 ms on the dynamic-batch session.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ONNX Runtime loads only when an engine is built
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -225,6 +214,7 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
 
 
 def _quantize(src: Path, dst: Path, batches: list) -> None:
+    # lazy: the ONNX tools load only to quantize
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,

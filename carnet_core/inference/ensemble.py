@@ -168,7 +168,7 @@ class Agreement:
 
 def agreement(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> Agreement:
     """Compare two probability vectors (C,) over the same classes."""
-    from scipy.spatial.distance import jensenshannon
+    from scipy.spatial.distance import jensenshannon  # lazy: SciPy, only for this measure
 
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     top_p, top_q = set(np.argsort(-p)[:5].tolist()), set(np.argsort(-q)[:5].tolist())

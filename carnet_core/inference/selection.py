@@ -1,5 +1,16 @@
-"""Which engine classifies with a model: every candidate that passes its parity gate is timed at batch 1 and the
-fastest is used, once per model (torch fp32 is the reference and the fallback; on a GPU, torch)."""
+"""Which engine classifies with a model, decided once per model by measurement.
+
+The model is exported to ONNX once (cached, :mod:`carnet_core.inference.export`) and every candidate is checked
+against torch fp32 before it is timed at batch 1 (:mod:`carnet_core.inference.parity`):
+
+- fp32 paths: softmax probabilities within ``PARITY_ATOL`` (random inputs, and the real photos when given);
+- reduced precision (bf16, int8): on real photos (``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``), the gate of
+  :func:`carnet_core.inference.parity.parity`. Without real photos they are not tried; int8 is calibrated on half of
+  the photos and checked on the other half.
+
+The fastest candidate that passes is used; torch is always available as the reference and for Grad-CAM; on a GPU it
+is torch. ``CARNET_ENGINE=torch`` (or any engine name) forces that engine everywhere.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +24,16 @@ from carnet_core.config import forced_engine
 from carnet_core.data.images import ImageSource, load_image
 from carnet_core.errors import CarNetError, ImageError, count
 from carnet_core.inference.engines import OnnxInt8Engine, OnnxRuntimeEngine, TorchBF16Engine, TorchEngine
-from carnet_core.inference.parity import (ENGINES, FP32_ENGINES, REDUCED_ENGINES, ParityReport, median_ms, parity,
-                                          parity_photos)
+from carnet_core.inference.parity import (
+    ENGINES,
+    FP32_ENGINES,
+    REDUCED_ENGINES,
+    ParityReport,
+    median_ms,
+    parity,
+    parity_photos,
+)
 from carnet_core.models.classifier import Classifier
-
 
 
 @dataclass

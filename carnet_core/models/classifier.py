@@ -64,7 +64,7 @@ def build_module(arch: str, head: str = "linear", num_classes: int = 1000) -> to
     Raises:
         CarNetError: unknown head, or an architecture timm does not know.
     """
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     if head not in HEADS:
         raise CarNetError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -85,7 +85,7 @@ def add_ml_decoder(module: torch.nn.Module) -> torch.nn.Module:
         CarNetError: the architecture has neither ``global_pool`` + ``fc`` (ResNet family) nor ``global_pool`` +
             ``classifier`` (EfficientNet, MobileNet).
     """
-    from timm.layers.ml_decoder import add_ml_decoder_head
+    from timm.layers.ml_decoder import add_ml_decoder_head  # lazy: timm (see build_module)
 
     if not hasattr(module, "global_pool") or not (hasattr(module, "fc") or hasattr(module, "classifier")):
         raise CarNetError(f"the ML-Decoder head supports timm CNNs with global_pool and fc/classifier "
@@ -111,7 +111,7 @@ class _DecoderLayers(torch.nn.Module):
 
 
 def _data_config(module: torch.nn.Module) -> dict[str, Any]:
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     cfg = dict(timm.data.resolve_model_data_config(module), crop_pct=INFERENCE_CROP_PCT)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
@@ -238,7 +238,7 @@ class Classifier:
     @cached_property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """timm's eval transform for this model's data config: resize, center crop, to tensor, normalise."""
-        import timm
+        import timm  # lazy: timm and torchvision load on first model build
 
         cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.data_config.items()}
         return timm.data.create_transform(**cfg, is_training=False)
@@ -246,7 +246,7 @@ class Classifier:
     @cached_property
     def _pil_steps(self) -> tuple[Callable[[Image.Image], Image.Image], np.ndarray, np.ndarray]:
         """(timm's PIL steps of :attr:`transform`: resize and center crop; mean (3, 1, 1); std (3, 1, 1))."""
-        from torchvision.transforms import Compose
+        from torchvision.transforms import Compose  # lazy: torchvision, with timm
 
         steps = [t for t in self.transform.transforms
                  if type(t).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize")]

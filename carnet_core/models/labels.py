@@ -43,7 +43,7 @@ VEHICLE_PART_CLASSES: tuple[str, ...] = ("grille", "car wheel", "car mirror", "d
 @lru_cache(maxsize=None)
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in index order (torchvision's categories; available offline)."""
-    from torchvision.models import ResNet50_Weights
+    from torchvision.models import ResNet50_Weights  # lazy: torchvision, only for the class names
 
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
@@ -151,7 +151,7 @@ def _class_names_from_path(path: Path, order: str) -> list:
     if path.is_dir():
         folders = [f.name for f in class_folders(training_folder(path))]
         if order == "natural":
-            from timm.utils import natural_key
+            from timm.utils import natural_key  # lazy: timm, only for natural sort order
 
             return sorted(folders, key=natural_key)
         return sorted(folders)
@@ -160,7 +160,7 @@ def _class_names_from_path(path: Path, order: str) -> list:
                           f"folder the model was trained on)")
     suffix = path.suffix.lower()
     if suffix == ".pkl":  # timm's --class-map may be a pickled {name: index}: timm's reader, which refuses globals
-        from timm.data.readers.class_map import load_class_map
+        from timm.data.readers.class_map import load_class_map  # lazy: timm, only for its class-map files
 
         try:
             return _names_in_index_order(load_class_map(str(path)), path, "pickled")

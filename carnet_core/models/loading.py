@@ -240,7 +240,7 @@ def _training_data_config(module: torch.nn.Module, args: Any) -> dict[str, Any]:
     """The data config a timm ``train.py`` run evaluated with: its ``--img-size`` / ``--input-size``, ``--mean``,
     ``--std``, ``--interpolation`` and ``--crop-pct`` over the model's defaults (``timm.data.resolve_data_config``,
     as train.py resolves it); CarNet's no-margin crop unless the run set ``--crop-pct``."""
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     options = {k: v for k, v in vars(args).items() if v is not None}
     cfg = dict(timm.data.resolve_data_config(options, model=module))
@@ -250,7 +250,7 @@ def _training_data_config(module: torch.nn.Module, args: Any) -> dict[str, Any]:
 
 
 def _download(spec: ModelSpec, source: WeightsSource, num_classes: int) -> torch.nn.Module:
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     try:
         return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)

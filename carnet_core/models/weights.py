@@ -75,7 +75,7 @@ def find_in_weights_dir(spec: ModelSpec, folder: Path | None = None) -> Path | N
 
 
 def _hub_id(spec: ModelSpec) -> str | None:
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     cfg = timm.models.get_pretrained_cfg(spec.arch)
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -86,7 +86,7 @@ def find_in_hf_cache(spec: ModelSpec) -> Path | None:
     hub_id = _hub_id(spec)
     if not hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # lazy: only when the Hugging Face cache is looked at
 
     for filename in ("model.safetensors", "pytorch_model.bin"):
         found = try_to_load_from_cache(hub_id, filename)

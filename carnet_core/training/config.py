@@ -4,6 +4,7 @@ choices it offers, and what a run reports: per-epoch metrics and the result."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,7 +46,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     mixup: float = 0.0                   # mixup alpha (0 = off)
     cutmix: float = 0.0                  # cutmix alpha (0 = off)
-    randaugment: str | None = "rand-m7-mstd0.5"  # timm auto-augment string, None = resize/crop/flip only
+    randaugment: str | None = "rand-m7-mstd0.5"  # timm auto-augment string (RANDAUGMENT), None = resize/crop/flip
     crop_scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range (ImageNet from scratch: 0.08–1;
                                          # on whole-car photos a 8 % crop is a wheel, not a car)
     ema_decay: float | None = None       # e.g. 0.999; validation then uses the EMA weights
@@ -130,3 +131,31 @@ class TrainResult:
     def probe_is_best(self) -> bool:
         """True when no fine-tuned epoch reached the probe's val top-1, so the best checkpoint holds the probe."""
         return self.probe_top1 is not None and all(h.top1 < self.probe_top1 for h in self.history)
+
+
+#: The image sizes the Fine-tune page offers, px.
+IMAGE_SIZES: tuple[int, ...] = (96, 128, 160, 192, 224, 256, 288)
+#: timm's RandAugment policy of the recipe (magnitude 7, random magnitude std 0.5).
+RANDAUGMENT = "rand-m7-mstd0.5"
+#: Mixup and CutMix alphas when the page's "Mixup / CutMix" is on (timm's train.py's common values).
+MIXUP_ALPHA, CUTMIX_ALPHA = 0.2, 1.0
+
+
+def default_img_size(has_gpu: bool) -> int:
+    """The image size a fine-tune starts at: 224 px on a GPU, 160 px on a CPU (an epoch about half as long)."""
+    return 224 if has_gpu else 160
+
+
+def loader_workers() -> int:
+    """Data-loading processes for a fine-tune: the cores left over, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def page_recipe(data: str, model: str, head: str, img_size: int, epochs: int, batch_size: int, lr: float,
+                probe: bool, freeze_epochs: int, randaugment: bool, mixup: bool) -> TrainConfig:
+    """The :class:`TrainConfig` of the Fine-tune page's form: its choices, the recipe's defaults for the rest, and
+    :func:`loader_workers` data-loading processes."""
+    return TrainConfig(data=data, model=model, head=head, img_size=int(img_size), epochs=int(epochs),
+                       batch_size=int(batch_size), lr=float(lr), freeze_epochs=int(freeze_epochs), probe_init=probe,
+                       randaugment=RANDAUGMENT if randaugment else None, mixup=MIXUP_ALPHA if mixup else 0.0,
+                       cutmix=CUTMIX_ALPHA if mixup else 0.0, workers=loader_workers())

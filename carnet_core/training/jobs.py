@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from carnet_core._io import atomic_write_json as _write_json  # a name the tests replace with a full disk
 from carnet_core._io import file_lock, read_json, rss_mb
 from carnet_core.config import PROJECT_ROOT, hosted_mode, jobs_dir
@@ -165,8 +167,6 @@ class JobRunner:
             raise CarNetError(f"cannot keep fine-tune jobs in {self.root} ({exc.strerror}): set CARNET_JOBS_DIR to a "
                               "folder this app can write") from None
         if slots is None:
-            import torch
-
             slots = max(1, torch.cuda.device_count())
         self.slots = slots
 
@@ -301,8 +301,6 @@ class JobRunner:
         env = dict(os.environ, PYTHONUNBUFFERED="1", CARNET_JOB_SLOT=str(slot))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         if self.slots > 1 or os.environ.get("CUDA_VISIBLE_DEVICES") is None:
-            import torch
-
             if torch.cuda.is_available():
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
         log = open(job.dir / "log.txt", "ab")
@@ -347,8 +345,6 @@ class _WorkerCallbacks:
         self.write(trainer, metrics.epoch, 1, 1)
 
     def write(self, trainer: Any, epoch: int, step: int, num_steps: int) -> None:
-        import torch
-
         now = time.time()
         fraction = ((epoch - 1) + step / max(num_steps, 1)) / max(self.epochs, 1)
         # the ETA is timed from the first progress report, a batch into training: the minutes before it (loading
@@ -370,6 +366,7 @@ class _WorkerCallbacks:
 
 def run_worker(folder: str | os.PathLike) -> int:
     """The worker process body: run the job in ``folder``, record how it ended, then start the next queued job."""
+    # lazy: only the worker process trains (Lightning, timm's training parts), not the app that runs the jobs
     from carnet_core.training.config import TrainConfig
     from carnet_core.training.trainer import Trainer
 
@@ -404,8 +401,6 @@ def run_worker(folder: str | os.PathLike) -> int:
 
 
 def _explain_failure(exc: BaseException, spec: dict[str, Any]) -> str:
-    import torch
-
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         batch = int(spec.get("batch_size", 32))
         return (f"the GPU ran out of memory at batch size {batch} and image size {spec.get('img_size') or 'default'}: "

@@ -22,7 +22,7 @@ class MLflowLogger(Logger):
     """Per-epoch metrics and the recipe as params of one MLflow run (experiment ``carnet``)."""
 
     def __init__(self, out: Path, params: Mapping[str, Any], experiment: str = "carnet"):
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # lazy: an optional logger
 
         self._uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not self._uri:  # a local file store: no server, no database package (mlflow-skinny has none)
@@ -62,7 +62,7 @@ class WandbLogger(Logger):
     """Per-epoch metrics and the recipe as config of one W&B run (project ``carnet``), offline by default."""
 
     def __init__(self, out: Path, params: Mapping[str, Any], project: str = "carnet"):
-        import wandb
+        import wandb  # lazy: an optional logger
 
         os.environ.setdefault("WANDB_SILENT", "true")
         self._run = wandb.init(project=project, name=Path(out).name, dir=str(out), config=_flat(params),

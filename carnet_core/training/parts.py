@@ -20,7 +20,7 @@ from carnet_core.training.config import TrainConfig
 
 
 def transforms(data_config: dict, cfg: TrainConfig):
-    import timm
+    import timm  # lazy: timm and torchvision load on first model build
 
     dc = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()}
     train_tf = timm.data.create_transform(input_size=dc["input_size"], is_training=True, auto_augment=cfg.randaugment,
@@ -116,7 +116,7 @@ def fabric_loggers(cfg: TrainConfig, out: Path):
     for name in cfg.loggers:
         try:
             if name == "tensorboard":
-                from lightning_fabric.loggers import TensorBoardLogger
+                from lightning_fabric.loggers import TensorBoardLogger  # lazy: Lightning, only training
 
                 made.append(TensorBoardLogger(str(out), name="tensorboard"))
             elif name == "mlflow":

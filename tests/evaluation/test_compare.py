@@ -385,3 +385,27 @@ def test_folder_classes_match_model_classes_in_any_case_each_a_different_one():
     assert not within_classes(["jeep", "spaceship car"], names)
     projection = LabelProjection(["Jeep", "sports car"], names)  # no mapping needed
     assert projection.matrix[names.index("jeep"), 0] == 1 and projection.matrix[names.index("sports car"), 1] == 1
+
+
+def test_a_folder_plan_says_what_stands_in_the_way_before_anything_is_classified(tmp_path):
+    """The Compare page's steps, decided in the library: a folder that cannot be measured; classes that need a
+    mapping; a mapping that cannot be read or does not fit; ready."""
+    from carnet_core.evaluation.compare import mapping_from_bytes, plan_folder
+
+    for colour in ("crimson", "navy"):
+        (tmp_path / colour).mkdir()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / colour / "0.png")
+    rgb = colour_model("rgb", [[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["red", "green", "blue"])
+    own = colour_model("own", [[1, 0, 0], [0, 0, 1]], ["crimson", "navy"])
+
+    assert plan_folder([rgb], tmp_path / "missing").problem and not plan_folder([rgb], tmp_path / "missing").ready
+    plan = plan_folder([rgb, own], tmp_path)
+    assert plan.classes == ["crimson", "navy"] and plan.unmapped == ["rgb"] and plan.needs_mapping and not plan.ready
+    assert plan.with_mapping([rgb, own], None).needs_mapping  # none chosen yet
+    fits = plan.with_mapping([rgb, own], lambda: mapping_from_bytes(b'{"crimson": "red", "navy": ["blue"]}', "m.json"))
+    assert fits.ready and fits.mapping == {"crimson": ["red"], "navy": ["blue"]}
+    misfit = plan.with_mapping([rgb, own], lambda: {"crimson": ["scarlet"], "navy": ["blue"]})
+    assert not misfit.ready and "scarlet" in misfit.mapping_error
+    unreadable = plan.with_mapping([rgb, own], lambda: mapping_from_bytes(b"\xff\xfe", "m.json"))
+    assert "m.json: not a text file" in unreadable.mapping_error and not unreadable.ready
+    assert plan_folder([own], tmp_path).ready  # a fine-tune of the folder's classes needs no mapping

@@ -592,3 +592,18 @@ def test_evaluate_page_needs_no_mapping_for_folders_named_after_imagenet_classes
     at.button(key="evaluate_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.metric[4].value == "2"  # the val split: one photo of each class
+
+
+def test_models_table_rows_and_the_cost_chart_points():
+    from carnet_core.evaluation.cards import cost_points, table_row
+
+    card = {"arch": "tf_efficientnet_lite0", "head": "linear", "label_set": "cars", "class_names": ["a", "b"],
+            "params": 3_410_000, "gmacs": 0.3871, "input_px": 224, "file_mb": 13.04, "top1": 0.8123,
+            "provenance": "checkpoint", "has_weights": True}
+    row = table_row("★ cars-e3", "checkpoint:/r/best.safetensors", card, {"latency_ms": 4.26, "peak_memory_mb": 512.4})
+    assert (row["params (M)"], row["GMACs"], row["file (MB)"], row["val top-1 (%)"]) == (3.41, 0.39, 13.0, 81.2)
+    assert (row["latency (ms)"], row["peak memory (MB)"], row["classes"]) == (4.3, 512, 2)
+    unmeasured = table_row("mobilenetv2_100", "mobilenetv2_100", {**card, "top1": None, "has_weights": False}, None)
+    assert unmeasured["latency (ms)"] is None and unmeasured["weights"] == "no weights here"
+    assert cost_points([row, unmeasured]) == [{"name": "★ cars-e3", "latency_ms": 4.3, "top1": 0.812,
+                                               "params": 3.41e6, "label_set": "cars"}]
