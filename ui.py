@@ -355,7 +355,7 @@ def has_gpu() -> bool:
 @st.cache_data(show_spinner="Checking the dataset (unreadable files, duplicates across splits)…", max_entries=16)
 def _dataset_report(folder: str, mtime: float) -> dict:
     from carnet_core.data.datacheck import validate_splits
-    from carnet_core.data.datasets import open_dataset
+    from carnet_core.data.readers import open_dataset
 
     return validate_splits(open_dataset(folder)).to_dict()
 

@@ -11,7 +11,7 @@ from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.config import data_root, mappings_dir
 from carnet_core.data import catalog
-from carnet_core.data.datasets import DATASET_KINDS, open_dataset
+from carnet_core.data.readers import DATASET_KINDS, open_dataset
 from carnet_core.errors import count, listed
 from carnet_core.evaluation.compare import load_mapping
 from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows

@@ -20,8 +20,8 @@ from carnet_core.cli.inputs import (
     write_csv,
 )
 from carnet_core.data.datacheck import validate_splits
-from carnet_core.data.datasets import open_dataset
 from carnet_core.data.images import IMAGE_EXTENSIONS, load_image
+from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError, WeightsNotFoundError
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping
 from carnet_core.evaluation.evaluate import evaluate, per_class_rows

@@ -20,7 +20,7 @@ from carnet_core.cli.commands import (
     cmd_validate_data,
 )
 from carnet_core.cli.inputs import numbers
-from carnet_core.data.datasets import DATASET_KINDS
+from carnet_core.data.readers import DATASET_KINDS
 from carnet_core.explain.cams import COLORMAPS, METHODS
 from carnet_core.models.registry import HEADS
 from carnet_core.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig

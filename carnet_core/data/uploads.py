@@ -25,8 +25,9 @@ from typing import BinaryIO, Sequence
 from PIL import Image
 
 from carnet_core._io import atomic_write_bytes
-from carnet_core.data.datasets import class_folders, open_dataset
+from carnet_core.data.datasets import class_folders
 from carnet_core.data.images import list_images, load_image
+from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError, ImageError
 
 MAX_FILES = 50_000

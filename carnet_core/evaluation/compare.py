@@ -29,7 +29,7 @@ from carnet_core.models.labels import close_classes, find_class, within_classes
 def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) -> tuple[list[str], list[str]]:
     """The classes of a labelled folder, as :func:`compare_on_folder` reads them (its val split, when it has one),
     and the names of the ``models`` whose label sets do not hold them all: those it can score only through a mapping.
-    Lists the folder's images and reads none (5–15 ms for 300–800 images here), so a page can ask before measuring.
+    Lists the folder's images and reads none, so a page can ask before measuring.
 
     Raises:
         CarNetError: as :func:`read_labelled_folder` (no such folder, no class folders or images, a folder of

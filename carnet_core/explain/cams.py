@@ -204,11 +204,9 @@ def estimate_seconds(model: Classifier, method: str, layer: str | None = None, b
     """Rough CAM duration on this machine, s, from one measured forward pass.
 
     Gradient methods: about 1.5 forward passes (the forward pass, then a backward pass that stops at the target
-    layer; GradCAM measured 0.8-1.7x a forward pass here on the default models). ScoreCAM / AblationCAM: one forward
-    pass per channel of the target layer, run in batches of ``batch_size``; per-image cost is measured at that batch
-    size (on a 2-core CPU a batch of 32 costs ~2x per image what batch 1 does). Checked here on EfficientNet-Lite0
-    (1280 channels): estimate ~70 s, measured 70 s (ScoreCAM) and 63 s (AblationCAM). ``aug_smooth``: all of it
-    :data:`AUG_SMOOTH_PASSES` times.
+    layer). ScoreCAM / AblationCAM: one forward pass per channel of the target layer, run in batches of
+    ``batch_size``, the per-image cost measured at that batch size. ``aug_smooth``: all of it
+    :data:`AUG_SMOOTH_PASSES` times. How close the estimate comes: docs/measurements.md.
     """
     expensive = method in EXPENSIVE_METHODS
     n = batch_size if expensive else 1
@@ -290,7 +288,7 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
     """
     # lazy: pytorch-grad-cam (see _methods)
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     if method not in METHODS:
         raise CarNetError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -310,43 +308,9 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
             with torch.inference_mode():
                 photo_logits = model.module(x).float()
             index = int(photo_logits.argmax()) if index is None else index
-        cls = _methods()[method]
-        kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
-        cam = cls(model.module, [target_layer], **kwargs)
-        # A CAM needs d(score)/d(target layer's output) only. The backward pass stops there: that output enters
-        # the rest of the network as a fresh autograd leaf (cut_graph_at, run before pytorch-grad-cam's hook), and no
-        # parameter asks for a gradient. Parameters are restored in `finally`; other callers wait on the lock.
-        trainable = [p for p in model.module.parameters() if p.requires_grad]
-        for p in trainable:
-            p.requires_grad_(False)
-        cut = cut_graph_at(target_layer)
-        try:
-            if method == "scorecam":
-                cam.batch_size = batch_size
-            if method == "finercam":  # FinerCAM finds the top-1 class itself; the logits are caught on the way out
-                caught: list[torch.Tensor] = []
-                grab = model.module.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
-                try:
-                    grayscale = cam(x, targets=None, target_idx=index, eigen_smooth=eigen_smooth)
-                finally:
-                    grab.remove()
-                logits = caught[0]
-                index = int(logits.argmax()) if index is None else index
-            else:  # the CAM's own forward pass gives the logits; targets=None means top-1
-                grayscale = cam(x, targets=None if index is None else [ClassifierOutputTarget(index)],
-                                aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-                logits = cam.outputs if photo_logits is None else photo_logits  # the last pass saw an augmented photo
-                index = int(logits.argmax()) if index is None else index
-            probs = torch.softmax(logits.detach().float(), dim=1)[0]
-        finally:
-            base = cam.base_cam if method == "finercam" else cam
-            base.activations_and_grads.release()
-            cut.remove()
-            if hasattr(base, "outputs"):
-                base.outputs = None
-            for p in trainable:
-                p.requires_grad_(True)
-            model.module.zero_grad(set_to_none=True)
+        grayscale, logits, index = _run_cam(model, method, x, target_layer, index, photo_logits, batch_size,
+                                            aug_smooth, eigen_smooth)
+        probs = torch.softmax(logits.detach().float(), dim=1)[0]
         heatmap = grayscale[0].astype(np.float32)  # pytorch-grad-cam scales each CAM to [0, 1]
         latency_ms = (time.perf_counter() - t0) * 1e3
         # The metric's probability of the photo times the heatmap, less the CAM's own probability of the photo (the
@@ -360,3 +324,50 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
     return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
                        probability=float(probs[index]), method=method, layer=layer_name,
                        faithfulness=change, latency_ms=latency_ms, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+
+def _run_cam(model: Classifier, method: str, x: torch.Tensor, target_layer: torch.nn.Module, index: int | None,
+             photo_logits: torch.Tensor | None, batch_size: int, aug_smooth: bool,
+             eigen_smooth: bool) -> tuple[np.ndarray, torch.Tensor, int]:
+    """pytorch-grad-cam's ``method`` on ``x`` (1, 3, H, W) for class ``index`` (None: the top-1): (grayscale CAM
+    (1, H, W) in [0, 1], logits (1, C), the class index). The caller holds ``model.lock``; hooks are released and
+    gradients freed before it returns."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # lazy: pytorch-grad-cam (see _methods)
+
+    cls = _methods()[method]
+    kwargs = {"batch_size": batch_size} if method == "ablationcam" else {}
+    cam = cls(model.module, [target_layer], **kwargs)
+    # A CAM needs d(score)/d(target layer's output) only. The backward pass stops there: that output enters
+    # the rest of the network as a fresh autograd leaf (cut_graph_at, run before pytorch-grad-cam's hook), and no
+    # parameter asks for a gradient. Parameters are restored in `finally`; other callers wait on the lock.
+    trainable = [p for p in model.module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    cut = cut_graph_at(target_layer)
+    try:
+        if method == "scorecam":
+            cam.batch_size = batch_size
+        if method == "finercam":  # FinerCAM finds the top-1 class itself; the logits are caught on the way out
+            caught: list[torch.Tensor] = []
+            grab = model.module.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+            try:
+                grayscale = cam(x, targets=None, target_idx=index, eigen_smooth=eigen_smooth)
+            finally:
+                grab.remove()
+            logits = caught[0]
+            index = int(logits.argmax()) if index is None else index
+        else:  # the CAM's own forward pass gives the logits; targets=None means top-1
+            grayscale = cam(x, targets=None if index is None else [ClassifierOutputTarget(index)],
+                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+            logits = cam.outputs if photo_logits is None else photo_logits  # the last pass saw an augmented photo
+            index = int(logits.argmax()) if index is None else index
+    finally:
+        base = cam.base_cam if method == "finercam" else cam
+        base.activations_and_grads.release()
+        cut.remove()
+        if hasattr(base, "outputs"):
+            base.outputs = None
+        for p in trainable:
+            p.requires_grad_(True)
+        model.module.zero_grad(set_to_none=True)
+    return grayscale, logits, index

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 def softmax(logits: torch.Tensor) -> torch.Tensor:
     """Probabilities (N, C) float32 from logits (N, C) on the CPU, computed in NumPy (max-subtracted exponentials).
 
-    Not ``torch.softmax``: on a batch it wakes torch's OpenMP threads, and their busy-waiting afterwards slowed the
-    next ONNX Runtime call by up to 1.4x on a 2-core CPU (MobileNetV2, batches of 8: 182 against 257 images/s).
+    Not ``torch.softmax``: on a batch it wakes torch's OpenMP threads, whose busy-waiting afterwards slows the next
+    ONNX Runtime call (measured in docs/measurements.md).
     """
     x = logits.detach().float().cpu().numpy()
     e = np.subtract(x, x.max(axis=1, keepdims=True))
@@ -79,12 +79,11 @@ class TorchBF16Engine(TorchEngine):
 
 def onnxruntime_session(path: str | os.PathLike, batch: int | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session: all graph optimisations, one intra-op thread per core, ONNX Runtime's default
-    thread spinning (turning it off cost 25-35 % at batch 1 in ``predict()`` here; what had made it look harmful was
-    torch's OpenMP threads busy-waiting after torch preprocessing, which :meth:`Classifier.preprocess` now avoids).
+    thread spinning (faster at batch 1 than without (measured in docs/measurements.md)).
 
     ``batch``: fix the export's dynamic ``batch`` dimension for this session (ONNX Runtime's free-dimension override).
     With every shape known, ONNX Runtime constant-folds the shape arithmetic of TF-"SAME" padding and fuses the pads
-    into the convolutions: EfficientNet-Lite0 at batch 1 here 4.1 ms against 5.8 ms on the dynamic-batch session.
+    into the convolutions, which is faster for EfficientNet-Lite0 (measured in docs/measurements.md).
     """
     import onnxruntime as ort  # lazy: ONNX Runtime loads only when an engine is built
 
@@ -101,9 +100,8 @@ class OnnxRuntimeEngine:
 
     Single images run on a session specialised to batch 1 (see :func:`onnxruntime_session`). Batches run as batch-1
     calls on it, unless the first batch this engine gets shows that one call on a dynamic-batch session is faster and
-    passes the same parity rule against torch fp32 on that batch (:meth:`choose_batching`). Here batch-1 calls win for
-    the depthwise-convolution models (one image's activations stay in cache), and they keep memory flat: for
-    EfficientNet-Lite0 one call of 32 images left the process about 470 MB larger than one call of 4.
+    passes the same parity rule against torch fp32 on that batch (:meth:`choose_batching`). Batch-1 calls keep memory
+    flat, and on a 2-core CPU they win for the depthwise-convolution models (measured in docs/measurements.md).
     """
 
     name = "onnxruntime"
@@ -194,7 +192,7 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
     """ONNX Runtime on an int8 model: static post-training quantization of the fp32 export (onnxruntime.quantization:
     QDQ format, per-channel signed int8 weights, unsigned int8 activations, min-max calibration on ``calibration``
     photos). Unsigned activations with signed weights (U8S8) are what ONNX Runtime's x86 int8 kernels (AVX-512 VNNI)
-    are fast for: MobileNetV2 here 1.4 ms against 3.0 ms with signed activations, which ran no faster than fp32.
+    are fast for; signed activations ran no faster than fp32 (measured in docs/measurements.md).
     Cached on disk per model fingerprint and calibration set."""
 
     name = "onnxruntime-int8"

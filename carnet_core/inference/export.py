@@ -42,8 +42,7 @@ def fingerprint(model: Classifier) -> str:
 
 class _WithProbabilities(torch.nn.Module):
     """The network, returning (logits, softmax probabilities), both (N, C): exported so, ONNX Runtime computes the
-    probabilities in the same call. Done in NumPy after the call, the softmax took 0.1-0.3 ms here (its code and data
-    cold after the network had run): MobileNetV2's model time in ``predict()`` was 1.11-1.14x a bare ORT call."""
+    probabilities in the same call, faster than a softmax after it (measured in docs/measurements.md)."""
 
     def __init__(self, module: torch.nn.Module):
         super().__init__()

@@ -71,7 +71,7 @@ class PredictionBatch:
         return self.predictions[i]
 
     def timing(self) -> str:
-        """The timings in words: "31 ms model time + 18 ms preprocessing" for one image; for N > 1, "N images in
+        """The timings in words: "<M> ms model time + <P> ms preprocessing" for one image; for N > 1, "N images in
         X ms model time (X/N ms per image) + P ms preprocessing"."""
         n, ms = len(self), self.latency_ms
         model = f"{ms:.0f} ms model time"
@@ -108,8 +108,8 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
     """Decode and classify uploaded files in one batch, each with a small preview to show: what the Classify page
     does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
 
-    A 12 MP photo costs about 0.3 s to decode, scale and hand to a browser; the previews (tens of kB) let a page
-    keep the result and redraw it without doing that again.
+    The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it without decoding and
+    scaling the photos again.
 
     Returns:
         (one :class:`ClassifiedPhoto` per file, in order; the :class:`PredictionBatch` of the readable ones, None

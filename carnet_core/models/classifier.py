@@ -268,8 +268,8 @@ class Classifier:
 
         Exactly :attr:`transform` (timm's resize and center crop in PIL, then to-tensor and normalise), with the last
         two done in NumPy: the same float32 operations in the same order, so bitwise the same tensor, but without
-        waking torch's OpenMP threads, whose busy-waiting after a torch op slowed the ONNX Runtime call that follows
-        by 1.3-1.6x on a 2-core CPU.
+        waking torch's OpenMP threads, whose busy-waiting after a torch op slows the ONNX Runtime call that follows
+        (measured in docs/measurements.md).
         """
         pil, mean, std = self._pil_steps
         batch = np.empty((len(images), 3, *self.data_config["input_size"][1:]), np.float32)

@@ -100,8 +100,8 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
 def check_weights_file(name: str, path: str | os.PathLike) -> str:
     """Whether the weights file at ``path`` loads into registered model ``name``, without loading it: the checks
     :func:`load_model` makes — the file is readable and safe, its head's classes are named, its tensors fit — on the
-    file's tensor shapes (values not read) against the network built on PyTorch's meta device: 50-70 ms here for
-    ResNet-50 and EfficientNet-B0 (loading them: 70-250 ms from a file in the page cache, and their memory). Used
+    file's tensor shapes (values not read) against the network built on PyTorch's meta device, much cheaper than
+    loading it. Used
     where a model is listed as available (the app's pickers, ``models``), so that a file that cannot be used is not
     offered as the model's weights.
 

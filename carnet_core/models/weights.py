@@ -117,7 +117,7 @@ def resolve(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, folder
         spec: the registered model.
         checkpoint: an explicit file, which wins when given.
         folder: the weights folder (default :func:`weights_dir`).
-        use_hub: allow step 3 (the hub reachability check costs at most ~1.5 s, once per process).
+        use_hub: allow step 3 (the hub reachability check waits at most 1.5 s, once per process).
 
     Raises:
         WeightsNotFoundError: nothing found; the message says where to put a file.

@@ -11,10 +11,8 @@ that epoch's unfinished work; the last finished epoch stays resumable).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,20 +23,20 @@ import torch
 
 from carnet_core._io import atomic_write
 from carnet_core.data.datacheck import too_few_classes, validate_splits, without_unreadable
-from carnet_core.data.datasets import DatasetSplits, open_dataset
+from carnet_core.data.datasets import DatasetSplits
+from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError
 from carnet_core.evaluation.metrics import top5_text, topk_hits
 from carnet_core.models.checkpoints import save_checkpoint
 from carnet_core.models.runs import (
     DATA_REPORT,
     LAST_CHECKPOINT,
-    METRICS_CSV,
-    METRICS_JSONL,
     PROBE_FILE,
     STATE_FILE,
     best_name,
     preference,
 )
+from carnet_core.training.callbacks import EarlyStopping, MetricsWriter
 from carnet_core.training.config import EpochMetrics, TrainConfig, TrainResult
 from carnet_core.training.parts import (
     backbone_norms_eval,
@@ -48,8 +46,7 @@ from carnet_core.training.parts import (
     param_groups,
     transforms,
 )
-
-PROBE_MAX_MB = 2048  # cached feature maps for probe_init, at most
+from carnet_core.training.probe import fit_linear_probe
 
 
 @dataclass
@@ -80,6 +77,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.callbacks = list(callbacks)
+        self.metrics_writer = MetricsWriter(self.out)
+        self.best_epoch: int | None = None  # the epoch of the best checkpoint so far (0: the linear probe)
 
     def _call(self, hook: str, *args) -> list:
         return [getattr(cb, hook)(self, *args) for cb in self.callbacks if hasattr(cb, hook)]
@@ -104,7 +103,7 @@ class Trainer:
         run = self._prepare(*self._data(splits))
         start_epoch, history, best = self._start(run)
         result = self._result(best, history)
-        since_best = 0
+        early = EarlyStopping(cfg.early_stopping)
         for epoch in range(start_epoch, cfg.epochs):
             trained = self._train_epoch(run, epoch)
             if trained is None:  # stopped mid-epoch
@@ -113,14 +112,16 @@ class Trainer:
                 result.cancelled = True
                 break
             metrics, best = self._end_epoch(run, epoch, trained, history, best)
-            since_best = 0 if best and best[0][1] == metrics.epoch else since_best + 1
+            self.best_epoch = best[0][1] if best else None
             result = self._result(best, history)
+            for callback in (self.metrics_writer, early):  # the loop's own, before the callers'
+                callback.on_epoch_end(self, metrics)
             self._call("on_epoch_end", metrics)
             if any(self._call("should_stop")):
                 result.cancelled = True
                 break
-            if cfg.early_stopping and since_best >= cfg.early_stopping:
-                fabric.print(f"early stopping: no better val top-1 for {since_best} epochs")
+            if early.stopped:
+                fabric.print(early.message())
                 result.stopped_early = True
                 break
         self._write_rank_fingerprint(run.module)
@@ -218,10 +219,7 @@ class Trainer:
                                                       run.ema)
             fabric.print(f"resuming after epoch {start_epoch} from {run.state_path}")
             if fabric.is_global_zero:  # drop rows of an epoch that was written but not saved for resuming
-                for name in (METRICS_CSV, METRICS_JSONL):
-                    (self.out / name).unlink(missing_ok=True)
-                for row in history:
-                    self._write_metrics(row)
+                self.metrics_writer.restart(history)
         elif fabric.is_global_zero:  # a fresh run in a used folder: not an earlier run's probe on its curves
             (self.out / PROBE_FILE).unlink(missing_ok=True)
         if not resuming and cfg.probe_init:
@@ -232,7 +230,7 @@ class Trainer:
         """Fit the linear probe on cached features and score it on val (``probe.json``, epoch 0's checkpoint); or,
         when it is skipped, give the untrained head its faster learning rate back. Returns the best-k list."""
         cfg, fabric = self.cfg, self.fabric
-        probe_train_loss = self._probe_init(run.module, run.probe_data, run.head_params)
+        probe_train_loss = fit_linear_probe(run.module, run.probe_data, run.head_params, self.cfg, self.fabric)
         if probe_train_loss is None:  # no probe after all: the untrained head needs its faster LR back
             for i, group in enumerate(run.optimizer.param_groups):
                 if group.get("role") == "head":
@@ -301,8 +299,9 @@ class Trainer:
 
     def _end_epoch(self, run: _Run, epoch: int, trained: tuple[int, float, float, float],
                    history: list[EpochMetrics], best: list) -> tuple[EpochMetrics, list]:
-        """Validate, then (rank 0) checkpoint, save the resume state and write the metrics row, in that order: a row
-        is visible only once its epoch can be resumed from. Returns the epoch's metrics and the best-k list."""
+        """Validate, then (rank 0) checkpoint and save the resume state; the metrics row is written after this, by
+        :class:`~carnet_core.training.callbacks.MetricsWriter`, so a row is visible only once its epoch can be resumed
+        from. Returns the epoch's metrics and the best-k list."""
         fabric = self.fabric
         seen, loss_sum, lr, t0 = trained
         train_seconds = time.perf_counter() - t0
@@ -322,61 +321,8 @@ class Trainer:
             best = self._checkpoint(metrics, eval_module, best)
             self._save_state(run.state_path, run.module, run.optimizer, run.scheduler, run.ema, epoch + 1, history,
                              best)
-            self._write_metrics(metrics)
-            fabric.log_dict({k: v for k, v in asdict(metrics).items() if k != "epoch"}, step=metrics.epoch)
         fabric.barrier()
         return metrics, best
-
-    def _probe_init(self, module, dataset, head_params) -> float | None:
-        """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): fit the new head on the frozen
-        backbone's features of the (un-augmented) train images, cached once, before fine-tuning everything. One
-        pass of inference replaces the slow head-only epochs, and fine-tuning starts from a linear probe. Returns
-        the probe's last training loss, or None (having changed nothing) when the cached features would exceed
-        :data:`PROBE_MAX_MB`."""
-        cfg, fabric = self.cfg, self.fabric
-        raw = getattr(module, "module", module)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
-        raw.eval()
-        feats, labels = [], []
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for x, y in loader:
-                x = x.to(fabric.device).contiguous(memory_format=torch.channels_last)
-                with fabric.autocast():
-                    feats.append(raw.forward_features(x).float())
-                labels.append(y.to(fabric.device))
-                need_mb = feats[0][0].numel() * 4 * len(dataset) / 2**20
-                if need_mb > PROBE_MAX_MB:
-                    fabric.print(f"probe init skipped: caching the features would take {need_mb:,.0f} MB "
-                                 f"(limit {PROBE_MAX_MB} MB); the head trains with the backbone instead")
-                    return None
-        feats, labels = torch.cat(feats), torch.cat(labels)
-        linear = cfg.head == "linear"
-        optimizer = torch.optim.AdamW(head_params, lr=1e-2 if linear else 1e-3, weight_decay=cfg.weight_decay)
-        probe_epochs = cfg.probe_epochs or (40 if linear else 20)
-        steps = probe_epochs * max(1, -(-len(feats) // cfg.batch_size))
-        # cosine decay; the ML-Decoder's attention layers also need a linear warm-up over the first 5 % of steps
-        # (measured on stanford_cars_40: 20 epochs at 1e-3 with warm-up reach 70.8 % val top-1, a linear probe 69 %)
-        warmup = 0 if linear else max(1, steps // 20)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup if warmup else 1.0) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        raw.get_classifier().train()  # dropout in the decoder layers; the backbone is not run here
-        for _ in range(probe_epochs):
-            for idx in torch.randperm(len(feats), generator=generator).split(cfg.batch_size):
-                idx = idx.to(feats.device)
-                loss = loss_fn(raw.forward_head(feats[idx]), labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        raw.get_classifier().eval()
-        with torch.no_grad():
-            acc = float((raw.forward_head(feats).argmax(1) == labels).float().mean())
-        fabric.print(f"probe init: head fitted on {len(feats)} cached feature maps in {time.perf_counter() - t0:.0f} s "
-                     f"(train top-1 {acc:.1%}, loss {float(loss.detach()):.3f})")
-        return float(loss.detach())
 
     def _validate(self, module, loader, loss_fn) -> tuple[float, float, float]:
         module.eval()
@@ -412,18 +358,6 @@ class Trainer:
                 path = save_checkpoint(self.out / best_name(epoch, top1), state, meta)
             result.append((top1, epoch, Path(path)))
         return result
-
-    def _write_metrics(self, metrics: EpochMetrics) -> None:
-        row = asdict(metrics)
-        csv_path = self.out / METRICS_CSV
-        new = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        with open(self.out / METRICS_JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
     def _save_state(self, path, module, optimizer, scheduler, ema, epoch, history, best) -> None:
         raw = getattr(module, "module", module)

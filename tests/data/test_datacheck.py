@@ -9,7 +9,7 @@ from PIL import Image
 
 from carnet_core import CarNetError
 from carnet_core.data.datacheck import validate_splits
-from carnet_core.data.datasets import open_dataset
+from carnet_core.data.readers import open_dataset
 from carnet_core.training.config import TrainConfig
 from carnet_core.training.trainer import fine_tune
 

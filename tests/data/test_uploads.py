@@ -60,7 +60,7 @@ def test_a_dataset_is_built_class_by_class_from_photos(car_photos, tmp_path):
     names of their own; what is not a photo is refused with the reason; the result reads as a dataset."""
     from PIL import Image
 
-    from carnet_core.data.datasets import open_dataset
+    from carnet_core.data.readers import open_dataset
     from carnet_core.data.uploads import add_class_photos, check_folder_name, class_counts, remove_class
 
     data = tmp_path / "built"

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from carnet_core import load_model
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure, runs_overlay_figure, training_curves_figure
-from carnet_core.data.datasets import open_dataset
+from carnet_core.data.readers import open_dataset
 from carnet_core.evaluation.cards import cached_cost, count_macs, model_card
 from carnet_core.evaluation.evaluate import evaluate, evaluate_cached, per_class_rows, report_from_dict
 from carnet_core.evaluation.metrics import confusion_order, metrics_from_probabilities

@@ -16,7 +16,7 @@ import torch
 from conftest import COLOURS, FAST, ROOT, SHARED, colour_image, need
 
 from carnet_core import CarNetError, load_model
-from carnet_core.data.datasets import open_dataset
+from carnet_core.data.readers import open_dataset
 from carnet_core.evaluation.evaluate import evaluate
 from carnet_core.inference.predict import predict
 from carnet_core.training.config import TrainConfig
@@ -330,7 +330,7 @@ def test_precision_auto_is_bf16_or_fp16_on_gpus_and_fp32_on_cpus(monkeypatch):
 
 def test_head_learns_faster_when_the_probe_is_skipped(colour_folder, tmp_path, monkeypatch, capsys):
     """probe_init on, but features too large to cache: the zero-initialised head gets head_lr_scale back."""
-    import carnet_core.training.trainer as T
+    import carnet_core.training.probe as T
 
     monkeypatch.setattr(T, "PROBE_MAX_MB", 0)
     seen = {}
