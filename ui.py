@@ -21,6 +21,8 @@ from PIL import Image
 from carnet_core import CarNetError, ImageError, list_models, load_image, load_model
 from carnet_core.config import gallery_dir, jobs_dir, weights_dir
 from carnet_core.data import catalog
+from carnet_core.data.gallery import Credit
+from carnet_core.data.gallery import credits as gallery_credits
 from carnet_core.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
 from carnet_core.errors import ClassNamesNeededError
 from carnet_core.evaluation import compare
@@ -223,6 +225,17 @@ def _thumbnail(path: str, mtime_ns: int, size: int) -> bytes | None:
         return None
 
 
+def photo_credit(name: str) -> Credit | None:
+    """The credit of a sample-gallery photo by its file name (the name :func:`image_inputs` gives it), else None."""
+    return gallery_credits(gallery_dir()).get(name)
+
+
+def photo_caption(name: str, title: str | None = None) -> str:
+    """A photo's caption: ``title`` (default its name) and, for a sample-gallery photo, its credit."""
+    credit = photo_credit(name)
+    return f"{title or name} — {credit.short}" if credit else (title or name)
+
+
 def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
     """Upload / camera / gallery tabs. Returns (display name, bytes-like source) pairs, possibly empty."""
     upload_tab, camera_tab, gallery_tab = st.tabs(["Upload", "Camera", "Sample gallery"])
@@ -246,7 +259,8 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
         else:
             shown = [(p.name, gallery_thumbnail(p)) for p in samples[:GALLERY_THUMBNAILS]]
             shown = [(n, t) for n, t in shown if t is not None]  # an unreadable file is said when picked
-            st.image([t for _, t in shown], caption=[sample_title(n) for n, _ in shown], width=GALLERY_THUMBNAIL_PX)
+            st.image([t for _, t in shown], caption=[photo_caption(n, sample_title(n)) for n, _ in shown],
+                     width=GALLERY_THUMBNAIL_PX)
             if len(samples) > GALLERY_THUMBNAILS:
                 st.caption(f"The first {GALLERY_THUMBNAILS} of {len(samples)} photos; pick any of them by name.")
             picked = st.multiselect("Sample images", [p.name for p in samples], key=f"{key}_gallery",

@@ -65,7 +65,7 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
         continue
     pred = photo.prediction
     left, right = st.columns([1, 2])
-    left.image(photo.preview, caption=photo.name, width="stretch")  # a small JPEG; what the model does not see dimmed
+    left.image(photo.preview, caption=ui.photo_caption(photo.name), width="stretch")  # a small JPEG; what the model does not see dimmed
     if note := photo.view.note():
         left.caption(note)
     with right:

@@ -1,11 +1,11 @@
 """Explain: what did the network look at? Grad-CAM and friends on any model, class and layer."""
 
-import io
 
 import streamlit as st
 
 import ui
 from carnet_core import CarNetError
+from carnet_core.data.images import png_bytes
 from carnet_core.explain.cams import (
     AUG_SMOOTH_PASSES,
     COLORMAPS,
@@ -77,7 +77,8 @@ except CarNetError as exc:
     st.stop()
 
 original, heat, over = st.columns(3)
-original.image(result.image, caption="What the model sees (resized, center-cropped)", width="stretch")
+original.image(result.image, caption=ui.photo_caption(photo.name, "What the model sees (resized, center-cropped)"),
+               width="stretch")
 if note := model.view_of(size).note():  # a wide photo's sides cut off, a thumbnail enlarged
     original.caption(note)
 heat.image(result.heatmap_image(colormap), width="stretch",
@@ -86,10 +87,9 @@ overlay_image = result.overlay(alpha, colormap)
 over.image(overlay_image, caption=f"{result.class_name}: {result.probability * 100:.1f}%", width="stretch")
 st.caption(f"Faithfulness (pytorch-grad-cam's CamMultImageConfidenceChange): {result.faithfulness_text()} · "
            f"{result.latency_ms:.0f} ms")
-buffer = io.BytesIO()
-overlay_image.save(buffer, "PNG")
-st.download_button("Download overlay (PNG)", buffer.getvalue(), file_name=f"{method}_{result.class_name}.png",
-                   mime="image/png", key="explain_download")
+credit = ui.photo_credit(photo.name)  # a sample photo's credit travels with the picture made from it
+st.download_button("Download overlay (PNG)", png_bytes(overlay_image, credit.png_text() if credit else None),
+                   file_name=f"{method}_{result.class_name}.png", mime="image/png", key="explain_download")
 
 st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]

@@ -50,6 +50,8 @@ st.subheader("One photo")
 inputs = ui.image_inputs("compare", multiple=False)
 if inputs:
     photo = ui.Photo(*inputs[0])
+    if credit := ui.photo_credit(photo.name):  # a sample photo: its credit, as wherever it is shown
+        st.caption(f"Photo: {credit.text}")
     try:  # remembered for the session: an ensemble rule or weight change does not classify the photo again
         preds, times, probs = ui.remembered("_compare_photo", models, photo.digest,
                                             lambda: member_predictions(models, photo.image))

@@ -211,3 +211,16 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """``image`` as PNG bytes, with ``text`` as the file's text chunks (PNG ``tEXt``/``iTXt``: keys such as
+    ``Author``, ``Copyright``, ``Source``, ``Description``), which image viewers and ``exiftool`` show."""
+    from PIL.PngImagePlugin import PngInfo  # lazy: only downloads with credits need it
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()

