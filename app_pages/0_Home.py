@@ -5,6 +5,8 @@ import streamlit as st
 
 import ui
 from carnet_core import list_models
+from carnet_core.config import weights_dir
+from carnet_core.models.weights import find_in_weights_dir
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
 st.title("🚗 CarNet")
@@ -27,7 +29,7 @@ st.subheader("Models and their weights")
 rows = []
 for spec in list_models():
     available, where = ui.weights_status(spec.name)
-    unusable = not available and ui.W.find_in_weights_dir(spec) is not None  # a file there, which cannot be used
+    unusable = not available and find_in_weights_dir(spec) is not None  # a file there, which cannot be used
     rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
                  "head": spec.head, "labels": spec.label_set,
                  "weights": where if available or unusable else "missing", "about": spec.description})
@@ -40,9 +42,9 @@ rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640),
              column_config={"weights": st.column_config.TextColumn(width="medium")})  # where from: wider
 st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
-           f"in `{ui.weights_dir()}`, or run once with network access so timm can download them. Weights "
+           f"in `{weights_dir()}`, or run once with network access so timm can download them. Weights "
            f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
-           f"DATASET_FOLDER --format safetensors --out {ui.weights_dir() / 'NAME.safetensors'}` and pick them ★.")
+           f"DATASET_FOLDER --format safetensors --out {weights_dir() / 'NAME.safetensors'}` and pick them ★.")
 
 st.subheader("Device")
 st.write(ui.device_label())

@@ -120,6 +120,13 @@ def cache_max_mb() -> float:
     return value
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child Python process that imports ``carnet_core`` (a fine-tune worker, a measurement):
+    this one's, the project first on ``PYTHONPATH``, and ``extra``."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def device_name() -> str:
     """``$CARNET_DEVICE`` (``""``: choose automatically); checked by
     :func:`carnet_core.models.classifier.default_device`."""

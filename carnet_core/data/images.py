@@ -9,6 +9,7 @@ white). Anything else raises :class:`~carnet_core.errors.ImageError` with a mess
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -33,6 +34,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif",
 MAX_PIXELS: int = 50_000_000
 #: Largest file accepted, in bytes.
 MAX_FILE_BYTES: int = 50 * 1024 * 1024
+#: Longest side over shortest side accepted: a model resizes the shorter side to its input (224 px, say), so a
+#: 200000×1 PNG of 664 bytes would become a 44.8-gigapixel image. Panoramas stay well below it.
+MAX_ASPECT: int = 20
 
 ImageSource = Union[str, Path, bytes, bytearray, BinaryIO, Image.Image]
 
@@ -50,10 +54,20 @@ def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
             raise ImageError(f"{path}: no such file")
         if path.is_dir():
             raise ImageError(f"{path}: is a folder, not an image file")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path.name}: file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
-        return path.read_bytes(), path.name
+        try:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):  # a pipe would wait for a writer, a device never ends
+                raise ImageError(f"{path.name}: not a regular file (a pipe, a device or a socket), not an image file")
+            if st.st_size > MAX_FILE_BYTES:
+                raise ImageError(f"{path.name}: file is {st.st_size / 2**20:.0f} MB; the limit is "
+                                 f"{MAX_FILE_BYTES / 2**20:.0f} MB")
+            with open(path, "rb") as f:  # at most the limit and one byte: a file may grow, or lie about its size
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:  # gone since the check, unreadable (/proc/self/mem: "Input/output error"), no permission
+            raise ImageError(f"{path.name}: cannot read the file ({exc.strerror or exc})") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(f"{path.name}: file is larger than the {MAX_FILE_BYTES / 2**20:.0f} MB limit")
+        return data, path.name
     name = getattr(source, "name", "the upload")
     data = source.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
@@ -95,8 +109,10 @@ def load_image(source: ImageSource, *, name: str | None = None, draft: int | Non
         The image in RGB, EXIF orientation applied, first frame for animations.
 
     Raises:
-        ImageError: the file is empty, truncated, not an image, an unsupported format, or larger than
-            :data:`MAX_PIXELS` / :data:`MAX_FILE_BYTES`. The message names the file and the reason.
+        ImageError: the file is empty, truncated, not an image, an unsupported format, not a regular file, larger
+            than :data:`MAX_PIXELS` / :data:`MAX_FILE_BYTES`, longer than :data:`MAX_ASPECT` times its width (or
+            the other way round), or a float image with NaN or infinite values. The message names the file and the
+            reason.
     """
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
@@ -127,13 +143,20 @@ def load_image(source: ImageSource, *, name: str | None = None, draft: int | Non
                          f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels")
     if width == 0 or height == 0:
         raise ImageError(f"{label}: image has no pixels ({width}×{height})")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(f"{label}: image is {width}×{height} px, {max(width, height) / min(width, height):,.0f}:1; "
+                         f"CarNet reads images up to {MAX_ASPECT}:1 (a model sees a square)")
     try:
         img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
         if draft and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (draft, draft))
         img.load()
+        if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+            raise ImageError(f"{label}: the image holds NaN or infinite pixel values")
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
+    except ImageError:
+        raise
     except OSError as exc:
         reason = "the file is truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else str(exc)
         raise ImageError(f"{label}: cannot decode the image: {reason}") from None

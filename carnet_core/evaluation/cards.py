@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from carnet_core._io import atomic_write_json, file_lock
-from carnet_core.config import PROJECT_ROOT, cache_dir
+from carnet_core.config import cache_dir, child_env
 from carnet_core.errors import CarNetError
 from carnet_core.models.classifier import Classifier
 
@@ -169,8 +169,7 @@ except CarNetError as exc:
 ts = [predict(m, [img]).latency_ms for _ in range({int(repeats)})]
 print(json.dumps({{"latency_ms": statistics.median(ts), "peak_memory_mb": peak_rss_mb()}}))
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                                     os.environ.get("PYTHONPATH")])))
+    env = child_env()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         said = [line[len("carnet: "):] for line in proc.stderr.splitlines() if line.startswith("carnet: ")]

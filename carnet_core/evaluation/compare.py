@@ -18,8 +18,9 @@ import torch
 from carnet_core.data.catalog import suggested_mapping
 from carnet_core.data.datasets import labelled_folder, read_labelled_folder
 from carnet_core.data.images import load_image
-from carnet_core.errors import CarNetError, ImageError, listed
+from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.metrics import topk_accuracy
+from carnet_core.evaluation.scoring import score_images
 from carnet_core.inference.ensemble import RULES, aligned_class_names, combine, member_names, member_probabilities
 from carnet_core.inference.predict import timed_probabilities
 from carnet_core.models.classifier import Classifier
@@ -194,28 +195,19 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     items = read_labelled_folder(folder)
     classes = sorted({label for _, label in items})
     projections = _projections(models, names, classes, mapping)  # checked before any image is read
-    probs, labels, paths, unreadable = [], [], [], []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        images = []
-        for path, label in chunk:
-            try:
-                images.append(load_image(path))
-                labels.append(classes.index(label))
-                paths.append(str(path))
-            except ImageError as exc:
-                unreadable.append((str(path), str(exc)))
-        if images and names is not None:
-            probs.append(member_probabilities(models, images)[0])  # (M, n, C) in the common label set
-        elif images:
-            probs.append(torch.stack([projections[i].project(timed_probabilities(m, images)[0])
-                                      for i, m in enumerate(models)]))  # (M, n, folder classes)
-        if progress:
-            progress(min(1.0, (start + len(chunk)) / len(items)))
-    if not paths:
+
+    def score(images: list) -> torch.Tensor:  # (M, n, C): each member's probabilities
+        if names is not None:
+            return member_probabilities(models, images)[0]  # in the common label set
+        return torch.stack([projections[i].project(timed_probabilities(m, images)[0])
+                            for i, m in enumerate(models)])  # each in the folder's classes
+
+    scored = score_images([(str(path), classes.index(label)) for path, label in items],
+                          lambda i: load_image(items[i][0]), score, batch_size, dim=1, progress=progress)
+    if scored is None:
         raise CarNetError(f"{folder}: none of the images could be read")
-    member = torch.cat(probs, dim=1)  # (M, N, C)
-    y = torch.tensor(labels)
+    member, y, paths, unreadable = scored.probs, scored.labels, scored.names, scored.unreadable  # member: (M, N, C)
+    labels = y.tolist()
     if names is not None:
         projection = projections[0]  # the common label set onto the folder's classes
         rows = {name: projection.project(member[i]) for i, name in enumerate(members)}

@@ -17,9 +17,10 @@ import torch
 from carnet_core._io import atomic_write_json
 from carnet_core.config import cache_dir as default_cache_dir
 from carnet_core.data.datasets import ImageDataset
-from carnet_core.errors import CarNetError, ImageError, listed
+from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.compare import LabelProjection
 from carnet_core.evaluation.metrics import metrics_from_probabilities
+from carnet_core.evaluation.scoring import score_images
 from carnet_core.inference.export import fingerprint
 from carnet_core.inference.predict import predict_probabilities
 from carnet_core.models.classifier import Classifier
@@ -153,29 +154,19 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
                               f"only in the model: {listed(only_m)} (for an ImageNet model, give a mapping file)")
         names = list(model.class_names)
         to_index = [names.index(c) for c in dataset.class_names]
-    probs, labels, rows, skipped = [], [], [], []
-    for start in range(0, len(dataset), batch_size):
-        images = []
-        for i in range(start, min(start + batch_size, len(dataset))):
-            item, label = dataset.items[i]
-            try:
-                images.append(dataset.load(i))
-            except ImageError as exc:
-                skipped.append((str(item), str(exc)))
-                continue
-            labels.append(to_index[label])
-            rows.append(str(item) if not isinstance(item, np.ndarray) else f"#{i}")
-        if images:
-            p = predict_probabilities(model, model.preprocess(images))
-            if projection is not None:
-                p = projection.project(p)
-                p = p / p.sum(1, keepdim=True).clamp_min(1e-12)
-            probs.append(p)
-        if progress:
-            progress(min(1.0, (start + batch_size) / len(dataset)))
-    if not probs:
+    def score(images: list) -> torch.Tensor:
+        p = predict_probabilities(model, model.preprocess(images))
+        if projection is None:
+            return p
+        p = projection.project(p)
+        return p / p.sum(1, keepdim=True).clamp_min(1e-12)
+
+    items = [(str(item) if not isinstance(item, np.ndarray) else f"#{i}", to_index[label])
+             for i, (item, label) in enumerate(dataset.items)]
+    scored = score_images(items, dataset.load, score, batch_size, progress=progress)
+    if scored is None:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
-    p, y = torch.cat(probs), torch.tensor(labels)
+    p, y, rows, skipped = scored.probs, scored.labels, scored.names, scored.unreadable
     m = metrics_from_probabilities(p, y, names, dataset.hierarchy)
     conf, pred = p.max(1)
     predictions = [{"path": r, "label": names[int(t)], "predicted": names[int(q)], "confidence": float(c)}

@@ -34,7 +34,7 @@ import torch
 
 from carnet_core._io import atomic_write_json as _write_json  # a name the tests replace with a full disk
 from carnet_core._io import file_lock, read_json, rss_mb
-from carnet_core.config import PROJECT_ROOT, hosted_mode, jobs_dir
+from carnet_core.config import child_env, hosted_mode, jobs_dir
 from carnet_core.errors import CarNetError
 from carnet_core.models.runs import METRICS_JSONL, PROBE_FILE, STATE_FILE, best_checkpoint
 
@@ -298,8 +298,7 @@ class JobRunner:
 
     # --- internals -----------------------------------------------------------------------------------------
     def _start(self, job: Job, slot: int) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", CARNET_JOB_SLOT=str(slot))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        env = child_env(PYTHONUNBUFFERED="1", CARNET_JOB_SLOT=str(slot))
         if self.slots > 1 or os.environ.get("CUDA_VISIBLE_DEVICES") is None:
             if torch.cuda.is_available():
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)

@@ -107,7 +107,7 @@ def test_classify_takes_a_classroom_of_photos_and_says_when_there_are_more():
 
     from conftest import colour_image
 
-    from ui import MAX_PHOTOS
+    from ui.photos import MAX_PHOTOS
 
     png = io.BytesIO()
     colour_image((200, 30, 30), 0).save(png, "PNG")
@@ -154,8 +154,8 @@ def test_classify_redraws_without_classifying_again(car_photos, monkeypatch, tmp
     shutil.copy(need(MOBILENET_TIMM), tmp_path / "mobilenetv2_100.pth")
     monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(tmp_path))
     calls = []
-    real = ui.classify_files
-    monkeypatch.setattr(ui, "classify_files", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = ui.session.classify_files
+    monkeypatch.setattr(ui.session, "classify_files", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     photos = [(p.name, p.read_bytes(), "image/jpeg") for p in car_photos[:2]]
     at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(photos).run()
@@ -312,8 +312,8 @@ def test_explain_and_compare_redraw_without_decoding_and_classifying_again(car_p
     import ui
 
     decoded, voted = [], []
-    real_load, real_members = ui.load_image, ensemble.member_predictions
-    monkeypatch.setattr(ui, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
+    real_load, real_members = ui.photos.load_image, ensemble.member_predictions
+    monkeypatch.setattr(ui.photos, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
     monkeypatch.setattr(ensemble, "member_predictions", lambda *a, **kw: voted.append(1) or real_members(*a, **kw))
     at = AppTest.from_file(str(ROOT / "app_pages" / "2_Explain.py"), default_timeout=TIMEOUT).run()
     at.file_uploader[0].set_value(("car.jpg", car_photos[0].read_bytes(), "image/jpeg")).run()

@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, SIX
@@ -391,3 +392,24 @@ def test_a_weights_file_of_its_own_classes_is_named_by_classes_and_exported_as_a
     assert code == 2 and "a CarNet checkpoint is a .safetensors file" in err
     code, out, err = cli("export", "efficientnet_lite0", "--out", tmp_path / "lite0.txt")
     assert code == 2 and "an ONNX export is a .onnx file" in err and not (tmp_path / "lite0.txt").exists()
+
+
+def test_predict_gives_every_file_a_result_or_its_reason(cli, tmp_path):
+    """One bad input among good ones: a 664-byte 200000×1 PNG (killed the process by memory), a named pipe (hung),
+    /proc/self/mem (an I/O error that lost the other results). Each now has its reason; the photos their classes."""
+    import os
+
+    from PIL import Image
+
+    Image.new("RGB", (320, 240), (200, 30, 30)).save(tmp_path / "a.jpg")
+    Image.new("L", (200_000, 1)).save(tmp_path / "wide.png")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    Image.new("RGB", (240, 320), (30, 30, 200)).save(tmp_path / "b.webp")
+    code, out, err = cli("predict", tmp_path / "a.jpg", "/proc/self/mem", tmp_path / "wide.png", tmp_path / "pipe.jpg",
+                         tmp_path / "b.webp", "--json", "--no-hub")
+    assert code == 1 and "Traceback" not in err
+    results = {Path(r["image"]).name: r for r in json.loads(out)["results"]}
+    assert set(results) == {"a.jpg", "mem", "wide.png", "pipe.jpg", "b.webp"}
+    assert results["a.jpg"]["topk"] and results["b.webp"]["topk"]
+    assert "cannot read the file" in results["mem"]["error"] and "200,000:1" in results["wide.png"]["error"]
+    assert "not a regular file" in results["pipe.jpg"]["error"]

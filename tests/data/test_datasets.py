@@ -10,9 +10,9 @@ from conftest import colour_image
 
 from carnet_core import CarNetError
 from carnet_core.data.datacheck import validate_splits
-from carnet_core.data.readers import open_dataset
 from carnet_core.data.datasets import parse_car_name
 from carnet_core.data.published import read_cifar100, read_compcars, read_stanford_cars
+from carnet_core.data.readers import open_dataset
 
 
 def test_image_folder_split_is_stratified_and_seeded(colour_folder):

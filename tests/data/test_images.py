@@ -1,6 +1,7 @@
 """Image loading on generated files of every accepted format and mode, and on the bad files people upload."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,45 @@ def test_thumbnail_is_a_small_upright_jpeg_and_a_bad_file_is_an_image_error(tmp_
     (tmp_path / "notes.jpg").write_text("not a photo")
     with pytest.raises(ImageError, match="notes.jpg"):
         thumbnail(tmp_path / "notes.jpg")
+
+
+def test_memory_bombs_that_pass_the_pixel_count_are_refused_by_their_shape(tmp_path):
+    """A 200000×1 PNG is 664 bytes and 0.2 megapixels, but resized to a 224 px shorter side it is 44.8 gigapixels:
+    it took a 24 GB machine down. The aspect ratio is bounded, both ways."""
+    from carnet_core.data.images import MAX_ASPECT
+
+    Image.new("L", (200_000, 1)).save(tmp_path / "wide.png")
+    Image.new("L", (1, 65_000)).save(tmp_path / "tall.png")
+    Image.new("RGB", (MAX_ASPECT * 10, 10)).save(tmp_path / "panorama.png")  # at the limit: read
+    assert (tmp_path / "wide.png").stat().st_size < 1000
+    with pytest.raises(ImageError, match=r"wide\.png: image is 200000×1 px, 200,000:1; CarNet reads images up to 20:1"):
+        load_image(tmp_path / "wide.png")
+    with pytest.raises(ImageError, match=r"tall\.png: image is 1×65000 px"):
+        load_image(tmp_path / "tall.png")
+    assert load_image(tmp_path / "panorama.png").size == (MAX_ASPECT * 10, 10)
+
+
+def test_non_finite_float_images_are_refused(tmp_path):
+    arr = np.array([[np.nan, 1.0], [2.0, 3.0]], dtype=np.float32)
+    Image.fromarray(arr, "F").save(tmp_path / "nan.tif")
+    Image.fromarray(np.where(np.isnan(arr), np.inf, arr), "F").save(tmp_path / "inf.tif")
+    Image.fromarray(np.nan_to_num(arr), "F").save(tmp_path / "fine.tif")
+    for name in ("nan.tif", "inf.tif"):
+        with pytest.raises(ImageError, match=f"{name}: the image holds NaN or infinite pixel values"):
+            load_image(tmp_path / name)
+    assert load_image(tmp_path / "fine.tif").mode == "RGB"
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A named pipe made `predict` wait forever; /dev/zero was read until MemoryError; /proc/self/mem gave an
+    'Input/output error' that named no file."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match=r"pipe\.jpg: not a regular file"):
+        load_image(tmp_path / "pipe.jpg")  # returns at once: the pipe is never opened
+    with pytest.raises(ImageError, match=r"zero: not a regular file"):
+        load_image("/dev/zero")
+    if Path("/proc/self/mem").exists():
+        with pytest.raises(ImageError, match=r"mem: cannot read the file"):
+            load_image("/proc/self/mem")

@@ -174,8 +174,8 @@ def test_pickers_read_the_checkpoint_list_once_per_rerun_not_once_per_option(col
     jobs = tmp_path / "jobs"
     monkeypatch.setenv("CARNET_JOBS_DIR", str(jobs))
     walks = []
-    listing = ui._checkpoint_files
-    monkeypatch.setattr(ui, "_checkpoint_files", lambda folders: walks.append(1) or listing(folders))
+    listing = ui.models._checkpoint_files
+    monkeypatch.setattr(ui.models, "_checkpoint_files", lambda folders: walks.append(1) or listing(folders))
 
     def walks_per_rerun(runs: int) -> dict[str, int]:
         for i in range(runs):
@@ -359,8 +359,8 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     assert any(c.startswith("Grad-CAM for '") for el in at.get("image") for c in el.captions)
     import ui
 
-    decoded, real_load = [], ui.load_image  # a rerun (another widget) shows the mistake without decoding it again
-    monkeypatch.setattr(ui, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
+    decoded, real_load = [], ui.photos.load_image  # a rerun (another widget) shows the mistake without decoding it again
+    monkeypatch.setattr(ui.photos, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
     at.run()
     assert not at.exception and any("looked at" in m.value for m in at.markdown) and decoded == []
     _, mistake = at.session_state["evaluate_cam"]  # a mistake picked in another evaluation (another model, split or

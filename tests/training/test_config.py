@@ -1,8 +1,15 @@
 """The Fine-tune page's recipe choices and the numbers people read (durations), decided in the library."""
 
 from carnet_core.errors import duration_text
-from carnet_core.training.config import (CUTMIX_ALPHA, MIXUP_ALPHA, RANDAUGMENT, TrainConfig, default_img_size,
-                                         loader_workers, page_recipe)
+from carnet_core.training.config import (
+    CUTMIX_ALPHA,
+    MIXUP_ALPHA,
+    RANDAUGMENT,
+    TrainConfig,
+    default_img_size,
+    loader_workers,
+    page_recipe,
+)
 
 
 def test_durations_read_as_minutes_and_hours():

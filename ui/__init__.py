@@ -1,0 +1,22 @@
+"""Streamlit building blocks shared by the pages: the model pickers and cached models (:mod:`ui.models`), the
+photo inputs (:mod:`ui.photos`), what a session remembers and the slow results cached per process
+(:mod:`ui.session`).
+
+Only UI glue lives here — widgets, session state and caching; every decision a test can check without a browser is
+in ``carnet_core``.
+"""
+
+from ui.models import (RANDOM_WEIGHTS, available_model_names, cached_cost, cached_model, class_names_command,
+                       device_label, fine_tuned, has_gpu, input_view, measure, model_card, model_or_stop, model_picker,
+                       model_title, model_titles, weights_status)
+from ui.photos import (GALLERY_THUMBNAIL_PX, GALLERY_THUMBNAILS, MAX_PHOTOS, PHOTO_UPLOAD_MB, Photo, digest,
+                       gallery_thumbnail, image_inputs, photo_caption, photo_credit, sample_title)
+from ui.session import (EXPLANATIONS_KEPT, classified, dataset_report, epoch_estimate, explanation, first_measurable,
+                        remembered)
+
+__all__ = ["RANDOM_WEIGHTS", "available_model_names", "cached_cost", "cached_model", "class_names_command",
+           "device_label", "fine_tuned", "has_gpu", "input_view", "measure", "model_card", "model_or_stop",
+           "model_picker", "model_title", "model_titles", "weights_status", "GALLERY_THUMBNAIL_PX",
+           "GALLERY_THUMBNAILS", "MAX_PHOTOS", "PHOTO_UPLOAD_MB", "Photo", "classified", "digest", "gallery_thumbnail",
+           "image_inputs", "photo_caption", "photo_credit", "sample_title", "EXPLANATIONS_KEPT", "dataset_report",
+           "epoch_estimate", "explanation", "first_measurable", "remembered"]
