@@ -152,15 +152,14 @@ if st.button("Evaluate", key="compare_run", disabled=not plan.ready):
                                        progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
         finally:
             bar.empty()  # done (or refused): no bar left at 100 % above the results
-        st.session_state["compare_report"] = (settings, report)
+        ui.keep_result("compare_report", settings, report)
     except CarNetError as exc:
         st.error(str(exc))
 
-made_with, report = st.session_state.get("compare_report", (None, None))
-if report is not None and made_with != settings:  # never a report under settings it was not made with
+report, stale = ui.kept_result("compare_report", settings)  # never a report under settings it was not made with
+if stale:
     st.info("The models, folder, mapping or ensemble weights have changed since the last evaluation. "
             "Press Evaluate to measure this selection.")
-    report = None
 if report is not None:
     st.markdown(f"{report.num_images} images in `{report.folder}` · {len(report.classes)} classes · members disagree on "
                 f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"

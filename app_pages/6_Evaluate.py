@@ -11,10 +11,11 @@ from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure
 from carnet_core.config import data_root, mappings_dir
 from carnet_core.data import catalog
+from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS, open_dataset
 from carnet_core.errors import count, listed
 from carnet_core.evaluation.compare import load_mapping
-from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows
+from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import TOP5_NOTE, confusion_order, top5_informative, top5_text
 from carnet_core.models.labels import find_class, within_classes
 
@@ -37,13 +38,15 @@ left, mid, right = st.columns(3)
 folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder",
                         index=ui.first_measurable("evaluate_folder", folders, [model]))
 kind = mid.selectbox("Layout", DATASET_KINDS, key="evaluate_kind")
-split = right.radio("Split", ["val", "train"], horizontal=True, key="evaluate_split")
 try:
     splits = open_dataset(folder, kind)
 except CarNetError as exc:
     st.error(str(exc))
     st.stop()
-dataset = splits.val if split == "val" else splits.train
+split = right.radio("Split", SPLITS, index=SPLITS.index(splits.default_split), horizontal=True,
+                    key=f"evaluate_split::{folder}", help="all: every image found; a folder without train/ and val/ "
+                    "folders is scored whole unless you pick the split CarNet would make for training")
+dataset = splits.part(split)
 
 mapping, mapping_name = None, None
 if not within_classes(dataset.class_names, model.class_names):  # classes named after the model's need no mapping
@@ -94,6 +97,7 @@ m[2].metric("macro F1", f"{report.macro_f1 * 100:.1f}%", help="The mean of the c
             "of each class), every class counting the same however many images it has.")
 m[3].metric("calibration error (ECE)", f"{report.ece * 100:.1f}%")
 m[4].metric("images", report.num_images)
+st.caption(scored_text(report.num_images, splits, split).capitalize() + ".")
 if report.skipped:
     st.warning(f"{count(len(report.skipped), 'unreadable image')} skipped.")
 if report.hierarchy:

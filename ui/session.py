@@ -111,3 +111,17 @@ def classified(model: Classifier, photos: Sequence[Photo], topk: int = 5
     """
     return remembered("_classified", [model], (topk, tuple((p.name, p.digest) for p in photos)),
                       lambda: classify_files(model, [(p.name, p.data) for p in photos], topk=topk))
+
+
+def keep_result(slot: str, settings: Hashable, result: object) -> None:
+    """Keep ``result`` for the session in ``slot``, with the ``settings`` it was made with."""
+    st.session_state[slot] = (settings, result)
+
+
+def kept_result(slot: str, settings: Hashable) -> tuple[object | None, bool]:
+    """(the result kept in ``slot``, whether one was kept under other settings): a result is never shown under
+    settings it was not made with — then it is None and the flag says the page should ask for a new run."""
+    made_with, result = st.session_state.get(slot, (None, None))
+    if result is not None and made_with != settings:
+        return None, True
+    return result, False

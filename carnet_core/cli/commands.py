@@ -24,7 +24,7 @@ from carnet_core.data.images import IMAGE_EXTENSIONS, load_image
 from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError, WeightsNotFoundError
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping
-from carnet_core.evaluation.evaluate import evaluate, per_class_rows
+from carnet_core.evaluation.evaluate import evaluate, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import top5_text
 from carnet_core.explain.cams import explain
 from carnet_core.inference.engines import TorchEngine, onnxruntime_session, softmax
@@ -236,14 +236,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_csv_folder(args.csv, "per-class table", "per_class.csv")
     model = load_member(str(args.checkpoint), not args.no_hub, args.model, args.classes)
     splits = open_dataset(args.data, args.kind)
-    dataset = splits.val if args.split == "val" else splits.train
+    split = args.split or splits.default_split
+    dataset = splits.part(split)
     mapping = load_mapping(args.mapping) if args.mapping else None
     report = evaluate(model, dataset, mapping=mapping)
     if args.json:
-        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name, **report.to_dict()},
-                         indent=2))
+        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name,
+                          "images_found": splits.num_images, **report.to_dict()}, indent=2))
     else:
-        print(f"{model.name} on {dataset.name}: {report.num_images} images")
+        print(f"{model.name} on {dataset.name}: {scored_text(report.num_images, splits, split)}")
         top5 = top5_text(report.top5, len(report.class_names))
         print(f"top-1 {report.top1:.1%}  top-5 {top5}  macro F1 {report.macro_f1:.3f}  ECE {report.ece:.3f}")
         for level, acc in report.hierarchy.items():

@@ -20,6 +20,7 @@ from carnet_core.cli.commands import (
     cmd_validate_data,
 )
 from carnet_core.cli.inputs import numbers
+from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS
 from carnet_core.explain.cams import COLORMAPS, METHODS
 from carnet_core.models.registry import HEADS
@@ -170,7 +171,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
     plain_weights_options(p, dest="model")
     _dataset_kind_option(p)
-    p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
+    p.add_argument("--split", choices=SPLITS, help="val, train or all; default: val for a dataset with a split of its "
+                                                   "own, all for a folder of class folders (the reader would split it)")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
     p.add_argument("--csv", type=Path, help="also write the per-class table (worst first) to this CSV file")
     p.add_argument("--json", action="store_true", help="machine-readable report")

@@ -75,19 +75,50 @@ class ImageDataset:
         return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
 
 
+#: The parts of a dataset an evaluation can score: its val split, its train split, or all of its images.
+SPLITS: tuple[str, ...] = ("val", "train", "all")
+
+
 @dataclass
 class DatasetSplits:
-    """A train and a val split over the same classes, and where they came from."""
+    """A train and a val split over the same classes, and where they came from. ``split_here``: the dataset has no
+    split of its own (class folders without ``train/`` and ``val/``), so the reader made one, seeded."""
 
     train: ImageDataset
     val: ImageDataset
     kind: str
     root: Path
     notes: list[str] = field(default_factory=list)
+    split_here: bool = False
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.train.class_names
+
+    @property
+    def num_images(self) -> int:
+        """Every image found, both splits."""
+        return len(self.train) + len(self.val)
+
+    @property
+    def default_split(self) -> str:
+        """What an evaluation scores unless told otherwise: the val split of a dataset that has one of its own; all of
+        a folder the reader split here (it is what the user points at: a held-out set, say)."""
+        return "all" if self.split_here else "val"
+
+    def part(self, split: str) -> ImageDataset:
+        """The images of ``split`` (one of :data:`SPLITS`); ``"all"`` is train then val.
+
+        Raises:
+            CarNetError: an unknown split.
+        """
+        if split == "val":
+            return self.val
+        if split == "train":
+            return self.train
+        if split == "all":
+            return replace(self.train, items=self.train.items + self.val.items, name=f"{self.root.name}/all")
+        raise CarNetError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float = 0.25, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -190,7 +221,8 @@ def read_image_folder(root: str | Path, val_fraction: float = 0.25, seed: int = 
     names = tuple(classes)
     hierarchy = car_hierarchy(names)
     return DatasetSplits(ImageDataset(train, names, hierarchy=hierarchy, name=f"{root.name}/train"),
-                         ImageDataset(val, names, hierarchy=hierarchy, name=f"{root.name}/val"), "image_folder", root, notes)
+                         ImageDataset(val, names, hierarchy=hierarchy, name=f"{root.name}/val"), "image_folder", root, notes,
+                         split_here=not (train_dir and val_dir))
 
 
 def not_a_folder_error(path: Path) -> CarNetError:

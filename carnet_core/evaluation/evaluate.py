@@ -16,7 +16,7 @@ import torch
 
 from carnet_core._io import atomic_write_json
 from carnet_core.config import cache_dir as default_cache_dir
-from carnet_core.data.datasets import ImageDataset
+from carnet_core.data.datasets import DatasetSplits, ImageDataset
 from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.compare import LabelProjection
 from carnet_core.evaluation.metrics import metrics_from_probabilities
@@ -239,3 +239,12 @@ def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | N
     except OSError:  # an unwritable or full cache: the report is still returned, just not kept
         pass
     return report, False
+
+
+def scored_text(num_scored: int, splits: DatasetSplits, split: str) -> str:
+    """How many images an evaluation scored out of how many were found, and which: ``"scored 549 of the 549 images
+    found (all of them)"``, ``"scored 145 of the 549 images found (the val split made here: the folder has no split
+    of its own)"``."""
+    part = {"all": "all of them", "val": "the val split", "train": "the train split"}.get(split, split)
+    made = " made here: the folder has no split of its own" if splits.split_here and split != "all" else ""
+    return f"scored {num_scored} of the {splits.num_images} images found ({part}{made})"

@@ -135,10 +135,13 @@ def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(cli, colour_folder
         patch.setattr(carnet_core.cli.commands, "write_csv", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
         code, out, err = cli(*evaluate, "--json", "--csv", tmp_path / "t.csv")
     assert code == 2 and "denied" in err
-    assert json.loads(out)["num_images"] == 18  # the numbers came out first
+    assert json.loads(out)["num_images"] == 72  # the numbers came out first: every image (the folder has no split)
     code, out, _ = cli(*evaluate, "--csv", tmp_path / "per_class.csv")
     report = json.loads(cli(*evaluate, "--json")[1])
     assert code == 0 and f"macro F1 {report['macro_f1']:.3f}" in out
+    assert f"{colour_folder.name}/all: scored 72 of the 72 images found (all of them)" in out
+    val = json.loads(cli(*evaluate, "--json", "--split", "val")[1])
+    assert (val["num_images"], val["images_found"], val["split"]) == (18, 72, f"{colour_folder.name}/val")
     with open(tmp_path / "per_class.csv", newline="") as f:
         rows = {r["class"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"red", "green", "blue"} and list(rows["red"])[:4] == ["class", "accuracy", "precision", "F1"]

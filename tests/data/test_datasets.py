@@ -192,3 +192,25 @@ def _save_mat(path, **arrays):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), arrays)
+
+
+def test_a_folder_without_a_split_of_its_own_is_scored_whole_by_default(colour_folder, tmp_path):
+    """A held-out folder of 549 photos was scored on the 145 of the val split the reader made for training,
+    silently. A folder of class folders is now scored whole unless a split is asked for; a dataset with train/ and
+    val/ is scored on its val split."""
+    from carnet_core.data.datasets import SPLITS
+    from carnet_core.evaluation.evaluate import scored_text
+
+    plain = open_dataset(colour_folder)
+    assert plain.split_here and plain.default_split == "all" and SPLITS == ("val", "train", "all")
+    assert len(plain.part("all")) == plain.num_images == 72 and plain.part("all").items[:54] == plain.train.items
+    assert scored_text(72, plain, "all") == "scored 72 of the 72 images found (all of them)"
+    assert scored_text(18, plain, "val") == ("scored 18 of the 72 images found (the val split made here: the folder "
+                                             "has no split of its own)")
+    for split in ("train", "val"):
+        shutil.copytree(colour_folder, tmp_path / "split" / split)
+    own = open_dataset(tmp_path / "split")
+    assert not own.split_here and own.default_split == "val" and own.part("val") is own.val
+    assert scored_text(72, own, "val") == "scored 72 of the 144 images found (the val split)"
+    with pytest.raises(CarNetError, match="unknown split 'test'; choose val, train, all"):
+        own.part("test")

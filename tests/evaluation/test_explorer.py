@@ -273,8 +273,9 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     box.select_index(box.options.index(starred[0])).run()
     at.button(key="evaluate_run").click().run()
     assert not at.exception, at.exception
-    expected = evaluate(load_model(checkpoint=colour_checkpoint, device="cpu"), open_dataset(colour_folder).val)
-    assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[4].value == "18"
+    expected = evaluate(load_model(checkpoint=colour_checkpoint, device="cpu"), open_dataset(colour_folder).part("all"))
+    assert at.metric[0].value == f"{expected.top1 * 100:.1f}%" and at.metric[4].value == "72"  # no split: all
+    assert "Scored 72 of the 72 images found (all of them)." in [c.value for c in at.caption]
     assert at.metric[2].label == "macro F1" and at.metric[2].value == f"{expected.macro_f1 * 100:.1f}%"
     assert at.metric[1].label == "top-5" and at.metric[1].value == "—"  # 3 classes: it read 100.0 %, always
     charts = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
@@ -591,7 +592,7 @@ def test_evaluate_page_needs_no_mapping_for_folders_named_after_imagenet_classes
     assert not [s for s in at.selectbox if s.label == "Mapping"] and not at.warning  # no mapping asked for
     at.button(key="evaluate_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.metric[4].value == "2"  # the val split: one photo of each class
+    assert at.metric[4].value == "8"  # a folder without a split of its own: all of it
 
 
 def test_models_table_rows_and_the_cost_chart_points():
