@@ -278,6 +278,9 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
             first mismatch.
     """
     mapped, how = match_state_dict(state_dict, module.state_dict(), source)
+    broken = next((k for k, t in mapped.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if broken is not None:  # NaN or infinite weights: every probability would be NaN
+        raise CheckpointError(f"{source}: tensor {broken} holds NaN or infinite values; the weights are damaged")
     module.load_state_dict(mapped, strict=True)
     return how
 

@@ -6,6 +6,7 @@ and the CLI never guess how to prepare an image for it.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from carnet_core.config import device_name
-from carnet_core.errors import CarNetError
+from carnet_core.errors import CarNetError, CheckpointError
 from carnet_core.models.checkpoints import (
     save_checkpoint,
 )
@@ -33,6 +34,42 @@ DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "c
 #: Measured on the 274 Stanford Cars val photos in ../shared, vehicle class at top-1: EfficientNet-Lite0
 #: 93.8 % -> 95.3 %, MobileNetV2 91.2 % -> 93.1 %.
 INFERENCE_CROP_PCT = 1.0
+
+
+#: A model input's side, px, at most: EfficientNet-B7 takes 600 px; a checkpoint asking for 12000 px would allocate
+#: gigabytes per image.
+MAX_INPUT_PX = 1024
+
+
+def check_data_config(data_config: dict[str, Any], source: str) -> None:
+    """Refuse a data config (a checkpoint's metadata, say) that cannot be used, naming ``source`` and the field:
+    ``input_size`` not (3, H, W) with 16 ≤ H, W ≤ :data:`MAX_INPUT_PX`, ``mean`` / ``std`` not three finite numbers,
+    a ``std`` of 0 or less (a division by zero: NaN probabilities), a ``crop_pct`` outside (0, 1].
+
+    Raises:
+        CheckpointError: the first field that is out of bounds.
+    """
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: its data config's {field} {why}")
+
+    try:
+        size = [int(v) for v in data_config["input_size"]]
+    except (KeyError, TypeError, ValueError):
+        raise bad("input_size", f"is {data_config.get('input_size')!r}, not (3, H, W)") from None
+    if len(size) != 3 or size[0] != 3 or not all(16 <= v <= MAX_INPUT_PX for v in size[1:]):
+        raise bad("input_size", f"{size} is not (3, H, W) with H and W from 16 to {MAX_INPUT_PX} px")
+    for field in ("mean", "std"):
+        try:
+            values = [float(v) for v in data_config[field]]
+        except (KeyError, TypeError, ValueError):
+            raise bad(field, f"is {data_config.get(field)!r}, not three numbers") from None
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise bad(field, f"{values} is not three finite numbers")
+        if field == "std" and min(values) <= 0:
+            raise bad(field, f"{values} has a value of 0 or less (images would be divided by it)")
+    crop = data_config.get("crop_pct", 1.0)
+    if not isinstance(crop, (int, float)) or not 0 < float(crop) <= 1:
+        raise bad("crop_pct", f"{crop!r} is not in (0, 1]")
 
 
 def default_device() -> torch.device:

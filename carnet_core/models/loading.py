@@ -30,6 +30,7 @@ from carnet_core.models.classifier import (
     Classifier,
     _data_config,
     build_module,
+    check_data_config,
     default_device,
 )
 from carnet_core.models.labels import label_set_names, read_class_names
@@ -195,9 +196,8 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
                      data_config=data_config, weights=WeightsSource("checkpoint", str(path), detail),
                      label_set=meta.get("label_set", path.stem), metrics=meta.get("metrics", {}),
                      extra={k: meta[k] for k in ("dataset", "recipe") if meta.get(k) is not None})
-    try:  # a hand-edited data config fails here, with the file's name, not at the first photo
-        if len(data_config["input_size"]) != 3 or not all(int(v) > 0 for v in data_config["input_size"]):
-            raise ValueError(f"input_size {data_config['input_size']} is not (3, H, W)")
+    check_data_config(data_config, path.name)  # a hand-edited data config fails here, not at the first photo
+    try:
         clf._pil_steps  # timm's transform and the normalisation, built from the data config
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: its data config cannot be used ({type(exc).__name__}: {exc})") from None

@@ -83,3 +83,17 @@ def is_run_checkpoint(path: Path) -> bool:
     """Whether a ``.safetensors`` file is one of a run folder's checkpoints (best-* or last), of which a listing shows
     only the run's best."""
     return is_best_name(path.name) or path.name == LAST_CHECKPOINT
+
+
+def remove_partial_writes(run_dir: Path) -> list[Path]:
+    """Remove what writes interrupted by a kill left in a run folder: temporary files (``*.tmp``; a checkpoint or the
+    resume state is written to one, then renamed over the real file), never a finished file. A run calls it when it
+    starts or resumes, the only writer of its folder. Returns what was removed."""
+    removed = []
+    for path in Path(run_dir).glob("*.tmp"):  # hidden ones too (pathlib's * matches a leading dot)
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:  # gone already, or not ours to remove: nothing a run needs
+            pass
+    return removed

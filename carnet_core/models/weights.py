@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carnet_core.config import offline_by_env, weights_dir
-from carnet_core.errors import WeightsNotFoundError
+from carnet_core.errors import CheckpointError, WeightsNotFoundError
 from carnet_core.models import hub as _hub
 from carnet_core.models.checkpoints import WEIGHT_SUFFIXES
 from carnet_core.models.registry import ModelSpec
@@ -61,17 +61,19 @@ def find_in_weights_dir(spec: ModelSpec, folder: Path | None = None) -> Path | N
     folder = Path(folder) if folder is not None else weights_dir()
     if not folder.is_dir():
         return None
-    matches = []
-    for path in folder.iterdir():
-        if not path.is_file() or path.suffix not in WEIGHT_SUFFIXES:
-            continue
-        stem = path.name[: -len(path.suffix)]
-        for prefix in spec.file_prefixes:
-            if stem == prefix or (stem.startswith(prefix) and stem[len(prefix)] in "-_."):
-                matches.append(path)
-                break
+    matches = [path for path in folder.iterdir() if path.is_file() and _named_for(spec, path)]
     matches.sort(key=lambda p: (p.suffix != ".safetensors", p.name))
     return matches[0] if matches else None
+
+
+def _named_for(spec: ModelSpec, path: Path) -> bool:
+    """Whether ``path``'s name marks it as ``spec``'s weights: a weights suffix, and the model's name (or its
+    architecture's, or an alias) alone or followed by ``-``, ``_`` or ``.``."""
+    if path.suffix not in WEIGHT_SUFFIXES:
+        return False
+    stem = path.name[: -len(path.suffix)]
+    return any(stem == prefix or (stem.startswith(prefix) and stem[len(prefix)] in "-_.")
+               for prefix in spec.file_prefixes)
 
 
 def _hub_id(spec: ModelSpec) -> str | None:
@@ -139,6 +141,11 @@ def resolve(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, folder
     packaged = offline_package_file(spec)
     if packaged is not None:
         return WeightsSource("offline_package", str(packaged), f"from the {spec.offline_package} package")
+    folder = Path(folder) if folder is not None else weights_dir()
+    misplaced = sorted(p for p in folder.iterdir() if p.is_dir() and _named_for(spec, p)) if folder.is_dir() else []
+    if misplaced:  # a folder where the file should be (an unzipped download, say): named as such, not "missing"
+        raise CheckpointError(f"{misplaced[0]} is a folder, not a weights file: put the {spec.name} weights file "
+                              f"there instead (a state dict or a CarNet checkpoint)")
     raise WeightsNotFoundError(missing_weights_message(spec, folder))
 
 

@@ -34,6 +34,7 @@ from carnet_core.models.runs import (
     PROBE_FILE,
     STATE_FILE,
     best_name,
+    remove_partial_writes,
     preference,
 )
 from carnet_core.training.callbacks import EarlyStopping, MetricsWriter
@@ -100,6 +101,8 @@ class Trainer:
         cfg.check()
         self.out.mkdir(parents=True, exist_ok=True)
         fabric = self._setup_fabric()
+        if fabric.is_global_zero:  # temp files of writes a kill interrupted: never read, never cleaned otherwise
+            remove_partial_writes(self.out)
         run = self._prepare(*self._data(splits))
         start_epoch, history, best = self._start(run)
         result = self._result(best, history)

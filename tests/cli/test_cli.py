@@ -283,7 +283,7 @@ def test_a_checkpoint_is_taken_as_predict_takes_it_by_every_command(cli, colour_
     assert code == 0, err
     as_option = json.loads(out)
     code, out, _ = cli("evaluate", "efficientnet_lite0", *common)
-    assert code == 0 and json.loads(out)["top1"] == as_option["top1"] and as_option["num_images"] == 18
+    assert code == 0 and json.loads(out)["top1"] == as_option["top1"] and as_option["num_images"] == 72  # all: no split
     for command in (["evaluate", colour_folder], ["export"], ["engines"]):
         code, out, err = cli(*command)
         assert code == 2 and "no model given" in err and "--checkpoint FILE" in err and not out, (command, err)

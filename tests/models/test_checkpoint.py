@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from carnet_core import CheckpointError, load_model
 from carnet_core.inference.predict import predict
-from carnet_core.models.checkpoints import read_metadata, read_state_dict
+from carnet_core.models.checkpoints import read_metadata, read_state_dict, save_checkpoint
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
@@ -48,8 +48,9 @@ def test_hand_edited_metadata_is_refused_when_loading_not_at_the_first_photo(tmp
     cases = {"a list": ([1, 2], "does not describe a CarNet checkpoint"),
              "a version": ({**meta, "format_version": "x"}, "format_version 'x' is not a number"),
              "no input size": ({**meta, "data_config": {k: v for k, v in config.items() if k != "input_size"}},
-                               r"its data config cannot be used \(KeyError: 'input_size'\)"),
-             "one mean": ({**meta, "data_config": {**config, "mean": [0.5]}}, "its data config cannot be used"),
+                               r"its data config's input_size is None, not \(3, H, W\)"),
+             "one mean": ({**meta, "data_config": {**config, "mean": [0.5]}},
+                          r"its data config's mean \[0.5\] is not three finite numbers"),
              "a 2-d input": ({**meta, "data_config": {**config, "input_size": [224, 224]}}, "is not \\(3, H, W\\)"),
              "letters": ({**meta, "class_names": "abc"}, "its class_names are not a list of names")}
     for name, (edited, message) in cases.items():
@@ -548,3 +549,30 @@ def test_a_timm_train_py_checkpoint_brings_the_data_config_it_was_trained_with(t
     assert small.preprocess([Image.new("RGB", (640, 480), (255, 255, 255))]).shape == (1, 3, 160, 160)
     saved = load_model(checkpoint=small.save(tmp_path / "small.safetensors"), device="cpu")
     assert saved.data_config == small.data_config
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_size": [3, 12000, 12000]}, r"input_size \[3, 12000, 12000\] is not \(3, H, W\) with H and W from 16 to 1024"),
+    ({"input_size": "big"}, r"input_size is 'big', not \(3, H, W\)"),
+    ({"std": [0.5, 0.0, 0.5]}, r"std \[0.5, 0.0, 0.5\] has a value of 0 or less"),
+    ({"mean": [float("nan"), 0.5, 0.5]}, r"mean \[nan, 0.5, 0.5\] is not three finite numbers"),
+    ({"crop_pct": 2}, r"crop_pct 2 is not in \(0, 1\]"),
+])
+def test_checkpoint_metadata_out_of_bounds_is_refused_naming_the_field(tmp_path, change, message):
+    """input_size 12000×12000 allocated 6.9 GB and raised a RuntimeError traceback; std = 0 gave NaN
+    probabilities shown as results. The metadata is checked against bounds on load."""
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    meta = {**model.describe(), "name": "edited"}
+    save_checkpoint(tmp_path / "edited.safetensors", model.module.state_dict(),
+                    {**meta, "data_config": {**model.data_config, **change}})
+    with pytest.raises(CheckpointError, match="edited.safetensors: its data config's " + message):
+        load_model(checkpoint=tmp_path / "edited.safetensors", device="cpu")
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    model = load_model("mobilenetv2_100", weights="random", device="cpu")
+    state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    state["conv_stem.weight"][0, 0, 0, 0] = float("inf")
+    save_checkpoint(tmp_path / "nan.safetensors", state, model.describe())
+    with pytest.raises(CheckpointError, match="tensor conv_stem.weight holds NaN or infinite values"):
+        load_model(checkpoint=tmp_path / "nan.safetensors", device="cpu")

@@ -220,3 +220,17 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
     assert code == 0 and available["mobilenetv2_100"] and available["efficientnet_lite0"]
     unusable_or_missing = ("resnet50", "efficientnet_b0", "efficientnet_b3", "seresnet50", "efficientnet_b1")
     assert not any(available[n] for n in unusable_or_missing)
+
+
+def test_a_folder_where_a_weights_file_should_be_is_named_as_one(tmp_path, monkeypatch, cli):
+    """A folder named efficientnet_b3.safetensors (an unzipped download, say) was reported as "MISSING — put a file
+    at …/efficientnet_b3.safetensors", where it already was."""
+    monkeypatch.setenv("CARNET_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "efficientnet_b3.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match=r"efficientnet_b3\.safetensors is a folder, not a weights file"):
+        W.resolve(get_spec("efficientnet_b3"), use_hub=False)
+    with pytest.raises(WeightsNotFoundError):
+        W.resolve(get_spec("efficientnet_b2"), use_hub=False)  # a file that is simply missing is still said so
+    code, out, _ = cli("models", "--no-hub")
+    line = next(row for row in out.splitlines() if row.startswith("efficientnet_b3 "))
+    assert code == 0 and "UNUSABLE — " in line and "is a folder, not a weights file" in line
