@@ -33,8 +33,7 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
 
 def accuracy_bar_figure(accuracy: dict[str, dict[str, float]], top5: bool = True) -> go.Figure:
     """Grouped horizontal bars of top-1 and top-5 accuracy (%) per row (members, then ensemble rules), first row on
-    top: a member's name is read whole beside its bars (a fine-tune's name and run, 60 characters, was cut off as a
-    tilted column label). ``top5=False``: top-1 only (5 classes or fewer, where top-5 is 100 % by construction)."""
+    top: a member's name (a fine-tune's name and run: 60 characters) is read whole beside its bars. ``top5=False``: top-1 only (5 classes or fewer, where top-5 is 100 % by construction)."""
     rows = list(accuracy)[::-1]
     kinds = (("Top-5", "top5"), ("Top-1", "top1")) if top5 else (("Top-1", "top1"),)
     fig = go.Figure([go.Bar(name=name, y=rows, x=[accuracy[r][key] * 100 for r in rows], orientation="h",

@@ -13,7 +13,7 @@ from PIL import Image
 from carnet_core import ImageError, load_image
 from carnet_core.config import gallery_dir
 from carnet_core.data.gallery import Credit
-from carnet_core.data.gallery import credits as gallery_credits
+from carnet_core.data.gallery import credit as gallery_credit
 from carnet_core.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
 
 MAX_PHOTOS = 32  # classified per run of the Classify page (a classroom's worth; each is decoded at full size)
@@ -55,7 +55,7 @@ def _thumbnail(path: str, mtime_ns: int, size: int) -> bytes | None:
 
 def photo_credit(name: str) -> Credit | None:
     """The credit of a sample-gallery photo by its file name (the name :func:`image_inputs` gives it), else None."""
-    return gallery_credits(gallery_dir()).get(name)
+    return gallery_credit(gallery_dir() / name)
 
 
 def photo_caption(name: str, title: str | None = None) -> str:

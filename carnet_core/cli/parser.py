@@ -42,8 +42,7 @@ def plain_weights_options(p: argparse.ArgumentParser, dest: str = "arch") -> Non
 
 
 def checkpoint_argument(p: argparse.ArgumentParser, dest: str) -> None:
-    """CHECKPOINT as the first argument, or as ``--checkpoint FILE``: predict and explain take their weights file as
-    an option, and `evaluate --checkpoint FILE DATA`, the same habit, was "unrecognized arguments"."""
+    """CHECKPOINT as the first argument, or as ``--checkpoint FILE``, as predict and explain take it."""
     p.add_argument(dest, metavar="CHECKPOINT", nargs="?", help="checkpoint or weights file, or a registry model name")
     p.add_argument("--checkpoint", dest="checkpoint_option", metavar="FILE",
                    help="the same, given as predict and explain take it")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from carnet_core._io import atomic_write_json, file_lock
+from carnet_core._io import atomic_write_json, file_lock, read_json
 from carnet_core.config import cache_dir, child_env
 from carnet_core.errors import CarNetError
 from carnet_core.models.classifier import Classifier
@@ -134,10 +134,8 @@ def _cost_key(key: str, fingerprint: str) -> str:
 def cached_cost(key: str, fingerprint: str) -> dict[str, float] | None:
     """The last measurement of ``key`` (with weights ``fingerprint``) on this machine: {latency_ms,
     peak_memory_mb, measured}, or None."""
-    try:
-        return json.loads(_cache_file().read_text()).get(_cost_key(key, fingerprint))
-    except (OSError, ValueError):
-        return None
+    data = read_json(_cache_file(), {})
+    return data.get(_cost_key(key, fingerprint)) if isinstance(data, dict) else None
 
 
 def measure_cost(key: str, fingerprint: str, load_args: dict[str, Any], repeats: int = 20) -> dict[str, float]:
@@ -186,10 +184,7 @@ def _store_cost(key: str, fingerprint: str, result: dict[str, Any]) -> None:
     measuring at the same moment do not drop each other's entries."""
     path = _cache_file()
     with file_lock(path.with_suffix(".lock")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
+        data = read_json(path, {})
         data[_cost_key(key, fingerprint)] = result
         try:
             atomic_write_json(path, data)

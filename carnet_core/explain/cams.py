@@ -25,30 +25,45 @@ from carnet_core.errors import CarNetError
 from carnet_core.models.classifier import Classifier
 
 
+@dataclass(frozen=True)
+class CamMethod:
+    """One CAM method: its key (CLI and page), its name in the UI (its paper's and pytorch-grad-cam's), the
+    pytorch-grad-cam class that computes it, its source, and whether it is expensive (one forward pass per channel of
+    the target layer: slow, show an estimate first)."""
+
+    key: str
+    name: str
+    cls: str
+    source: str
+    expensive: bool = False
+
+
+#: The CAM methods, in the order the pickers offer them: the one table the CLI and the Explain page read.
+METHOD_TABLE: tuple[CamMethod, ...] = (
+    CamMethod("gradcam", "GradCAM", "GradCAM", "Selvaraju et al. 2017"),
+    CamMethod("gradcam++", "GradCAM++", "GradCAMPlusPlus", "Chattopadhyay et al. 2018"),
+    CamMethod("hirescam", "HiResCAM", "HiResCAM", "Draelos & Carin 2020"),
+    CamMethod("xgradcam", "XGradCAM", "XGradCAM", "Fu et al. 2020"),
+    CamMethod("layercam", "LayerCAM", "LayerCAM", "Jiang et al. 2021"),
+    CamMethod("eigencam", "EigenCAM", "EigenCAM", "Muhammad & Yeasin 2020 (class-agnostic: first principal component)"),
+    CamMethod("scorecam", "ScoreCAM", "ScoreCAM", "Wang et al. 2020", expensive=True),
+    CamMethod("ablationcam", "AblationCAM", "AblationCAM", "Desai & Ramaswamy 2020", expensive=True),
+    CamMethod("finercam", "FinerCAM", "FinerCAM", "Zhang et al. 2025: target class vs its most similar classes"),
+)
+METHODS: tuple[str, ...] = tuple(m.key for m in METHOD_TABLE)
+#: How the methods are written in the UI.
+METHOD_NAMES: dict[str, str] = {m.key: m.name for m in METHOD_TABLE}
+#: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
+EXPENSIVE_METHODS: frozenset[str] = frozenset(m.key for m in METHOD_TABLE if m.expensive)
+
+
 def _methods() -> dict[str, type]:
+    """Method key → the pytorch-grad-cam class (:data:`METHOD_TABLE`)."""
     import pytorch_grad_cam as pgc  # lazy: pytorch-grad-cam brings OpenCV, SciPy, Matplotlib (180 MB)
 
-    return {
-        "gradcam": pgc.GradCAM,              # Selvaraju et al. 2017
-        "gradcam++": pgc.GradCAMPlusPlus,    # Chattopadhyay et al. 2018
-        "hirescam": pgc.HiResCAM,            # Draelos & Carin 2020
-        "xgradcam": pgc.XGradCAM,            # Fu et al. 2020
-        "layercam": pgc.LayerCAM,            # Jiang et al. 2021
-        "eigencam": pgc.EigenCAM,            # Muhammad & Yeasin 2020 (class-agnostic: first principal component)
-        "scorecam": pgc.ScoreCAM,            # Wang et al. 2020 (one forward pass per channel)
-        "ablationcam": pgc.AblationCAM,      # Desai & Ramaswamy 2020 (one forward pass per channel)
-        "finercam": pgc.FinerCAM,            # Zhang et al. 2025: target class vs its most similar classes
-    }
+    return {m.key: getattr(pgc, m.cls) for m in METHOD_TABLE}
 
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam",
-                            "ablationcam", "finercam")
-#: How the methods are written in the UI: the names their papers and pytorch-grad-cam give them.
-METHOD_NAMES: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "hirescam": "HiResCAM",
-                                "xgradcam": "XGradCAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
-                                "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "finercam": "FinerCAM"}
-#: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
-EXPENSIVE_METHODS: frozenset[str] = frozenset({"scorecam", "ablationcam"})
 #: Default target layer per architecture family: the last block with spatial output.
 DEFAULT_LAYERS: dict[str, str] = {
     "resnet": "layer4",          # torchvision/timm ResNet: last stage (7×7 at 224 px)

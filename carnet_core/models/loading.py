@@ -225,6 +225,7 @@ def _from_spec(spec: ModelSpec, checkpoint: Path | None, weights: str, folder: P
             how = "; ".join(x for x in (f"loaded {load_into(module, state, source=path.name)}", named) if x)
             if args is not None:
                 data_config = _training_data_config(module, args)
+                check_data_config(data_config, path.name)  # a train.py run's options, bounded as CarNet's metadata
                 if data_config != _data_config(module):
                     how += "; data config from its training options"
         source = WeightsSource(source.source, source.location, "; ".join(x for x in (source.detail, how) if x))

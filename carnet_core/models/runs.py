@@ -86,14 +86,19 @@ def is_run_checkpoint(path: Path) -> bool:
 
 
 def remove_partial_writes(run_dir: Path) -> list[Path]:
-    """Remove what writes interrupted by a kill left in a run folder: temporary files (``*.tmp``; a checkpoint or the
-    resume state is written to one, then renamed over the real file), never a finished file. A run calls it when it
-    starts or resumes, the only writer of its folder. Returns what was removed."""
+    """Remove what writes of the run's own files, interrupted by a kill, left in a run folder: the temporary files
+    its checkpoints and resume state are written to before the rename (``.best-….tmp``, ``.last.safetensors….tmp``,
+    ``.last_state.pt….tmp``, and ``last_state.pt.tmp`` of earlier versions). Never a finished file, and never another
+    writer's temporary file (a job's folder is also the app's: ``status.json`` is written there while the run starts).
+    A run calls it when it starts or resumes. Returns what was removed."""
+    ours = (".best-e", f".{LAST_CHECKPOINT}.", f".{STATE_FILE}.")
     removed = []
     for path in Path(run_dir).glob("*.tmp"):  # hidden ones too (pathlib's * matches a leading dot)
+        if not (path.name.startswith(ours) or path.name == f"{STATE_FILE}.tmp"):
+            continue
         try:
             path.unlink()
             removed.append(path)
-        except OSError:  # gone already, or not ours to remove: nothing a run needs
+        except OSError:  # gone already: nothing a run needs
             pass
     return removed

@@ -304,3 +304,15 @@ def test_faithfulness_in_words():
     assert words(0.5, 0.00004).startswith("keeping only the highlighted region keeps the probability of "
                                           "**convertible** at 50.0% (+0.0 points): the highlighted region alone")
     assert "to 100.0%" in words(0.9, 0.2) and "to 0.0%" in words(0.1, -0.2)  # a probability, whatever the metric says
+
+
+def test_the_method_table_is_the_one_the_cli_and_the_page_read():
+    from carnet_core.cli.parser import build_parser
+    from carnet_core.explain.cams import EXPENSIVE_METHODS, METHOD_NAMES, METHOD_TABLE, METHODS, _methods
+
+    assert METHODS == tuple(m.key for m in METHOD_TABLE) and set(METHOD_NAMES) == set(METHODS)
+    assert EXPENSIVE_METHODS == {"scorecam", "ablationcam"}
+    assert {k: c.__name__ for k, c in _methods().items()} == {m.key: m.cls for m in METHOD_TABLE}
+    explain = build_parser()._subparsers._group_actions[0].choices["explain"]
+    method = next(a for a in explain._actions if a.dest == "method")
+    assert tuple(method.choices) == METHODS

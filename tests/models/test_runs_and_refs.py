@@ -50,7 +50,8 @@ def test_partial_writes_left_by_a_kill_are_removed_and_finished_files_kept(tmp_p
     when it starts or resumes."""
     from carnet_core.models.runs import remove_partial_writes
 
-    kept = [tmp_path / "last.safetensors", tmp_path / "last_state.pt", tmp_path / best_name(2, 0.75)]
+    kept = [tmp_path / "last.safetensors", tmp_path / "last_state.pt", tmp_path / best_name(2, 0.75),
+            tmp_path / ".status.json.77.0a1b2c3d.tmp"]  # the app's write of the job's status, in flight: not ours
     left = [tmp_path / ".last_state.pt.123.ab12cd34.tmp", tmp_path / ".best-e003-top1-80.0.safetensors.9.ff.tmp",
             tmp_path / "last_state.pt.tmp"]  # the last: how an earlier version named it
     for path in kept + left:
