@@ -115,7 +115,8 @@ class Trainer:
                 result.cancelled = True
                 break
             metrics, best = self._end_epoch(run, epoch, trained, history, best)
-            self.best_epoch = best[0][1] if best else None
+            # rank 0 keeps the best-k list: every rank takes its best epoch, so early stopping stops them together
+            self.best_epoch = fabric.broadcast(best[0][1] if best else None, src=0)
             result = self._result(best, history)
             for callback in (self.metrics_writer, early):  # the loop's own, before the callers'
                 callback.on_epoch_end(self, metrics)
