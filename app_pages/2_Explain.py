@@ -5,11 +5,16 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError
+from carnet_core.charts import faithfulness_bar_figure, road_curves_figure
+from carnet_core.data import catalog
 from carnet_core.data.images import png_bytes
+from carnet_core.data.readers import open_dataset
+from carnet_core.errors import count
 from carnet_core.explain.cams import (
     AUG_SMOOTH_PASSES,
     COLORMAPS,
     EXPENSIVE_METHODS,
+    FLOOR_METHOD,
     METHOD_NAMES,
     METHODS,
     aug_smooth_refusal,
@@ -17,6 +22,13 @@ from carnet_core.explain.cams import (
     estimate_seconds,
     spatial_layers,
     usable_smoothing,
+)
+from carnet_core.explain.faithfulness import (
+    RANKED_METHODS,
+    SECONDS_PER_PHOTO_AND_METHOD,
+    rank_methods,
+    ranking_summary,
+    road,
 )
 from carnet_core.inference.predict import predict
 
@@ -91,6 +103,20 @@ credit = ui.photo_credit(photo.name)  # a sample photo's credit travels with the
 st.download_button("Download overlay (PNG)", png_bytes(overlay_image, credit.png_text() if credit else None),
                    file_name=f"{method}_{result.class_name}.png", mime="image/png", key="explain_download")
 
+with st.container(border=True):
+    st.markdown("**ROAD faithfulness** (Rong et al., ICML 2022): remove the pixels this heatmap ranks most relevant, "
+                "or least relevant, fill them in from their neighbours, and see how much of the class is left.")
+    road_key = (photo.digest, method, result.class_name, result.layer, aug, eigen)
+    curves = ui.remembered("_road", [model], road_key, None, keep=8)
+    if curves is None and st.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)", key="explain_road"):
+        with st.spinner("Removing and filling in pixels…"):
+            curves = ui.remembered("_road", [model], road_key, keep=8, compute=lambda: road(
+                model, photo.image, result.heatmap, result.class_index))
+    if curves is not None:
+        st.markdown(curves.text())
+        st.plotly_chart(road_curves_figure(curves.removed_pct, curves.morf, curves.lerf, curves.probability),
+                        width="stretch", key="explain_road_chart")
+
 st.subheader("Compare methods")
 fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
 chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
@@ -107,3 +133,36 @@ if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered
             (" · without augmentation smoothing" if aug and not r.aug_smooth else "")
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
     progress.empty()  # the grid is the result: no bar left at "Done" on every rerun
+
+st.subheader("Which method is most faithful for this model?")
+st.caption(f"ROAD combined of each method over photos of a dataset (each photo's top-1 class explained), with "
+           f"{FLOOR_METHOD.name} — random channel weights — as the floor a method must beat. ScoreCAM and AblationCAM "
+           f"are left out: a minute per photo each. The same table comes from `python -m carnet_core faithfulness`.")
+folders = catalog.dataset_folders()
+if not folders:
+    st.info("No dataset folders to take photos from.")
+    st.stop()
+pick = st.columns(3)
+folder = pick[0].selectbox("Photos from", folders, format_func=lambda p: p.name, key="explain_rank_folder")
+n_photos = pick[1].slider("Photos", 2, 20, 6, key="explain_rank_images", help="Taken from the classes in turn.")
+seconds = n_photos * (len(RANKED_METHODS) + 1) * SECONDS_PER_PHOTO_AND_METHOD
+ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), None, keep=4)
+if ranking is None and st.button(f"Rank the methods (roughly {seconds / 60:.0f} min on a CPU)", key="explain_rank"):
+    try:
+        splits = open_dataset(folder)
+        photos = splits.part(splits.default_split).spread(n_photos)
+        bar = st.progress(0.0, text="Measuring ROAD…")
+        ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), keep=4,
+                                compute=lambda: rank_methods(model, photos, progress=lambda f: bar.progress(f)))
+        bar.empty()
+    except CarNetError as exc:
+        st.error(str(exc))
+if ranking is not None:
+    scores, skipped = ranking
+    st.markdown(ranking_summary(scores))
+    st.plotly_chart(faithfulness_bar_figure([s.name for s in scores], [s.mean for s in scores],
+                                            [s.std for s in scores], FLOOR_METHOD.name),
+                    width="stretch", key="explain_rank_chart")
+    if skipped:
+        st.warning(f"{count(len(skipped), 'photo')} could not be read and {'was' if len(skipped) == 1 else 'were'} "
+                   "left out.")

@@ -1,14 +1,13 @@
 """Evaluate: a model on a labelled dataset — accuracy, per-class, confusion, mistakes (with Grad-CAM), calibration."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import ui
 from carnet_core import CarNetError
-from carnet_core.charts import confusion_heatmap_figure, reliability_figure
+from carnet_core.charts import confusion_heatmap_figure, pr_curve_figure, reliability_figure
 from carnet_core.config import data_root, mappings_dir
 from carnet_core.data import catalog
 from carnet_core.data.datasets import SPLITS
@@ -17,9 +16,7 @@ from carnet_core.errors import count, listed
 from carnet_core.evaluation.compare import load_mapping
 from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import TOP5_NOTE, confusion_order, top5_informative, top5_text
-from carnet_core.models.labels import find_class, within_classes
-
-MISTAKES_PER_PAGE = 24  # four rows of six thumbnails
+from carnet_core.models.labels import within_classes
 
 st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
 st.title("Evaluate")
@@ -108,27 +105,58 @@ if report.hierarchy:
 
 rows = per_class_rows(report)
 table = pd.DataFrame(rows)
-for column in ("accuracy", "precision", "F1"):
+for column in ("precision", "recall", "F1", "AP"):
     table[column] = (table[column] * 100).round(1)
-table = table.rename(columns={"accuracy": "accuracy (%)", "precision": "precision (%)", "F1": "F1 (%)"})
+table = table.rename(columns={"precision": "precision (%)", "recall": "recall (%)", "F1": "F1 (%)", "AP": "AP (%)"})
 export = st.container(horizontal=True)
 export.download_button("Per-class table (CSV)", table.to_csv(index=False), "per_class.csv", "text/csv",
                        key="evaluate_csv")
-export.download_button("Full report (JSON)", json.dumps({"model": model.name, "dataset": str(folder),
+export.download_button("Full report (JSON)", json.dumps({"model": model.name, "dataset": folder.name,
                                                           "split": split, "mapping": mapping_name,
                                                           **report.to_dict()}, indent=1),
                        "evaluation.json", "application/json", key="evaluate_json")
 
-tab_classes, tab_confusion, tab_mistakes, tab_calibration = st.tabs(
-    ["Per class", "Confusion", "Mistakes", "Calibration"])
+tab_classes, tab_confusion, tab_mistakes, tab_labels, tab_calibration = st.tabs(
+    ["Per class", "Confusion", "Mistakes", "Possible label errors", "Calibration"])
 with tab_classes:
-    st.dataframe(table, hide_index=True, width="stretch", height=min(600, 35 * len(table) + 38), placeholder="–")
+    st.caption("Recall is the class's accuracy (its photos predicted right); precision, the share of the photos "
+               "predicted as the class that are of it; AP, the area under its precision–recall curve. Click a row to "
+               "see the class's photos.")
+    picked_rows = st.dataframe(table, hide_index=True, width="stretch", height=min(600, 35 * len(table) + 38),
+                               placeholder="–", on_select="rerun", selection_mode="single-row",
+                               key="evaluate_class_table").selection.rows
+    if picked_rows:
+        name = table.iloc[picked_rows[0]]["class"]
+        which = st.radio(f"Photos of **{name}**", ["all", "wrong", "right"], horizontal=True,
+                         key="evaluate_class_which")
+        ui.photo_grid(model, report.photos(name, which=which), f"evaluate_class_{name}_{which}", state_key,
+                      f"labelled {name}, {which}, most confident first")
+    st.markdown("**Precision–recall curves**")
+    worst = [r["class"] for r in sorted(rows, key=lambda r: (pd.isna(r["AP"]), r["AP"]))][:3]
+    shown = st.multiselect("Classes", list(report.pr_curves), default=[c for c in worst if c in report.pr_curves],
+                           key="evaluate_pr_classes", help="The three with the lowest average precision to start.")
+    if shown:
+        st.plotly_chart(pr_curve_figure(report.pr_curves, shown), width="stretch", key="evaluate_pr")
 with tab_confusion:
     order_by = st.radio("Order", ["clustered (confused classes together)", "alphabetical"], horizontal=True,
                         key="evaluate_order")
     order = confusion_order(report.confusion) if order_by.startswith("clustered") else None
-    st.plotly_chart(confusion_heatmap_figure(report.confusion, report.class_names, order), width="stretch",
-                    key="evaluate_confusion")
+    clicked = st.plotly_chart(confusion_heatmap_figure(report.confusion, report.class_names, order), width="stretch",
+                              key="evaluate_confusion", on_select="rerun", selection_mode="points")
+    cells = {f"{t} → {p}": (t, p) for t, p, _ in report.cells()}
+    points = clicked.selection.points if clicked else []
+    seen = [tuple(pt["customdata"][:2]) for pt in points if pt.get("customdata")]
+    if seen and seen[0] != st.session_state.get("evaluate_cell_clicked"):  # a new click picks its cell, once
+        st.session_state["evaluate_cell_clicked"] = seen[0]
+        st.session_state["evaluate_cell"] = f"{seen[0][0]} → {seen[0][1]}"
+    sizes = {f"{t} → {p}": n for t, p, n in report.cells()}
+    cell = st.selectbox("Photos of a cell (true → predicted); or click a cell", list(cells), index=None,
+                        format_func=lambda c: f"{c} ({count(sizes[c], 'photo')})", key="evaluate_cell",
+                        placeholder="choose a cell")
+    if cell in cells:
+        true_class, predicted = cells[cell]
+        ui.photo_grid(model, report.photos(true_class, predicted), f"evaluate_cell_{true_class}_{predicted}",
+                      state_key, f"labelled {true_class}, predicted {predicted}, most confident first")
     pairs = report.most_confused(15)
     st.markdown("**Most confused pairs**")
     st.dataframe(pd.DataFrame(pairs, columns=["true class", "predicted as", "images"]), hide_index=True,
@@ -148,38 +176,17 @@ with tab_mistakes:
                                                                   "of. Least confident: the near misses.")
         shown = report.mistakes(None if true_class == "all" else true_class, None if predicted == "all" else predicted,
                                 most_confident_first=order.startswith("most"))
-        pages = max(1, -(-len(shown) // MISTAKES_PER_PAGE))
-        page = st.columns(4)[0].number_input("Page", 1, pages, 1, key=f"evaluate_wrong_page_{true_class}_{predicted}") \
-            if pages > 1 else 1  # a page number per filter: another filter starts at page 1
-        first = (page - 1) * MISTAKES_PER_PAGE
-        st.caption(f"{count(len(shown), 'mistake')}, {order}"
-                   + (f"; page {page} of {pages}" if pages > 1 else "")
-                   + ", as the model sees them (resized and center-cropped).")
-        for i, p in enumerate(shown[first:first + MISTAKES_PER_PAGE], start=first):
-            if i % 6 == 0:
-                row = st.columns(6)  # a row at a time: each row starts level
-            with row[i % 6]:
-                thumbnail = ui.input_view(p["path"], model)
-                if thumbnail is not None:
-                    st.image(thumbnail, width="stretch")
-                st.caption(f"**{p['label']}** → {p['predicted']} ({p['confidence'] * 100:.0f}%)")
-                if st.button("Grad-CAM", key=f"evaluate_cam_{i}"):
-                    st.session_state["evaluate_cam"] = (state_key, p)
-        cam_for, picked = st.session_state.get("evaluate_cam", (None, None))
-        picked = picked if cam_for == state_key else None  # a mistake of this evaluation, not of another model's
-        if picked and Path(picked["path"]).is_file():
-            st.markdown(f"**What {model.name} looked at** — `{Path(picked['path']).name}`: true "
-                        f"**{picked['label']}**, predicted **{picked['predicted']}**")
-            try:
-                photo = ui.Photo(Path(picked["path"]).name, Path(picked["path"]).read_bytes())
-                target = picked["predicted"] if find_class(model.class_names, picked["predicted"]) is not None else None
-                exp = ui.explanation(model, photo, "gradcam", target, None)  # remembered per session
-                c1, c2, _ = st.columns([1, 1, 1])
-                view = ui.input_view(picked["path"], model)  # cached: a rerun does not decode the photo again
-                c1.image(view if view is not None else photo.image, caption="as the model sees it", width="stretch")
-                c2.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")
-            except (CarNetError, OSError) as exc:  # ImageError is a CarNetError; a file removed since
-                st.error(str(exc))
+        ui.photo_grid(model, shown, f"evaluate_wrong_{true_class}_{predicted}", state_key,
+                      f"mistakes, {order}")
+with tab_labels:
+    st.caption("Photos whose given label the model finds least likely — candidates to check by eye, not proof of a "
+               "wrong label. Confident learning (Northcutt et al. 2021, JAIR) with cleanlab; the least likely label "
+               "first.")
+    if not report.label_issues:
+        st.success("None flagged: every label is among what the model finds likely.")
+    else:
+        ui.photo_grid(model, report.label_issues, "evaluate_labels", state_key,
+                      "flagged as possibly mislabelled, least likely label first")
 with tab_calibration:
     st.plotly_chart(reliability_figure(report.reliability, report.ece), width="stretch", key="evaluate_reliability")
     st.caption("Bars below the diagonal: the model is over-confident in that confidence range.")

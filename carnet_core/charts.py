@@ -116,20 +116,80 @@ def confusion_heatmap_figure(confusion: Sequence[Sequence[int]], class_names: Se
     """Confusion matrix heatmap (rows = true class, columns = predicted), classes in ``order`` (e.g.
     :func:`carnet_core.evaluation.evaluate.confusion_order`, which puts confused classes together). With ``normalize`` each
     row is shown as % of that class's images. Tick labels are hidden beyond 60 classes (hover shows the names), so
-    a 196-class matrix stays readable."""
+    a 196-class matrix stays readable.
+
+    Each non-empty cell also carries an invisible square marker (trace 1, ``customdata`` = [true, predicted, images]):
+    plotly.js fires no click on a heatmap cell when the chart is in select mode (plotly/plotly.js#7685), and a marker
+    it does, so a page can open the cell's photos (Streamlit's ``on_select``)."""
     order = list(order) if order is not None else list(range(len(class_names)))
     c = np.asarray(confusion, dtype=float)[np.ix_(order, order)]
     names = [class_names[i] for i in order]
     z = c / np.maximum(c.sum(1, keepdims=True), 1) * 100 if normalize else c
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Blues", customdata=c,
-                               colorbar=dict(title="% of row" if normalize else "images"),
-                               hovertemplate="true: %{y}<br>predicted: %{x}<br>%{z:.1f}"
-                                             + ("%" if normalize else "") + " (%{customdata:.0f} images)<extra></extra>"))
+    unit = "%" if normalize else ""
+    rows, cols = np.nonzero(c)
+    fig = go.Figure([
+        go.Heatmap(z=z, x=names, y=names, colorscale="Blues", hoverinfo="skip",
+                   colorbar=dict(title="% of row" if normalize else "images")),
+        go.Scatter(x=[names[j] for j in cols], y=[names[i] for i in rows], mode="markers", showlegend=False,
+                   marker=dict(symbol="square", size=max(6, min(48, 640 // max(len(names), 1))),
+                               color="rgba(0,0,0,0)"),
+                   customdata=[[names[i], names[j], int(c[i, j]), float(z[i, j])] for i, j in zip(rows, cols)],
+                   hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>%{customdata[3]:.1f}" + unit
+                                 + " (%{customdata[2]} images) — click to see them<extra></extra>"),
+    ])
     many = len(names) > 60
     size = min(900, max(360, 14 * len(names) + 160))
-    fig.update_layout(height=size, margin=dict(l=0, r=0, t=10, b=0),
-                      xaxis=dict(title="predicted", showticklabels=not many, tickangle=-45),
-                      yaxis=dict(title="true", autorange="reversed", showticklabels=not many))
+    fig.update_layout(height=size, margin=dict(l=0, r=0, t=10, b=0), clickmode="event+select",
+                      xaxis=dict(title="predicted", showticklabels=not many, tickangle=-45, categoryorder="array",
+                                 categoryarray=names),
+                      yaxis=dict(title="true", autorange="reversed", showticklabels=not many, categoryorder="array",
+                                 categoryarray=names))
+    return fig
+
+
+def pr_curve_figure(curves: dict[str, dict], classes: Sequence[str]) -> go.Figure:
+    """Precision against recall (%) of each of ``classes`` (one line each, average precision in the legend), from
+    :attr:`carnet_core.evaluation.evaluate.EvalReport.pr_curves`; a class without a curve is left out."""
+    fig = go.Figure([go.Scatter(x=[r * 100 for r in curves[name]["recall"]],
+                                y=[p * 100 for p in curves[name]["precision"]], mode="lines", line_shape="hv",
+                                name=f"{name} (AP {curves[name]['average_precision'] * 100:.1f}%)",
+                                hovertemplate=name + ": recall %{x:.1f}%, precision %{y:.1f}%<extra></extra>")
+                     for name in classes if name in curves])
+    fig.update_layout(height=380, xaxis=dict(title="recall (%)", range=[0, 101]),
+                      yaxis=dict(title="precision (%)", range=[0, 101]), margin=dict(l=0, r=0, t=10, b=0),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def road_curves_figure(removed_pct: Sequence[int], morf: Sequence[float], lerf: Sequence[float],
+                       probability: float) -> go.Figure:
+    """ROAD's two curves (Rong et al. 2022): the class probability (%) against the share of pixels removed (%), most
+    relevant first (should fall fast) and least relevant first (should hold), from the photo's own probability at 0 %.
+    """
+    x = [0, *removed_pct]
+    fig = go.Figure([
+        go.Scatter(x=x, y=[probability * 100, *(v * 100 for v in morf)], mode="lines+markers",
+                   name="most relevant removed first (should fall)", line=dict(color="#d62728")),
+        go.Scatter(x=x, y=[probability * 100, *(v * 100 for v in lerf)], mode="lines+markers",
+                   name="least relevant removed first (should hold)", line=dict(color="#2ca02c")),
+    ])
+    fig.update_layout(height=300, xaxis=dict(title="pixels removed (%)", range=[0, 100]),
+                      yaxis=dict(title="class probability (%)", range=[0, 101]), margin=dict(l=0, r=0, t=10, b=0),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def faithfulness_bar_figure(names: Sequence[str], means: Sequence[float], stds: Sequence[float],
+                            floor: str) -> go.Figure:
+    """Mean ROAD combined per CAM method (horizontal bars with ± one standard deviation, most faithful on top), the
+    floor method's bar in grey."""
+    fig = go.Figure(go.Bar(x=list(means)[::-1], y=list(names)[::-1], orientation="h",
+                           error_x=dict(type="data", array=list(stds)[::-1]),
+                           marker_color=["#999" if n == floor else "#2f7ed8" for n in list(names)[::-1]],
+                           text=[f"{m:+.3f}" for m in list(means)[::-1]], textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x:+.3f}<extra></extra>"))
+    fig.update_layout(height=40 * len(names) + 70, xaxis=dict(title="ROAD combined (higher is more faithful)"),
+                      yaxis=dict(automargin=True), margin=dict(l=0, r=40, t=10, b=0))
     return fig
 
 

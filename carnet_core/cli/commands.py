@@ -22,11 +22,12 @@ from carnet_core.cli.inputs import (
 from carnet_core.data.datacheck import validate_splits
 from carnet_core.data.images import IMAGE_EXTENSIONS, load_image
 from carnet_core.data.readers import open_dataset
-from carnet_core.errors import CarNetError, WeightsNotFoundError
+from carnet_core.errors import CarNetError, WeightsNotFoundError, count
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping
 from carnet_core.evaluation.evaluate import evaluate, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import top5_text
-from carnet_core.explain.cams import explain
+from carnet_core.explain.cams import FLOOR_METHOD, explain
+from carnet_core.explain.faithfulness import REMOVED_PCT, rank_methods, road
 from carnet_core.inference.engines import TorchEngine, onnxruntime_session, softmax
 from carnet_core.inference.export import export_onnx
 from carnet_core.inference.parity import parity_photos
@@ -126,6 +127,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                "class": result.class_name, "probability": round(result.probability, 6),
                "faithfulness": round(result.faithfulness, 6), "latency_ms": round(result.latency_ms, 1),
                "aug_smooth": result.aug_smooth, "eigen_smooth": result.eigen_smooth, "overlay": str(args.out)}
+    curves = road(model, args.image, result.heatmap, result.class_index) if args.road else None
+    if curves:
+        summary["road"] = {"combined": round(curves.combined, 6), "removed_pct": curves.removed_pct,
+                           "morf": [round(v, 6) for v in curves.morf], "lerf": [round(v, 6) for v in curves.lerf]}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -133,6 +138,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{result.method}{f' ({smoothed} smoothing)' if smoothed else ''} on {model.name}/{result.layer}: "
               f"{result.class_name} ({result.probability * 100:.1f}%), {result.latency_ms:.0f} ms → {args.out}")
         print("faithfulness: " + result.faithfulness_text().replace("**", ""))  # as the Explain page words it
+        if curves:
+            print("ROAD: " + curves.text().replace("**", ""))
+    return 0
+
+
+def cmd_faithfulness(args: argparse.Namespace) -> int:
+    if args.images < 1:
+        raise CarNetError(f"--images must be 1 or more, got {args.images}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    model = load_member(str(args.checkpoint), not args.no_hub, args.model, args.classes)
+    splits = open_dataset(args.data, args.kind)
+    dataset = splits.part(splits.default_split)
+    photos = dataset.spread(args.images)
+    scores, skipped = rank_methods(model, photos, methods)
+    for path, reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"model": model.name, "data": str(args.data), "split": dataset.name,
+                          "images": [str(p) for p in photos], "removed_pct": list(REMOVED_PCT),
+                          "methods": [{"method": s.method, "name": s.name, "road_combined": s.mean, "std": s.std,
+                                       "beats_floor": s.beats_floor, "per_image": s.scores} for s in scores]},
+                         indent=2))
+        return 0
+    print(f"ROAD combined of {model.name} on {count(len(photos) - len(skipped), 'photo')} of {dataset.name} "
+          f"(higher is more faithful; {FLOOR_METHOD.name}, random channel weights, is the floor):")
+    width = max(len(s.name) for s in scores)
+    for s in scores:
+        verdict = "  (the floor)" if s.method == FLOOR_METHOD.key else "" if s.beats_floor else "  (not above the floor)"
+        print(f"  {s.name:<{width}} {s.mean:+.3f} ± {s.std:.3f}{verdict}")
     return 0
 
 
@@ -250,11 +284,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for level, acc in report.hierarchy.items():
             print(f"{level} accuracy {acc:.1%}")
         worst = per_class_rows(report)[:5]
-        print("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.0%}" for r in worst))
+        print("worst classes (recall): " + ", ".join(f"{r['class']} {r['recall']:.0%}" for r in worst))
         for a, b, n in report.most_confused(5):
             print(f"  {a} → {b}: {n}")
+        if report.label_issues:
+            print(f"possible label errors (confident learning): {len(report.label_issues)}, least likely label first")
+            for issue in report.label_issues[:5]:
+                print(f"  {issue['path']}: labelled {issue['label']} ({issue['label_probability']:.0%}), "
+                      f"the model says {issue['predicted']} ({issue['confidence']:.0%})")
     if args.csv:  # after the numbers are out: a table that cannot be written loses nothing else
-        write_csv(args.csv, ["class", "accuracy", "precision", "F1", "images", "most often predicted instead",
+        write_csv(args.csv, ["class", "precision", "recall", "F1", "AP", "images", "most often predicted instead",
                               "times"], per_class_rows(report))
         if not args.json:
             print(f"per-class table written to {args.csv}")

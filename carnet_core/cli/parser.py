@@ -13,6 +13,7 @@ from carnet_core.cli.commands import (
     cmd_engines,
     cmd_evaluate,
     cmd_explain,
+    cmd_faithfulness,
     cmd_export,
     cmd_models,
     cmd_predict,
@@ -23,6 +24,7 @@ from carnet_core.cli.inputs import numbers
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS
 from carnet_core.explain.cams import COLORMAPS, METHODS
+from carnet_core.explain.faithfulness import RANKED_METHODS
 from carnet_core.models.registry import HEADS
 from carnet_core.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engines(sub)
     _add_validate_data(sub)
     _add_evaluate(sub)
+    _add_faithfulness(sub)
     _add_train(sub)
     return parser
 
@@ -109,9 +112,22 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                    help="first principal component of the weighted activations (pytorch-grad-cam's eigen_smooth): "
                         "less noise")
     p.add_argument("--out", type=Path, default=Path("overlay.png"), help="output PNG (default overlay.png)")
+    p.add_argument("--road", action="store_true", help="also measure ROAD faithfulness (Rong et al. 2022; ~2 s)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=cmd_explain)
+
+
+def _add_faithfulness(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("faithfulness", help="which CAM method is most faithful for a model: ROAD combined per method "
+                                            "over photos of a dataset, with RandomCAM as the floor (Explain's table)")
+    _model_on_dataset_arguments(p)
+    p.add_argument("--images", type=int, default=6, help="photos, taken from the classes in turn (default 6; about "
+                                                         "2 s per photo and method on a CPU)")
+    p.add_argument("--methods", default=",".join(RANKED_METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)} (default: {','.join(RANKED_METHODS)})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_faithfulness)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -166,10 +182,7 @@ def _add_validate_data(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class, confusion, calibration of a model or checkpoint on a "
                                         "dataset split (the Evaluate page's numbers)")
-    checkpoint_argument(p, "checkpoint")
-    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
-    plain_weights_options(p, dest="model")
-    _dataset_kind_option(p)
+    _model_on_dataset_arguments(p)
     p.add_argument("--split", choices=SPLITS, help="val, train or all; default: val for a dataset with a split of its "
                                                    "own, all for a folder of class folders (the reader would split it)")
     p.add_argument("--mapping", type=Path, help="dataset class → model classes (JSON/CSV), for ImageNet models")
@@ -231,6 +244,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     option("--loggers", "also log to tensorboard, mlflow and/or wandb (offline), comma-separated",
            type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
     p.set_defaults(func=cmd_train)
+
+
+def _model_on_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    """CHECKPOINT (or a registry name) and DATA, with what a plain weights file needs and the dataset's layout: the
+    arguments of the commands that run a model over a dataset."""
+    checkpoint_argument(p, "checkpoint")
+    p.add_argument("data", type=Path, metavar="DATA", help="dataset folder (see validate-data)")
+    plain_weights_options(p, dest="model")
+    _dataset_kind_option(p)
 
 
 def _dataset_kind_option(p: argparse.ArgumentParser) -> None:

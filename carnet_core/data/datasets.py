@@ -67,6 +67,20 @@ class ImageDataset:
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
         return replace(self, transform=transform)
 
+    def spread(self, n: int) -> list[Any]:
+        """``n`` items (all, if fewer) taken from the classes in turn — the first of each class, then the second, … —
+        so a small sample covers the label set; the same items every time."""
+        by_class: dict[int, list[Any]] = {}
+        for item, label in self.items:
+            by_class.setdefault(label, []).append(item)
+        queues = [by_class[c] for c in sorted(by_class)]
+        picked: list[Any] = []
+        for depth in range(max(map(len, queues), default=0)):
+            picked += [q[depth] for q in queues if depth < len(q)]
+            if len(picked) >= n:
+                break
+        return picked[:n]
+
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         return replace(self, items=[self.items[i] for i in indices])
 

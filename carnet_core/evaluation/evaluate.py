@@ -19,7 +19,8 @@ from carnet_core.config import cache_dir as default_cache_dir
 from carnet_core.data.datasets import DatasetSplits, ImageDataset
 from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.compare import LabelProjection
-from carnet_core.evaluation.metrics import metrics_from_probabilities
+from carnet_core.evaluation.label_issues import find_label_issues
+from carnet_core.evaluation.metrics import metrics_from_probabilities, pr_curves
 from carnet_core.evaluation.scoring import score_images
 from carnet_core.inference.export import fingerprint
 from carnet_core.inference.predict import predict_probabilities
@@ -39,8 +40,12 @@ class EvalReport:
         ece: expected calibration error over :data:`ECE_BINS` equal-width confidence bins.
         reliability: per bin {"confidence": mean top-1 probability, "accuracy": float, "count": int}.
         hierarchy: {"make": acc, "model": acc, "year": acc} when the dataset has a hierarchy.
-        predictions: per image {"path", "label", "predicted", "confidence"} (for galleries).
+        predictions: per image {"path", "label", "predicted", "confidence", "top3": [[class, probability], …]}
+            (for galleries and the confusion-cell drill-down).
         skipped: (path, reason) of unreadable images.
+        pr_curves: class → its precision–recall curve and average precision (:func:`~.metrics.pr_curves`).
+        label_issues: possible label errors, least likely given label first
+            (:func:`~carnet_core.evaluation.label_issues.find_label_issues`).
     """
     class_names: list[str]
     num_images: int
@@ -53,6 +58,8 @@ class EvalReport:
     hierarchy: dict[str, float] = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    pr_curves: dict[str, dict] = field(default_factory=dict)
+    label_issues: list[dict] = field(default_factory=list)
 
     def most_confused(self, n: int = 10) -> list[tuple[str, str, int]]:
         """The ``n`` largest off-diagonal confusion counts as (true, predicted, count)."""
@@ -87,14 +94,34 @@ class EvalReport:
         f1 = [scores[name]["f1"] for name, p in zip(self.class_names, present) if p]
         return float(np.mean(f1)) if f1 else float("nan")
 
+    def photos(self, true_class: str | None = None, predicted: str | None = None, which: str = "all",
+               most_confident_first: bool = True) -> list[dict]:
+        """The images of :attr:`predictions` behind a confusion cell, a row or a column: those labelled
+        ``true_class`` and/or predicted as ``predicted`` (None: any), ``which`` of them ("all", "wrong" or "right"),
+        ordered by the model's confidence in its prediction, most confident first ("confidently wrong" first among
+        mistakes) or least (the near misses).
+
+        Raises:
+            ValueError: ``which`` is not one of "all", "wrong", "right".
+        """
+        if which not in ("all", "wrong", "right"):
+            raise ValueError(f"which must be 'all', 'wrong' or 'right', not {which!r}")
+        chosen = [p for p in self.predictions
+                  if true_class in (None, p["label"]) and predicted in (None, p["predicted"])
+                  and (which == "all" or (p["label"] == p["predicted"]) == (which == "right"))]
+        return sorted(chosen, key=lambda p: p["confidence"], reverse=most_confident_first)
+
     def mistakes(self, true_class: str | None = None, predicted: str | None = None,
                  most_confident_first: bool = True) -> list[dict]:
-        """The misclassified images of :attr:`predictions` (``{"path", "label", "predicted", "confidence"}``), only
-        those of ``true_class`` and/or predicted as ``predicted`` when given, ordered by the model's confidence in its
-        wrong class: most confident first (the mistakes it is surest of) or least (the near misses)."""
-        wrong = [p for p in self.predictions if p["label"] != p["predicted"]
-                 and true_class in (None, p["label"]) and predicted in (None, p["predicted"])]
-        return sorted(wrong, key=lambda p: p["confidence"], reverse=most_confident_first)
+        """The misclassified images (:meth:`photos` with ``which="wrong"``)."""
+        return self.photos(true_class, predicted, "wrong", most_confident_first)
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """Every non-empty cell of :attr:`confusion` as (true class, predicted class, images), the mistakes first and
+        largest first within each kind: the choices of a drill-down picker."""
+        c = np.array(self.confusion)
+        found = [(self.class_names[i], self.class_names[j], int(c[i, j])) for i, j in zip(*np.nonzero(c))]
+        return sorted(found, key=lambda t: (t[0] == t[1], -t[2], t[0], t[1]))
 
     def to_dict(self) -> dict:
         """Everything as JSON-ready values; an undefined number (the accuracy of a class with no images, the precision
@@ -107,7 +134,8 @@ class EvalReport:
             "class_scores": scores, "class_names": self.class_names, "confusion": self.confusion,
             "reliability": self.reliability,
             "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in self.most_confused()],
-            "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]})
+            "predictions": self.predictions, "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "pr_curves": self.pr_curves, "label_issues": self.label_issues})
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -166,13 +194,25 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
     scored = score_images(items, dataset.load, score, batch_size, progress=progress)
     if scored is None:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
-    p, y, rows, skipped = scored.probs, scored.labels, scored.names, scored.unreadable
-    m = metrics_from_probabilities(p, y, names, dataset.hierarchy)
+    return report_from_probabilities(scored.probs, scored.labels, scored.names, names, dataset.hierarchy,
+                                     scored.unreadable)
+
+
+def report_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, paths: list[str], class_names: list[str],
+                              hierarchy: dict | None = None,
+                              skipped: list[tuple[str, str]] | None = None) -> EvalReport:
+    """The :class:`EvalReport` of probabilities (N, C) for images ``paths`` with labels (N,) indexing
+    ``class_names`` (C): the metrics, each image's top-3, the precision–recall curves and the possible label errors."""
+    p, y = probs.float(), labels
+    m = metrics_from_probabilities(p, y, class_names, hierarchy)
     conf, pred = p.max(1)
-    predictions = [{"path": r, "label": names[int(t)], "predicted": names[int(q)], "confidence": float(c)}
-                   for r, t, q, c in zip(rows, y, pred, conf)]
-    return EvalReport(names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"],
-                      m["hierarchy"], predictions, skipped)
+    top_p, top_i = p.topk(min(3, p.shape[1]), dim=1)
+    predictions = [{"path": r, "label": class_names[int(t)], "predicted": class_names[int(q)], "confidence": float(c),
+                    "top3": [[class_names[int(i)], float(v)] for i, v in zip(ii, vv)]}
+                   for r, t, q, c, ii, vv in zip(paths, y, pred, conf, top_i, top_p)]
+    return EvalReport(class_names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"],
+                      m["reliability"], m["hierarchy"], predictions, list(skipped or []), pr_curves(p, y, class_names),
+                      find_label_issues(p, y, paths, class_names))
 
 
 def report_from_dict(data: dict) -> EvalReport:
@@ -181,12 +221,14 @@ def report_from_dict(data: dict) -> EvalReport:
                  for name, v in data["per_class"].items()}
     return EvalReport(data["class_names"], data["num_images"], data["top1"], data["top5"], per_class,
                       data["confusion"], data["ece"], data["reliability"], data.get("hierarchy", {}),
-                      data.get("predictions", []), [(d["path"], d["reason"]) for d in data.get("skipped", [])])
+                      data.get("predictions", []), [(d["path"], d["reason"]) for d in data.get("skipped", [])],
+                      data.get("pr_curves", {}), data.get("label_issues", []))
 
 
 def per_class_rows(report: EvalReport) -> list[dict]:
-    """Per-class table rows, worst accuracy first: class, accuracy (= recall), precision, F1 (in [0, 1],
-    :meth:`EvalReport.class_scores`), images, most frequent wrong prediction."""
+    """Per-class table rows, worst recall first: class, precision, recall (the class's accuracy), F1 (in [0, 1],
+    :meth:`EvalReport.class_scores`), AP (average precision, :attr:`EvalReport.pr_curves`; NaN where not measured),
+    images, and the most frequent wrong prediction with its count."""
     c = np.array(report.confusion)
     scores = report.class_scores()
     rows = []
@@ -194,19 +236,24 @@ def per_class_rows(report: EvalReport) -> list[dict]:
         off = c[i].copy()
         off[i] = 0
         j = int(off.argmax())
-        rows.append({"class": name, "accuracy": report.per_class[name]["accuracy"],
-                     "precision": scores[name]["precision"], "F1": scores[name]["f1"],
+        rows.append({"class": name, "precision": scores[name]["precision"], "recall": report.per_class[name]["accuracy"],
+                     "F1": scores[name]["f1"],
+                     "AP": report.pr_curves.get(name, {}).get("average_precision", float("nan")),
                      "images": report.per_class[name]["count"],
                      "most often predicted instead": report.class_names[j] if off[j] else "",
                      "times": int(off[j])})
-    return sorted(rows, key=lambda r: (np.nan_to_num(r["accuracy"], nan=2.0), r["class"]))
+    return sorted(rows, key=lambda r: (np.nan_to_num(r["recall"], nan=2.0), r["class"]))
+
+
+#: Changes whenever :class:`EvalReport` gains a field, so a cached report without it is made again.
+REPORT_VERSION = "2: top3, pr_curves, label_issues"
 
 
 def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict | None = None) -> str:
     """Identifies an evaluation: the model's weights fingerprint, the dataset's files (paths, sizes, mtimes) and
     the mapping. A changed checkpoint or dataset gets a new key."""
 
-    h = hashlib.sha256(fingerprint(model).encode())
+    h = hashlib.sha256(REPORT_VERSION.encode() + fingerprint(model).encode())
     h.update(json.dumps(mapping, sort_keys=True).encode())
     h.update(json.dumps(list(dataset.class_names)).encode())
     for item, label in dataset.items:
@@ -248,3 +295,16 @@ def scored_text(num_scored: int, splits: DatasetSplits, split: str) -> str:
     part = {"all": "all of them", "val": "the val split", "train": "the train split"}.get(split, split)
     made = " made here: the folder has no split of its own" if splits.split_here and split != "all" else ""
     return f"scored {num_scored} of the {splits.num_images} images found ({part}{made})"
+
+
+def outcome_caption(photo: dict) -> str:
+    """A photo's caption in a drill-down grid (Markdown), from an entry of :attr:`EvalReport.predictions` or
+    :attr:`EvalReport.label_issues`: ``"**pickup** → car (85%)"`` (given label → prediction, confidence; ``✓`` for a
+    right one), then the top-3 on a second line where the entry has them."""
+    mark = "✓ " if photo["label"] == photo["predicted"] else ""
+    text = f"{mark}**{photo['label']}** → {photo['predicted']} ({photo['confidence'] * 100:.0f}%)"
+    if "label_probability" in photo:
+        text += f"  \nlabel {photo['label']}: {photo['label_probability'] * 100:.1f}%"
+    if photo.get("top3"):
+        text += "  \ntop-3: " + " · ".join(f"{name} {p * 100:.0f}%" for name, p in photo["top3"])
+    return text

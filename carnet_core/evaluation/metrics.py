@@ -93,3 +93,32 @@ def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
     condensed = squareform(distance, checks=False)
     tree = optimal_leaf_ordering(linkage(condensed, method="average"), condensed)
     return [int(i) for i in leaves_list(tree)]
+
+
+PR_CURVE_POINTS = 101
+
+
+def pr_curves(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+              max_points: int = PR_CURVE_POINTS) -> dict[str, dict]:
+    """Each class's one-vs-rest precision–recall curve and average precision, from scikit-learn's
+    ``precision_recall_curve`` and ``average_precision_score`` on probabilities (N, C) and labels (N,).
+
+    Returns:
+        class name → {"precision": [...], "recall": [...], "average_precision": float}, the curve thinned to at most
+        ``max_points`` points (evenly over its length, both ends kept) so a 196-class report stays small; classes
+        with no image in ``labels`` are left out (their curve is undefined).
+    """
+    # lazy: scikit-learn's metrics (~0.5 s to import), only where an evaluation is made
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    p, y = probs.float().numpy(), labels.numpy()
+    curves = {}
+    for i, name in enumerate(class_names):
+        positive = y == i
+        if not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, p[:, i])
+        keep = np.unique(np.linspace(0, len(precision) - 1, min(max_points, len(precision))).round().astype(int))
+        curves[name] = {"precision": [float(v) for v in precision[keep]], "recall": [float(v) for v in recall[keep]],
+                        "average_precision": float(average_precision_score(positive, p[:, i]))}
+    return curves

@@ -51,6 +51,9 @@ METHOD_TABLE: tuple[CamMethod, ...] = (
     CamMethod("finercam", "FinerCAM", "FinerCAM", "Zhang et al. 2025: target class vs its most similar classes"),
 )
 METHODS: tuple[str, ...] = tuple(m.key for m in METHOD_TABLE)
+#: The floor a faithfulness ranking measures the methods against: random channel weights (pytorch-grad-cam's
+#: RandomCAM). Not offered as an explanation.
+FLOOR_METHOD = CamMethod("randomcam", "RandomCAM", "RandomCAM", "pytorch-grad-cam: random channel weights")
 #: How the methods are written in the UI.
 METHOD_NAMES: dict[str, str] = {m.key: m.name for m in METHOD_TABLE}
 #: Methods that run one forward pass per channel of the target layer: slow, show an estimate first.
@@ -61,7 +64,7 @@ def _methods() -> dict[str, type]:
     """Method key → the pytorch-grad-cam class (:data:`METHOD_TABLE`)."""
     import pytorch_grad_cam as pgc  # lazy: pytorch-grad-cam brings OpenCV, SciPy, Matplotlib (180 MB)
 
-    return {m.key: getattr(pgc, m.cls) for m in METHOD_TABLE}
+    return {m.key: getattr(pgc, m.cls) for m in (*METHOD_TABLE, FLOOR_METHOD)}
 
 
 #: Default target layer per architecture family: the last block with spatial output.
@@ -305,7 +308,7 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    if method not in METHODS:
+    if method not in METHODS and method != FLOOR_METHOD.key:
         raise CarNetError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     why_not = aug_smooth_refusal(method, eigen_smooth) if aug_smooth else None
     if why_not:

@@ -214,3 +214,12 @@ def test_a_folder_without_a_split_of_its_own_is_scored_whole_by_default(colour_f
     assert scored_text(72, own, "val") == "scored 72 of the 144 images found (the val split)"
     with pytest.raises(CarNetError, match="unknown split 'test'; choose val, train, all"):
         own.part("test")
+
+
+def test_a_spread_sample_takes_the_classes_in_turn():
+    from carnet_core.data.datasets import ImageDataset
+
+    items = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
+    data = ImageDataset(items, ("a", "b", "c"))
+    assert data.spread(4) == ["a0", "b0", "c0", "a1"]
+    assert data.spread(100) == ["a0", "b0", "c0", "a1", "c1", "a2"] and data.spread(0) == []

@@ -76,7 +76,7 @@ def test_views_from_a_known_confusion_pattern():
     report = EvalReport(names, 120, m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"], m["reliability"])
     assert report.most_confused(2) == [("b", "e", 10), ("c", "f", 5)]
     rows = per_class_rows(report)
-    assert [r["class"] for r in rows[:2]] == ["b", "c"] and rows[0]["accuracy"] == 0.5
+    assert [r["class"] for r in rows[:2]] == ["b", "c"] and rows[0]["recall"] == 0.5
     assert rows[0]["most often predicted instead"] == "e" and rows[0]["times"] == 10
     # precision and F1 beside each class's accuracy (= recall), and macro F1: scikit-learn's numbers
     from sklearn.metrics import f1_score, precision_recall_fscore_support
@@ -354,7 +354,7 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     shown = [m.value for m in at.metric]
     assert shown == [f"{numbers['top1'] * 100:.1f}%", f"{numbers['top5'] * 100:.1f}%",
                      f"{numbers['macro_f1'] * 100:.1f}%", f"{numbers['ece'] * 100:.1f}%", str(numbers["num_images"])]
-    at.button(key="evaluate_cam_0").click().run()  # the most confident mistake: what the model looked at
+    at.button(key="evaluate_wrong_all_all_cam_0").click().run()  # the most confident mistake: what the model saw
     assert not at.exception and not at.error
     assert any("looked at" in m.value for m in at.markdown)
     assert any(c.startswith("Grad-CAM for '") for el in at.get("image") for c in el.captions)
@@ -364,39 +364,61 @@ def test_evaluate_page_shows_the_cli_numbers_on_real_photos(tmp_path, monkeypatc
     monkeypatch.setattr(ui.photos, "load_image", lambda data, name=None: decoded.append(name) or real_load(data, name=name))
     at.run()
     assert not at.exception and any("looked at" in m.value for m in at.markdown) and decoded == []
-    _, mistake = at.session_state["evaluate_cam"]  # a mistake picked in another evaluation (another model, split or
-    at.session_state["evaluate_cam"] = ("evaluation::another model", mistake)  # mapping) is not shown as this one's
+    _, grid, mistake = at.session_state["evaluate_cam"]  # a mistake picked in another evaluation (another model,
+    at.session_state["evaluate_cam"] = ("evaluation::another model", grid, mistake)  # split or mapping) is not shown
     at.run()
     assert not at.exception and not any("looked at" in m.value for m in at.markdown)
 
     # every mistake can be browsed (it showed the 24 most confident), by true and predicted class, either way round
-    def shown():
-        return [c.value for c in at.caption if "**" in c.value and " → " in c.value]
+    confusion_tab, mistakes_tab, labels_tab = 1, 2, 3
+
+    def shown(tab=mistakes_tab):
+        return [c.value for c in at.tabs[tab].caption if "**" in c.value and " → " in c.value]
+
+    def percent(caption):
+        return int(caption.splitlines()[0].strip().rsplit("(", 1)[1].rstrip("%)"))
 
     wrong = [p for p in numbers["predictions"] if p["label"] != p["predicted"]]
     first_page = shown()
-    assert len(first_page) == 24 and any(f"{len(wrong)} mistakes, most confident first; page 1 of "
+    assert len(first_page) == 24 and any(f"{len(wrong)} photos, mistakes, most confident first; page 1 of "
                                          f"{-(-len(wrong) // 24)}" in c.value for c in at.caption)
-    at.number_input(key="evaluate_wrong_page_all_all").set_value(2).run()
-
-    def percent(caption):
-        return int(caption.rsplit("(", 1)[1].rstrip("%)"))
-
+    at.number_input(key="evaluate_wrong_all_all_page").set_value(2).run()
     second_page = [percent(c) for c in shown()]
     assert not at.exception and len(second_page) == 24 and second_page == sorted(second_page, reverse=True)
     assert max(second_page) <= min(percent(c) for c in first_page)  # the next 24, in the same order
-    at.button(key="evaluate_cam_24").click().run()  # the first mistake of page 2
-    assert not at.exception and at.session_state["evaluate_cam"][1] == sorted(
+    at.button(key="evaluate_wrong_all_all_cam_24").click().run()  # the first mistake of page 2
+    assert not at.exception and at.session_state["evaluate_cam"][2] == sorted(
         wrong, key=lambda p: p["confidence"], reverse=True)[24]
     at.selectbox(key="evaluate_wrong_class").select("pickup").run()
     at.selectbox(key="evaluate_wrong_predicted").select("car").run()
     pickup_as_car = [p for p in wrong if p["label"] == "pickup" and p["predicted"] == "car"]
     assert not at.exception and all(c.startswith("**pickup** → car (") for c in shown())
-    assert len(shown()) == min(24, len(pickup_as_car)) and any(f"{len(pickup_as_car)} mistakes" in c.value
+    assert len(shown()) == min(24, len(pickup_as_car)) and any(f"{len(pickup_as_car)} photos" in c.value
                                                                 for c in at.caption)
     at.radio(key="evaluate_wrong_order").set_value("least confident first").run()
     least = min(p["confidence"] for p in pickup_as_car)
     assert percent(shown()[0]) == round(least * 100)
+
+    # the drill-down: a confusion cell's photos are exactly the CLI's predictions with that label and prediction
+    at.selectbox(key="evaluate_wrong_class").select("all").run()
+    at.selectbox(key="evaluate_wrong_predicted").select("all").run()
+    cell = at.selectbox(key="evaluate_cell")
+    assert cell.options[0].startswith(f"{numbers['most_confused'][0]['true']} → {numbers['most_confused'][0]['predicted']}")
+    cell.set_value("truck → truck").run()  # a diagonal cell: the right ones
+    trucks = [p for p in numbers["predictions"] if p["label"] == p["predicted"] == "truck"]
+    captions = shown(confusion_tab)
+    assert not at.exception and len(captions) == min(24, len(trucks)) and all(c.startswith("✓ **truck** → truck")
+                                                                              for c in captions)
+    assert any(f"{len(trucks)} photos, labelled truck, predicted truck" in c.value for c in at.caption)
+    assert [percent(c) for c in captions] == [round(p["confidence"] * 100) for p in sorted(
+        trucks, key=lambda p: p["confidence"], reverse=True)][:24]
+    assert all("\ntop-3: truck " in c for c in captions)
+    # the possible label errors: the CLI's, in its order
+    issues = numbers["label_issues"]
+    label_captions = shown(labels_tab)
+    assert issues and len(label_captions) == min(24, len(issues))
+    assert [c.split("\nlabel ", 1)[1].split("\n")[0] for c in label_captions[:3]] == [
+        f"{i['label']}: {i['label_probability'] * 100:.1f}%" for i in issues[:3]]
 
 
 def test_cost_cache_keeps_every_entry_when_sessions_write_at_once(tmp_path, monkeypatch):

@@ -308,11 +308,14 @@ def test_faithfulness_in_words():
 
 def test_the_method_table_is_the_one_the_cli_and_the_page_read():
     from carnet_core.cli.parser import build_parser
-    from carnet_core.explain.cams import EXPENSIVE_METHODS, METHOD_NAMES, METHOD_TABLE, METHODS, _methods
+    from carnet_core.explain.cams import EXPENSIVE_METHODS, FLOOR_METHOD, METHOD_NAMES, METHOD_TABLE, METHODS, _methods
+    from carnet_core.explain.faithfulness import RANKED_METHODS
 
     assert METHODS == tuple(m.key for m in METHOD_TABLE) and set(METHOD_NAMES) == set(METHODS)
     assert EXPENSIVE_METHODS == {"scorecam", "ablationcam"}
-    assert {k: c.__name__ for k, c in _methods().items()} == {m.key: m.cls for m in METHOD_TABLE}
+    assert {k: c.__name__ for k, c in _methods().items()} == {m.key: m.cls for m in (*METHOD_TABLE, FLOOR_METHOD)}
+    assert FLOOR_METHOD.key not in METHODS  # the floor of a faithfulness ranking, not an explanation offered
+    assert RANKED_METHODS == tuple(m for m in METHODS if m not in EXPENSIVE_METHODS)
     explain = build_parser()._subparsers._group_actions[0].choices["explain"]
     method = next(a for a in explain._actions if a.dest == "method")
     assert tuple(method.choices) == METHODS
