@@ -7,10 +7,16 @@ from carnet_core import CarNetError
 from carnet_core.charts import topk_bar_figure
 from carnet_core.config import hosted_mode
 from carnet_core.data import catalog
+from carnet_core.data.readers import open_dataset
 from carnet_core.data.uploads import add_class_photos
+from carnet_core.errors import count
+from carnet_core.evaluation.embeddings import dataset_features, features_of, similar
+from carnet_core.evaluation.evaluate import outcome_caption
 from carnet_core.inference.predict import prediction_csv
 from carnet_core.inference.selection import select_engine
 from carnet_core.models.labels import vehicle_indices
+
+SIMILAR_SHOWN = 6  # most similar photos shown per photo
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
 st.title("Classify")
@@ -96,3 +102,31 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
                             st.error(reason)
                         if added.saved or added.already_there:
                             st.success(f"Added to {where}." if added.saved else f"Already in {where}.")
+
+folders = catalog.dataset_folders()
+if folders:
+    st.subheader("Photos most like these")
+    folder = st.columns(3)[0].selectbox(
+        "In the dataset", folders, index=None, format_func=lambda f: f.name, key="classify_similar_folder",
+        placeholder="choose a dataset", help="The dataset's photos whose features (what the model's head reads) are "
+                                              "closest by cosine similarity; computed once per model and dataset.")
+    if folder is not None:
+        try:
+            dataset = open_dataset(folder).part("all")
+            bar = st.progress(0.0, text=f"Computing the features of {count(len(dataset), 'image')} (once)…")
+            found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
+            bar.empty()
+        except CarNetError as exc:
+            st.error(str(exc))
+            st.stop()
+        for photo, upload in zip(photos, uploads):
+            if photo.prediction is None:
+                continue
+            alike = similar(found, features_of(model, upload.image), SIMILAR_SHOWN)
+            st.markdown(f"**Most like {ui.photo_caption(photo.name)}** in {folder.name}")
+            cells = st.columns(SIMILAR_SHOWN)
+            for cell, entry in zip(cells, alike):
+                view = ui.input_view(entry["path"], model)
+                if view is not None:
+                    cell.image(view, width="stretch")
+                cell.caption(outcome_caption(entry))

@@ -108,10 +108,13 @@ with st.container(border=True):
                 "or least relevant, fill them in from their neighbours, and see how much of the class is left.")
     road_key = (photo.digest, method, result.class_name, result.layer, aug, eigen)
     curves = ui.remembered("_road", [model], road_key, None, keep=8)
-    if curves is None and st.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)", key="explain_road"):
+    button = st.empty()  # gone once measured, in the same run
+    if curves is None and button.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)",
+                                        key="explain_road"):
         with st.spinner("Removing and filling in pixels…"):
             curves = ui.remembered("_road", [model], road_key, keep=8, compute=lambda: road(
                 model, photo.image, result.heatmap, result.class_index))
+        button.empty()
     if curves is not None:
         st.markdown(curves.text())
         st.plotly_chart(road_curves_figure(curves.removed_pct, curves.morf, curves.lerf, curves.probability),
@@ -147,7 +150,9 @@ folder = pick[0].selectbox("Photos from", folders, format_func=lambda p: p.name,
 n_photos = pick[1].slider("Photos", 2, 20, 6, key="explain_rank_images", help="Taken from the classes in turn.")
 seconds = n_photos * (len(RANKED_METHODS) + 1) * SECONDS_PER_PHOTO_AND_METHOD
 ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), None, keep=4)
-if ranking is None and st.button(f"Rank the methods (roughly {seconds / 60:.0f} min on a CPU)", key="explain_rank"):
+button = st.empty()
+if ranking is None and button.button(f"Rank the methods (roughly {seconds / 60:.0f} min on a CPU)",
+                                     key="explain_rank"):
     try:
         splits = open_dataset(folder)
         photos = splits.part(splits.default_split).spread(n_photos)
@@ -155,6 +160,7 @@ if ranking is None and st.button(f"Rank the methods (roughly {seconds / 60:.0f} 
         ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), keep=4,
                                 compute=lambda: rank_methods(model, photos, progress=lambda f: bar.progress(f)))
         bar.empty()
+        button.empty()
     except CarNetError as exc:
         st.error(str(exc))
 if ranking is not None:

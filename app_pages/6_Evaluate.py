@@ -1,19 +1,28 @@
 """Evaluate: a model on a labelled dataset — accuracy, per-class, confusion, mistakes (with Grad-CAM), calibration."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import ui
 from carnet_core import CarNetError
-from carnet_core.charts import confusion_heatmap_figure, pr_curve_figure, reliability_figure
+from carnet_core.charts import confusion_heatmap_figure, embedding_figure, pr_curve_figure, reliability_figure
 from carnet_core.config import data_root, mappings_dir
 from carnet_core.data import catalog
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS, open_dataset
 from carnet_core.errors import count, listed
 from carnet_core.evaluation.compare import load_mapping
+from carnet_core.evaluation.embeddings import (
+    PROJECTION_NAMES,
+    PROJECTIONS,
+    dataset_features,
+    knn_accuracy,
+    project,
+    similar,
+)
 from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import TOP5_NOTE, confusion_order, top5_informative, top5_text
 from carnet_core.models.labels import within_classes
@@ -116,8 +125,9 @@ export.download_button("Full report (JSON)", json.dumps({"model": model.name, "d
                                                           **report.to_dict()}, indent=1),
                        "evaluation.json", "application/json", key="evaluate_json")
 
-tab_classes, tab_confusion, tab_mistakes, tab_labels, tab_calibration = st.tabs(
-    ["Per class", "Confusion", "Mistakes", "Possible label errors", "Calibration"])
+tab_classes, tab_confusion, tab_mistakes, tab_labels, tab_map, tab_calibration = st.tabs(
+    ["Per class", "Confusion", "Mistakes", "Possible label errors", "Embedding map", "Calibration"],
+    key="evaluate_tab", on_change="rerun")  # tracked: a click in a tab (a confusion cell, a dot) stays in that tab
 with tab_classes:
     st.caption("Recall is the class's accuracy (its photos predicted right); precision, the share of the photos "
                "predicted as the class that are of it; AP, the area under its precision–recall curve. Click a row to "
@@ -187,6 +197,58 @@ with tab_labels:
     else:
         ui.photo_grid(model, report.label_issues, "evaluate_labels", state_key,
                       "flagged as possibly mislabelled, least likely label first")
+with tab_map:
+    st.caption("Each dot is a photo, placed by the features the model's head reads (its penultimate layer) projected "
+               "to 2-D: photos the model finds alike sit together. Click a dot to see the photo and the photos most "
+               "like it. The same map comes from `python -m carnet_core embed`.")
+    options = st.columns(3)
+    projection = options[0].radio("Projection", PROJECTIONS, format_func=PROJECTION_NAMES.get, horizontal=True,
+                                  key="evaluate_map_method", help="UMAP (McInnes et al. 2018) keeps neighbourhoods "
+                                  "and some global layout; t-SNE (van der Maaten & Hinton 2008) neighbourhoods only.")
+    colour_by = options[1].radio("Colour by", ["class", "right or wrong"], horizontal=True, key="evaluate_map_colour")
+    map_key = (state_key, projection)
+    made = ui.remembered("_embedding_map", [model], map_key, None, keep=2)
+    button = st.empty()  # gone once the map is made, in the same run
+    if made is None and button.button("Make the map", key="evaluate_map_run"):
+        bar = st.progress(0.0, text=f"Computing the features of {count(len(dataset), 'image')}…")
+
+        def make_map():
+            found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
+            bar.progress(1.0, text=f"Projecting with {PROJECTION_NAMES[projection]}…")
+            return found, project(found.features, projection), knn_accuracy(found.features, found.labels)
+
+        try:
+            made = ui.remembered("_embedding_map", [model], map_key, make_map, keep=2)
+            button.empty()
+        except CarNetError as exc:
+            st.error(str(exc))
+        bar.empty()
+    if made is not None:
+        found, coordinates, knn = made
+        outcome = {p["path"]: p for p in report.predictions}
+        hover = [f"{Path(p).name} · {label}" + (f" → {outcome[p]['predicted']}" if p in outcome else "")
+                 for p, label in zip(found.paths, found.labels)]
+        right = [outcome[p]["label"] == outcome[p]["predicted"] if p in outcome else None for p in found.paths] \
+            if colour_by == "right or wrong" else None
+        clicked = st.plotly_chart(embedding_figure(coordinates, found.labels, hover, right), width="stretch",
+                                  key="evaluate_map_chart", on_select="rerun", selection_mode="points")
+        rows = [pt["customdata"] for pt in (clicked.selection.points if clicked else []) if "customdata" in pt]
+        if rows and rows[0] != st.session_state.get("evaluate_map_clicked"):  # a new click picks its photo, once
+            st.session_state["evaluate_map_clicked"] = rows[0]
+            st.session_state["evaluate_map_photo"] = int(rows[0])
+        st.caption(f"{count(len(found.paths), 'photo')} · k-NN accuracy of the features (5 nearest): {knn:.1%} (one "
+                   f"class in {len(set(found.labels))} by chance)")
+        row = st.selectbox("Photo", range(len(found.paths)), index=None, key="evaluate_map_photo",
+                           format_func=lambda i: f"{Path(found.paths[i]).name} ({found.labels[i]})",
+                           placeholder="click a dot, or choose a photo")
+        if row is not None:
+            left, right_side = st.columns([1, 3])
+            view = ui.input_view(found.paths[row], model)
+            if view is not None:
+                left.image(view, caption=f"{Path(found.paths[row]).name} · {found.labels[row]}", width="stretch")
+            with right_side:
+                ui.photo_grid(model, similar(found, row, 6, report.predictions), f"evaluate_similar_{row}",
+                              state_key, "the most similar by cosine similarity of the features")
 with tab_calibration:
     st.plotly_chart(reliability_figure(report.reliability, report.ece), width="stretch", key="evaluate_reliability")
     st.caption("Bars below the diagonal: the model is over-confident in that confidence range.")

@@ -133,9 +133,12 @@ def confusion_heatmap_figure(confusion: Sequence[Sequence[int]], class_names: Se
         go.Scatter(x=[names[j] for j in cols], y=[names[i] for i in rows], mode="markers", showlegend=False,
                    marker=dict(symbol="square", size=max(6, min(48, 640 // max(len(names), 1))),
                                color="rgba(0,0,0,0)"),
-                   customdata=[[names[i], names[j], int(c[i, j]), float(z[i, j])] for i, j in zip(rows, cols)],
+                   customdata=[[names[i], names[j], int(c[i, j]), float(z[i, j]),
+                                "1 image — click to see it" if c[i, j] == 1 else f"{int(c[i, j])} images — click to "
+                                                                                  "see them"]
+                               for i, j in zip(rows, cols)],
                    hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>%{customdata[3]:.1f}" + unit
-                                 + " (%{customdata[2]} images) — click to see them<extra></extra>"),
+                                 + " (%{customdata[4]})<extra></extra>"),
     ])
     many = len(names) > 60
     size = min(900, max(360, 14 * len(names) + 160))
@@ -181,15 +184,50 @@ def road_curves_figure(removed_pct: Sequence[int], morf: Sequence[float], lerf: 
 
 def faithfulness_bar_figure(names: Sequence[str], means: Sequence[float], stds: Sequence[float],
                             floor: str) -> go.Figure:
-    """Mean ROAD combined per CAM method (horizontal bars with ± one standard deviation, most faithful on top), the
-    floor method's bar in grey."""
+    """Mean ROAD combined per CAM method (horizontal bars with ± one standard deviation as error bars, the numbers on
+    hover; most faithful on top), the floor method's bar in grey."""
     fig = go.Figure(go.Bar(x=list(means)[::-1], y=list(names)[::-1], orientation="h",
                            error_x=dict(type="data", array=list(stds)[::-1]),
                            marker_color=["#999" if n == floor else "#2f7ed8" for n in list(names)[::-1]],
-                           text=[f"{m:+.3f}" for m in list(means)[::-1]], textposition="outside", cliponaxis=False,
-                           hovertemplate="%{y}: %{x:+.3f}<extra></extra>"))
+                           customdata=list(stds)[::-1],
+                           hovertemplate="%{y}: %{x:+.3f} ± %{customdata:.3f}<extra></extra>"))
     fig.update_layout(height=40 * len(names) + 70, xaxis=dict(title="ROAD combined (higher is more faithful)"),
                       yaxis=dict(automargin=True), margin=dict(l=0, r=40, t=10, b=0))
+    return fig
+
+
+def embedding_figure(coordinates: np.ndarray, labels: Sequence[str], hover: Sequence[str],
+                     right: Sequence[bool | None] | None = None, legend_max: int = 20) -> go.Figure:
+    """The embedding map: one dot per photo at its 2-D coordinates (N, 2), coloured by class (a legend up to
+    ``legend_max`` classes, one trace each; beyond that one trace, colours cycling) or, given ``right``, by whether
+    the model got it right (green), wrong (red) or not scored (grey). ``hover``: each dot's text. Every dot's
+    ``customdata`` is its row, for a page's click (Streamlit's ``on_select``)."""
+    import plotly.express as px  # lazy: the qualitative palettes
+
+    xy = np.asarray(coordinates, dtype=float)
+    rows = np.arange(len(xy))
+    if right is not None:
+        groups = [("right", "#2ca02c", [r is True for r in right]), ("wrong", "#d62728", [r is False for r in right]),
+                  ("not scored", "#999999", [r is None for r in right])]
+    else:
+        names = list(dict.fromkeys(labels))
+        palette = px.colors.qualitative.Dark24
+        groups = [(n, palette[i % len(palette)], [lab == n for lab in labels]) for i, n in enumerate(names)]
+    if right is None and len(groups) > legend_max:  # 196 legend entries help no one: one trace, colours per class
+        index = {n: i for i, (n, _, _) in enumerate(groups)}
+        traces = [go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=rows, text=list(hover),
+                               marker=dict(size=7, color=[groups[index[lab]][1] for lab in labels]),
+                               hovertemplate="%{text}<extra></extra>", showlegend=False)]
+    else:
+        traces = [go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=name, customdata=rows[mask],
+                               text=[h for h, m in zip(hover, mask) if m], marker=dict(size=7, color=colour),
+                               hovertemplate="%{text}<extra></extra>")
+                  for name, colour, mask in ((n, c, np.array(m, dtype=bool)) for n, c, m in groups) if mask.any()]
+    fig = go.Figure(traces)
+    fig.update_layout(height=560, margin=dict(l=0, r=0, t=10, b=0), clickmode="event+select", dragmode="pan",
+                      xaxis=dict(showticklabels=False, title=None, zeroline=False),
+                      yaxis=dict(showticklabels=False, title=None, zeroline=False),
+                      legend=dict(itemsizing="constant"))
     return fig
 
 

@@ -24,6 +24,7 @@ from carnet_core.data.images import IMAGE_EXTENSIONS, load_image
 from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError, WeightsNotFoundError, count
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping
+from carnet_core.evaluation.embeddings import PROJECTION_NAMES, dataset_features, knn_accuracy, neighbour_rows, project
 from carnet_core.evaluation.evaluate import evaluate, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import top5_text
 from carnet_core.explain.cams import FLOOR_METHOD, explain
@@ -140,6 +141,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("faithfulness: " + result.faithfulness_text().replace("**", ""))  # as the Explain page words it
         if curves:
             print("ROAD: " + curves.text().replace("**", ""))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    check_csv_folder(args.csv, "map", "embedding.csv")
+    if args.neighbours < 1:
+        raise CarNetError(f"--neighbours must be 1 or more, got {args.neighbours}")
+    model = load_member(str(args.checkpoint), not args.no_hub, args.model, args.classes)
+    splits = open_dataset(args.data, args.kind)
+    split = args.split or splits.default_split
+    dataset = splits.part(split)
+    found = dataset_features(model, dataset)
+    coordinates = project(found.features, args.method)
+    rows = neighbour_rows(found, coordinates, args.neighbours)
+    write_csv(args.csv, list(rows[0]), rows)
+    for path, reason in found.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    print(f"{model.name} on {dataset.name}: {count(len(rows), 'image')} mapped by {PROJECTION_NAMES[args.method]}, "
+          f"{args.neighbours} most similar each → {args.csv}")
+    print(f"k-NN accuracy of the features (5 nearest, leave-one-out): {knn_accuracy(found.features, found.labels):.1%}"
+          f" (one class in {len(set(found.labels))} by chance)")
     return 0
 
 

@@ -13,6 +13,7 @@ from carnet_core.cli.commands import (
     cmd_engines,
     cmd_evaluate,
     cmd_explain,
+    cmd_embed,
     cmd_faithfulness,
     cmd_export,
     cmd_models,
@@ -23,6 +24,7 @@ from carnet_core.cli.commands import (
 from carnet_core.cli.inputs import numbers
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS
+from carnet_core.evaluation.embeddings import PROJECTIONS
 from carnet_core.explain.cams import COLORMAPS, METHODS
 from carnet_core.explain.faithfulness import RANKED_METHODS
 from carnet_core.models.registry import HEADS
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engines(sub)
     _add_validate_data(sub)
     _add_evaluate(sub)
+    _add_embed(sub)
     _add_faithfulness(sub)
     _add_train(sub)
     return parser
@@ -116,6 +119,19 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.add_argument("--no-hub", action="store_true", help="do not try the Hugging Face Hub")
     p.set_defaults(func=cmd_explain)
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="the embedding map of a dataset: penultimate-layer features projected to 2-D "
+                                     "(UMAP or t-SNE) and each image's most similar images, as CSV (Evaluate's map)")
+    _model_on_dataset_arguments(p)
+    p.add_argument("--split", choices=SPLITS, help="val, train or all (default as evaluate: val where the dataset has "
+                                                   "a split of its own, else all)")
+    p.add_argument("--method", choices=PROJECTIONS, default="umap", help="2-D projection (default umap)")
+    p.add_argument("--neighbours", type=int, default=5, help="most similar images per image (default 5)")
+    p.add_argument("--csv", type=Path, default=Path("embedding.csv"),
+                   help="where to write path, label, x, y, neighbour_1, similarity_1, … (default embedding.csv)")
+    p.set_defaults(func=cmd_embed)
 
 
 def _add_faithfulness(sub: argparse._SubParsersAction) -> None:

@@ -17,6 +17,9 @@ Readers (nothing is downloaded; a missing file gives a message saying exactly wh
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -66,6 +69,24 @@ class ImageDataset:
 
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
         return replace(self, transform=transform)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the class names and of each item's path, label, size and modification time (a 4 KB
+        prefix of an in-memory item): what a cache of results over this dataset is keyed by, so a changed, added or
+        removed file gives a new key."""
+        h = hashlib.sha256(json.dumps(list(self.class_names)).encode())
+        for item, label in self.items:
+            if isinstance(item, (str, Path)):
+                try:
+                    st = Path(item).stat()
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:
+                    size = mtime = -1
+                h.update(f"{item}|{label}|{size}|{mtime}".encode())
+            else:
+                h.update(np.ascontiguousarray(item).tobytes()[:4096])
+                h.update(str(label).encode())
+        return h.hexdigest()
 
     def spread(self, n: int) -> list[Any]:
         """``n`` items (all, if fewer) taken from the classes in turn — the first of each class, then the second, … —

@@ -255,14 +255,7 @@ def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict
 
     h = hashlib.sha256(REPORT_VERSION.encode() + fingerprint(model).encode())
     h.update(json.dumps(mapping, sort_keys=True).encode())
-    h.update(json.dumps(list(dataset.class_names)).encode())
-    for item, label in dataset.items:
-        if isinstance(item, (str, Path)):
-            st = Path(item).stat() if Path(item).exists() else None
-            h.update(f"{item}|{label}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
-        else:
-            h.update(np.ascontiguousarray(item).tobytes()[:4096])
-            h.update(str(label).encode())
+    h.update(dataset.fingerprint().encode())
     return h.hexdigest()[:24]
 
 
@@ -300,11 +293,17 @@ def scored_text(num_scored: int, splits: DatasetSplits, split: str) -> str:
 def outcome_caption(photo: dict) -> str:
     """A photo's caption in a drill-down grid (Markdown), from an entry of :attr:`EvalReport.predictions` or
     :attr:`EvalReport.label_issues`: ``"**pickup** → car (85%)"`` (given label → prediction, confidence; ``✓`` for a
-    right one), then the top-3 on a second line where the entry has them."""
-    mark = "✓ " if photo["label"] == photo["predicted"] else ""
-    text = f"{mark}**{photo['label']}** → {photo['predicted']} ({photo['confidence'] * 100:.0f}%)"
+    right one), then the top-3 on a second line where the entry has them, and the cosine similarity to the photo
+    asked about for a similar photo (an entry with ``similarity``)."""
+    if "predicted" not in photo:  # a similar photo the evaluation did not score
+        text = f"**{photo['label']}**"
+    else:
+        mark = "✓ " if photo["label"] == photo["predicted"] else ""
+        text = f"{mark}**{photo['label']}** → {photo['predicted']} ({photo['confidence'] * 100:.0f}%)"
     if "label_probability" in photo:
         text += f"  \nlabel {photo['label']}: {photo['label_probability'] * 100:.1f}%"
     if photo.get("top3"):
         text += "  \ntop-3: " + " · ".join(f"{name} {p * 100:.0f}%" for name, p in photo["top3"])
+    if "similarity" in photo:
+        text += f"  \ncosine similarity {photo['similarity']:.2f}"
     return text

@@ -108,7 +108,8 @@ def test_every_non_empty_cell_of_the_heatmap_can_be_clicked(report):
     fig = confusion_heatmap_figure(report.confusion, report.class_names)
     heat, markers = fig.data
     assert heat.hoverinfo == "skip" and markers.marker.color == "rgba(0,0,0,0)"
-    assert sorted((t, p, n) for t, p, n, _ in markers.customdata) == sorted(report.cells())
+    assert sorted((t, p, n) for t, p, n, *_ in markers.customdata) == sorted(report.cells())
+    assert [text for *_, text in markers.customdata].count("1 image — click to see it") == 1  # van → car
     assert list(markers.x) == [p for _, p, *_ in markers.customdata]
     assert list(markers.y) == [t for t, *_ in markers.customdata]
     curves = pr_curve_figure(report.pr_curves, ["car", "nope"])

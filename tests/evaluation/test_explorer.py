@@ -281,6 +281,23 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     charts = [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")]
     assert "heatmap" in charts and "bar" in charts
     assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
+    assert list(at.dataframe[0].value.columns)[:6] == ["class", "precision (%)", "recall (%)", "F1 (%)", "AP (%)",
+                                                       "images"]
+    # the embedding map: its dots, and a photo's most similar photos (from the cache of features after the first)
+    at.radio(key="evaluate_map_method").set_value("tsne").run()
+    at.button(key="evaluate_map_run").click().run()
+    assert not at.exception, at.exception
+    dots = [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")
+            if json.loads(c.proto.spec)["data"][0]["type"] == "scattergl"]
+    assert len(dots) == 1 and sum(len(trace["text"]) for trace in dots[0]) == 72  # x, y are base64 arrays
+    assert sorted(trace["name"] for trace in dots[0]) == ["blue", "green", "red"]
+    at.radio(key="evaluate_map_colour").set_value("right or wrong").run()
+    at.selectbox(key="evaluate_map_photo").set_value(0).run()
+    map_tab = at.tabs[4]
+    alike = [c.value for c in map_tab.caption if "\ncosine similarity" in c.value]
+    assert not at.exception and len(alike) == 6
+    assert [float(c.rsplit(" ", 1)[1]) for c in alike] == sorted((float(c.rsplit(" ", 1)[1]) for c in alike),
+                                                                  reverse=True)
 
 
 def test_a_checkpoint_that_cannot_be_loaded_is_a_message_on_every_page(colour_checkpoint, colour_folder, tmp_path,
