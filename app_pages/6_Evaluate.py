@@ -214,8 +214,10 @@ with tab_map:
 
         def make_map():
             found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
+            bar.progress(0.0, text="Making the pictures shown on hover…")
+            pictures = ui.hover_thumbnails(found.paths, progress=lambda f: bar.progress(f))
             bar.progress(1.0, text=f"Projecting with {PROJECTION_NAMES[projection]}…")
-            return found, project(found.features, projection), knn_accuracy(found.features, found.labels)
+            return found, project(found.features, projection), knn_accuracy(found.features, found.labels), pictures
 
         try:
             made = ui.remembered("_embedding_map", [model], map_key, make_map, keep=2)
@@ -224,20 +226,24 @@ with tab_map:
             st.error(str(exc))
         bar.empty()
     if made is not None:
-        found, coordinates, knn = made
+        found, coordinates, knn, pictures = made
         outcome = {p["path"]: p for p in report.predictions}
         hover = [f"{Path(p).name} · {label}" + (f" → {outcome[p]['predicted']}" if p in outcome else "")
                  for p, label in zip(found.paths, found.labels)]
         right = [outcome[p]["label"] == outcome[p]["predicted"] if p in outcome else None for p in found.paths] \
             if colour_by == "right or wrong" else None
-        clicked = st.plotly_chart(embedding_figure(coordinates, found.labels, hover, right), width="stretch",
-                                  key="evaluate_map_chart", on_select="rerun", selection_mode="points")
+        with st.container(key="evaluate_map_box"):
+            clicked = st.plotly_chart(embedding_figure(coordinates, found.labels, hover, right), width="stretch",
+                                      key="evaluate_map_chart", on_select="rerun", selection_mode="points")
+        ui.show_on_hover("evaluate_map_box", pictures)
         rows = [pt["customdata"] for pt in (clicked.selection.points if clicked else []) if "customdata" in pt]
         if rows and rows[0] != st.session_state.get("evaluate_map_clicked"):  # a new click picks its photo, once
             st.session_state["evaluate_map_clicked"] = rows[0]
             st.session_state["evaluate_map_photo"] = int(rows[0])
         st.caption(f"{count(len(found.paths), 'photo')} · k-NN accuracy of the features (5 nearest): {knn:.1%} (one "
-                   f"class in {len(set(found.labels))} by chance)")
+                   f"class in {len(set(found.labels))} by chance)" + (
+                       f" · the first {ui.MAX_HOVER_THUMBNAILS} show their picture on hover"
+                       if len(found.paths) > ui.MAX_HOVER_THUMBNAILS else " · hover a dot to see its photo"))
         row = st.selectbox("Photo", range(len(found.paths)), index=None, key="evaluate_map_photo",
                            format_func=lambda i: f"{Path(found.paths[i]).name} ({found.labels[i]})",
                            placeholder="click a dot, or choose a photo")

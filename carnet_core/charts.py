@@ -227,7 +227,7 @@ def embedding_figure(coordinates: np.ndarray, labels: Sequence[str], hover: Sequ
     fig.update_layout(height=560, margin=dict(l=0, r=0, t=10, b=0), clickmode="event+select", dragmode="pan",
                       xaxis=dict(showticklabels=False, title=None, zeroline=False),
                       yaxis=dict(showticklabels=False, title=None, zeroline=False),
-                      legend=dict(itemsizing="constant"))
+                      legend=dict(itemsizing="constant", orientation="h", x=0, y=1.01, yanchor="bottom"))
     return fig
 
 

@@ -1,0 +1,116 @@
+"""The app in a real browser (Chromium through Playwright), for what only a browser runs: Plotly's click and hover
+events in the page — a confusion cell opening its photos, a dot of the embedding map showing its picture.
+
+Chromium is Debian's (``/usr/bin/chromium``, launched with ``--no-sandbox``); Playwright's own browser download is
+never used. Both are installed by ``.ci/run``; the tests skip where either is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, colour_image
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.subprocess]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+#: Folders named after ImageNet classes: EfficientNet-Lite0 scores them without a mapping.
+CLASSES = {"sports car": (200, 40, 40), "pickup": (40, 160, 40), "minivan": (40, 40, 200)}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@contextlib.contextmanager
+def app_server(tmp_path: Path):
+    """``streamlit run app.py`` on a free port with a data root of three generated class folders; yields its URL."""
+    from tests.app.test_hosting import _free_port
+
+    data = tmp_path / "data" / "vehicles"
+    for k, (name, rgb) in enumerate(CLASSES.items()):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            colour_image(rgb, 50 * k + i, size=96).save(data / name / f"{i:02d}.png")
+    port = _free_port()
+    env = {**os.environ, "CARNET_DATA_ROOT": str(tmp_path / "data"), "CARNET_CACHE_DIR": str(tmp_path / "cache")}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                               "--server.port", str(port), "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"the app did not come up: {server.stdout.read().decode()[-2000:]}")
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def dot_position(page, box: str, trace: int, point: int) -> list:
+    """Where the browser draws a point of a Plotly chart in ``st.container(key=box)`` (or in the visible tab), in
+    page pixels, with its customdata."""
+    return page.locator(box).evaluate(
+        """(gd, [trace, point]) => { const t = gd._fullData[trace]; const xa = gd._fullLayout.xaxis,
+            ya = gd._fullLayout.yaxis; const r = gd.getBoundingClientRect();
+            return [r.left + xa._offset + xa.l2p(xa.d2l(t.x[point])), r.top + ya._offset + ya.l2p(ya.d2l(t.y[point])),
+                    t.customdata[point]]; }""", [trace, point])
+
+
+def test_a_click_on_a_confusion_cell_and_a_hover_on_the_map(browser, tmp_path):
+    """Evaluate in Chromium: clicking a confusion-matrix cell opens exactly that cell's photos, the tab stays open,
+    and hovering a dot of the embedding map shows that photo's picture beside the mouse."""
+    with app_server(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/evaluate")
+        page.get_by_role("button", name="Evaluate", exact=True).click(timeout=90_000)
+        page.get_by_role("tab", name="Confusion").click(timeout=120_000)
+        heatmap = "[data-testid=stTabPanel]:visible .js-plotly-plot"
+        page.locator(heatmap).scroll_into_view_if_needed()
+        x, y, cell = dot_position(page, heatmap, 1, 0)  # trace 1: the clickable marker of each non-empty cell
+        true_class, predicted, images = cell[:3]
+        page.mouse.click(x, y)
+        expected = f"{images} photo{'s' if images != 1 else ''}, labelled {true_class}, predicted {predicted}"
+        page.get_by_text(expected).wait_for(timeout=60_000)
+        assert page.get_by_role("tab", name="Confusion").get_attribute("aria-selected") == "true"
+
+        page.get_by_role("tab", name="Embedding map").click()
+        page.get_by_text("t-SNE", exact=True).click()
+        page.get_by_role("button", name="Make the map").click()
+        page.get_by_text("hover a dot to see its photo").wait_for(timeout=120_000)
+        chart = ".st-key-evaluate_map_box .js-plotly-plot"
+        page.locator(chart).scroll_into_view_if_needed()
+        time.sleep(1)  # the hover listener attaches once Plotly has drawn the chart
+        x, y, row = dot_position(page, chart, 0, 0)
+        page.mouse.move(x - 8, y - 8)
+        page.mouse.move(x, y)
+        tip = page.locator("#carnet-hover-evaluate_map_box")
+        tip.wait_for(state="visible", timeout=10_000)
+        assert tip.get_attribute("src").startswith("data:image/jpeg;base64,")
+        page.mouse.move(10, 10)
+        tip.wait_for(state="hidden", timeout=10_000)
+        page.close()
+
