@@ -283,6 +283,15 @@ def test_evaluate_page_on_generated_data_with_a_fine_tuned_checkpoint(colour_che
     assert len(at.dataframe[0].value) == 3  # per-class table, one row per class
     assert list(at.dataframe[0].value.columns)[:6] == ["class", "precision (%)", "recall (%)", "F1 (%)", "AP (%)",
                                                        "images"]
+    # a row of the per-class table opens that class's photos (a browser's row click sets this state)
+    worst = at.dataframe[0].value.iloc[0]["class"]
+    at.session_state["evaluate_class_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    shown = [c.value for c in at.tabs[0].caption if c.value.startswith(("**", "✓ **"))]
+    assert not at.exception and len(shown) == 24 and all(f"**{worst}** → " in c for c in shown)
+    at.radio(key="evaluate_class_which").set_value("wrong").run()
+    wrong = [p for p in expected.predictions if p["label"] == worst and p["predicted"] != worst]
+    assert any(c.value.startswith(f"{len(wrong)} photo") for c in at.tabs[0].caption)
     # the embedding map: its dots, and a photo's most similar photos (from the cache of features after the first)
     at.radio(key="evaluate_map_method").set_value("tsne").run()
     at.button(key="evaluate_map_run").click().run()
