@@ -152,6 +152,8 @@ else:
     if upload is not None:
         try:
             dataset = catalog.extract_upload(upload.name, upload.getvalue())
+            catalog.prune_uploads(in_use=[dataset] + [j.spec.get("data", "") for j in runner.jobs()
+                                                      if j.state in ("queued", "running")])
             st.success(f"Extracted to `{dataset}`.")
         except CarNetError as exc:
             st.error(f"Upload refused — {exc}")

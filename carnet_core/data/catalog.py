@@ -3,8 +3,12 @@ zip uploads extracted there, the datasets built class by class, and the mapping 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 from pathlib import Path
+from typing import Sequence
 
 from carnet_core.config import data_root, mappings_dir
 from carnet_core.data.datasets import SPLIT_FOLDER_NAMES, class_folders, is_one_dataset
@@ -58,7 +62,34 @@ def extract_upload(name: str, data: bytes, root: Path | None = None) -> Path:
     """
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:40] or "upload"
     dest = (data_root() if root is None else Path(root)) / UPLOADS / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}"
-    return dataset_root(dest) if dest.exists() else extract_dataset_zip(data, dest, name)
+    if dest.exists():
+        with contextlib.suppress(OSError):
+            os.utime(dest)  # used again: the newest for prune_uploads
+        return dataset_root(dest)
+    return extract_dataset_zip(data, dest, name)
+
+
+#: Extractions of uploaded zips kept (the most recently used); older ones are removed when another is extracted.
+KEEP_UPLOADS = 5
+
+
+def prune_uploads(keep: int = KEEP_UPLOADS, in_use: Sequence[str | Path] = (), root: Path | None = None) -> list[Path]:
+    """Remove the extractions under ``<data root>/_uploads`` beyond the ``keep`` most recently used (their folders'
+    modification times, which :func:`extract_upload` renews on reuse), except any that holds or is one of the
+    ``in_use`` folders (the dataset of a queued or running fine-tune). Returns the folders removed."""
+    base = (data_root() if root is None else Path(root)) / UPLOADS
+    if not base.is_dir():
+        return []
+    used = {Path(p).resolve() for p in in_use}
+    folders = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for folder in folders[keep:]:
+        here = folder.resolve()
+        if any(u == here or here in u.parents for u in used):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def mapping_files(folder: Path | None = None) -> list[Path]:

@@ -26,13 +26,17 @@ class DataReport:
         counts: class name → {"train": n, "val": n}.
         unreadable: (path, reason) of files that cannot be decoded (skipped by training, never fatal).
         small_classes: classes with fewer than ``min_per_class`` train images, or no val image.
-        duplicates: (train item, val item, Hamming distance) pairs across the splits, 0 = identical pixels' hash.
+        duplicates: for each val image with a near copy in train, (the closest train item, val item, Hamming
+            distance), 0 = identical pixels' hash; one row per val image, however many train copies it has.
+        duplicate_pairs: every (train, val) pair within the distance, counted (4,000 identical images: 4 M pairs,
+            which are counted, not listed).
     """
 
     counts: dict[str, dict[str, int]]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     small_classes: list[str] = field(default_factory=list)
     duplicates: list[tuple[str, str, int]] = field(default_factory=list)
+    duplicate_pairs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -46,7 +50,8 @@ class DataReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts, "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
                 "small_classes": self.small_classes,
-                "duplicates": [{"train": a, "val": b, "distance": d} for a, b, d in self.duplicates]}
+                "duplicates": [{"train": a, "val": b, "distance": d} for a, b, d in self.duplicates],
+                "duplicate_pairs": self.duplicate_pairs}
 
     def summary(self) -> str:
         n_train = sum(c["train"] for c in self.counts.values())
@@ -57,7 +62,8 @@ class DataReport:
         lines.append(f"unreadable files: {len(self.unreadable)}" + "".join(f"\n  {p}: {r}" for p, r in self.unreadable[:10]))
         lines.append(f"classes with too few images: {len(self.small_classes)}"
                      + (f" ({', '.join(self.small_classes[:10])})" if self.small_classes else ""))
-        lines.append(f"train/val duplicates (pHash distance <= {NEAR_DUPLICATE_BITS}): {len(self.duplicates)}"
+        lines.append(f"val images with a copy in train (pHash distance <= {NEAR_DUPLICATE_BITS}): {len(self.duplicates)}"
+                     + (f" ({self.duplicate_pairs} train/val pairs)" if self.duplicate_pairs > len(self.duplicates) else "")
                      + "".join(f"\n  {a} ~ {b} (distance {d})" for a, b, d in self.duplicates[:10]))
         return "\n".join(lines)
 
@@ -90,10 +96,43 @@ def _hashes(dataset: ImageDataset) -> tuple[np.ndarray, list[int], list[tuple[st
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances (len(a), len(b)) between uint64 hashes."""
-    x = a[:, None] ^ b[None, :]
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between uint64 hashes, elementwise (broadcasting)."""
+    x = np.bitwise_xor(a, b)
     return _POPCOUNT[x.view(np.uint8).reshape(*x.shape, 8)].sum(-1)
+
+
+def near_duplicates(queries: np.ndarray, hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int, int]]:
+    """For each of ``queries`` (uint64 hashes) with a hash of ``hashes`` within ``max_distance`` bits: (query row,
+    row of the closest such hash, its distance, how many of ``hashes`` are within the distance).
+
+    Multi-index hashing (Norouzi, Punjani & Fleet 2012): two 64-bit hashes at most ``max_distance`` bits apart agree
+    exactly on at least one of ``max_distance + 1`` disjoint blocks of their bits, so only hashes sharing a block value
+    are compared. Memory grows with the number of images and time nearly so for distinct images; identical images
+    share one entry (``np.unique``), so 50,000 copies of one photo cost no more than one. A BK-tree (``pybktree``)
+    would serve too; it is one more dependency for what NumPy and a dict do here.
+    """
+    if not len(queries) or not len(hashes):
+        return []
+    distinct, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    edges = np.linspace(0, 64, max_distance + 2).astype(int)
+    blocks = [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in zip(edges[:-1], edges[1:])]
+    tables: list[dict[int, list[int]]] = [{} for _ in blocks]
+    for k, value in enumerate(distinct.tolist()):
+        for table, (shift, mask) in zip(tables, blocks):
+            table.setdefault((value >> shift) & mask, []).append(k)
+    found = []
+    for row, value in enumerate(queries.tolist()):
+        candidates = {k for table, (shift, mask) in zip(tables, blocks) for k in table.get((value >> shift) & mask, ())}
+        if not candidates:
+            continue
+        keys = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+        d = hamming(distinct[keys], np.uint64(value))
+        near = d <= max_distance
+        if near.any():
+            best = int(np.argmin(np.where(near, d, 65)))
+            found.append((row, int(first[keys[best]]), int(d[best]), int(counts[keys[near]].sum())))
+    return found
 
 
 def validate_splits(splits: DatasetSplits, min_per_class: int = 5, max_distance: int = NEAR_DUPLICATE_BITS,
@@ -109,16 +148,14 @@ def validate_splits(splits: DatasetSplits, min_per_class: int = 5, max_distance:
     if progress:
         progress(0.5)
     val_h, val_idx, bad_val = _hashes(splits.val)
-    duplicates = []
-    for start in range(0, len(val_h), 512):
-        d = hamming_matrix(val_h[start:start + 512], train_h)
-        for vi, ti in zip(*np.nonzero(d <= max_distance)):
-            duplicates.append((str(splits.train.items[train_idx[ti]][0]), str(splits.val.items[val_idx[start + vi]][0]),
-                               int(d[vi, ti])))
+    matches = near_duplicates(val_h, train_h, max_distance)
+    duplicates = [(str(splits.train.items[train_idx[ti]][0]), str(splits.val.items[val_idx[vi]][0]), d)
+                  for vi, ti, d, _ in matches]
     if progress:
         progress(1.0)
     small = [c for c, n in counts.items() if n["train"] < min_per_class or n["val"] == 0]
-    return DataReport(counts, bad_train + bad_val, small, sorted(duplicates, key=lambda t: t[2]))
+    return DataReport(counts, bad_train + bad_val, small, sorted(duplicates, key=lambda t: t[2]),
+                      sum(n for *_, n in matches))
 
 
 def without_unreadable(dataset: ImageDataset, report: DataReport) -> ImageDataset:

@@ -3,10 +3,13 @@
 
 Zip extraction:
 
-Refused, with a message naming the member: absolute paths and ``..`` (path traversal, "zip slip"), links, more
-than ``max_files`` members, more than ``max_bytes`` uncompressed (counted while writing, so a zip that lies about
-its sizes is stopped too), and members compressed more than ``max_ratio`` times (zip bombs). Nothing is written
-outside ``dest``; a refused zip leaves no partial folder behind.
+Refused, with a message naming the member: absolute paths and ``..`` (path traversal, "zip slip"), links, names
+longer than a file system takes, more than ``max_files`` members, more than ``max_bytes`` uncompressed (counted while
+writing, so a zip that lies about its sizes is stopped too), members compressed more than ``max_ratio`` times and
+archives whose members together are (zip bombs: 300 members of 1 MB of zeros each pass a per-member check), and
+every failure of reading a member (encrypted, an unsupported compression method, a bad CRC, a truncated archive, a
+file and a folder of one name) as an :class:`UnsafeArchiveError` naming it. Nothing is written outside ``dest``; a
+refused zip leaves no partial folder behind.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 import stat
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Sequence
@@ -33,6 +37,9 @@ from carnet_core.errors import CarNetError, ImageError
 MAX_FILES = 50_000
 MAX_BYTES = 2 * 1024**3  # 2 GiB uncompressed
 MAX_RATIO = 200          # a JPEG compresses ~1×; 200× is a bomb
+#: Below this many uncompressed bytes an archive's overall ratio is not judged (a few small text files compress well).
+RATIO_FLOOR_BYTES = 10 * 2**20
+MAX_NAME_BYTES = 255     # one path component, as ext4, APFS and NTFS allow
 _SKIP = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
 
@@ -63,7 +70,7 @@ def safe_extract_zip(source: str | os.PathLike | bytes | BinaryIO, dest: str | o
         source = io.BytesIO(source)
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise CarNetError(f"not a readable zip file ({exc})") from None
     with archive:
         members = [m for m in archive.infolist() if not any(part in m.filename for part in _SKIP)]
@@ -110,7 +117,7 @@ def _check_members(members: list[zipfile.ZipInfo], max_files: int, max_bytes: in
         raise UnsafeArchiveError("the zip is empty")
     if len(members) > max_files:
         raise UnsafeArchiveError(f"the zip has {len(members):,} entries; the limit is {max_files:,}")
-    total = 0
+    total = compressed = 0
     for m in members:
         name = m.filename
         path = PurePosixPath(name.replace("\\", "/"))
@@ -118,15 +125,28 @@ def _check_members(members: list[zipfile.ZipInfo], max_files: int, max_bytes: in
             raise UnsafeArchiveError(f"refused: {name!r} is an absolute path")
         if ".." in path.parts:
             raise UnsafeArchiveError(f"refused: {name!r} points outside the folder (..)")
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+            raise UnsafeArchiveError(f"refused: {_short(name)} has a name longer than {MAX_NAME_BYTES} bytes")
         mode = m.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise UnsafeArchiveError(f"refused: {name!r} is a symbolic link")
+        if m.flag_bits & 0x1:
+            raise UnsafeArchiveError(f"refused: {_short(name)} is encrypted; zip the photos without a password")
         total += m.file_size
+        compressed += m.compress_size
         if total > max_bytes:
             raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
         if m.compress_size and m.file_size / m.compress_size > max_ratio and m.file_size > 1_000_000:
-            raise UnsafeArchiveError(f"refused: {name!r} is compressed {m.file_size / m.compress_size:,.0f}× "
+            raise UnsafeArchiveError(f"refused: {_short(name)} is compressed {m.file_size / m.compress_size:,.0f}× "
                                      f"(a zip bomb?)")
+    if total > RATIO_FLOOR_BYTES and total / max(compressed, 1) > max_ratio:
+        raise UnsafeArchiveError(f"refused: the zip's {len(members):,} entries are compressed "
+                                 f"{total / max(compressed, 1):,.0f}× together (a zip bomb?)")
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """A member's name for a message, cut to ``limit`` characters."""
+    return repr(name if len(name) <= limit else name[:limit] + "…")
 
 
 def _extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Path, max_bytes: int) -> None:
@@ -135,16 +155,34 @@ def _extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Pat
         target = (dest / m.filename.replace("\\", "/")).resolve()
         if dest not in target.parents and target != dest:
             raise UnsafeArchiveError(f"refused: {m.filename!r} points outside the folder")
-        if m.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(m) as src, open(target, "wb") as out:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > max_bytes:  # the sizes in the zip's directory were wrong
-                    raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
-                out.write(chunk)
+        try:
+            if m.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(m) as src, open(target, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes:  # the sizes in the zip's directory were wrong
+                        raise UnsafeArchiveError(f"the zip expands to more than {max_bytes / 2**20:,.0f} MB")
+                    out.write(chunk)
+        except UnsafeArchiveError:
+            raise
+        except FileExistsError:
+            if target.is_file() and not m.is_dir():
+                raise UnsafeArchiveError(f"refused: {_short(m.filename)} is in the zip twice") from None
+            raise UnsafeArchiveError(f"refused: {_short(m.filename)} is both a file and a folder in the zip") from None
+        except (IsADirectoryError, NotADirectoryError):
+            raise UnsafeArchiveError(f"refused: {_short(m.filename)} is both a file and a folder in the zip") from None
+        except NotImplementedError as exc:  # zipfile: "That compression method is not supported"
+            raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: {exc} (zip it again with the usual "
+                                     "'deflate' compression)") from None
+        except RuntimeError as exc:  # zipfile: "File … is encrypted, password required for extraction"
+            raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: it is encrypted") from None
+        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as exc:  # bad CRC, truncated, corrupt data
+            raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: the zip is damaged ({exc})") from None
+        except OSError as exc:  # a name the file system refuses, a full disk
+            raise UnsafeArchiveError(f"cannot extract {_short(m.filename)}: {exc.strerror or exc}") from None
 
 
 #: File suffix per decoded format, for photos saved by :func:`add_class_photos` (MPO: a phone's multi-picture JPEG).

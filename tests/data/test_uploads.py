@@ -95,3 +95,75 @@ def test_a_dataset_is_built_class_by_class_from_photos(car_photos, tmp_path):
     (tmp_path / "a file").write_text("not a folder")  # where the dataset folder should be: said, not a traceback
     with pytest.raises(CarNetError, match="cannot save photos in .*a file/pickup: Not a directory"):
         add_class_photos(tmp_path / "a file", "pickup", [("a.jpg", jpeg)])
+
+
+def _patched(data: bytes, local_at: int, central_at: int, value: bytes) -> bytes:
+    """``data`` with ``value`` written at an offset into the first local file header and the first central
+    directory entry (a zip field that zipfile itself would not write)."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", local_at), (b"PK\x01\x02", central_at)):
+        at = out.index(signature) + offset
+        out[at:at + len(value)] = value
+    return bytes(out)
+
+
+def _encrypted() -> bytes:
+    """The "encrypted" flag set (zipfile cannot encrypt; the flag is what readers go by)."""
+    return _patched(_zip({"c/a.png": b"x" * 100}), 6, 8, (1).to_bytes(2, "little"))
+
+
+def _bad_crc() -> bytes:
+    data = bytearray(_zip({"c/a.png": b"hello world"}))
+    at = data.index(b"hello world")
+    data[at] = ord("j")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, message", [
+    (_encrypted(), "'c/a.png' is encrypted"),
+    (_patched(_zip({"c/a.png": b"x" * 100}), 8, 10, (98).to_bytes(2, "little")),  # PPMd: zipfile cannot read it
+     "cannot read 'c/a.png': .*compression"),
+    (_bad_crc(), "cannot read 'c/a.png': the zip is damaged .*CRC"),
+    (_patched(_patched(_zip({"c/a.png": b"x" * 100}), 18, 20, (10**6).to_bytes(4, "little")), 22, 24,
+              (10**6).to_bytes(4, "little")),  # sizes that lie: 1 MB where there are 100 bytes
+     "cannot read 'c/a.png': the zip is damaged"),
+    (_zip({"c/a.png": b"x", "c/a.png/b.png": b"y"}), "'c/a.png/b.png' is both a file and a folder"),
+    (_zip({"c/a.png": b"x", "c/a.png/": b""}), "'c/a.png/' is both a file and a folder"),
+    (_zip({"c/" + "n" * 300 + ".png": b"x"}), "has a name longer than 255 bytes"),
+])
+def test_every_way_a_zip_cannot_be_read_is_a_message_naming_the_entry(tmp_path, data, message):
+    """Each of these raised zipfile's or the OS's own exception (RuntimeError, NotImplementedError, BadZipFile,
+    NotADirectoryError, OSError: File name too long), which the Fine-tune page showed as a traceback."""
+    with pytest.raises(UnsafeArchiveError, match=message):
+        safe_extract_zip(data, tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+
+
+def test_a_bomb_of_many_small_members_is_refused_as_a_whole(tmp_path):
+    """40 members of 999,999 zero bytes (each under the per-member check's 1 MB) make a 40 MB, ~1000× zip: refused
+    for the archive's ratio before anything is written (300 of them extracted 300 MB from a 477 KB zip)."""
+    bomb = _zip({f"c/{i}.png": b"\0" * 999_999 for i in range(40)}, compression=zipfile.ZIP_DEFLATED)
+    assert len(bomb) < 200_000
+    with pytest.raises(UnsafeArchiveError, match="40 entries are compressed .*× together"):
+        safe_extract_zip(bomb, tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+    small = _zip({f"c/{i}.txt": b"\0" * 10_000 for i in range(40)}, compression=zipfile.ZIP_DEFLATED)
+    assert safe_extract_zip(small, tmp_path / "small").is_dir()  # 400 KB of well-compressed notes: fine
+
+
+def test_old_upload_extractions_are_removed_but_not_one_in_use(tmp_path):
+    import os
+
+    from carnet_core.data.catalog import UPLOADS, extract_upload, prune_uploads
+
+    base = tmp_path / UPLOADS
+    for i in range(8):
+        (base / f"old{i}" / "cars").mkdir(parents=True)
+        os.utime(base / f"old{i}", (1000 + i, 1000 + i))  # old0 is the least recently used
+    zipped = _zip({"notes.txt": b"x"})
+    removed = prune_uploads(keep=5, in_use=[base / "old1" / "cars"], root=tmp_path)
+    assert sorted(p.name for p in removed) == ["old0", "old2"]  # old1 is a running fine-tune's dataset
+    assert sorted(p.name for p in base.iterdir()) == ["old1", "old3", "old4", "old5", "old6", "old7"]
+    with pytest.raises(CarNetError):
+        extract_upload("notes.zip", zipped, root=tmp_path)  # no class folders: no dataset, not kept
+    assert sorted(p.name for p in base.iterdir()) == ["old1", "old3", "old4", "old5", "old6", "old7"]
