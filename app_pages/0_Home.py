@@ -35,7 +35,8 @@ for spec in list_models():
                  "weights": where if available or unusable else "missing", "about": spec.description})
 starred = []
 for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-tunes, CarNet checkpoints in weights/
-    starred.append({"model": f"★ {entry.label}", "available": "yes", "timm architecture": entry.arch,
+    starred.append({"model": f"★ {entry.label}", "available": "no" if entry.problem else "yes",
+                    "timm architecture": entry.arch,
                     "head": entry.head, "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
                     "weights": str(entry.path), "about": entry.title})
 rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers

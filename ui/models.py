@@ -61,7 +61,8 @@ def model_title(name: str) -> str:
 
 
 def available_model_names() -> tuple[list[str], dict[str, str]]:
-    """Registered models with weights here plus fine-tuned checkpoints, and {name: message} for models without."""
+    """Registered models with weights here plus usable fine-tuned checkpoints, and {name: message} for models
+    without usable weights (an unusable ★ checkpoint with the reason)."""
     available, missing = [], {}
     for spec in list_models():
         ok, text = weights_status(spec.name)
@@ -69,7 +70,12 @@ def available_model_names() -> tuple[list[str], dict[str, str]]:
             available.append(spec.name)
         else:
             missing[spec.name] = text
-    return available + list(fine_tuned()), missing
+    for key, entry in fine_tuned().items():
+        if entry.problem:
+            missing[key] = f"★ {entry.label} cannot be used: {entry.problem}"
+        else:
+            available.append(key)
+    return available, missing
 
 
 def cached_model(name: str) -> Classifier:
@@ -144,10 +150,12 @@ def model_picker(key: str, label: str = "Model", default: str = "efficientnet_li
     names.sort(key=lambda n: not status[n][0])  # available first
     checkpoints = fine_tuned()
     title = model_titles(checkpoints)  # the checkpoints listed once per rerun
-    status.update({k: (True, "") for k in checkpoints})
-    names = [n for n in names if status[n][0]] + list(checkpoints) + [n for n in names if not status[n][0]]
+    status.update({k: (e.problem is None, f"★ {e.label} cannot be used: {e.problem}") for k, e in checkpoints.items()})
+    names = ([n for n in names if status[n][0]] + [k for k, e in checkpoints.items() if not e.problem]
+             + [k for k, e in checkpoints.items() if e.problem] + [n for n in names if not status[n][0]])
     pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
-                        format_func=lambda n: title(n) if status[n][0] else f"{n} (no usable weights)")
+                        format_func=lambda n: title(n) if status[n][0] or n in checkpoints else
+                        f"{n} (no usable weights)")
     if not status[pick][0]:
         st.error(status[pick][1])
         st.stop()

@@ -57,7 +57,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "weights": status, "description": spec.description})
     checkpoints = list_checkpoints()  # the app's ★ models: fine-tunes, and CarNet checkpoints in weights/
     rows += [{"kind": "checkpoint", "name": c.name, "arch": c.arch, "family": None, "head": c.head,
-              "labels": c.label_set, "default": False, "available": True, "weights": f"checkpoint: {c.path}",
+              "labels": c.label_set, "default": False, "available": c.problem is None,
+              "weights": f"checkpoint: {c.path}" if c.problem is None else f"UNUSABLE — {c.problem}",
               "description": c.title, "path": str(c.path)} for c in checkpoints]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -288,7 +288,11 @@ def no_class_folders_error(folder: Path, splits: bool = True) -> CarNetError:
 def empty_dataset_error(folder: Path) -> CarNetError:
     """The error for class folders that hold no images: when they are datasets themselves (``folder`` is a data
     root, say), it names them to choose from."""
-    datasets = [c.name for c in class_folders(folder) if is_one_dataset(c)]
+    # a dataset has two classes or more; class folders whose images all sit one level down (blue/2019/*.jpg) each look
+    # like a dataset of one class, and are said as what they are
+    datasets = [c.name for c in class_folders(folder) if is_one_dataset(c) and len(class_folders(c)) >= 2]
+    if not datasets:
+        check_class_folders(class_folders(folder), [])
     if datasets:
         return CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
                            f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")
@@ -296,15 +300,16 @@ def empty_dataset_error(folder: Path) -> CarNetError:
 
 
 def check_class_folders(class_dirs: Sequence[Path], items: Sequence[tuple[Any, Any]]) -> None:
-    """Refuse a class folder that holds no images itself but some in its sub-folders (``blue/2019/*.jpg``): class
-    folders are read one level deep, so that class would be silently empty — trained on no image, never right.
-    ``items`` are the (image path, label) pairs read from ``class_dirs``; only the folders none came from are looked
-    into.
+    """Refuse a class that would be silently empty — trained on no image, never right: a class folder that holds no
+    images itself but some in its sub-folders (``blue/2019/*.jpg``; class folders are read one level deep), and a class
+    with no image at all (an empty folder; with train/ and val/, empty in both). ``items`` are the (image path, label)
+    pairs read from ``class_dirs``; only the folders none came from are looked into.
 
     Raises:
         CarNetError: naming the folder, the sub-folder and what to do.
     """
     filled = {Path(path).parent for path, _ in items}
+    empty = []
     for folder in class_dirs:
         if folder not in filled:
             nested = list_images(folder, recursive=True)
@@ -312,6 +317,13 @@ def check_class_folders(class_dirs: Sequence[Path], items: Sequence[tuple[Any, A
                 raise CarNetError(f"{folder} holds no images itself but {len(nested)} in its sub-folders (e.g. "
                                   f"{nested[0].relative_to(folder)}); a class folder is read one level deep: move "
                                   f"them up into {folder.name}/")
+            empty.append(folder)
+    with_images = {Path(path).parent.name for path, _ in items}
+    empty = [f for f in empty if f.name not in with_images]
+    if empty and items:
+        raise CarNetError(f"{listed([str(f) for f in empty])} {'holds' if len(empty) == 1 else 'hold'} no images "
+                          f"({', '.join(IMAGE_EXTENSIONS[:5])}, …): a class needs photos to be learnt; add some, or "
+                          f"remove the {'folder' if len(empty) == 1 else 'folders'}")
 
 
 def labelled_folder(root: str | Path) -> Path:

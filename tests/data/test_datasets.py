@@ -60,6 +60,31 @@ def test_a_class_whose_images_are_one_folder_too_deep_is_refused(colour_folder, 
         assert str(refused.value) == expected
     with pytest.raises(CarNetError, match="holds datasets, not class folders: choose one of them \\(colours\\)"):
         open_dataset(tmp_path)
+    for c in ("red", "green"):  # every class one level down: said as such, not as "holds datasets"
+        (data / c / "2019").mkdir()
+        for photo in list((data / c).glob("*.png")):
+            photo.rename(data / c / "2019" / photo.name)
+    with pytest.raises(CarNetError, match="holds no images itself but 24 in its sub-folders"):
+        open_dataset(data)
+
+
+def test_an_empty_class_folder_is_refused_not_trained_as_a_class(colour_folder, tmp_path):
+    """An empty class folder was read as a class with no image: trained, never predicted right, and counted in the
+    model's classes. It is refused, naming the folder; a val folder empty for one class is not (validate-data says
+    that class is small)."""
+    import shutil
+
+    data = tmp_path / "colours"
+    shutil.copytree(colour_folder, data)
+    (data / "purple").mkdir()
+    with pytest.raises(CarNetError, match=f"{data / 'purple'} holds no images .*add some, or remove the folder"):
+        open_dataset(data)
+    split = tmp_path / "split"
+    for part in ("train", "val"):
+        shutil.copytree(colour_folder, split / part)
+    for photo in (split / "val" / "red").iterdir():
+        photo.unlink()
+    assert open_dataset(split).train.class_names == ("blue", "green", "red")
 
 
 def test_a_train_folder_alone_is_split_here(colour_folder, tmp_path):
