@@ -274,7 +274,8 @@ class JobRunner:
             time.sleep(poll)
 
     def pump(self) -> None:
-        """Mark dead workers failed, then start queued jobs on free slots (oldest first)."""
+        """Mark dead workers failed — cancelled, when Stop was asked (a worker stopped in its first second dies of the
+        signal before it can say so itself) — then start queued jobs on free slots (oldest first)."""
         with self._lock():
             jobs = self._all()
             busy = set()
@@ -285,7 +286,9 @@ class JobRunner:
                     busy.add(job.status.get("slot", 0))
                     continue
                 job = self.get(job.id)  # it may have just finished and written its own status
-                if job.state == "running":
+                if job.state == "running" and (job.dir / "cancel").exists():  # stopped before its handler was set
+                    self._set(job, state="cancelled", ended=time.time())
+                elif job.state == "running":
                     tail = job.log_tail(8)
                     self._set(job, state="failed", ended=time.time(),
                               error=f"the worker process (pid {job.status.get('pid')}) stopped without finishing"

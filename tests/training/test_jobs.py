@@ -77,6 +77,21 @@ def test_cancel_a_running_job_and_a_queued_one(colour_folder, tmp_path):
     assert not (runner.get(queued.id).dir / "log.txt").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_stop_right_after_launch_is_cancelled_not_failed(colour_folder, tmp_path):
+    """Stop pressed within half a second of Launch: the worker, still importing, dies of the signal before its own
+    handler is set; it was marked "failed" ("stopped without finishing"). It is "cancelled", and can be resumed."""
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    job = runner.submit(_cfg(colour_folder, epochs=5))
+    runner.cancel(job.id)  # at once: the worker has not imported torch yet
+    job = runner.wait(job.id, timeout=120)
+    assert job.state == "cancelled" and job.status.get("error") is None
+    assert runner.resume(job.id).state in ("queued", "running")
+    runner.cancel(job.id)
+    assert runner.wait(job.id, timeout=120).state == "cancelled"
+
+
 @pytest.mark.subprocess
 def test_a_just_started_worker_is_alive_and_a_reused_pid_is_not(monkeypatch):
     """Right after Popen, /proc/PID/cmdline can still be empty (the worker is in exec): seen in CI, where the runner
