@@ -102,3 +102,18 @@ def remove_partial_writes(run_dir: Path) -> list[Path]:
         except OSError:  # gone already: nothing a run needs
             pass
     return removed
+
+
+def reconcile_best(run_dir: Path, best: list[tuple[float, int, Path | str]]) -> list[tuple[float, int, Path]]:
+    """Make a resumed run's best checkpoints on disk agree with its resume state's best-k list ``best`` — (top-1,
+    epoch, path) — after a kill between an epoch's checkpoint writes and its state save: best-* files the state does
+    not list (that epoch's, which runs again, or whose pruning was not recorded) are removed, and entries whose file
+    is gone (pruned by that epoch) are dropped. Paths are read in ``run_dir`` by file name, so a moved run folder
+    resumes too. Returns the entries kept, in order."""
+    run_dir = Path(run_dir)
+    listed = {Path(p).name for _, _, p in best}
+    for path in run_dir.glob(_BEST_GLOB):
+        if path.name not in listed:
+            path.unlink(missing_ok=True)
+    kept = [(t, e, run_dir / Path(p).name) for t, e, p in best]
+    return [(t, e, p) for t, e, p in kept if p.exists()]

@@ -34,8 +34,9 @@ from carnet_core.models.runs import (
     PROBE_FILE,
     STATE_FILE,
     best_name,
-    remove_partial_writes,
     preference,
+    reconcile_best,
+    remove_partial_writes,
 )
 from carnet_core.training.callbacks import EarlyStopping, MetricsWriter
 from carnet_core.training.config import EpochMetrics, TrainConfig, TrainResult
@@ -224,6 +225,7 @@ class Trainer:
             fabric.print(f"resuming after epoch {start_epoch} from {run.state_path}")
             if fabric.is_global_zero:  # drop rows of an epoch that was written but not saved for resuming
                 self.metrics_writer.restart(history)
+                best = reconcile_best(self.out, best)  # and its best-* files, which the state does not list
         elif fabric.is_global_zero:  # a fresh run in a used folder: not an earlier run's probe on its curves
             (self.out / PROBE_FILE).unlink(missing_ok=True)
         if not resuming and cfg.probe_init:

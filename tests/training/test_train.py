@@ -107,6 +107,27 @@ def test_resume_continues_with_the_saved_optimizer_and_schedule(colour_folder, t
     assert saved["optimizer"]["state"]  # Adam moments were saved and restored
 
 
+@pytest.mark.slow
+def test_best_checkpoints_agree_with_the_resume_state_after_a_kill_between_them(colour_folder, tmp_path):
+    """A kill after an epoch wrote its best checkpoint (and pruned the one it beat) but before its resume state was
+    saved: the epoch runs again on resume, and its stale best file (87.5 %) survived beside the rerun's (75.0 %),
+    3 best files with keep_best = 2 and a state pointing at a deleted file. Now the folder's best files are the
+    state's, at most keep_best, and the stale one is gone."""
+    from carnet_core.models.runs import best_checkpoints, best_name
+
+    cfg = TrainConfig(data=str(colour_folder), out=str(tmp_path), epochs=3, **{**FAST, "keep_best": 1})
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, [CrashAfter(1)]).fit()
+    [(_, _, listed)] = torch.load(tmp_path / "last_state.pt", weights_only=True)["best"]
+    stale = tmp_path / best_name(2, 0.999)  # what epoch 2 left before the kill: its best, and epoch 1's pruned
+    shutil.copy(listed, stale)
+    Path(listed).unlink()
+    Trainer(cfg).fit()
+    state = torch.load(tmp_path / "last_state.pt", weights_only=True)["best"]
+    on_disk = [p.name for p in best_checkpoints(tmp_path)]
+    assert on_disk == [Path(p).name for _, _, p in state] and len(on_disk) == 1 and stale.name not in on_disk
+
+
 def test_corrupt_or_foreign_state_is_refused(colour_folder, tmp_path):
     (tmp_path / "last_state.pt").write_bytes(b"garbage")
     with pytest.raises(CarNetError, match="cannot resume.*corrupt"):
