@@ -4,13 +4,25 @@ as people type them."""
 
 import streamlit as st
 
+from carnet_core.config import hosted_mode
+from carnet_core.errors import log_unexpected
+
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
-st.navigation([
+page = st.navigation([
     st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),
     st.Page("app_pages/2_Explain.py", title="Explain", url_path="explain", icon=":material/visibility:"),
     st.Page("app_pages/3_Compare.py", title="Compare", url_path="compare", icon=":material/compare:"),
-    st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", url_path="fine-tune", icon=":material/model_training:"),
+    *([] if hosted_mode() else  # a public demo trains nothing: no Fine-tune page at all
+      [st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", url_path="fine-tune", icon=":material/model_training:")]),
     st.Page("app_pages/5_Models.py", title="Models", url_path="models", icon=":material/view_list:"),
     st.Page("app_pages/6_Evaluate.py", title="Evaluate", url_path="evaluate", icon=":material/fact_check:"),
-]).run()
+])
+try:
+    page.run()
+except Exception as exc:  # a bug (st.stop and reruns are not Exceptions): logged with an id, no traceback for visitors
+    error_id = log_unexpected(exc)
+    st.error(f"Something went wrong on this page: a fault of CarNet's, not of what you gave it. If it happens again, "
+             f"please quote error **{error_id}**.")
+    if not hosted_mode():  # on your own machine: the traceback too
+        st.exception(exc)

@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui
 from carnet_core import list_models
-from carnet_core.config import weights_dir
+from carnet_core.config import hosted_mode, weights_dir
 from carnet_core.models.weights import find_in_weights_dir
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
@@ -19,11 +19,12 @@ st.markdown("**Pages** (sidebar):\n"
             "- **Classify** — upload, snap or pick photos and get the top-5 classes per image;\n"
             "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
             "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
-            "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos added class by class) "
-            "in a background job and watch its curves;\n"
+            + ("" if hosted_mode() else "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos "
+                                        "added class by class) in a background job and watch its curves;\n") +
             "- **Models** — what each model costs here (parameters, GMACs, latency, memory), how it was made, and "
             "downloads to deploy it elsewhere;\n"
-            "- **Evaluate** — a model on a labelled dataset: per-class accuracy, confusion, mistakes, calibration.")
+            "- **Evaluate** — a model on a labelled dataset: per-class precision and recall, the photos behind each "
+            "confusion cell, possible label errors, an embedding map of similar photos, calibration.")
 
 st.subheader("Models and their weights")
 rows = []
@@ -32,20 +33,21 @@ for spec in list_models():
     unusable = not available and find_in_weights_dir(spec) is not None  # a file there, which cannot be used
     rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
                  "head": spec.head, "labels": spec.label_set,
-                 "weights": where if available or unusable else "missing", "about": spec.description})
+                 "weights": ui.public(where) if available or unusable else "missing", "about": spec.description})
 starred = []
 for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-tunes, CarNet checkpoints in weights/
     starred.append({"model": f"★ {entry.label}", "available": "no" if entry.problem else "yes",
                     "timm architecture": entry.arch,
                     "head": entry.head, "labels": f"{entry.label_set} ({len(entry.class_names)} classes)",
-                    "weights": str(entry.path), "about": entry.title})
+                    "weights": ui.public(entry.path), "about": entry.title})
 rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640),
              column_config={"weights": st.column_config.TextColumn(width="medium")})  # where from: wider
-st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
-           f"in `{weights_dir()}`, or run once with network access so timm can download them. Weights "
-           f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
-           f"DATASET_FOLDER --format safetensors --out {weights_dir() / 'NAME.safetensors'}` and pick them ★.")
+if not hosted_mode():  # where to put weights files is for whoever runs the server, not a demo's visitor
+    st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
+               f"in `{weights_dir()}`, or run once with network access so timm can download them. Weights "
+               f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "
+               f"DATASET_FOLDER --format safetensors --out {weights_dir() / 'NAME.safetensors'}` and pick them ★.")
 
 st.subheader("Device")
 st.write(ui.device_label())

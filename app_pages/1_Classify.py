@@ -46,7 +46,7 @@ uploads = [ui.Photo(*pair) for pair in inputs]  # their digests: what the result
 try:
     photos, batch = ui.classified(model, uploads)
 except CarNetError as exc:  # e.g. an engine forced by $CARNET_ENGINE that this model cannot use
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 for photo in photos:
     if photo.error:
@@ -95,7 +95,7 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
                     try:
                         added = add_class_photos(catalog.built_dataset(dataset_name), label, [(upload.name, upload.data)])
                     except CarNetError as exc:
-                        st.error(str(exc))
+                        st.error(ui.public(exc))
                     else:
                         where = f"**{added.folder.name}** of {added.folder.parent.name}"
                         for _, reason in added.refused:
@@ -117,7 +117,7 @@ if folders:
             found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
             bar.empty()
         except CarNetError as exc:
-            st.error(str(exc))
+            st.error(ui.public(exc))
             st.stop()
         for photo, upload in zip(photos, uploads):
             if photo.prediction is None:

@@ -47,7 +47,7 @@ try:  # remembered for the session: a slider or colormap change does not decode 
     size, top5 = ui.remembered("_explain_photo", [model], photo.digest,
                                lambda: (photo.image.size, predict(model, [photo.image], topk=5)[0]))
 except CarNetError as exc:  # a file that is no image; an engine forced by $CARNET_ENGINE that this model cannot use
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 layers = list(spatial_layers(model))
 controls = st.columns(4)
@@ -85,7 +85,7 @@ try:
     with st.spinner(f"Computing {method_name}…"):
         result = ui.explanation(model, photo, method, class_name, layer, aug_smooth=aug, eigen_smooth=eigen)
 except CarNetError as exc:
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 
 original, heat, over = st.columns(3)
@@ -162,7 +162,7 @@ if ranking is None and button.button(f"Rank the methods (roughly {seconds / 60:.
         bar.empty()
         button.empty()
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
 if ranking is not None:
     scores, skipped = ranking
     st.markdown(ranking_summary(scores))

@@ -30,12 +30,13 @@ if absent:
     pair = " and ".join(f"**{name}**" for name in absent)
     st.warning(f"{pair} {'is' if len(absent) == 1 else 'are'} not available here"
                + ("; the picker below offers the models that have weights." if len(available) >= 2 else "."))
-    with st.expander(f"Why, and how to add {'it' if len(absent) == 1 else 'them'}"):
-        for name in absent:
-            st.markdown(f"**{name}**: {missing[name]}")
+    if not hosted_mode():  # how to add weights is for whoever runs the server, not a demo's visitor
+        with st.expander(f"Why, and how to add {'it' if len(absent) == 1 else 'them'}"):
+            for name in absent:
+                st.markdown(f"**{name}**: {missing[name]}")
 if len(available) < 2:
-    st.error("Comparing needs at least two models with weights. Available: "
-             f"{', '.join(available) or 'none'}. Add a weights file to `weights/` (see the home page).")
+    st.error("Comparing needs at least two models with weights. Available: " f"{', '.join(available) or 'none'}."
+             + ("" if hosted_mode() else " Add a weights file to `weights/` (see the home page)."))
     st.stop()
 defaults = [n for n in ("resnet50", "mobilenetv2_100") if n in available]
 defaults += [n for n in available if n not in defaults][: 2 - len(defaults)]
@@ -56,10 +57,10 @@ if inputs:
         preds, times, probs = ui.remembered("_compare_photo", models, photo.digest,
                                             lambda: member_predictions(models, photo.image))
     except ImageError as exc:  # the folder section below still works
-        st.error(str(exc))
+        st.error(ui.public(exc))
         preds = None
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
         st.stop()
     if preds is not None:
         columns = st.columns(len(models))
@@ -137,8 +138,9 @@ if plan.unmapped:  # offered only when a member lacks the folder's classes: fine
 plan = plan.with_mapping(models, read_mapping)  # read and checked now: a misfit is said before Evaluate
 if plan.needs_mapping:
     st.info(f"**{Path(folder).name}** has classes of its own ({listed(plan.classes, 6)}), not those of "
-            f"{', '.join(plan.unmapped)}. Choose a mapping (folder class → model classes; mapping files live in "
-            f"`{mappings_dir()}`, or upload one), or pick models fine-tuned on these classes (★).")
+            f"{', '.join(plan.unmapped)}. Choose a mapping (folder class → model classes"
+            + ("" if hosted_mode() else f"; mapping files live in `{mappings_dir()}`")
+            + ", or upload one), or pick models fine-tuned on these classes (★).")
 if plan.mapping_error:
     st.warning(plan.mapping_error)
 weights = [st.session_state.get(f"compare_weight_{i}", 1.0) for i in range(len(models))]
@@ -154,7 +156,7 @@ if st.button("Evaluate", key="compare_run", disabled=not plan.ready):
             bar.empty()  # done (or refused): no bar left at 100 % above the results
         ui.keep_result("compare_report", settings, report)
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
 
 report, stale = ui.kept_result("compare_report", settings)  # never a report under settings it was not made with
 if stale:

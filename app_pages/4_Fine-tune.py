@@ -33,7 +33,7 @@ if hosted_mode():
 try:
     runner = JobRunner()
 except CarNetError as exc:  # e.g. a jobs folder that cannot be written
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 if not ui.has_gpu():
     st.warning(f"No GPU here: fine-tunes run on this machine's {os.cpu_count()} CPU cores. Expect about a minute "
@@ -90,7 +90,7 @@ if source.startswith("Build"):
     try:
         built = catalog.built_dataset(st.text_input("Dataset name", value="my-cars", key="finetune_build_name"))
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
         st.stop()
     camera = st.toggle("Use the camera", key="finetune_build_camera")
     # The fields keep what was typed and picked until the photos are in: a form that cleared on every submit lost
@@ -110,7 +110,7 @@ if source.startswith("Build"):
         try:
             result = add_class_photos(built, class_name, given) if given else None
         except CarNetError as exc:
-            st.error(str(exc))
+            st.error(ui.public(exc))
         else:
             if result is None:
                 st.warning("Choose some photos (or take one) first.")
@@ -134,7 +134,7 @@ if source.startswith("Build"):
                 remove_class(built, gone)
                 st.rerun()
             except CarNetError as exc:
-                st.error(str(exc))
+                st.error(ui.public(exc))
     if len([n for n in counts.values() if n]) < 2:
         st.info(f"Add photos of at least two classes (about 10 or more each); they are kept in `{built}`.")
     else:
@@ -156,14 +156,14 @@ else:
                                                       if j.state in ("queued", "running")])
             st.success(f"Extracted to `{dataset}`.")
         except CarNetError as exc:
-            st.error(f"Upload refused — {exc}")
+            st.error(f"Upload refused — {ui.public(exc)}")
 
 if dataset is None:
     st.stop()
 try:
     report = ui.dataset_report(str(dataset))
 except CarNetError as exc:
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 n_train = sum(c["train"] for c in report["counts"].values())
 n_val = sum(c["val"] for c in report["counts"].values())
@@ -220,7 +220,7 @@ if estimate_clicked:
                 f"({est['train_images_per_s']:.0f} training images/s, data loading not counted): "
                 f"{duration_text(est['epoch_s'] * epochs)} for {epochs} epochs.")
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
 if launch_clicked:
     cfg = page_recipe(str(dataset), model, head, img_size, epochs, batch_size, lr, probe, freeze,
                       randaugment=augment.startswith("Rand"), mixup=mixup)
@@ -231,7 +231,7 @@ if launch_clicked:
         time.sleep(0.5)
         st.rerun()
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
 
 # --- history ----------------------------------------------------------------------------------------------------
 st.subheader("Runs")

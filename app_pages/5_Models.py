@@ -12,6 +12,7 @@ from carnet_core.errors import count
 from carnet_core.evaluation.cards import cost_points, table_row
 from carnet_core.evaluation.metrics import top5_informative
 from carnet_core.inference.export import export_bundle
+from carnet_core.models.checkpoints import public_checkpoint
 from carnet_core.models.refs import ModelRef
 from carnet_core.models.registry import list_models
 
@@ -30,7 +31,7 @@ with st.spinner("Counting parameters and multiply-accumulates…"):
         try:
             cards[key] = ui.model_card(key)
         except CarNetError as exc:  # a checkpoint that cannot be loaded: said once, the other cards still shown
-            broken.append(f"{title(key)}: {exc}")
+            broken.append(f"{title(key)}: {ui.public(exc)}")
 for message in broken:
     st.warning(f"Left out — {message}")
 keys = list(cards)
@@ -57,7 +58,7 @@ if unmeasured:
             try:
                 ui.measure(key)
             except CarNetError as exc:
-                failed.append(str(exc))
+                failed.append(ui.public(exc))
         if not failed:
             st.rerun()
         bar.empty()
@@ -87,7 +88,7 @@ if st.button(measure_label, key="models_measure"):
             ui.measure(pick)
         st.rerun()
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
 if cost:
     st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
                "inference engine; peak memory is the measuring process's resident high-water mark."
@@ -102,7 +103,8 @@ if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed,
                               "config in a .json beside it, as `python -m carnet_core export` writes them.")
     if (ref := ModelRef.parse(pick)).is_checkpoint:
         path = ref.checkpoint
-        down.download_button("Download the checkpoint (.safetensors)", path.read_bytes, file_name=path.name,
+        down.download_button("Download the checkpoint (.safetensors)", functools.partial(public_checkpoint, path),
+                             file_name=path.name,
                              mime="application/octet-stream", key="models_checkpoint",
                              help="CarNet's own format: class names, data config and provenance inside; "
                                   "`load_model(checkpoint=...)` or the weights folder of another CarNet.")
@@ -110,7 +112,7 @@ if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed,
 if card["top1"] is not None or card["recipe"]:
     st.markdown("**Fine-tune**")
     recipe = card["recipe"] or {}
-    st.write(f"Dataset `{card['dataset']}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
+    st.write(f"Dataset `{ui.public(card['dataset'])}` · validation top-1 **{(card['top1'] or 0) * 100:.1f}%**"
              + (f", top-5 {card['metrics']['top5'] * 100:.1f}%"
                 if card["metrics"].get("top5") and top5_informative(len(card["class_names"])) else "")
              + (f" (epoch {card['metrics']['epoch']})" if card["metrics"].get("epoch") else

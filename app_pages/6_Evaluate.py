@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, embedding_figure, pr_curve_figure, reliability_figure
-from carnet_core.config import data_root, mappings_dir
+from carnet_core.config import data_root, hosted_mode, mappings_dir
 from carnet_core.data import catalog
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS, open_dataset
@@ -37,7 +37,8 @@ model = ui.model_or_stop(model_key)
 
 folders = catalog.dataset_folders()
 if not folders:
-    st.info(f"No dataset folders in `{data_root()}`. Put one there (class sub-folders, optionally under train/ and "
+    st.info("No datasets to evaluate on this demo." if hosted_mode() else
+            f"No dataset folders in `{data_root()}`. Put one there (class sub-folders, optionally under train/ and "
             f"val/; or Stanford Cars, CompCars, CIFAR-100 in their own layouts), or set `CARNET_DATA_ROOT`.")
     st.stop()
 left, mid, right = st.columns(3)
@@ -47,7 +48,7 @@ kind = mid.selectbox("Layout", DATASET_KINDS, key="evaluate_kind")
 try:
     splits = open_dataset(folder, kind)
 except CarNetError as exc:
-    st.error(str(exc))
+    st.error(ui.public(exc))
     st.stop()
 split = right.radio("Split", SPLITS, index=SPLITS.index(splits.default_split), horizontal=True,
                     key=f"evaluate_split::{folder}", help="all: every image found; a folder without train/ and val/ "
@@ -64,13 +65,14 @@ if not within_classes(dataset.class_names, model.class_names):  # classes named 
                         key=f"evaluate_mapping_{folder.name}", format_func=lambda p: p.name,
                         placeholder="choose a mapping file") if files else None
     if pick is None:
-        st.warning(f"No mapping file for {folder.name} chosen (mapping files live in `{mappings_dir()}`). Or pick a "
+        st.warning(f"No mapping file for {folder.name} chosen"
+                   + ("" if hosted_mode() else f" (mapping files live in `{mappings_dir()}`)") + ". Or pick a "
                    "model fine-tuned on these classes (★).")
         st.stop()
     try:
         mapping, mapping_name = load_mapping(pick), pick.name
     except CarNetError as exc:
-        st.error(str(exc))
+        st.error(ui.public(exc))
         st.stop()
 
 state_key = f"evaluation::{model_key}::{folder}::{kind}::{split}::{mapping_name}"
@@ -84,7 +86,7 @@ if run or rerun:
                                          refresh=rerun)
     except CarNetError as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(ui.public(exc))
         st.stop()
     bar.empty()
     st.session_state[state_key] = (report, cached)
@@ -223,7 +225,7 @@ with tab_map:
             made = ui.remembered("_embedding_map", [model], map_key, make_map, keep=2)
             button.empty()
         except CarNetError as exc:
-            st.error(str(exc))
+            st.error(ui.public(exc))
         bar.empty()
     if made is not None:
         found, coordinates, knn, pictures = made

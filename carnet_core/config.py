@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -141,3 +142,31 @@ def forced_engine() -> str:
 def parity_photos_dir() -> str:
     """``$CARNET_PARITY_PHOTOS``: a folder of real photos for the reduced-precision gate (``""``: none)."""
     return env_text("CARNET_PARITY_PHOTOS")
+
+
+def server_folders() -> list[tuple[Path, str]]:
+    """The server's folders a message may name, each with how a hosted demo's visitor reads it instead, the most
+    specific first (a folder inside the project before the project)."""
+    named = [(data_root(), "the data folder"), (weights_dir(), "the weights folder"), (jobs_dir(), "the runs folder"),
+             (gallery_dir(), "the sample gallery"), (mappings_dir(), "the mappings folder"), (cache_dir(), "the cache"),
+             (PROJECT_ROOT, "the app's folder"), (Path.home(), "the server's home folder")]
+    found = []
+    for folder, name in named:
+        for form in {str(folder), str(folder.resolve())}:
+            if form not in ("", "/") and form not in (f for f, _ in found):
+                found.append((form, name))
+    return [(Path(f), n) for f, n in sorted(found, key=lambda t: -len(t[0]))]
+
+
+def public_text(text: str) -> str:
+    """``text`` as a hosted demo's visitor may read it (:func:`hosted_mode`): every server folder it names replaced —
+    a path inside one by its part inside it (``/srv/carnet/data/cars/val`` → ``cars/val``), the folder itself by its
+    name (``the weights folder``). Outside hosted mode ``text`` is returned as it is: on their own machine people need
+    the paths."""
+    if not hosted_mode():
+        return text
+    for folder, name in server_folders():
+        root = re.escape(str(folder))
+        text = re.sub(root + r"/([^\s`'\"),;:]+)", lambda m: m.group(1), text)
+        text = re.sub(root + r"(?![\w.-])", name, text)
+    return text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Sequence
 
 
@@ -65,3 +67,11 @@ def duration_text(seconds: float | None) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def log_unexpected(exc: BaseException) -> str:
+    """Log an exception CarNet did not expect (a bug) with its traceback to the server's log, under a short id that
+    a page shows instead of the traceback, for a visitor to quote. Returns the id (8 hex digits)."""
+    error_id = secrets.token_hex(4)
+    logging.getLogger("carnet").error("unexpected error %s", error_id, exc_info=exc)
+    return error_id

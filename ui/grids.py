@@ -14,7 +14,7 @@ from carnet_core.models.classifier import Classifier
 from carnet_core.models.labels import find_class
 from ui.models import input_view
 from ui.photos import Photo
-from ui.session import explanation
+from ui.session import explanation, public
 
 PHOTOS_PER_PAGE = 24  # four rows of six thumbnails
 PER_ROW = 6
@@ -64,4 +64,4 @@ def _show_cam(model: Classifier, picked: dict) -> None:
         left.image(view if view is not None else photo.image, caption="as the model sees it", width="stretch")
         right.image(exp.overlay(), caption=f"Grad-CAM for '{exp.class_name}' ({exp.layer})", width="stretch")
     except (CarNetError, OSError) as exc:  # ImageError is a CarNetError; a file removed since
-        st.error(str(exc))
+        st.error(public(exc))

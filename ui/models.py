@@ -19,6 +19,7 @@ from carnet_core.models import weights as W
 from carnet_core.models.catalog import CheckpointEntry, list_checkpoints
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.refs import ModelRef
+from ui.session import public
 
 
 def fine_tuned() -> dict[str, CheckpointEntry]:
@@ -133,7 +134,7 @@ def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, st
     try:
         return True, usable_weights(name, folder=Path(folder)).describe()
     except CarNetError as exc:  # none found, or the weights folder's file cannot be used
-        return False, str(exc)
+        return False, public(exc)
 
 
 def device_label() -> str:
@@ -168,7 +169,7 @@ def model_or_stop(name: str) -> Classifier:
     try:
         return cached_model(name)
     except CarNetError as exc:
-        st.error(f"Cannot load {model_title(name)}: {exc}")
+        st.error(f"Cannot load {model_title(name)}: {public(exc)}")
         if isinstance(exc, ClassNamesNeededError):
             st.info("To use it here, make it a CarNet checkpoint, which carries its class names (it is then listed "
                     "★), and move the original file out of the weights folder:")

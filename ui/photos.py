@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from carnet_core import ImageError, load_image
-from carnet_core.config import gallery_dir
+from carnet_core.config import gallery_dir, hosted_mode
 from carnet_core.data.gallery import Credit
 from carnet_core.data.gallery import credit as gallery_credit
 from carnet_core.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, MAX_FILE_BYTES, list_images, thumbnail
@@ -82,7 +82,8 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
         folder = gallery_dir()
         samples = list_images(folder)
         if not samples:
-            st.info(f"The sample gallery is empty. Put some car photos ({', '.join(IMAGE_EXTENSIONS[:5])}…) in "
+            st.info("The sample gallery is empty on this demo." if hosted_mode() else
+                    f"The sample gallery is empty. Put some car photos ({', '.join(IMAGE_EXTENSIONS[:5])}…) in "
                     f"`{folder}`, or point `CARNET_GALLERY_DIR` at a folder of images, then reload.")
         else:
             shown = [(p.name, gallery_thumbnail(p)) for p in samples[:GALLERY_THUMBNAILS]]

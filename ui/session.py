@@ -10,6 +10,8 @@ from typing import TypeVar
 
 import streamlit as st
 
+from carnet_core.config import public_text
+
 from carnet_core.data import catalog
 from carnet_core.evaluation import compare
 from carnet_core.explain.cams import Explanation
@@ -125,3 +127,9 @@ def kept_result(slot: str, settings: Hashable) -> tuple[object | None, bool]:
     if result is not None and made_with != settings:
         return None, True
     return result, False
+
+
+def public(message: object) -> str:
+    """A message (an exception, say) as the page may show it: on a hosted demo without the server's folders
+    (:func:`carnet_core.config.public_text`)."""
+    return public_text(str(message))

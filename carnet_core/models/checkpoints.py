@@ -27,9 +27,10 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from carnet_core._io import atomic_write
+from carnet_core.config import hosted_mode, public_text
 from carnet_core.errors import CheckpointError, listed
 from carnet_core.models.runs import LAST_CHECKPOINT, best_checkpoint
 
@@ -58,6 +59,34 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(full)}))
+
+
+def public_checkpoint(path: str | os.PathLike) -> bytes:
+    """The bytes of the CarNet checkpoint at ``path`` as a hosted demo hands it to a visitor: the same tensors, and
+    metadata whose every string is :func:`carnet_core.config.public_text` (the dataset and run folders of its recipe
+    without the server's paths). Outside hosted mode, the file's bytes as they are.
+
+    Raises:
+        CheckpointError: the file cannot be read.
+    """
+    path = Path(path)
+    if not hosted_mode():
+        return path.read_bytes()
+    meta = read_metadata(path)
+    tensors = read_state_dict(path)
+    if meta is None:
+        return save(tensors)
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return public_text(value)
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return save(tensors, metadata={METADATA_KEY: json.dumps(scrub(meta))})
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
