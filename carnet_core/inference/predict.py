@@ -103,13 +103,22 @@ class ClassifiedPhoto:
 PREVIEW_PX = 800
 
 
+#: Pixels one request may decode (a Classify run): 32 photos of 12 MP, or 8 of 50 MP. Photos are decoded while the
+#: run's total is under it (so at most one photo past it); the rest are skipped with their reason.
+REQUEST_PIXEL_BUDGET = 400_000_000
+
+
 def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSource]], topk: int = 5,
-                   preview_px: int = PREVIEW_PX) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
+                   preview_px: int = PREVIEW_PX,
+                   pixel_budget: int = REQUEST_PIXEL_BUDGET) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
     """Decode and classify uploaded files in one batch, each with a small preview to show: what the Classify page
     does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
 
-    The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it without decoding and
-    scaling the photos again.
+    Memory: each photo is decoded, previewed and turned into its model input (3×H×W float32, 0.6 MB at 224 px)
+    before the next is decoded, so a request holds one decoded photo at a time, not all of them (32 GIFs of
+    7000×7000 px took a server from 1.2 to 5.3 GB); photos past ``pixel_budget`` decoded pixels in all are skipped
+    with their reason. The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it
+    without decoding and scaling the photos again.
 
     Returns:
         (one :class:`ClassifiedPhoto` per file, in order; the :class:`PredictionBatch` of the readable ones, None
@@ -118,28 +127,49 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
     Raises:
         CarNetError: from :func:`predict` (e.g. an engine forced by ``$CARNET_ENGINE`` that this model cannot use).
     """
-    photos, images = [], []
+    photos, inputs, decoded, preprocess_ms = [], [], 0, 0.0
     for name, data in files:
+        if decoded >= pixel_budget:
+            photos.append(ClassifiedPhoto(name, error=f"{name}: skipped — this run already decoded "
+                                                      f"{decoded / 1e6:,.0f} MP of photos (the limit is "
+                                                      f"{pixel_budget / 1e6:,.0f} MP); classify it in another run"))
+            continue
         try:
             image = load_image(data, name=name)
         except ImageError as exc:
             photos.append(ClassifiedPhoto(name, error=str(exc)))
             continue
+        decoded += image.width * image.height
         view = model.view_of(image.size)
         shown = fit_within(image, preview_px)
         if view.cuts_off:
             scale = min(1.0, preview_px / max(image.size))  # fit_within's
             shown = dim_outside(shown, tuple(v * scale for v in view.box))
         photos.append(ClassifiedPhoto(name, view=view, preview=jpeg_bytes(shown)))
-        images.append(image)
-    if not images:
+        t0 = time.perf_counter()
+        inputs.append(model.preprocess([image]))
+        preprocess_ms += (time.perf_counter() - t0) * 1e3
+        del image, shown  # before the next photo is decoded
+    if not inputs:
         return photos, None
-    batch = predict(model, images, topk=topk)
+    batch = predict_preprocessed(model, torch.cat(inputs), topk, preprocess_ms=preprocess_ms)
     readable = iter(batch.predictions)
     for photo in photos:
         if photo.error is None:
             photo.prediction = next(readable)
     return photos, batch
+
+
+def predict_preprocessed(model: Classifier, batch: torch.Tensor, topk: int = 5, engine: str = "auto",
+                         preprocess_ms: float = 0.0) -> PredictionBatch:
+    """:func:`predict` of a batch already preprocessed by :meth:`Classifier.preprocess` (N, 3, H, W), which took
+    ``preprocess_ms``. The engine is chosen first, outside the model timer, as in :func:`timed_probabilities`."""
+    chosen = select_engine(model, engine).engine
+    chosen.prepare(batch)
+    t0 = time.perf_counter()
+    probs = chosen.probabilities(batch)
+    model_ms = (time.perf_counter() - t0) * 1e3
+    return PredictionBatch(topk_predictions(probs, model.class_names, topk), preprocess_ms, model_ms)
 
 
 def _sync(device: torch.device) -> None:

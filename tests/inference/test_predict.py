@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import ROOT
 
 from carnet_core import load_model
 from carnet_core.charts import topk_bar_figure
@@ -291,3 +292,41 @@ def test_classify_files_gives_predict_s_results_with_small_previews_and_keeps_a_
     assert shown.shape[:2] == (267, 800)
     assert shown[:, 300:500].mean() == pytest.approx(200, abs=3) and shown[:, :250].mean() == pytest.approx(70, abs=3)
     assert classify_files(lite0, [("notes.txt", b"not a photo")])[1] is None
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_classify_run_of_huge_pictures_holds_one_at_a_time_within_its_pixel_budget(tmp_path):
+    """32 GIFs of 7000×7000 px (a few kB each) in one Classify run took a server from 1.2 to 5.3 GB: every decoded
+    photo was held until the batch ran. Now each is turned into its 224 px input before the next is decoded, and the
+    run stops decoding once it has reached its pixel budget (400 MP: 9 of them, 441 MP; the other 23 are skipped with
+    the reason). Run in a
+    process allowed 1.5 GB of address space above what the model and its warm-up took (RLIMIT_AS); all 32 at once
+    would need 4.7 GB."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("P", (7000, 7000), 3).save(tmp_path / "huge.gif")
+    code = f"""
+import resource
+from pathlib import Path
+from PIL import Image
+from carnet_core import load_model
+from carnet_core.inference.predict import classify_files
+model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
+classify_files(model, [("small.png", Image.new("RGB", (300, 200)))])  # the engine is chosen and warmed up
+vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 1536 * 2**20, vm + 1536 * 2**20))
+data = Path({str(tmp_path / "huge.gif")!r}).read_bytes()
+photos, batch = classify_files(model, [(f"huge{{i}}.gif", data) for i in range(32)])
+print(len(batch.predictions), sum(p.error is not None and "skipped" in p.error for p in photos))
+print(photos[-1].error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts, last = done.stdout.strip().splitlines()[-2:]
+    assert counts == "9 23"
+    assert last == "huge31.gif: skipped — this run already decoded 441 MP of photos (the limit is 400 MP); classify " \
+                   "it in another run"
