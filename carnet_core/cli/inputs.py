@@ -12,8 +12,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from carnet_core.data.images import list_images
-from carnet_core.errors import CarNetError, ClassNamesNeededError
+from carnet_core.data.images import IMAGE_EXTENSIONS, image_entries, list_images
+from carnet_core.errors import CarNetError, ClassNamesNeededError, count
 from carnet_core.models.catalog import list_checkpoints
 from carnet_core.models.checkpoints import WEIGHT_SUFFIXES, weights_in
 from carnet_core.models.loading import load_model
@@ -33,11 +33,19 @@ def model_or_checkpoint(args: argparse.Namespace):
 
 
 def image_paths(args: Sequence[str]) -> list[str]:
-    """The arguments with each folder replaced by the image files under it (sub-folders included: a class-folder
-    dataset is classified whole). A folder without images stays, for its message."""
+    """The arguments with each folder replaced by what is named like an image under it (sub-folders included: a
+    class-folder dataset is classified whole), so that a pipe, a link to nothing or a folder named like a photo gets
+    its reason rather than silence; the other files are counted in a note on stderr. A folder without images stays,
+    for its message."""
     out = []
     for arg in args:
-        out += [str(p) for p in list_images(arg, recursive=True)] or [arg]
+        named, other = image_entries(arg) if Path(arg).is_dir() else ([], [])
+        out += [str(p) for p in named] or [arg]
+        if other:
+            kinds = sorted({p.suffix.lower() or "(no extension)" for p in other})
+            print(f"note: {count(len(other), 'file')} in {arg} skipped, not image files by their names "
+                  f"({', '.join(kinds[:8])}{', …' if len(kinds) > 8 else ''}); formats read: "
+                  f"{', '.join(IMAGE_EXTENSIONS)}", file=sys.stderr)
     return out
 
 

@@ -48,6 +48,8 @@ def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
+            if path.is_symlink():  # exists() follows links: one to nothing, or a loop of them
+                raise ImageError(f"{path.name}: a link to nothing (its target is missing, or the link points to itself)")
             if isinstance(source, str) and "://" in source:  # Path() would also fold its "//" into "/"
                 raise ImageError(f"{source}: a web address; CarNet reads image files on this machine — download the "
                                  "image first, then give its file")
@@ -86,12 +88,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             lo, hi = 0.0, 65535.0
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "P" and "transparency" not in img.info:
+        return img.convert("RGB")  # a palette without transparency: no RGBA copy (a 49 MP GIF: 147 MB, not 735)
+    if img.mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))  # over white, without a white RGBA copy and a composited one
+        return flat
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
@@ -205,6 +208,10 @@ def thumbnail(source: ImageSource, px: int = 160) -> bytes:
     return jpeg_bytes(fit_within(load_image(source, draft=px), px), quality=85)
 
 
+#: The first bytes of the formats CarNet reads: a file that starts so and still fails is a damaged one.
+_MAGIC = ((b"GIF8", "GIF"), (b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
 def _sniff(data: bytes) -> str:
     """A short hint of what a non-image file seems to be, for error messages."""
     head = data[:512]
@@ -217,6 +224,9 @@ def _sniff(data: bytes) -> str:
         return " (it looks like a web page, not the image on it: open the image itself, then save that)"
     if b"<svg" in text:
         return " (it looks like an SVG drawing, which is not supported: export it as PNG)"
+    for magic, kind in _MAGIC + (((b"BM", "BMP"),) if head[6:10] == b"\0\0\0\0" else ()):  # BM, then 4 zero bytes
+        if head.startswith(magic):
+            return f" (it starts as a {kind} but holds no picture that can be decoded: cut short or damaged)"
     try:
         head.decode("utf-8")
         return " (it looks like a text file)"
@@ -234,6 +244,24 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def image_entries(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Everything under ``folder`` (recursively, hidden files and folders left out) that a classifier of a whole
+    folder must account for: (entries named like images — by :data:`IMAGE_EXTENSIONS` — whatever they are: files,
+    and also folders, links to nothing, pipes and devices, which :func:`load_image` then refuses with the reason;
+    other files, by their names). Both sorted by path."""
+    folder = Path(folder)
+    named, other = [], []
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
+            if not (path.is_dir() and list_images(path, recursive=True)):  # a folder "2019.jpg" of photos: its photos
+                named.append(path)
+        elif not path.is_dir():
+            other.append(path)
+    return named, other
 
 
 def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:

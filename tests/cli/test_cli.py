@@ -144,7 +144,7 @@ def test_evaluate_csv_that_cannot_be_written_loses_no_numbers(cli, colour_folder
     assert (val["num_images"], val["images_found"], val["split"]) == (18, 72, f"{colour_folder.name}/val")
     with open(tmp_path / "per_class.csv", newline="") as f:
         rows = {r["class"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"red", "green", "blue"} and list(rows["red"])[:4] == ["class", "accuracy", "precision", "F1"]
+    assert set(rows) == {"red", "green", "blue"} and list(rows["red"])[:4] == ["class", "precision", "recall", "F1"]
     assert float(rows["red"]["F1"]) == pytest.approx(report["class_scores"]["red"]["f1"])
 
 
