@@ -6,8 +6,10 @@ import streamlit as st
 
 from carnet_core.config import hosted_mode
 from carnet_core.errors import log_unexpected
+from ui.guard import cap_session_uploads
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
+cap_session_uploads()  # once per process: a session's uploads are bounded (ui/guard.py)
 page = st.navigation([
     st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),

@@ -59,6 +59,15 @@ def hosted_mode() -> bool:
     return env_flag("CARNET_HOSTED")
 
 
+def session_upload_mb() -> int:
+    """Megabytes of uploaded files one app session may hold on the server: ``$CARNET_SESSION_UPLOAD_MB`` or 200 (four
+    of the largest photos Classify takes); older uploads are dropped past it (:mod:`ui.guard`)."""
+    try:
+        return max(1, int(env_text("CARNET_SESSION_UPLOAD_MB") or 200))
+    except ValueError:
+        return 200
+
+
 def offline_by_env() -> bool:
     """True when the environment says not to use the network (``HF_HUB_OFFLINE`` or ``CARNET_OFFLINE``)."""
     return env_flag("HF_HUB_OFFLINE") or env_flag("CARNET_OFFLINE")

@@ -62,7 +62,7 @@ def procfile_server(**env_extra: str):
 
 
 def in_session(port: int, cookie: str, token: str, fn):
-    """``fn(session_id)`` while a browser-like session is connected (websocket open, one script run done)."""
+    """``fn(session_id)`` while a browser-like session is connected (websocket open, its first script run finished)."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -77,8 +77,11 @@ def in_session(port: int, cookie: str, token: str, fn):
             while True:
                 msg = ForwardMsg()
                 msg.ParseFromString(await asyncio.wait_for(ws.recv(), 60))
-                if msg.WhichOneof("type") == "new_session":
-                    return await asyncio.to_thread(fn, msg.new_session.initialize.session_id)
+                kind = msg.WhichOneof("type")
+                if kind == "new_session":
+                    session_id = msg.new_session.initialize.session_id
+                elif kind == "script_finished":  # the app has run once (imports, models): it is what a visitor meets
+                    return await asyncio.to_thread(fn, session_id)
 
     return asyncio.run(connected())
 
@@ -139,3 +142,35 @@ def test_procfile_serves_headless_on_port_in_hosted_mode():
     # Streamlit holds uploads in memory, up to 200 MB per file by default: a public host takes no more than a photo
     upload_mb = int(re.search(r"--server\.maxUploadSize \$\{CARNET_MAX_UPLOAD_MB:-(\d+)\}", line).group(1))
     assert upload_mb == MAX_FILE_BYTES // 2**20
+
+
+def server_rss_mb(port: int) -> float:
+    """Resident memory (MB) of the Streamlit server listening on ``port`` (found by its command line)."""
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = status.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"streamlit" in b" ".join(args) and str(port).encode() in args:
+            text = (status.parent / "status").read_text()
+            return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+    raise AssertionError(f"no server on port {port}")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_session_holds_a_bounded_amount_of_uploads():
+    """Ten 45 MB uploads that no widget uses were all kept by the server (RSS +450 MB, 390 MB still after the session
+    closed). A session now holds at most CARNET_SESSION_UPLOAD_MB (here 100 MB): its oldest files are dropped; one
+    file over the bound alone is refused."""
+    with procfile_server(CARNET_SESSION_UPLOAD_MB="100") as (port, cookie, token):
+        def upload_many(session):
+            before = server_rss_mb(port)
+            statuses = [upload_status(port, cookie, token, session, 45 * MB) for _ in range(10)]
+            return statuses, server_rss_mb(port) - before
+
+        statuses, grown = in_session(port, cookie, token, upload_many)
+        assert statuses == [204] * 10
+        assert grown < 250, f"the server grew {grown:.0f} MB for a session allowed 100 MB"
+    with procfile_server(CARNET_SESSION_UPLOAD_MB="10") as (port, cookie, token):
+        assert in_session(port, cookie, token, lambda s: upload_status(port, cookie, token, s, 20 * MB)) == 413
