@@ -68,6 +68,15 @@ def session_upload_mb() -> int:
         return 200
 
 
+def session_pixel_budget() -> int:
+    """Pixels one app session may decode for Classify, in all: ``$CARNET_SESSION_MEGAPIXELS`` million or 4,000 MP
+    (about 330 photos of 12 MP)."""
+    try:
+        return max(1, int(env_text("CARNET_SESSION_MEGAPIXELS") or 4000)) * 1_000_000
+    except ValueError:
+        return 4_000_000_000
+
+
 def offline_by_env() -> bool:
     """True when the environment says not to use the network (``HF_HUB_OFFLINE`` or ``CARNET_OFFLINE``)."""
     return env_flag("HF_HUB_OFFLINE") or env_flag("CARNET_OFFLINE")

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import streamlit as st
 
-from carnet_core.config import public_text
+from carnet_core.config import public_text, session_pixel_budget
 
 from carnet_core.data import catalog
 from carnet_core.evaluation import compare
@@ -103,16 +103,26 @@ def first_measurable(key: str, folders: list[Path], models: list[Classifier]) ->
     return min(st.session_state[remembered], max(len(folders) - 1, 0))
 
 
+DECODED_KEY = "_decoded_pixels"  # pixels this session has decoded for Classify
+
+
 def classified(model: Classifier, photos: Sequence[Photo], topk: int = 5
                ) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
     """:func:`carnet_core.inference.predict.classify_files` of ``photos``, :func:`remembered` for this session while the model
-    and the photos stay the same.
+    and the photos stay the same; the pixels decoded are counted against the session's budget
+    (:func:`carnet_core.config.session_pixel_budget`).
 
     Raises:
         CarNetError: from :func:`carnet_core.inference.predict.classify_files`.
     """
-    return remembered("_classified", [model], (topk, tuple((p.name, p.digest) for p in photos)),
-                      lambda: classify_files(model, [(p.name, p.data) for p in photos], topk=topk))
+    def run() -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
+        used = st.session_state.get(DECODED_KEY, 0)
+        result = classify_files(model, [(p.name, p.data) for p in photos], topk=topk,
+                                session_pixels_left=max(0, session_pixel_budget() - used))
+        st.session_state[DECODED_KEY] = used + sum(p.view.size[0] * p.view.size[1] for p in result[0] if p.view)
+        return result
+
+    return remembered("_classified", [model], (topk, tuple((p.name, p.digest) for p in photos)), run)
 
 
 def keep_result(slot: str, settings: Hashable, result: object) -> None:

@@ -109,15 +109,15 @@ REQUEST_PIXEL_BUDGET = 400_000_000
 
 
 def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSource]], topk: int = 5,
-                   preview_px: int = PREVIEW_PX,
-                   pixel_budget: int = REQUEST_PIXEL_BUDGET) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
+                   preview_px: int = PREVIEW_PX, pixel_budget: int = REQUEST_PIXEL_BUDGET,
+                   session_pixels_left: int | None = None) -> tuple[list[ClassifiedPhoto], PredictionBatch | None]:
     """Decode and classify uploaded files in one batch, each with a small preview to show: what the Classify page
     does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
 
     Memory: each photo is decoded, previewed and turned into its model input (3×H×W float32, 0.6 MB at 224 px)
     before the next is decoded, so a request holds one decoded photo at a time, not all of them (32 GIFs of
-    7000×7000 px took a server from 1.2 to 5.3 GB); photos past ``pixel_budget`` decoded pixels in all are skipped
-    with their reason. The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it
+    7000×7000 px took a server from 1.2 to 5.3 GB); photos past ``pixel_budget`` decoded pixels in all — or past
+    ``session_pixels_left``, what the app session may still decode — are skipped with their reason. The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it
     without decoding and scaling the photos again.
 
     Returns:
@@ -133,6 +133,11 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
             photos.append(ClassifiedPhoto(name, error=f"{name}: skipped — this run already decoded "
                                                       f"{decoded / 1e6:,.0f} MP of photos (the limit is "
                                                       f"{pixel_budget / 1e6:,.0f} MP); classify it in another run"))
+            continue
+        if session_pixels_left is not None and decoded >= session_pixels_left:
+            photos.append(ClassifiedPhoto(name, error=f"{name}: skipped — this session has classified as many "
+                                                      "megapixels of photos as one session may; reload the page to "
+                                                      "start a new one"))
             continue
         try:
             image = load_image(data, name=name)

@@ -118,6 +118,28 @@ def test_classify_takes_a_classroom_of_photos_and_says_when_there_are_more():
     assert any(f"{MAX_PHOTOS + 3} photos given; classifying the first {MAX_PHOTOS}" in w.value for w in at.warning)
 
 
+@pytest.mark.slow
+def test_a_session_decodes_at_most_its_pixel_budget(monkeypatch):
+    """A session's Classify runs together decode at most CARNET_SESSION_MEGAPIXELS (here 1 MP): past it a photo is
+    skipped with the reason, while the photos already classified stay."""
+    import io
+
+    monkeypatch.setenv("CARNET_SESSION_MEGAPIXELS", "1")
+
+    def jpeg(colour):
+        data = io.BytesIO()
+        Image.new("RGB", (1000, 800), colour).save(data, "JPEG")
+        return data.getvalue()
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Classify.py"), default_timeout=TIMEOUT).run()
+    at.file_uploader[0].set_value([("a.jpg", jpeg((200, 0, 0)), "image/jpeg")]).run()
+    assert not at.exception and len(bars(at)) == 1 and not at.error  # 0.8 MP of the session's 1 MP
+    at.file_uploader[0].set_value([("a.jpg", jpeg((200, 0, 0)), "image/jpeg"),
+                                   ("b.jpg", jpeg((0, 200, 0)), "image/jpeg")]).run()
+    assert any("b.jpg: skipped — this session has classified as many megapixels" in e.value for e in at.error)
+    assert len(bars(at)) == 1  # a.jpg is still classified
+
+
 def test_classify_shows_what_the_model_does_not_see():
     """A 16:9 photo: its sides, which the model's 224 px square input cuts off, are dimmed, and the page says how
     much is seen; a 40 px photo is said to be enlarged; a square 640 px photo gets neither."""
