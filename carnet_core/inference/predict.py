@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from carnet_core.data.images import ImageSource, dim_outside, fit_within, jpeg_bytes, load_image
+from carnet_core.data.images import DECODING, ImageSource, dim_outside, fit_within, jpeg_bytes, load_image, peek_size
 from carnet_core.errors import ImageError
 from carnet_core.inference.selection import select_engine
 from carnet_core.models.classifier import Classifier, InputView
@@ -115,7 +115,8 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
     does with a set of photos. A file that cannot be read is kept with its reason and the rest are classified.
 
     Memory: each photo is decoded, previewed and turned into its model input (3×H×W float32, 0.6 MB at 224 px)
-    before the next is decoded, so a request holds one decoded photo at a time, not all of them (32 GIFs of
+    before the next is decoded, holding its pixels in the process's :data:`~carnet_core.data.images.DECODING` budget
+    (concurrent sessions' big photos take turns), so a request holds one decoded photo at a time, not all of them (32 GIFs of
     7000×7000 px took a server from 1.2 to 5.3 GB); photos past ``pixel_budget`` decoded pixels in all — or past
     ``session_pixels_left``, what the app session may still decode — are skipped with their reason. The previews (tens of kB, :data:`PREVIEW_PX`) let a page keep the result and redraw it
     without decoding and scaling the photos again.
@@ -139,22 +140,24 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
                                                       "megapixels of photos as one session may; reload the page to "
                                                       "start a new one"))
             continue
-        try:
-            image = load_image(data, name=name)
-        except ImageError as exc:
-            photos.append(ClassifiedPhoto(name, error=str(exc)))
-            continue
-        decoded += image.width * image.height
-        view = model.view_of(image.size)
-        shown = fit_within(image, preview_px)
-        if view.cuts_off:
-            scale = min(1.0, preview_px / max(image.size))  # fit_within's
-            shown = dim_outside(shown, tuple(v * scale for v in view.box))
-        photos.append(ClassifiedPhoto(name, view=view, preview=jpeg_bytes(shown)))
-        t0 = time.perf_counter()
-        inputs.append(model.preprocess([image]))
-        preprocess_ms += (time.perf_counter() - t0) * 1e3
-        del image, shown  # before the next photo is decoded
+        size = peek_size(data)
+        with DECODING.hold(size[0] * size[1] if size else 0):  # other sessions' big photos wait their turn
+            try:
+                image = load_image(data, name=name)
+            except ImageError as exc:
+                photos.append(ClassifiedPhoto(name, error=str(exc)))
+                continue
+            decoded += image.width * image.height
+            view = model.view_of(image.size)
+            shown = fit_within(image, preview_px)
+            if view.cuts_off:
+                scale = min(1.0, preview_px / max(image.size))  # fit_within's
+                shown = dim_outside(shown, tuple(v * scale for v in view.box))
+            photos.append(ClassifiedPhoto(name, view=view, preview=jpeg_bytes(shown)))
+            t0 = time.perf_counter()
+            inputs.append(model.preprocess([image]))
+            preprocess_ms += (time.perf_counter() - t0) * 1e3
+            del image, shown  # before the next photo is decoded, and before other threads' may be
     if not inputs:
         return photos, None
     batch = predict_preprocessed(model, torch.cat(inputs), topk, preprocess_ms=preprocess_ms)

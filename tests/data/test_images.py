@@ -213,3 +213,39 @@ def test_only_regular_files_are_read(tmp_path):
     if Path("/proc/self/mem").exists():
         with pytest.raises(ImageError, match=r"mem: cannot read the file"):
             load_image("/proc/self/mem")
+
+
+def test_decoded_pixels_in_flight_are_bounded_across_threads():
+    """A second thread waits while the first holds most of the budget, and goes when it is released; a photo over the
+    whole budget goes alone rather than never."""
+    import threading
+
+    from carnet_core.data.images import PixelBudget
+
+    budget = PixelBudget(100)
+    entered = threading.Event()
+
+    def second():
+        with budget.hold(50):
+            entered.set()
+
+    with budget.hold(80):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and not entered.is_set() and budget.used == 80
+    waiting.join(timeout=10)
+    assert entered.is_set() and budget.used == 0
+    with budget.hold(10**9):  # larger than the budget: held as the whole of it
+        assert budget.used == 100
+    assert budget.used == 0
+
+
+def test_an_image_size_is_read_from_its_header():
+
+
+    from carnet_core.data.images import peek_size
+
+    data = io.BytesIO()
+    Image.new("RGB", (7000, 30)).save(data, "PNG")
+    assert peek_size(data.getvalue()) == (7000, 30) and peek_size(b"not an image") is None
