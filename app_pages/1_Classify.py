@@ -55,8 +55,8 @@ if batch is None:
     st.stop()
 st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
 if len(inputs) > 1:
-    results = [{"image": p.name, **p.prediction.to_dict()} if p.prediction else {"image": p.name, "error": p.error}
-               for p in photos]
+    results = [{"image": p.name, **p.prediction.to_dict(), "latency_ms": round(batch.per_image_ms, 2)}
+               if p.prediction else {"image": p.name, "error": p.error} for p in photos]
     st.download_button(f"Download the {len(results)} results (CSV)", prediction_csv(results), mime="text/csv",
                        file_name=f"predictions-{model.name}.csv", key="classify_csv",
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
@@ -79,7 +79,7 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
             fig = topk_bar_figure(pred.vehicle_class_names, pred.vehicle_probabilities,
                                   title=f"Top vehicle classes ({pred.vehicle_share * 100:.0f}% on vehicles)")
         else:
-            fig = topk_bar_figure(pred.class_names, pred.probabilities, title=f"Top-5: {pred.top1}")
+            fig = topk_bar_figure(pred.class_names, pred.probabilities, title=pred.heading)
         st.plotly_chart(fig, width="stretch", key=f"bars_{i}")
         if not vehicles_only and pred.vehicle_class_names and pred.top1 not in pred.vehicle_class_names:
             st.caption(f"Top class is not a road vehicle; best road-vehicle class: **{pred.vehicle_class_names[0]}** "
@@ -107,7 +107,7 @@ folders = catalog.dataset_folders()
 if folders:
     st.subheader("Photos most like these")
     folder = st.columns(3)[0].selectbox(
-        "In the dataset", folders, index=None, format_func=lambda f: f.name, key="classify_similar_folder",
+        "In the dataset", folders, index=None, format_func=catalog.dataset_label, key="classify_similar_folder",
         placeholder="choose a dataset", help="The dataset's photos whose features (what the model's head reads) are "
                                               "closest by cosine similarity; computed once per model and dataset.")
     if folder is not None:

@@ -146,7 +146,8 @@ if not folders:
     st.info("No dataset folders to take photos from.")
     st.stop()
 pick = st.columns(3)
-folder = pick[0].selectbox("Photos from", folders, format_func=lambda p: p.name, key="explain_rank_folder")
+folder = pick[0].selectbox("Photos from", folders, format_func=catalog.dataset_label,
+                           key="explain_rank_folder")
 n_photos = pick[1].slider("Photos", 2, 20, 6, key="explain_rank_images", help="Taken from the classes in turn.")
 seconds = n_photos * (len(RANKED_METHODS) + 1) * SECONDS_PER_PHOTO_AND_METHOD
 ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), None, keep=4)

@@ -109,11 +109,11 @@ if hosted_mode():  # a public demo: only the folders the operator put under the 
     if not choices:
         st.info("No labelled folders are offered on this hosted demo.")
         st.stop()
-    folder = str(st.selectbox("Folder", choices, format_func=lambda p: p.name, key="compare_folder_hosted",
+    folder = str(st.selectbox("Folder", choices, format_func=catalog.dataset_label, key="compare_folder_hosted",
                               index=ui.first_measurable("compare_folder_hosted", choices, models)))
 else:  # the datasets under the data root, as on Evaluate and Fine-tune, or any folder typed in
     choices = catalog.dataset_folders() + [OTHER_FOLDER]
-    picked = st.selectbox("Folder", choices, format_func=lambda p: p if p == OTHER_FOLDER else p.name,
+    picked = st.selectbox("Folder", choices, format_func=lambda p: p if p == OTHER_FOLDER else catalog.dataset_label(p),
                           key="compare_folder_pick",
                           index=ui.first_measurable("compare_folder_pick", choices[:-1], models))
     folder = (st.text_input("Folder path", value=str(data_root()), key="compare_folder") if picked == OTHER_FOLDER

@@ -145,7 +145,7 @@ elif source.startswith("Folder"):
         st.info(f"No dataset folders in `{data_root()}`. Put one there (class sub-folders of images, optionally "
                 f"under train/ and val/), set `CARNET_DATA_ROOT`, or upload a zip.")
     else:
-        dataset = st.selectbox("Folder", folders, format_func=lambda p: p.name, key="finetune_folder")
+        dataset = st.selectbox("Folder", folders, format_func=catalog.dataset_label, key="finetune_folder")
 else:
     upload = st.file_uploader("Zip of class folders (cars/<class>/*.jpg, optionally with train/ and val/)",
                               type=["zip"], key="finetune_zip")

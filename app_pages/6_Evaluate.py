@@ -42,7 +42,7 @@ if not folders:
             f"val/; or Stanford Cars, CompCars, CIFAR-100 in their own layouts), or set `CARNET_DATA_ROOT`.")
     st.stop()
 left, mid, right = st.columns(3)
-folder = left.selectbox("Dataset", folders, format_func=lambda p: p.name, key="evaluate_folder",
+folder = left.selectbox("Dataset", folders, format_func=catalog.dataset_label, key="evaluate_folder",
                         index=ui.first_measurable("evaluate_folder", folders, [model]))
 kind = mid.selectbox("Layout", DATASET_KINDS, key="evaluate_kind")
 try:

@@ -44,6 +44,22 @@ def dataset_folders(root: Path | None = None) -> list[Path]:
     return found
 
 
+def dataset_label(folder: Path, root: Path | None = None) -> str:
+    """How a picker names a dataset of :func:`dataset_folders`: its folder's name, and where it came from when it is
+    not a folder put in the data root — ``"tiny3 (uploaded tiny3.zip)"``, ``"my-cars (built here)"`` — so a
+    dataset put there and an uploaded zip of the same name read apart."""
+    root = data_root() if root is None else Path(root)
+    folder = Path(folder)
+    for kind, says in ((UPLOADS, "uploaded"), ("uploads", "uploaded"), (BUILT, "built here")):
+        base = root / kind
+        if base in folder.parents:
+            if says == "uploaded":
+                extraction = folder.relative_to(base).parts[0]  # <zip stem>-<hash>
+                return f"{folder.name} (uploaded {extraction.rsplit('-', 1)[0]}.zip)"
+            return f"{folder.name} ({says})"
+    return folder.name
+
+
 def built_dataset(name: str, root: Path | None = None) -> Path:
     """The folder of a dataset built class by class: ``<data root>/_built/<name>``.
 

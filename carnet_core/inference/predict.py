@@ -42,6 +42,11 @@ class Prediction:
     def top1(self) -> str:
         return self.class_names[0]
 
+    @property
+    def heading(self) -> str:
+        """A chart's title for these bars: ``"Top-5: sports car"``, ``"Top-3: red"`` for a model of 3 classes."""
+        return f"Top-{len(self.class_names)}: {self.top1}"
+
     def to_dict(self) -> dict:
         return {
             "topk": [{"class": c, "probability": round(p, 6)} for c, p in zip(self.class_names, self.probabilities)],
@@ -69,6 +74,11 @@ class PredictionBatch:
 
     def __getitem__(self, i: int) -> Prediction:
         return self.predictions[i]
+
+    @property
+    def per_image_ms(self) -> float:
+        """Model and preprocessing time per image of the batch, ms: a row's ``latency_ms`` in a predictions CSV."""
+        return (self.latency_ms + self.preprocess_ms) / max(len(self), 1)
 
     def timing(self) -> str:
         """The timings in words: "<M> ms model time + <P> ms preprocessing" for one image; for N > 1, "N images in

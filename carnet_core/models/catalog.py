@@ -40,12 +40,14 @@ class CheckpointEntry:
 
     @property
     def title(self) -> str:
-        """E.g. ``"efficientnet_lite0-cars-e7 (20261121-101500-ab12cd) · linear · 40 classes · top-1 81.2 %"``: the
-        checkpoint's :attr:`label`, head, label-set size and validation top-1 — or why it cannot be used."""
+        """E.g. ``"efficientnet_lite0-e7 (20261121-101500-ab12cd) · linear · 40 classes of cars · top-1 81.2 %"``:
+        the checkpoint's :attr:`label`, head, label-set size, the dataset it was fine-tuned on (two runs on two
+        datasets differ by more than a run id) and validation top-1 — or why it cannot be used."""
         top1 = self.metrics.get("top1") if self.metrics else None
         if self.problem:
             return f"{self.label} · unusable: {self.problem}"
-        return " · ".join([self.label, self.head, f"{len(self.class_names)} classes"]
+        of = f" of {Path(self.dataset).name}" if self.dataset else ""
+        return " · ".join([self.label, self.head, f"{len(self.class_names)} classes{of}"]
                           + ([f"top-1 {top1 * 100:.1f} %"] if top1 is not None else []))
 
 

@@ -43,6 +43,12 @@ FINISHED = ("done", "failed", "cancelled")
 _children: dict[int, subprocess.Popen] = {}  # workers started by this process, reaped on poll
 
 
+def _reap_finished_workers() -> None:
+    """Collect the exit status of every worker this process started that has ended: a worker that wrote "done"
+    itself is never polled as a running job, and stayed a ``<defunct>`` process under the server until it exited."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            _children.pop(pid, None)
 
 
 def _pid_alive(pid: int | None, token: str = "") -> bool:
@@ -276,6 +282,7 @@ class JobRunner:
     def pump(self) -> None:
         """Mark dead workers failed — cancelled, when Stop was asked (a worker stopped in its first second dies of the
         signal before it can say so itself) — then start queued jobs on free slots (oldest first)."""
+        _reap_finished_workers()
         with self._lock():
             jobs = self._all()
             busy = set()

@@ -28,6 +28,16 @@ def test_datasets_under_the_root_then_uploads_then_built_ones(tmp_path, monkeypa
     assert names == ["bikes", "cars", "zipped", "mine"]
 
 
+def test_a_dataset_and_an_upload_of_one_name_read_apart(tmp_path, monkeypatch):
+    """data/tiny3 and an uploaded tiny3.zip were both "tiny3" in every picker."""
+    monkeypatch.setenv("CARNET_DATA_ROOT", str(tmp_path))
+    _classes(tmp_path / "tiny3", "car", "van")
+    _classes(tmp_path / catalog.UPLOADS / "tiny3-0a1b2c3d" / "tiny3", "car", "van")
+    _classes(tmp_path / catalog.BUILT / "tiny3", "car", "van")
+    labels = [catalog.dataset_label(p) for p in catalog.dataset_folders()]
+    assert labels == ["tiny3", "tiny3 (uploaded tiny3.zip)", "tiny3 (built here)"]
+
+
 def test_a_root_that_is_one_dataset_is_offered_itself(tmp_path):
     _classes(tmp_path, "sedan", "suv")
     assert catalog.dataset_folders(tmp_path) == [tmp_path]

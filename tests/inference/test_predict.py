@@ -330,3 +330,16 @@ print(photos[-1].error)
     assert counts == "9 23"
     assert last == "huge31.gif: skipped — this run already decoded 441 MP of photos (the limit is 400 MP); classify " \
                    "it in another run"
+
+
+def test_a_chart_is_titled_by_its_number_of_bars_and_a_csv_row_has_its_latency():
+    """A 3-class model's chart read "Top-5"; the predictions CSV's latency_ms column was empty in every row."""
+    from carnet_core.inference.predict import prediction_table
+
+    probs = torch.tensor([[0.7, 0.2, 0.1]])
+    [pred] = topk_predictions(probs, ["red", "green", "blue"], topk=5)
+    assert pred.heading == "Top-3: red"
+    batch = PredictionBatch([pred, pred], preprocess_ms=4.0, latency_ms=16.0)
+    assert batch.per_image_ms == 10.0
+    _, rows = prediction_table([{"image": "a.jpg", **pred.to_dict(), "latency_ms": batch.per_image_ms}])
+    assert rows[0]["latency_ms"] == 10.0

@@ -27,6 +27,12 @@ def test_two_checkpoints_that_would_read_alike_name_their_paths(tmp_path):
     assert entries[b].label == "cars (weights/models/cars.safetensors)"
     assert entries[c].label == "trucks (weights)"  # unique already: unchanged
     assert len({e.title for e in entries.values()}) == 3
+    run = _save(tmp_path / "jobs" / "run7" / "best-e002-top1-90.0.safetensors", name="lite0-e2")
+    save_checkpoint(run, {"classifier.weight": torch.zeros(3, 8), "classifier.bias": torch.zeros(3)},
+                    {"arch": "mobilenetv2_050", "head": "linear", "class_names": CLASSES, "name": "lite0-e2",
+                     "dataset": "/srv/data/tiny3", "metrics": {"top1": 0.9}})
+    [entry] = [e for e in list_checkpoints([tmp_path / "jobs"]) if e.path == run]
+    assert entry.title == "lite0-e2 (run7) · linear · 3 classes of tiny3 · top-1 90.0 %"  # the dataset, not only a run
 
 
 @pytest.mark.slow
