@@ -5,6 +5,7 @@ it offers)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import uuid
@@ -104,3 +105,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def release_free_memory() -> None:
+    """Hand the memory the process has freed back to the operating system, where the C library keeps it for reuse
+    (glibc's ``malloc_trim``; nothing elsewhere). A server whose sessions decoded big photos in several threads kept
+    hundreds of MB freed but resident; trimmed, a process that decoded nine 49 MP pictures went back below its
+    idle size."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -250,24 +250,38 @@ def reliability_figure(reliability: Sequence[dict[str, float]], ece: float) -> g
     return fig
 
 
-def cost_scatter_figure(rows: Sequence[dict]) -> go.Figure:
-    """Models as bubbles: batch-1 latency (ms) against top-1 accuracy (%) where known (else 0, marked "top-1
-    unknown"), bubble area ∝ parameters. Each row: name, latency_ms, top1 (0–1 or None), params, label_set."""
+def cost_scatter_figure(rows: Sequence[dict], kinds: dict[str, str]) -> go.Figure:
+    """Models as bubbles: batch-1 latency (ms) against accuracy (%), bubble area ∝ parameters, one colour per kind of
+    accuracy (``kinds``: row kind → legend title, :data:`carnet_core.evaluation.cards.ACCURACY_KINDS`: a fine-tune's
+    val top-1, an ImageNet model's vehicle-at-top-1 on car photos); models whose accuracy is not known here sit in a strip below the chart, by
+    latency only, instead of at 0 %. Labels alternate above and below their bubbles and the axes leave room for them.
+    Each row: name, latency_ms, top1 (0–1 or None), kind, params, label_set."""
+    from plotly.subplots import make_subplots  # lazy: only this chart and the curve figures use subplots
+
     known = [r for r in rows if r.get("latency_ms") is not None]
-    fig = go.Figure()
-    for has_acc in (True, False):
-        group = [r for r in known if (r.get("top1") is not None) == has_acc]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.82, 0.18], vertical_spacing=0.04)
+    groups = [(kind, title, [r for r in known if r.get("top1") is not None and r.get("kind", "val") == kind])
+              for kind, title in kinds.items()]
+    groups.append((None, "accuracy not measured here", [r for r in known if r.get("top1") is None]))
+    for kind, title, group in groups:
         if not group:
             continue
         fig.add_trace(go.Scatter(
-            x=[r["latency_ms"] for r in group], y=[(r["top1"] or 0) * 100 for r in group],
-            mode="markers+text", text=[r["name"] for r in group], textposition="top center",
-            name="top-1 on its label set" if has_acc else "top-1 unknown",
-            marker=dict(size=[8 + 4 * math.sqrt(r["params"] / 1e6) for r in group], opacity=0.7,
-                        symbol="circle" if has_acc else "circle-open"),
+            x=[r["latency_ms"] for r in group], y=[r["top1"] * 100 if kind else 0 for r in group],
+            mode="markers+text", text=[r["name"] for r in group], cliponaxis=False,
+            textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(group))],
+            name=title, marker=dict(size=[8 + 4 * math.sqrt(r["params"] / 1e6) for r in group], opacity=0.75,
+                                    symbol="circle" if kind else "circle-open"),
             customdata=[[r["params"] / 1e6, r.get("label_set", "")] for r in group],
-            hovertemplate="%{text}<br>%{x:.1f} ms<br>top-1 %{y:.1f}%<br>%{customdata[0]:.1f} M params · "
-                          "%{customdata[1]}<extra></extra>"))
-    fig.update_layout(xaxis_title="batch-1 latency on this machine (ms)", yaxis_title="val top-1 (%)", height=420,
-                      margin=dict(l=0, r=0, t=10, b=0), legend=dict(orientation="h", y=-0.2))
+            hovertemplate="%{text}<br>%{x:.1f} ms" + ("<br>accuracy %{y:.1f}%" if kind else "")
+                          + "<br>%{customdata[0]:.1f} M params · %{customdata[1]}<extra>" + title + "</extra>"),
+            row=1 if kind else 2, col=1)
+    xmax = max((r["latency_ms"] for r in known), default=1.0)
+    accuracies = [r["top1"] * 100 for r in known if r.get("top1") is not None]
+    low = max(0.0, min(accuracies, default=0.0) - 8)
+    fig.update_xaxes(range=[-0.08 * xmax, xmax * 1.2], row=1, col=1)
+    fig.update_xaxes(title_text="batch-1 latency on this machine (ms)", range=[-0.08 * xmax, xmax * 1.2], row=2, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", range=[low, 102], row=1, col=1)
+    fig.update_yaxes(showticklabels=False, range=[-1, 1], row=2, col=1)
+    fig.update_layout(height=480, margin=dict(l=10, r=10, t=10, b=0), legend=dict(orientation="h", y=-0.25))
     return fig

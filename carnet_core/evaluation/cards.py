@@ -25,6 +25,7 @@ from carnet_core._io import atomic_write_json, file_lock, read_json
 from carnet_core.config import cache_dir, child_env
 from carnet_core.errors import CarNetError
 from carnet_core.models.classifier import Classifier
+from carnet_core.models.registry import get_spec
 
 
 @dataclass
@@ -203,13 +204,36 @@ def table_row(label: str, key: str, card: dict[str, Any], cost: dict[str, float]
             "latency (ms)": None if not cost else round(cost["latency_ms"], 1),
             "peak memory (MB)": None if not cost else round(cost["peak_memory_mb"]),
             "val top-1 (%)": None if card["top1"] is None else round(card["top1"] * 100, 1),
+            "vehicle at top-1 on car photos (%)": None if (v := car_photo_top1(key)) is None else round(v * 100, 1),
             "weights": card["provenance"] if card["has_weights"] else "no weights here"}
+
+
+def car_photo_top1(key: str) -> float | None:
+    """A registered model's measured share of car photos with a road vehicle at top-1
+    (:attr:`~carnet_core.models.registry.ModelSpec.car_photo_top1`); None for a checkpoint or where not measured."""
+    try:
+        return get_spec(key).car_photo_top1
+    except CarNetError:  # a checkpoint's key, not a registered name
+        return None
+
+
+#: What a cost chart's accuracy is, by where it comes from.
+ACCURACY_KINDS = {"val": "fine-tune: val top-1 on its dataset",
+                  "car photos": "ImageNet model: road vehicle at top-1, 274 car photos (measured)"}
 
 
 def cost_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The measured rows of :func:`table_row` as points of the cost-against-accuracy chart
-    (:func:`carnet_core.charts.cost_scatter_figure`): name, latency (ms), top-1 in [0, 1] or None, parameters."""
-    return [{"name": r["model"], "latency_ms": r["latency (ms)"],
-             "top1": None if r["val top-1 (%)"] is None else r["val top-1 (%)"] / 100,
-             "params": r["params (M)"] * 1e6, "label_set": r["label set"]}
-            for r in rows if r["latency (ms)"] is not None]
+    (:func:`carnet_core.charts.cost_scatter_figure`): name, latency (ms), accuracy in [0, 1] or None and what it is
+    (``kind``, a key of :data:`ACCURACY_KINDS`: a fine-tune's val top-1, else an ImageNet model's measured
+    vehicle-at-top-1 on car photos), parameters."""
+    points = []
+    for r in rows:
+        if r["latency (ms)"] is None:
+            continue
+        val, car = r["val top-1 (%)"], r.get("vehicle at top-1 on car photos (%)")
+        kind = "val" if val is not None else "car photos" if car is not None else None
+        points.append({"name": r["model"], "latency_ms": r["latency (ms)"],
+                       "top1": None if kind is None else (val if kind == "val" else car) / 100, "kind": kind,
+                       "params": r["params (M)"] * 1e6, "label_set": r["label set"]})
+    return points

@@ -654,5 +654,21 @@ def test_models_table_rows_and_the_cost_chart_points():
     assert (row["latency (ms)"], row["peak memory (MB)"], row["classes"]) == (4.3, 512, 2)
     unmeasured = table_row("mobilenetv2_100", "mobilenetv2_100", {**card, "top1": None, "has_weights": False}, None)
     assert unmeasured["latency (ms)"] is None and unmeasured["weights"] == "no weights here"
-    assert cost_points([row, unmeasured]) == [{"name": "★ cars-e3", "latency_ms": 4.3, "top1": 0.812,
+    assert cost_points([row, unmeasured]) == [{"name": "★ cars-e3", "latency_ms": 4.3, "top1": 0.812, "kind": "val",
                                                "params": 3.41e6, "label_set": "cars"}]
+    # ImageNet models: their measured vehicle-at-top-1 on car photos (Lite0/1/2), not 0 %; unknown ones in the strip
+    imagenet = {**card, "top1": None, "label_set": "imagenet-1k"}
+    lites = [table_row(k, k, imagenet, {"latency_ms": ms, "peak_memory_mb": 500})
+             for k, ms in (("efficientnet_lite0", 5.0), ("efficientnet_lite1", 7.0), ("efficientnet_lite2", 9.0),
+                           ("resnet50", 30.0))]
+    points = cost_points(lites)
+    assert [(p["name"], p["kind"], p["top1"] and round(p["top1"], 3)) for p in points] == [
+        ("efficientnet_lite0", "car photos", 0.953), ("efficientnet_lite1", "car photos", 0.949),
+        ("efficientnet_lite2", "car photos", 0.931), ("resnet50", None, None)]
+    from carnet_core.charts import cost_scatter_figure
+    from carnet_core.evaluation.cards import ACCURACY_KINDS
+
+    fig = cost_scatter_figure(points, ACCURACY_KINDS)
+    family, strip = fig.data
+    assert list(family.text) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert min(family.y) > 90 and list(strip.text) == ["resnet50"] and strip.yaxis == "y2"  # below, not at 0 %
