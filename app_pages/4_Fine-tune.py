@@ -13,6 +13,7 @@ from carnet_core.charts import runs_overlay_figure, training_curves_figure
 from carnet_core.config import data_root, hosted_mode
 from carnet_core.data import catalog
 from carnet_core.data.datacheck import too_few_classes
+from carnet_core.data.images import list_images
 from carnet_core.data.uploads import add_class_photos, class_counts, remove_class
 from carnet_core.errors import count, duration_text
 from carnet_core.models.refs import ModelRef
@@ -215,10 +216,13 @@ with st.form("finetune_form", enter_to_submit=False):  # Enter in a number field
 
 if estimate_clicked:
     try:
-        est = ui.epoch_estimate(model, head, int(img_size), int(batch_size), n_train, n_val)
-        st.info(f"About {duration_text(est['epoch_s'])} per epoch on {ui.device_label()} "
-                f"({est['train_images_per_s']:.0f} training images/s, data loading not counted): "
-                f"{duration_text(est['epoch_s'] * epochs)} for {epochs} epochs.")
+        est = ui.epoch_estimate(model, head, int(img_size), int(batch_size), n_train, n_val, probe=probe,
+                                sample_images=[str(p) for p in list_images(dataset, recursive=True)[:4]])
+        st.info(f"About {duration_text(est['prepare_s'] + est['epoch_s'] * epochs)} in all on {ui.device_label()}: "
+                f"{duration_text(est['prepare_s'])} to prepare (start the worker, check every image"
+                + (", fit the linear probe" if probe else "") + f"), then about {duration_text(est['epoch_s'])} per "
+                f"epoch ({est['train_images_per_s']:.0f} training images/s, data loading not counted) for {epochs} "
+                "epochs.")
     except CarNetError as exc:
         st.error(ui.public(exc))
 if launch_clicked:
@@ -249,8 +253,11 @@ st.dataframe(pd.DataFrame([{
     width="stretch", placeholder="–")
 
 with_curves = {j.id: j for j in jobs if j.history}
+if st.session_state.get("_finetune_curve_runs") != list(with_curves):  # a run added (stopped, finished) or deleted:
+    st.session_state["_finetune_curve_runs"] = list(with_curves)  # the newest three, not the choice made before it
+    st.session_state["finetune_overlay"] = list(with_curves)[:3]
 if with_curves:
-    picked = st.multiselect("Compare runs", list(with_curves), default=list(with_curves)[:3], key="finetune_overlay",
+    picked = st.multiselect("Compare runs", list(with_curves), key="finetune_overlay",
                             format_func=lambda i: with_curves[i].label + f" ({i})")
     metric = st.radio("Curve", ["top1", "top5", "val_loss", "train_loss"], horizontal=True, key="finetune_metric",
                       format_func=lambda m: {"top1": "val top-1", "top5": "val top-5", "val_loss": "val loss",
@@ -261,6 +268,9 @@ if with_curves:
                                             probes={names[i]: with_curves[i].probe_top1 for i in picked}),
                         width="stretch", key="overlay")
 
+if st.session_state.get("_finetune_run_ids") != [j.id for j in jobs]:  # a new run: the picker goes to it
+    st.session_state["_finetune_run_ids"] = [j.id for j in jobs]
+    st.session_state["finetune_run"] = jobs[0].id
 chosen = st.selectbox("Run", [j.id for j in jobs], key="finetune_run",
                       format_func=lambda i: f"{i} · {next(j for j in jobs if j.id == i).label}")
 job = runner.get(chosen)

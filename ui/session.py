@@ -87,10 +87,12 @@ def dataset_report(folder: str) -> dict:
 
 
 @st.cache_data(show_spinner="Timing a training step on this machine…", max_entries=32)
-def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_train: int, n_val: int) -> dict:
+def epoch_estimate(model: str, head: str, img_size: int, batch_size: int, n_train: int, n_val: int,
+                   probe: bool = False, sample_images: Sequence[str] = ()) -> dict:
     from carnet_core.training.estimate import estimate_epoch_seconds
 
-    return estimate_epoch_seconds(model, head, img_size, batch_size, n_train, n_val)
+    return estimate_epoch_seconds(model, head, img_size, batch_size, n_train, n_val, probe=probe,
+                                  sample_images=sample_images)
 
 
 def first_measurable(key: str, folders: list[Path], models: list[Classifier]) -> int:

@@ -272,3 +272,34 @@ def test_enter_in_a_form_field_does_not_submit_it(dirs):
         return found
 
     assert forms(at._tree, {}) == {"finetune_form": False}
+
+
+def _finished_run(jobs, job_id, created, state="done", epochs=2):
+    """A run folder as the job runner leaves it: spec, status and per-epoch metrics."""
+    folder = jobs / job_id
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps({"model": "efficientnet_lite0", "head": "linear", "epochs": 5,
+                                                  "data": "/data/colours", "out": str(folder)}))
+    (folder / "status.json").write_text(json.dumps({"state": state, "created": created, "ended": created + 60,
+                                                    "started": created + 1, "label": f"run {job_id}"}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({
+        "epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0 / e, "top1": 0.5 + e / 10, "top5": 1.0, "lr": 1e-3,
+        "images_per_s": 10.0, "seconds": 5.0}) + "\n" for e in range(1, epochs + 1)))
+
+
+def test_a_run_that_was_just_stopped_is_in_the_curves_and_the_run_picker(dirs, tmp_path):
+    """After Stop, the stopped run was missing from "Compare runs" and the Run picker stayed on the older run: the
+    widgets kept the choice made before it existed."""
+    jobs = tmp_path / "jobs"
+    _finished_run(jobs, "20261206-070000-aaaaaa", 1_000)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="finetune_overlay").value == ["20261206-070000-aaaaaa"]
+    _finished_run(jobs, "20261206-071000-bbbbbb", 2_000, state="cancelled", epochs=1)  # stopped after one epoch
+    at.run()
+    assert not at.exception, at.exception
+    assert "20261206-071000-bbbbbb" in at.multiselect(key="finetune_overlay").value
+    assert at.selectbox(key="finetune_run").value == "20261206-071000-bbbbbb"
+    at.selectbox(key="finetune_run").set_value("20261206-070000-aaaaaa").run()  # a choice made now is kept
+    at.run()
+    assert at.selectbox(key="finetune_run").value == "20261206-070000-aaaaaa"

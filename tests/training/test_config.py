@@ -28,3 +28,19 @@ def test_the_pages_form_becomes_the_recipe():
     assert plain.workers == loader_workers() and 0 <= loader_workers() <= 8
     assert TrainConfig(data="x").randaugment == RANDAUGMENT  # the page's RandAugment is the recipe's default
     assert (default_img_size(True), default_img_size(False)) == (224, 160)
+
+
+def test_the_estimate_counts_what_a_run_does_before_its_first_epoch(colour_folder):
+    """The estimate said "about 0:01 per epoch … 0:02 for 2 epochs" of a run that then spent about 30 s preparing:
+    starting its worker, checking every image, fitting the linear probe. Preparation is counted now, the probe's pass
+    over the train images only when it is asked for."""
+    from carnet_core.data.images import list_images
+    from carnet_core.training.estimate import WORKER_START_S, estimate_epoch_seconds
+
+    photos = list_images(colour_folder, recursive=True)
+    plain = estimate_epoch_seconds("efficientnet_lite0", "linear", 64, 4, 600, 200, device="cpu",
+                                   sample_images=photos)
+    probed = estimate_epoch_seconds("efficientnet_lite0", "linear", 64, 4, 600, 200, device="cpu", probe=True,
+                                    sample_images=photos)
+    assert plain["prepare_s"] > WORKER_START_S  # plus decoding 800 images once for the dataset check
+    assert probed["prepare_s"] - plain["prepare_s"] > 0.5 * plain["val_s"] * 600 / 200  # one pass over 600 train images
