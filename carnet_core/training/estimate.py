@@ -31,7 +31,8 @@ def estimate_epoch_seconds(model: str, head: str, img_size: int, batch_size: int
     :data:`WORKER_START_S`.
 
     Returns:
-        ``{"train_s", "val_s", "epoch_s", "train_images_per_s", "prepare_s"}`` (seconds, images per second).
+        ``{"train_s", "val_s", "epoch_s", "train_images_per_s", "decode_s", "probe_s", "prepare_s"}`` (seconds,
+        images per second; ``prepare_s`` = :data:`WORKER_START_S` + ``decode_s`` + ``probe_s``).
     Raises:
         UnknownModelError: ``model`` is not registered.
     """
@@ -73,7 +74,7 @@ def estimate_epoch_seconds(model: str, head: str, img_size: int, batch_size: int
     decode_s = _decode_seconds(sample_images) * (num_train + num_val)
     probe_s = (val_per_image + _decode_seconds(sample_images)) * num_train if probe else 0.0
     return {"train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s, "train_images_per_s": 1 / train_per_image,
-            "prepare_s": WORKER_START_S + decode_s + probe_s}
+            "decode_s": decode_s, "probe_s": probe_s, "prepare_s": WORKER_START_S + decode_s + probe_s}
 
 
 #: Seconds a fine-tune's worker process takes to start (imports of torch, timm and Lightning Fabric, the model's

@@ -173,11 +173,11 @@ def test_a_data_root_that_is_one_dataset_is_offered_as_one(colour_folder, tmp_pa
     at.file_uploader(key="finetune_zip").set_value(("blues.zip", buf.getvalue(), "application/zip")).run()
     assert not at.exception and any("Extracted" in s.value for s in at.success)
     at.radio(key="finetune_source").set_value("Folder under the data root").run()
-    assert at.selectbox(key="finetune_folder").options == ["colours", "blues"]
+    assert at.selectbox(key="finetune_folder").options == ["colours", "blues (uploaded blues.zip)"]
     assert [m.value for m in at.metric][:3] == ["3", "54", "18"]  # still 3 classes: the upload is not a fourth
     evaluate = AppTest.from_file(str(ROOT / "app_pages" / "6_Evaluate.py"), default_timeout=TIMEOUT).run()
     assert not evaluate.exception and not evaluate.error, evaluate.error
-    assert evaluate.selectbox(key="evaluate_folder").options == ["colours", "blues"]
+    assert evaluate.selectbox(key="evaluate_folder").options == ["colours", "blues (uploaded blues.zip)"]
 
 
 ADD_PHOTOS = "FormSubmitter:finetune_build_form-Add the photos to this class"
@@ -255,7 +255,7 @@ def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, 
     at.button(key="finetune_build_remove_run").click().run()
     assert not at.exception and sorted(p.name for p in built.iterdir()) == ["sports car"]
     at.radio(key="finetune_source").set_value("Folder under the data root").run()
-    assert "my-cars" in at.selectbox(key="finetune_folder").options  # and from now on a dataset like any other
+    assert "my-cars (built here)" in at.selectbox(key="finetune_folder").options  # and from now on a dataset like any other
 
 
 def test_enter_in_a_form_field_does_not_submit_it(dirs):
