@@ -26,7 +26,8 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
                            textposition=["inside" if p >= 20 else "outside" for p in pct], textangle=0,
                            insidetextanchor="end", cliponaxis=False, marker_color="#2f7ed8",
                            hovertemplate="%{y}: %{x:.2f}%<extra></extra>"))
-    fig.update_layout(title=title, height=height_px or 40 * len(names) + 60, margin=dict(l=0, r=10, t=30 if title else 10, b=0),
+    fig.update_layout(title=title, height=height_px or max(40 * len(names) + 90, 170),  # one bar: room for its axis
+                      margin=dict(l=0, r=10, t=30 if title else 10, b=0),
                       xaxis=dict(range=[0, 100], title="probability (%)"), yaxis=dict(automargin=True))
     return fig
 

@@ -288,11 +288,12 @@ def no_class_folders_error(folder: Path, splits: bool = True) -> CarNetError:
 def empty_dataset_error(folder: Path) -> CarNetError:
     """The error for class folders that hold no images: when they are datasets themselves (``folder`` is a data
     root, say), it names them to choose from."""
-    # a dataset has two classes or more; class folders whose images all sit one level down (blue/2019/*.jpg) each look
-    # like a dataset of one class, and are said as what they are
-    datasets = [c.name for c in class_folders(folder) if is_one_dataset(c) and len(class_folders(c)) >= 2]
-    if not datasets:
+    # class folders whose images all sit one level down (blue/2019/*.jpg) each look like a dataset of one class: when
+    # every one of several does, they are said as what they are
+    found = [c for c in class_folders(folder) if is_one_dataset(c)]
+    if len(found) > 1 and all(len(class_folders(c)) == 1 for c in found):
         check_class_folders(class_folders(folder), [])
+    datasets = [c.name for c in found]
     if datasets:
         return CarNetError(f"{folder} holds datasets, not class folders: choose one of them "
                            f"({', '.join(datasets[:8])}{', …' if len(datasets) > 8 else ''})")

@@ -675,3 +675,4 @@ def test_a_fresh_clone_has_a_credited_sample_gallery(monkeypatch):
     saved = Image.open(io.BytesIO(png_bytes(Image.new("RGB", (4, 4)), rex.png_text())))
     assert saved.text["Author"] == "Rex Gray" and saved.text["Copyright"] == "CC BY 2.0"
     assert saved.text["Description"] == rex.text and "flickr.com" in saved.text["Source"]
+
