@@ -174,3 +174,13 @@ def test_a_session_holds_a_bounded_amount_of_uploads():
         assert grown < 250, f"the server grew {grown:.0f} MB for a session allowed 100 MB"
     with procfile_server(CARNET_SESSION_UPLOAD_MB="10") as (port, cookie, token):
         assert in_session(port, cookie, token, lambda s: upload_status(port, cookie, token, s, 20 * MB)) == 413
+
+
+def test_no_traceback_reaches_a_browser_however_the_app_is_started():
+    """showErrorDetails is "none" in the Procfile and in .streamlit/config.toml, which `streamlit run app.py` reads
+    wherever it runs (a host that ignores the Procfile's flags included)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+    assert "--client.showErrorDetails none" in (ROOT / "Procfile").read_text()
