@@ -4,6 +4,7 @@ as people type them."""
 
 import streamlit as st
 
+from carnet_core._io import release_free_memory
 from carnet_core.config import hosted_mode
 from carnet_core.errors import log_unexpected
 from ui.guard import cap_session_uploads
@@ -28,3 +29,5 @@ except Exception as exc:  # a bug (st.stop and reruns are not Exceptions): logge
              f"please quote error **{error_id}**.")
     if not hosted_mode():  # on your own machine: the traceback too
         st.exception(exc)
+finally:
+    release_free_memory()  # what this run freed goes back to the system: a long-running server does not creep up
