@@ -149,17 +149,21 @@ pick = st.columns(3)
 folder = pick[0].selectbox("Photos from", folders, format_func=catalog.dataset_label,
                            key="explain_rank_folder")
 n_photos = pick[1].slider("Photos", 2, 20, 6, key="explain_rank_images", help="Taken from the classes in turn.")
-seconds = n_photos * (len(RANKED_METHODS) + 1) * SECONDS_PER_PHOTO_AND_METHOD
-ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), None, keep=4)
+ranked = pick[2].multiselect("Methods", RANKED_METHODS, default=list(RANKED_METHODS), format_func=METHOD_NAMES.get,
+                             key="explain_rank_methods", help=f"{FLOOR_METHOD.name} is always measured: the floor.")
+seconds = n_photos * (len(ranked) + 1) * SECONDS_PER_PHOTO_AND_METHOD
+ranking_key = (str(folder), n_photos, tuple(ranked))
+ranking = ui.remembered("_road_ranking", [model], ranking_key, None, keep=4)
 button = st.empty()
-if ranking is None and button.button(f"Rank the methods (roughly {seconds / 60:.0f} min on a CPU)",
+if ranking is None and ranked and button.button(f"Rank the methods (roughly {max(1, round(seconds / 60))} min on "
+                                                "a CPU)",
                                      key="explain_rank"):
     try:
         splits = open_dataset(folder)
         photos = splits.part(splits.default_split).spread(n_photos)
         bar = st.progress(0.0, text="Measuring ROAD…")
-        ranking = ui.remembered("_road_ranking", [model], (str(folder), n_photos), keep=4,
-                                compute=lambda: rank_methods(model, photos, progress=lambda f: bar.progress(f)))
+        ranking = ui.remembered("_road_ranking", [model], ranking_key, keep=4, compute=lambda: rank_methods(
+            model, photos, ranked, progress=lambda f: bar.progress(f)))
         bar.empty()
         button.empty()
     except CarNetError as exc:

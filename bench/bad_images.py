@@ -15,12 +15,12 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -181,19 +181,29 @@ def write_corpus(folder: Path) -> list[str]:
 
 def run_predict(folder: Path, timeout: float = 600) -> dict:
     """``python -m carnet_core predict FOLDER --json`` in a child process: its exit code, stdout/stderr, JSON
-    results, wall time (s) and peak RSS (MB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "carnet_core", "predict", str(folder), "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    results, wall time (s) and its own peak RSS (MB, from ``os.wait4``: that child's, not the largest of every child
+    the caller ever had, as ``RUSAGE_CHILDREN`` would give)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "carnet_core", "predict", str(folder), "--json"], cwd=ROOT,
+                                stdout=out, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)  # a hang is a kill, then a failed run, not a stuck caller
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     try:
-        results = json.loads(done.stdout)["results"]
+        results = json.loads(stdout)["results"]
     except (ValueError, KeyError):
         results = []
-    return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "results": results,
-            "seconds": wall, "peak_rss_mb": max(peak, before) / 1024}
+    return {"code": proc.returncode, "stdout": stdout, "stderr": stderr, "results": results, "seconds": wall,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest import FAST
@@ -100,7 +101,6 @@ def test_a_just_started_worker_is_alive_and_a_reused_pid_is_not(monkeypatch):
     took its own new worker for a reused pid, marked it failed and started the queued job beside it on the same
     slot. A child of this process is judged by poll(); another process's by its cmdline, empty meaning in exec."""
     import subprocess
-    from pathlib import Path
 
     from carnet_core.training import jobs
 
