@@ -179,14 +179,14 @@ def write_corpus(folder: Path) -> list[str]:
     return names
 
 
-def run_predict(folder: Path, timeout: float = 600) -> dict:
+def run_predict(folder: Path, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
     """``python -m carnet_core predict FOLDER --json`` in a child process: its exit code, stdout/stderr, JSON
     results, wall time (s) and its own peak RSS (MB, from ``os.wait4``: that child's, not the largest of every child
     the caller ever had, as ``RUSAGE_CHILDREN`` would give)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "carnet_core", "predict", str(folder), "--json"], cwd=ROOT,
-                                stdout=out, stderr=err)
+                                stdout=out, stderr=err, env={**os.environ, **(env or {})})
         timer = threading.Timer(timeout, proc.kill)  # a hang is a kill, then a failed run, not a stuck caller
         timer.start()
         try:
