@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 import zlib
@@ -181,19 +180,25 @@ def write_corpus(folder: Path) -> list[str]:
 
 def run_predict(folder: Path, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
     """``python -m carnet_core predict FOLDER --json`` in a child process: its exit code, stdout/stderr, JSON
-    results, wall time (s) and its own peak RSS (MB, from ``os.wait4``: that child's, not the largest of every child
-    the caller ever had, as ``RUSAGE_CHILDREN`` would give)."""
+    results, wall time (s) and its own peak RSS (MB): the kernel's high-water mark of the program's memory (VmHWM),
+    read while it runs. Not ``ru_maxrss``, which also counts the pages a large parent (a test process) shared with the
+    child between its fork and its exec."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "carnet_core", "predict", str(folder), "--json"], cwd=ROOT,
                                 stdout=out, stderr=err, env={**os.environ, **(env or {})})
-        timer = threading.Timer(timeout, proc.kill)  # a hang is a kill, then a failed run, not a stuck caller
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        status, cmdline, peak_kb = Path(f"/proc/{proc.pid}/status"), Path(f"/proc/{proc.pid}/cmdline"), 0
+        while proc.poll() is None:
+            if time.perf_counter() - t0 > timeout:  # a hang is a kill, then a failed run, not a stuck caller
+                proc.kill()
+                proc.wait()
+                break
+            try:
+                if b"carnet_core" in cmdline.read_bytes():  # past the exec: the program's own memory
+                    peak_kb = max(peak_kb, int(status.read_text().split("VmHWM:")[1].split()[0]))
+            except (OSError, IndexError, ValueError):  # gone, or a zombie with no memory left
+                pass
+            time.sleep(0.02)
         wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
@@ -203,7 +208,7 @@ def run_predict(folder: Path, timeout: float = 600, env: dict[str, str] | None =
     except (ValueError, KeyError):
         results = []
     return {"code": proc.returncode, "stdout": stdout, "stderr": stderr, "results": results, "seconds": wall,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+            "peak_rss_mb": peak_kb / 1024}
 
 
 def main() -> int:
