@@ -8,16 +8,15 @@ never used. Both are installed by ``.ci/run``; the tests skip where either is mi
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, colour_image
+
+sys.path.insert(0, str(ROOT / "bench"))
+import soak_hosted  # noqa: E402  (bench/ is scripts, not a package)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.subprocess]
 
@@ -41,34 +40,17 @@ def browser():
 
 @contextlib.contextmanager
 def app_server(tmp_path: Path):
-    """``streamlit run app.py`` on a free port with a data root of three generated class folders; yields its URL."""
-    from tests.app.test_hosting import _free_port
-
+    """The Procfile's server (bench/soak_hosted.py starts it as a host does) with a data root of three generated
+    class folders; yields its URL."""
     data = tmp_path / "data" / "vehicles"
     for k, (name, rgb) in enumerate(CLASSES.items()):
         (data / name).mkdir(parents=True)
         for i in range(8):
             colour_image(rgb, 50 * k + i, size=96).save(data / name / f"{i:02d}.png")
-    port = _free_port()
-    env = {**os.environ, "CARNET_DATA_ROOT": str(tmp_path / "data"), "CARNET_CACHE_DIR": str(tmp_path / "cache"),
-           "CARNET_ENGINE": "torch"}  # no ONNX export and engine timing on a cold cache: not what this is about
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"the app did not come up: {server.stdout.read().decode()[-2000:]}")
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    # CARNET_ENGINE=torch: no ONNX export and engine timing on a cold cache, which is not what this is about
+    with soak_hosted.procfile_server(CARNET_DATA_ROOT=str(tmp_path / "data"), CARNET_CACHE_DIR=str(tmp_path / "cache"),
+                                     CARNET_ENGINE="torch") as (url, _):
+        yield url
 
 
 def dot_position(page, box: str, trace: int, point: int) -> list:

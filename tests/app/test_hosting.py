@@ -145,16 +145,11 @@ def test_procfile_serves_headless_on_port_in_hosted_mode():
 
 
 def server_rss_mb(port: int) -> float:
-    """Resident memory (MB) of the Streamlit server listening on ``port`` (found by its command line)."""
-    for status in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = status.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"streamlit" in b" ".join(args) and str(port).encode() in args:
-            text = (status.parent / "status").read_text()
-            return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
-    raise AssertionError(f"no server on port {port}")
+    """Resident memory (MB) of the Streamlit server listening on ``port`` (bench/soak_hosted.py's helpers)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import soak_hosted  # bench/ is scripts, not a package
+
+    return soak_hosted.rss_mb(soak_hosted.streamlit_pid(port))
 
 
 @pytest.mark.slow
