@@ -5,12 +5,17 @@ as people type them."""
 import streamlit as st
 
 from carnet_core._io import release_free_memory
-from carnet_core.config import hosted_mode
+from carnet_core.config import hosted_mode, measure_engine_first
 from carnet_core.errors import log_unexpected
+from carnet_core.inference.selection import measure_in_background
 from ui.guard import cap_session_uploads
+from ui.present import presentation_toggle, presenting
 
-st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
+# presentation mode (?present=1 or the sidebar toggle) starts with the sidebar folded away
+st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide",
+                   initial_sidebar_state="collapsed" if presenting() else "auto")
 cap_session_uploads()  # once per process: a session's uploads are bounded (ui/guard.py)
+measure_in_background(not measure_engine_first())  # a model's first photos are classified with torch while its fastest engine is measured
 page = st.navigation([
     st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),
@@ -21,6 +26,7 @@ page = st.navigation([
     st.Page("app_pages/5_Models.py", title="Models", url_path="models", icon=":material/view_list:"),
     st.Page("app_pages/6_Evaluate.py", title="Evaluate", url_path="evaluate", icon=":material/fact_check:"),
 ])
+presentation_toggle()
 try:
     page.run()
 except Exception as exc:  # a bug (st.stop and reruns are not Exceptions): logged with an id, no traceback for visitors

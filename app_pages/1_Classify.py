@@ -17,25 +17,36 @@ from carnet_core.inference.selection import select_engine
 from carnet_core.models.labels import vehicle_indices
 
 SIMILAR_SHOWN = 6  # most similar photos shown per photo
+PRESENT_FONT_PX = 20  # the bars' text in presentation mode
 
 st.set_page_config(page_title="CarNet · Classify", page_icon="🚗", layout="wide")
-st.title("Classify")
-st.caption("Top-5 classes per photo: ImageNet's, or a fine-tune's own. Preprocessing follows each model's own "
-           "data config.")
+presenting = ui.presenting()  # one photo per screen, large type; the model and the photos behind "Model and photos"
+if presenting:
+    stage = ui.stage()  # the stepper and the one result, on top
+    setup = st.expander("Model and photos")
+else:
+    st.title("Classify")
+    st.caption("Top-5 classes per photo: ImageNet's, or a fine-tune's own. Preprocessing follows each model's own "
+               "data config.")
+    setup = st.container()
 
-model = ui.model_picker("classify_model")
-st.caption(f"**{model.name}** · {model.num_params / 1e6:.1f} M parameters · {ui.device_label()} · "
-           f"weights: {model.weights.describe()}")
-vehicles_only = False
-if vehicle_indices(model.class_names):  # ImageNet's label set: a fine-tune's own classes have no vehicle view
-    vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
-                              help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), "
-                                   "useful when the top class is a car part such as 'grille' or 'car wheel'.")
-
-inputs = ui.image_inputs("classify")
+with setup:
+    model = ui.model_picker("classify_model")
+    st.caption(f"**{model.name}** · {model.num_params / 1e6:.1f} M parameters · {ui.device_label()} · "
+               f"weights: {model.weights.describe()}")
+    vehicles_only = False
+    if vehicle_indices(model.class_names):  # ImageNet's label set: a fine-tune's own classes have no vehicle view
+        vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
+                                  help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), "
+                                       "useful when the top class is a car part such as 'grille' or 'car wheel'.")
+    inputs = ui.image_inputs("classify")
+if presenting and not inputs:
+    inputs = ui.gallery_inputs()  # a teacher steps through the sample gallery
 if not inputs:
     st.info("Upload one or more photos, take one with the camera, or pick samples from the gallery.")
     st.stop()
+if presenting:
+    inputs = [inputs[ui.stepper("classify_present_index", len(inputs), stage)]]
 
 if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hosted demo takes a class's worth
     st.warning(f"{len(inputs)} photos given; classifying the first {ui.MAX_PHOTOS}. For a whole folder, use the "
@@ -53,33 +64,38 @@ for photo in photos:
         st.error(f"Skipped — {photo.error}")
 if batch is None:
     st.stop()
-st.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
+body = stage if presenting else st.container()
+details = st.expander("Details") if presenting else body  # jargon, below the result and out of a classroom's way
+details.caption(f"{batch.timing()} · engine: {select_engine(model).reason}")
 if len(inputs) > 1:
     results = [{"image": p.name, **p.prediction.to_dict(), "latency_ms": round(batch.per_image_ms, 2)}
                if p.prediction else {"image": p.name, "error": p.error} for p in photos]
-    st.download_button(f"Download the {len(results)} results (CSV)", prediction_csv(results), mime="text/csv",
+    body.download_button(f"Download the {len(results)} results (CSV)", prediction_csv(results), mime="text/csv",
                        file_name=f"predictions-{model.name}.csv", key="classify_csv",
                        help="One row per photo: the top-5 classes and probabilities (and why a photo was skipped).")
 
 views = [p.view for p in photos if p.view]
 if any(view.cuts_off for view in views):
-    st.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it does not "
-               "see.")
-collect = not hosted_mode()  # a public demo's visitors do not write into the server's data root
+    details.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it "
+                    "does not see.")
+collect = not hosted_mode() and not presenting  # a public demo's visitors do not write into the server's data root
 for i, (photo, upload) in enumerate(zip(photos, uploads)):
     if photo.prediction is None:
         continue
     pred = photo.prediction
-    left, right = st.columns([1, 2])
-    left.image(photo.preview, caption=ui.photo_caption(photo.name), width="stretch")  # a small JPEG; what the model does not see dimmed
+    left, right = body.columns([1, 1] if presenting else [1, 2])
+    left.image(photo.preview, width="stretch",
+               caption=ui.photo_caption(photo.name, ui.sample_title(photo.name) if presenting else None))  # a small JPEG; what the model does not see dimmed
     if note := photo.view.note():
-        left.caption(note)
+        details.caption(note) if presenting else left.caption(note)
+    font, height = (PRESENT_FONT_PX, ui.PRESENT_CHART_PX) if presenting else (None, None)
     with right:
         if vehicles_only and pred.vehicle_class_names:
-            fig = topk_bar_figure(pred.vehicle_class_names, pred.vehicle_probabilities,
+            fig = topk_bar_figure(pred.vehicle_class_names, pred.vehicle_probabilities, font_px=font, height_px=height,
                                   title=f"Top vehicle classes ({pred.vehicle_share * 100:.0f}% on vehicles)")
         else:
-            fig = topk_bar_figure(pred.class_names, pred.probabilities, title=pred.heading)
+            fig = topk_bar_figure(pred.class_names, pred.probabilities, title=pred.heading, font_px=font,
+                                  height_px=height)
         st.plotly_chart(fig, width="stretch", key=f"bars_{i}")
         if not vehicles_only and pred.vehicle_class_names and pred.top1 not in pred.vehicle_class_names:
             st.caption(f"Top class is not a road vehicle; best road-vehicle class: **{pred.vehicle_class_names[0]}** "
@@ -103,7 +119,7 @@ for i, (photo, upload) in enumerate(zip(photos, uploads)):
                         if added.saved or added.already_there:
                             st.success(f"Added to {where}." if added.saved else f"Already in {where}.")
 
-folders = catalog.dataset_folders()
+folders = catalog.dataset_folders() if not presenting else []
 if folders:
     st.subheader("Photos most like these")
     folder = st.columns(3)[0].selectbox(

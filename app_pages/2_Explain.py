@@ -21,6 +21,7 @@ from carnet_core.explain.cams import (
     default_layer,
     estimate_seconds,
     spatial_layers,
+    stage_layers,
     usable_smoothing,
 )
 from carnet_core.explain.faithfulness import (
@@ -33,12 +34,23 @@ from carnet_core.explain.faithfulness import (
 from carnet_core.inference.predict import predict
 
 st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
-st.title("Explain")
-st.caption("Class activation maps (pytorch-grad-cam): which parts of the photo drove the prediction. "
-           "Heatmaps can be wrong — the faithfulness number tells how much the highlighted region alone supports the class.")
+presenting = ui.presenting()  # one photo per screen, large type; settings behind expanders
+if presenting:
+    stage = ui.stage()  # the stepper and the photo beside its heatmap, on top; the controls under them
+    setup = st.expander("Model and photo")
+else:
+    st.title("Explain")
+    st.caption("Class activation maps (pytorch-grad-cam): which parts of the photo drove the prediction. "
+               "Heatmaps can be wrong — the faithfulness number tells how much the highlighted region alone supports "
+               "the class.")
+    setup = st.container()
 
-model = ui.model_picker("explain_model")
-inputs = ui.image_inputs("explain", multiple=False)
+with setup:
+    model = ui.model_picker("explain_model")
+    inputs = ui.image_inputs("explain", multiple=False)
+if presenting and not inputs:
+    inputs = ui.gallery_inputs()  # a teacher steps through the sample gallery
+    inputs = [inputs[ui.stepper("explain_present_index", len(inputs), stage)]] if inputs else []
 if not inputs:
     st.info("Upload a photo, take one with the camera, or pick a sample from the gallery.")
     st.stop()
@@ -49,19 +61,28 @@ try:  # remembered for the session: a slider or colormap change does not decode 
 except CarNetError as exc:  # a file that is no image; an engine forced by $CARNET_ENGINE that this model cannot use
     st.error(ui.public(exc))
     st.stop()
-layers = list(spatial_layers(model))
-controls = st.columns(4)
+all_layers = list(spatial_layers(model))
+controls = st.columns(3 if presenting else 4)
 method = controls[0].selectbox("Method", METHODS, format_func=METHOD_NAMES.get, key="explain_method")
 method_name = METHOD_NAMES[method]
 class_options = [f"{c} ({p * 100:.1f}%)" for c, p in zip(top5.class_names, top5.probabilities)]
 picked = controls[1].selectbox("Class", class_options + ["other…"], key="explain_class")
 class_name = top5.class_names[class_options.index(picked)] if picked != "other…" else \
     controls[1].selectbox("Any class", model.class_names, key="explain_other_class")
+settings = st.expander("Details") if presenting else st.container()  # a classroom sees the map, not the knobs
+short = stage_layers(model)
+every = settings.toggle(f"All {len(all_layers)} layers", key="explain_all_layers",
+                        help="The picker lists the outputs of the last stages; every module with a spatial output "
+                             "is here.")
+layers = all_layers if every else short
+if st.session_state.get("explain_layer") not in layers:  # a layer picked from the long list, which is now short
+    st.session_state.pop("explain_layer", None)
 layer = controls[2].selectbox("Target layer", layers, index=layers.index(default_layer(model)), key="explain_layer",
                               help="Default: the last block with spatial output for this architecture family.")
-alpha = controls[3].slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
-colormap = controls[3].selectbox("Colormap", COLORMAPS, key="explain_colormap")
-smoothing = st.columns(4)
+knobs = settings if presenting else controls[3]
+alpha = knobs.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="explain_alpha")
+colormap = knobs.selectbox("Colormap", COLORMAPS, key="explain_colormap")
+smoothing = settings.columns(4)
 eigen = smoothing[1].toggle("Eigen smoothing", key="explain_eigen_smooth",
                             help="The first principal component of the weighted activations instead of their sum: "
                                  "less noise (pytorch-grad-cam's eigen_smooth).")
@@ -88,6 +109,18 @@ except CarNetError as exc:
     st.error(ui.public(exc))
     st.stop()
 
+if presenting:  # the photo and its heatmap side by side, the sentence under them; the rest is for a desk
+    st.html("<style>.st-key-present_stage [data-testid='stImage'] img { max-height: 40vh; }</style>")
+    original, over, verdict = stage.columns(3)
+    original.image(result.image, caption=ui.photo_caption(photo.name, "What the model sees"), width="stretch")
+    overlay_image = result.overlay(alpha, colormap)
+    over.image(overlay_image, caption=f"{method_name} · {result.class_name}", width="stretch")
+    verdict.markdown(result.faithfulness_text()[0].upper() + result.faithfulness_text()[1:] + ".")
+    settings.caption(f"Faithfulness: pytorch-grad-cam's CamMultImageConfidenceChange · layer {result.layer} · "
+                     f"{result.latency_ms:.0f} ms")
+    if note := model.view_of(size).note():
+        settings.caption(note)
+    st.stop()
 original, heat, over = st.columns(3)
 original.image(result.image, caption=ui.photo_caption(photo.name, "What the model sees (resized, center-cropped)"),
                width="stretch")

@@ -12,6 +12,7 @@ from carnet_core.errors import count
 from carnet_core.evaluation.cards import ACCURACY_KINDS, cost_points, table_row
 from carnet_core.evaluation.metrics import top5_informative
 from carnet_core.inference.export import export_bundle
+from carnet_core.inference.selection import stored_engine_text
 from carnet_core.models.checkpoints import public_checkpoint
 from carnet_core.models.refs import ModelRef
 from carnet_core.models.registry import list_models
@@ -97,6 +98,8 @@ if cost:
                                                  "real ones do (the same network)."))
 if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
     model = ui.model_or_stop(pick)
+    if engine_text := stored_engine_text(model):
+        st.caption(engine_text)
     down = st.container(horizontal=True)
     down.download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",
                          file_name=f"{model.name}-onnx.zip", key="models_onnx",

@@ -1,7 +1,7 @@
 """CarNet benchmark: batch-1 classify latency per default model, next to plain timm eager fp32 and plain ONNX Runtime
 fp32, same run.
 
-    python bench/benchmark.py [--repeats 30] [--models efficientnet_lite0,...] [--photos DIR] [--compile]
+    python bench/benchmark.py [--repeats 30] [--models efficientnet_lite0,...] [--calibration DIR [--mapping FILE]] [--compile]
 
 Latency does not depend on the weights' values, so models without weights on this machine run with random
 weights. "timm eager" is a plain ``timm.create_model`` network (NCHW, fp32) called under ``torch.no_grad()`` on the
@@ -17,9 +17,11 @@ would write it: timm's eval transform on the same PIL image, then the session. A
 are medians in ms; ratios: CarNet / ORT (model time; target <= 1.0), timm eager / CarNet (speed-up) and CarNet +
 preprocessing / ORT + timm preprocessing (the whole step).
 
-``--photos DIR`` (default: ../shared/data/stanford_cars_40/val when present) gives the real photos on which the
-reduced-precision candidates (bf16, int8) must keep the top-5 classes and the top-1 probability; each model's
-candidate table is printed. ``--compile`` also times ``torch.compile`` (inductor, fp32) and its compile time.
+``--calibration DIR`` (default: ../shared/data/stanford_cars_40/val when present; ``--mapping FILE`` for an
+ImageNet model on other classes) is the labelled set of the reduced-precision candidates' (bf16, int8) accuracy gate:
+≥ 99 % of fp32's top-1 accuracy (a vehicle at top-1 on car photos without a mapping), the same top-1 on ≥ 98 % of the
+photos, top-1 probability within 0.05 on average; each model's candidate table — accuracy and batch-1 ms side by
+side — is printed. ``--compile`` also times ``torch.compile`` (inductor, fp32) and its compile time.
 
 Then throughput at batch 1, 8, 32 (images/s, model time; CarNet next to the ORT anchor given the whole batch in one
 call), Grad-CAM per method and model next to one forward pass
@@ -44,7 +46,9 @@ from PIL import Image  # noqa: E402
 
 from carnet_core import CarNetError, list_models, load_model  # noqa: E402
 from carnet_core.inference.export import cached_export
-from carnet_core.inference.parity import median_ms, parity_photos
+from carnet_core.inference.gate_set import labelled_photos
+from carnet_core.inference.parity import median_ms
+from carnet_core.models.labels import load_mapping
 from carnet_core.inference.selection import select_engine
 from carnet_core.inference.predict import predict, predict_probabilities  # noqa: E402
 
@@ -139,8 +143,10 @@ def main() -> None:
     parser.add_argument("--cam-repeats", type=int, default=5)
     parser.add_argument("--expensive", action="store_true", help="also time ScoreCAM and AblationCAM")
     parser.add_argument("--models", default=",".join(s.name for s in list_models(default_only=True)))
-    parser.add_argument("--photos", default=str(DEFAULT_PHOTOS) if DEFAULT_PHOTOS.is_dir() else None,
-                        help="real photos for the bf16 / int8 parity gate (none: those candidates are not tried)")
+    parser.add_argument("--calibration", default=str(DEFAULT_PHOTOS) if DEFAULT_PHOTOS.is_dir() else None,
+                        help="labelled photos (class folders) for the bf16 / int8 accuracy gate (none: those "
+                             "candidates are not tried)")
+    parser.add_argument("--mapping", help="folder class -> model classes (JSON/CSV) for ImageNet models")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
     args = parser.parse_args()
 
@@ -148,10 +154,10 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
-    photos = parity_photos(args.photos) if args.photos else []
+    mapping = load_mapping(args.mapping) if args.mapping else None
     print(f"# CarNet benchmark — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, batch 1, median of {args.repeats}; parity photos: "
-          f"{f'{len(photos)} from {args.photos}' if photos else 'none (bf16/int8 not tried)'}")
+          f"torch {torch.__version__}, batch 1, median of {args.repeats}; accuracy gate set: "
+          f"{args.calibration or 'none (bf16/int8 not tried)'}")
     rows, forward_ms = [], {}
     for name in args.models.split(","):
         try:
@@ -168,7 +174,8 @@ def main() -> None:
             with torch.no_grad():
                 plain(x)
 
-        choice = select_engine(model, photos=photos)
+        gate_set = labelled_photos(model, args.calibration, mapping) if args.calibration else None
+        choice = select_engine(model, calibration=gate_set)
         print(f"\n## {name}: {choice.reason}\n{choice.table()}", flush=True)
         ort_session = anchor_session(model)
         xn = x.cpu().numpy()

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 
 def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], title: str | None = None,
-                    height_px: int | None = None) -> go.Figure:
+                    height_px: int | None = None, font_px: int | None = None) -> go.Figure:
     """Horizontal bar chart of top-k classes, most probable on top, labelled with percentages.
 
     Args:
@@ -18,6 +18,7 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
         probabilities: their probabilities in [0, 1].
         title: optional chart title.
         height_px: figure height in px (default: 40 px per bar + margins).
+        font_px: text size in px (default Plotly's 12; presentation mode: large, with bars to match).
     """
     names = list(class_names)[::-1]
     pct = [p * 100 for p in probabilities][::-1]
@@ -29,6 +30,12 @@ def topk_bar_figure(class_names: Sequence[str], probabilities: Sequence[float], 
     fig.update_layout(title=title, height=height_px or max(40 * len(names) + 90, 170),  # one bar: room for its axis
                       margin=dict(l=0, r=10, t=30 if title else 10, b=0),
                       xaxis=dict(range=[0, 100], title="probability (%)"), yaxis=dict(automargin=True))
+    if font_px:
+        dark = dict(color="#111", size=font_px)
+        fig.update_layout(font=dark, title_font_size=round(font_px * 1.2), xaxis_tickfont=dark,
+                          yaxis_tickfont=dark, xaxis_title_font=dark, xaxis_tickvals=[0, 50, 100],
+                          margin=dict(l=0, r=2 * font_px, t=round(2.2 * font_px), b=0),
+                          height=height_px or max(round(3.4 * font_px) * len(names) + 110, 200))
     return fig
 
 

@@ -13,7 +13,10 @@
 | ``CARNET_OFFLINE`` / ``HF_HUB_OFFLINE`` | never touch the network | off |
 | ``CARNET_DEVICE`` | torch device name (``cpu``, ``cuda:1``) | first CUDA GPU, else the CPU |
 | ``CARNET_ENGINE`` | force an inference engine everywhere | ``auto`` |
-| ``CARNET_PARITY_PHOTOS`` | real photos for the reduced-precision gate | none |
+| ``CARNET_PARITY_PHOTOS`` | real photos for the fp32 engines' parity check | none |
+| ``CARNET_CALIBRATION`` | labelled photos (class folders) for the reduced-precision accuracy gate | none |
+| ``CARNET_CALIBRATION_MAPPING`` | its folder class → model classes file, for ImageNet models | none |
+| ``CARNET_ENGINE_FIRST`` | the app measures a model's engine before its first prediction (not in the background) | off |
 
 Values are read on every call (tests and a host's config may change them at run time); a blank value counts as
 unset. Nothing here imports torch.
@@ -158,8 +161,20 @@ def forced_engine() -> str:
 
 
 def parity_photos_dir() -> str:
-    """``$CARNET_PARITY_PHOTOS``: a folder of real photos for the reduced-precision gate (``""``: none)."""
+    """``$CARNET_PARITY_PHOTOS``: a folder of real photos for the fp32 engines' parity check (``""``: none)."""
     return env_text("CARNET_PARITY_PHOTOS")
+
+
+def calibration_set() -> tuple[str, str]:
+    """(``$CARNET_CALIBRATION``, ``$CARNET_CALIBRATION_MAPPING``): the labelled set of the reduced-precision accuracy
+    gate and its mapping file (``""``: none)."""
+    return env_text("CARNET_CALIBRATION"), env_text("CARNET_CALIBRATION_MAPPING")
+
+
+def measure_engine_first() -> bool:
+    """``$CARNET_ENGINE_FIRST``: the app measures a model's engine before its first prediction instead of in the
+    background (the behaviour before background measuring; the benchmark's baseline)."""
+    return env_flag("CARNET_ENGINE_FIRST")
 
 
 def server_folders() -> list[tuple[Path, str]]:

@@ -49,6 +49,18 @@ def _isolated_weights(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _engines_are_measured_before_use():
+    """app.py makes engine choices non-blocking for the process (measure_in_background); an AppTest of it must not
+    leave the tests after it classifying with torch while a measurement runs."""
+    yield
+    import sys
+
+    selection = sys.modules.get("carnet_core.inference.selection")
+    if selection is not None:
+        selection._background = False
+
+
+@pytest.fixture(autouse=True)
 def _no_job_worker_outlives_its_test():
     """A test that fails half-way must not leave a fine-tune worker training for minutes beside the next tests."""
     yield

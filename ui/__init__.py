@@ -12,13 +12,15 @@ from ui.models import (RANDOM_WEIGHTS, available_model_names, cached_cost, cache
                        device_label, fine_tuned, has_gpu, input_view, measure, model_card, model_or_stop, model_picker,
                        model_title, model_titles, weights_status)
 from ui.photos import (GALLERY_THUMBNAIL_PX, GALLERY_THUMBNAILS, MAX_PHOTOS, PHOTO_UPLOAD_MB, Photo, digest,
-                       gallery_thumbnail, image_inputs, photo_caption, photo_credit, sample_title)
+                       gallery_inputs, gallery_thumbnail, image_inputs, photo_caption, photo_credit, sample_title)
+from ui.present import PRESENT_CHART_PX, presentation_toggle, presenting, stage, stepper
 from ui.session import (EXPLANATIONS_KEPT, classified, dataset_report, epoch_estimate, explanation, first_measurable,
                         keep_result, kept_result, public, remembered)
 
 __all__ = ["PHOTOS_PER_PAGE", "photo_grid", "MAX_HOVER_THUMBNAILS", "hover_thumbnails", "show_on_hover", "RANDOM_WEIGHTS", "available_model_names", "cached_cost", "cached_model", "class_names_command",
            "device_label", "fine_tuned", "has_gpu", "input_view", "measure", "model_card", "model_or_stop",
            "model_picker", "model_title", "model_titles", "weights_status", "GALLERY_THUMBNAIL_PX",
-           "GALLERY_THUMBNAILS", "MAX_PHOTOS", "PHOTO_UPLOAD_MB", "Photo", "classified", "digest", "gallery_thumbnail",
+           "GALLERY_THUMBNAILS", "MAX_PHOTOS", "PHOTO_UPLOAD_MB", "Photo", "classified", "digest", "gallery_inputs",
+           "gallery_thumbnail", "PRESENT_CHART_PX", "presentation_toggle", "presenting", "stage", "stepper",
            "image_inputs", "photo_caption", "photo_credit", "sample_title", "EXPLANATIONS_KEPT", "dataset_report",
            "epoch_estimate", "explanation", "first_measurable", "keep_result", "kept_result", "public", "remembered"]

@@ -98,6 +98,18 @@ def image_inputs(key: str, multiple: bool = True) -> list[tuple[str, bytes]]:
     return chosen
 
 
+def gallery_inputs() -> list[tuple[str, bytes]]:
+    """Every sample-gallery photo as a (name, bytes) pair, in the gallery's order: what presentation mode steps
+    through when nothing else was given. Files that vanished since the folder was listed are left out."""
+    found = []
+    for path in list_images(gallery_dir()):
+        try:
+            found.append((path.name, path.read_bytes()))
+        except OSError:
+            continue
+    return found
+
+
 def digest(data: bytes) -> str:
     """SHA-256 of an image file's bytes (hex): what :func:`explanation` remembers a photo by."""
     return hashlib.sha256(data).hexdigest()

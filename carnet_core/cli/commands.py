@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -23,7 +24,8 @@ from carnet_core.data.datacheck import validate_splits
 from carnet_core.data.images import IMAGE_EXTENSIONS, load_image
 from carnet_core.data.readers import open_dataset
 from carnet_core.errors import CarNetError, WeightsNotFoundError, count
-from carnet_core.evaluation.compare import compare_on_folder, load_mapping
+from carnet_core.evaluation.compare import compare_on_folder
+from carnet_core.models.labels import load_mapping
 from carnet_core.evaluation.embeddings import PROJECTION_NAMES, dataset_features, knn_accuracy, neighbour_rows, project
 from carnet_core.evaluation.evaluate import evaluate, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import top5_text
@@ -33,7 +35,8 @@ from carnet_core.inference.engines import TorchEngine, onnxruntime_session, soft
 from carnet_core.inference.export import export_onnx
 from carnet_core.inference.parity import parity_photos
 from carnet_core.inference.predict import predict, prediction_table
-from carnet_core.inference.selection import select_engine
+from carnet_core.inference.gate_set import labelled_photos
+from carnet_core.inference.selection import select_engine, stored_engines, write_engine_choice
 from carnet_core.models import weights as W
 from carnet_core.models.catalog import list_checkpoints
 from carnet_core.models.loading import load_model, usable_weights
@@ -52,7 +55,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             status = f"MISSING — put a file at {W.weights_dir() / (spec.name + '.safetensors')}"
         except CarNetError as exc:  # the weights folder's file for it cannot be used
             status = f"UNUSABLE — {exc}"
-        rows.append({"kind": "registry", "name": spec.name, "arch": spec.arch, "family": spec.family,
+        rows.append({"kind": "registry", "engine": stored_engines().get(spec.name), "name": spec.name, "arch": spec.arch, "family": spec.family,
                      "head": spec.head, "labels": spec.label_set, "default": spec.default, "available": available,
                      "weights": status, "description": spec.description})
     checkpoints = list_checkpoints()  # the app's ★ models: fine-tunes, and CarNet checkpoints in weights/
@@ -68,6 +71,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  {'timm architecture':<22} {'labels':<12} weights")
     for r in registered:
         print(f"{r['name']:<{width}}  {r['arch']:<22} {r['labels']:<12} {r['weights']}")
+    engines = stored_engines()
+    if engines:
+        print("\nengines chosen on a labelled set (engines/export --calibration), used from then on:")
+        for name, e in sorted(engines.items()):
+            print(f"{name:<{width}}  {e['engine']:<17} measured {e['measured']}: {e['gate']}")
     if checkpoints:
         print("\nfine-tuned checkpoints (pass the path: predict IMG --checkpoint PATH, evaluate PATH DATA, "
               "compare FOLDER --models PATH,...):")
@@ -225,7 +233,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out or Path(f"{model.name}.onnx")
     if out.suffix != ".onnx":  # as a checkpoint must be .safetensors: what reads it goes by the name
         raise CarNetError(f"{out}: an ONNX export is a .onnx file")
+    gate_set = _gate_set(model, args)
     export_onnx(model, out)
+    if gate_set is not None:  # the engine is chosen now, on the labelled set, and stored with the export
+        choice = select_engine(model, calibration=gate_set)
+        print(f"engine: {choice.reason}\n{choice.table()}")
+        write_engine_choice(out, choice)
+        if choice.engine.name == "onnxruntime-int8":
+            shutil.copyfile(choice.engine.path, out.with_name(out.stem + "-int8.onnx"))
+            print(f"wrote {out.with_name(out.stem + '-int8.onnx')} (the int8 model that passed the gate)")
     session = onnxruntime_session(out)
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     logits, probs = (torch.from_numpy(a) for a in session.run(["logits", "probabilities"], {"input": x.numpy()}))
@@ -259,6 +275,15 @@ def export_checkpoint(model, out: Path | None) -> int:
     return 0
 
 
+def _gate_set(model, args: argparse.Namespace):
+    """The labelled set of ``--calibration`` (with ``--mapping``) for ``model``'s accuracy gate, or None."""
+    if not getattr(args, "calibration", None):
+        if getattr(args, "mapping", None):
+            raise CarNetError("--mapping goes with --calibration FOLDER (the labelled set it maps)")
+        return None
+    return labelled_photos(model, args.calibration, load_mapping(args.mapping) if args.mapping else None)
+
+
 def cmd_engines(args: argparse.Namespace) -> int:
 
     photos = None
@@ -269,7 +294,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
             return 2
     model = load_member(args.model, not args.no_hub, args.arch, args.classes)
     model.to("cpu")
-    choice = select_engine(model, photos=photos)
+    choice = select_engine(model, photos=photos, calibration=_gate_set(model, args))
     print(f"{model.name} on the CPU: {choice.reason}")
     print(choice.table())
     if hasattr(choice.engine, "batching"):  # ONNX Runtime decides how to run batches on the first one it gets

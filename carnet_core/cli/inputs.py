@@ -12,7 +12,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from carnet_core.data.images import IMAGE_EXTENSIONS, image_entries, list_images
+from carnet_core.data.images import IMAGE_EXTENSIONS, image_entries
 from carnet_core.errors import CarNetError, ClassNamesNeededError, count
 from carnet_core.models.catalog import list_checkpoints
 from carnet_core.models.checkpoints import WEIGHT_SUFFIXES, weights_in

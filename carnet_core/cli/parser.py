@@ -171,6 +171,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output file (default: the model's name, e.g. efficientnet_lite0.onnx; "
                                             "a model of classes of its own is named after them: "
                                             "mobilenetv2_100-cars6.safetensors)")
+    calibration_options(p)
     plain_weights_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -179,10 +180,22 @@ def _add_engines(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engines", help="measure the CPU inference engines for a model (parity gate, batch-1 ms) and "
                                        "show which one classification uses")
     checkpoint_argument(p, "model")
-    p.add_argument("--photos", help="folder of real photos for the bf16 / int8 parity gate (default "
-                                    "$CARNET_PARITY_PHOTOS; without photos those are not tried)")
+    p.add_argument("--photos", help="folder of real photos for the fp32 parity check (default $CARNET_PARITY_PHOTOS)")
+    calibration_options(p)
     plain_weights_options(p)
     p.set_defaults(func=cmd_engines)
+
+
+def calibration_options(p: argparse.ArgumentParser) -> None:
+    """``--calibration FOLDER`` and ``--mapping FILE``: the labelled set of the reduced-precision accuracy gate."""
+    p.add_argument("--calibration", type=Path, metavar="FOLDER",
+                   help="labelled photos (class folders; a dataset's val split) for the bf16 / int8 accuracy gate: "
+                        "≥ 99%% of fp32's top-1 accuracy, same top-1 on ≥ 98%% of photos; int8 is calibrated on "
+                        "every 4th photo. Without it, reduced precision is not tried. The choice is stored with the "
+                        "model's export and used from then on")
+    p.add_argument("--mapping", type=Path, help="folder class → model classes (JSON/CSV, see mappings/), for an "
+                                                "ImageNet model on other classes; without it an ImageNet model is "
+                                                "gated on the share of photos with a vehicle at top-1")
 
 
 def _add_validate_data(sub: argparse._SubParsersAction) -> None:

@@ -177,7 +177,7 @@ def _extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Pat
         except NotImplementedError as exc:  # zipfile: "That compression method is not supported"
             raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: {exc} (zip it again with the usual "
                                      "'deflate' compression)") from None
-        except RuntimeError as exc:  # zipfile: "File … is encrypted, password required for extraction"
+        except RuntimeError:  # zipfile: "File … is encrypted, password required for extraction"
             raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: it is encrypted") from None
         except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as exc:  # bad CRC, truncated, corrupt data
             raise UnsafeArchiveError(f"cannot read {_short(m.filename)}: the zip is damaged ({exc})") from None

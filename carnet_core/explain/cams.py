@@ -198,6 +198,19 @@ def default_layer(model: Classifier) -> str:
     return list(layers)[-1]
 
 
+def stage_layers(model: Classifier, n: int = 3) -> list[str]:
+    """A short list of meaningful target layers, in network order: the outputs of the last ``n`` stages (timm's
+    ``feature_info``: where each stage's resolution ends), then the default layer (:func:`default_layer`). For a
+    classroom picker; :func:`spatial_layers` lists them all (261 modules for EfficientNet-Lite0)."""
+    layers = spatial_layers(model)
+    info = getattr(model.module, "feature_info", None)
+    stages = [f["module"] for f in info] if isinstance(info, list) else []
+    stages = [name for name in stages if name in layers]
+    default = default_layer(model)
+    short = [name for name in stages[-n:] if name != default] + [default]
+    return short if len(short) > 1 else list(layers)[-n:]
+
+
 def resolve_layer(model: Classifier, layer: str | None) -> tuple[str, torch.nn.Module]:
     """(name, module) of the target layer; ``None`` → :func:`default_layer`.
 

@@ -254,6 +254,10 @@ class Classifier:
     #: The inference engine :func:`carnet_core.inference.engines.select_engine` chose for this model (kept here, not in a
     #: module-level table, so that a model the app's cache drops is freed with its ONNX Runtime sessions).
     _engine_choice: Any = field(default=None, init=False, repr=False, compare=False)
+    #: Held while an engine is decided for this model (one decision at a time; predictions meanwhile run on torch when
+    #: the decision runs in the background, see :func:`carnet_core.inference.selection.measure_in_background`).
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _engine_thread: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:

@@ -184,3 +184,61 @@ def _class_names_from_path(path: Path, order: str) -> list:
     while lines and not lines[-1].strip():
         lines.pop()
     return [line.strip() for line in lines]
+
+
+def load_mapping(path: str | Path) -> dict[str, list[str]]:
+    """Read a mapping folder class → model classes.
+
+    JSON: ``{"pickup": ["pickup"], "car": ["sports car", "convertible"]}``. CSV: rows ``folder class,model class``
+    (one model class per row, a folder class may repeat; a header row ``folder_class,model_class`` is skipped).
+
+    Raises:
+        CarNetError: unreadable file or wrong structure.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CarNetError(f"cannot read mapping file {path}: {exc}") from None
+    return parse_mapping(text, path)
+
+
+def mapping_from_bytes(data: bytes, name: str) -> dict[str, list[str]]:
+    """A mapping from an uploaded file's bytes (``name``: its file name, whose suffix says JSON or CSV).
+
+    Raises:
+        CarNetError: not UTF-8 text, or a wrong structure.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CarNetError(f"{name}: not a text file ({exc.reason})") from None
+    return parse_mapping(text, Path(name))
+
+
+def parse_mapping(text: str, path: Path) -> dict[str, list[str]]:
+    """A mapping from the text of a JSON or CSV file (``path``'s suffix says which; its name is in the messages).
+
+    Raises:
+        CarNetError: a wrong structure.
+    """
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CarNetError(f"{path.name}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise CarNetError(f"{path.name}: expected an object {{folder class: [model classes]}}")
+        for k, v in raw.items():
+            if not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise CarNetError(f"{path.name}: {k!r} maps to {json.dumps(v)}; give a model class name or a list of "
+                                  f"them, e.g. {{{json.dumps(k)}: [\"sports car\", \"convertible\"]}}")
+        return {str(k): [v] if isinstance(v, str) else v for k, v in raw.items()}
+    mapping: dict[str, list[str]] = {}
+    for row in csv.reader(text.splitlines()):
+        if not row or row[0].startswith("#") or [c.strip() for c in row[:2]] == ["folder_class", "model_class"]:
+            continue
+        if len(row) < 2:
+            raise CarNetError(f"{path.name}: each row needs 'folder class,model class', got {row}")
+        mapping.setdefault(row[0].strip(), []).append(row[1].strip())
+    return mapping

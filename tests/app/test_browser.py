@@ -63,37 +63,95 @@ def dot_position(page, box: str, trace: int, point: int) -> list:
                     t.customdata[point]]; }""", [trace, point])
 
 
-def test_a_click_on_a_confusion_cell_and_a_hover_on_the_map(browser, tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with app_server(tmp_path_factory.mktemp("browser")) as url:
+        yield url
+
+
+def test_a_click_on_a_confusion_cell_and_a_hover_on_the_map(browser, server):
     """Evaluate in Chromium: clicking a confusion-matrix cell opens exactly that cell's photos, the tab stays open,
     and hovering a dot of the embedding map shows that photo's picture beside the mouse."""
-    with app_server(tmp_path) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/evaluate")
-        page.get_by_role("button", name="Evaluate", exact=True).click(timeout=300_000)
-        page.get_by_role("tab", name="Confusion").click(timeout=300_000)
-        heatmap = "[data-testid=stTabPanel]:visible .js-plotly-plot"
-        page.locator(heatmap).scroll_into_view_if_needed()
-        x, y, cell = dot_position(page, heatmap, 1, 0)  # trace 1: the clickable marker of each non-empty cell
-        true_class, predicted, images = cell[:3]
-        page.mouse.click(x, y)
-        expected = f"{images} photo{'s' if images != 1 else ''}, labelled {true_class}, predicted {predicted}"
-        page.get_by_text(expected).wait_for(timeout=60_000)
-        assert page.get_by_role("tab", name="Confusion").get_attribute("aria-selected") == "true"
+    url = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/evaluate")
+    page.get_by_role("button", name="Evaluate", exact=True).click(timeout=300_000)
+    page.get_by_role("tab", name="Confusion").click(timeout=300_000)
+    heatmap = "[data-testid=stTabPanel]:visible .js-plotly-plot"
+    page.locator(heatmap).scroll_into_view_if_needed()
+    x, y, cell = dot_position(page, heatmap, 1, 0)  # trace 1: the clickable marker of each non-empty cell
+    true_class, predicted, images = cell[:3]
+    page.mouse.click(x, y)
+    expected = f"{images} photo{'s' if images != 1 else ''}, labelled {true_class}, predicted {predicted}"
+    page.get_by_text(expected).wait_for(timeout=60_000)
+    assert page.get_by_role("tab", name="Confusion").get_attribute("aria-selected") == "true"
 
-        page.get_by_role("tab", name="Embedding map").click()
-        page.get_by_text("t-SNE", exact=True).click()
-        page.get_by_role("button", name="Make the map").click()
-        page.get_by_text("hover a dot to see its photo").wait_for(timeout=120_000)
-        chart = ".st-key-evaluate_map_box .js-plotly-plot"
-        page.locator(chart).scroll_into_view_if_needed()
-        time.sleep(1)  # the hover listener attaches once Plotly has drawn the chart
-        x, y, row = dot_position(page, chart, 0, 0)
-        page.mouse.move(x - 8, y - 8)
-        page.mouse.move(x, y)
-        tip = page.locator("#carnet-hover-evaluate_map_box")
-        tip.wait_for(state="visible", timeout=10_000)
-        assert tip.get_attribute("src").startswith("data:image/jpeg;base64,")
-        page.mouse.move(10, 10)
-        tip.wait_for(state="hidden", timeout=10_000)
-        page.close()
+    page.get_by_role("tab", name="Embedding map").click()
+    page.get_by_text("t-SNE", exact=True).click()
+    page.get_by_role("button", name="Make the map").click()
+    page.get_by_text("hover a dot to see its photo").wait_for(timeout=120_000)
+    chart = ".st-key-evaluate_map_box .js-plotly-plot"
+    page.locator(chart).scroll_into_view_if_needed()
+    time.sleep(1)  # the hover listener attaches once Plotly has drawn the chart
+    x, y, row = dot_position(page, chart, 0, 0)
+    page.mouse.move(x - 8, y - 8)
+    page.mouse.move(x, y)
+    tip = page.locator("#carnet-hover-evaluate_map_box")
+    tip.wait_for(state="visible", timeout=10_000)
+    assert tip.get_attribute("src").startswith("data:image/jpeg;base64,")
+    page.mouse.move(10, 10)
+    tip.wait_for(state="hidden", timeout=10_000)
+    page.close()
 
+
+def _bottom(page, selector: str) -> float:
+    return page.locator(selector).first.evaluate("e => e.getBoundingClientRect().bottom")
+
+
+def _truncated(page) -> list[str]:
+    """Texts of buttons, labels and select boxes on screen that are cut off (wider than their box)."""
+    return page.evaluate("""() => [...document.querySelectorAll(
+        '[data-testid=stMain] button p, [data-testid=stMain] [data-testid=stWidgetLabel] p, ' +
+        '[data-testid=stMain] [data-baseweb=select] div[value], [data-testid=stMain] [data-testid=stMarkdown] p')]
+        .filter(e => e.getClientRects().length && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+
+
+def test_presentation_mode_on_a_projector(browser, server):
+    """?present=1 in Chromium at 1280×720 and 150 % zoom (853×480 CSS px): the sidebar starts folded, ← → and
+    PageUp / PageDown step through the gallery, one whole result (photo, credit, bars; on Explain the photo, its heatmap
+    and the faithfulness sentence) fits the screen, and no button, label or box is cut off."""
+    page = browser.new_page(viewport={"width": 853, "height": 480}, device_scale_factor=1.5)
+    page.goto(f"{server}/classify?present=1")
+    page.get_by_text("Photo 1 of 22").wait_for(timeout=300_000)
+    page.locator(".st-key-present_stage .js-plotly-plot .bars").wait_for(timeout=120_000)
+    assert page.locator("[data-testid=stExpandSidebarButton]").is_visible()  # shown only while the sidebar is folded
+    assert _bottom(page, ".st-key-present_stage [data-testid=stImageCaption]") <= 480
+    assert _bottom(page, ".st-key-present_stage .js-plotly-plot") <= 480
+    assert not _truncated(page)
+    page.keyboard.press("ArrowRight")
+    page.get_by_text("Photo 2 of 22").wait_for(timeout=60_000)
+    page.keyboard.press("PageDown")
+    page.get_by_text("Photo 3 of 22").wait_for(timeout=60_000)
+    page.keyboard.press("PageUp")
+    page.get_by_text("Photo 2 of 22").wait_for(timeout=60_000)
+    page.keyboard.press("ArrowLeft")
+    page.get_by_text("Photo 1 of 22").wait_for(timeout=60_000)
+    page.keyboard.press("ArrowLeft")  # wraps around
+    page.get_by_text("Photo 22 of 22").wait_for(timeout=60_000)
+
+    page.goto(f"{server}/explain?present=1")
+    page.get_by_text("Keeping only the highlighted region").wait_for(timeout=300_000)
+    assert _bottom(page, ".st-key-present_stage [data-testid=stImage] >> nth=1") <= 480
+    assert _bottom(page, ".st-key-present_stage [data-testid=stMarkdown] >> nth=-1") <= 480
+    assert not _truncated(page)
+    page.screenshot(path=str(Path(server_shots()) / "explain-present.png"))
+    page.close()
+
+
+def server_shots() -> Path:
+    """Where the browser tests leave their screenshots for a person to look at (a temporary folder)."""
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "carnet-browser-shots"
+    folder.mkdir(exist_ok=True)
+    return folder

@@ -389,20 +389,21 @@ def test_an_engine_that_cannot_be_used_is_a_message(car_photos, monkeypatch):
     fails its gate: Classify and Explain showed a traceback on every photo, and Models' "Measure" a RuntimeError
     holding the measuring process's traceback."""
     monkeypatch.setenv("CARNET_ENGINE", "torch-bf16")
-    monkeypatch.delenv("CARNET_PARITY_PHOTOS", raising=False)
+    monkeypatch.delenv("CARNET_CALIBRATION", raising=False)
     for page, upload in (("1_Classify.py", [("car.jpg", car_photos[0].read_bytes(), "image/jpeg")]),
                          ("2_Explain.py", ("car.jpg", car_photos[0].read_bytes(), "image/jpeg"))):
         at = AppTest.from_file(str(ROOT / "app_pages" / page), default_timeout=TIMEOUT).run()
         at.file_uploader[0].set_value(upload).run()
         assert not at.exception, (page, at.exception)
-        assert any("torch-bf16 is used only after a parity check" in e.value for e in at.error), page
+        assert any("torch-bf16 is used only after the accuracy gate" in e.value for e in at.error), page
     at = AppTest.from_file(str(ROOT / "app_pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
     at.selectbox(key="models_pick").set_value("efficientnet_lite0").run()
     at.button(key="models_measure").click().run()  # measured in a fresh process, which inherits the setting
     assert not at.exception, at.exception
-    assert [e.value for e in at.error] == ["measuring efficientnet_lite0 failed: torch-bf16 is used only after a "
-                                           "parity check on real photos: pass photos= or set CARNET_PARITY_PHOTOS to "
-                                           "a folder with at least 4 photos"]
+    assert [e.value for e in at.error] == ["measuring efficientnet_lite0 failed: torch-bf16 is used only after the "
+                                           "accuracy gate on a labelled set of real photos: pass calibration= (the "
+                                           "CLI's --calibration FOLDER) or set CARNET_CALIBRATION to a folder of "
+                                           "class folders with at least 16 photos"]
 
 
 def _with_mobilenet(tmp_path, monkeypatch):

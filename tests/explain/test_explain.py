@@ -319,3 +319,10 @@ def test_the_method_table_is_the_one_the_cli_and_the_page_read():
     explain = build_parser()._subparsers._group_actions[0].choices["explain"]
     method = next(a for a in explain._actions if a.dest == "method")
     assert tuple(method.choices) == METHODS
+
+
+def test_the_short_layer_list_is_the_last_stages_and_the_default(lite0):
+    from carnet_core.explain.cams import stage_layers
+
+    assert stage_layers(lite0) == ["blocks.2", "blocks.4", "blocks.6", "bn2"]
+    assert stage_layers(tiny_model("resnet")) == ["layer2", "layer3", "layer4"]

@@ -1,0 +1,89 @@
+"""The torch-free CAMs (closed forms at a GAP + linear head) equal pytorch-grad-cam's maps on the same model and
+photo, per method, on three architectures."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import CARS_VAL, need
+from PIL import Image
+
+from carnet_core import CarNetError
+from carnet_core.explain.cams import explain, resolve_layer
+from carnet_core.explain.closed_form import CLOSED_FORM_METHODS, closed_form_cam, logit_gradient, resize_bilinear
+from test_explain import tiny_model
+
+
+def _features_and_logits(model, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The target layer's output (C, h, w) and the logits (num_classes,), from one forward pass."""
+    _, layer = resolve_layer(model, None)
+    caught = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+    try:
+        with torch.inference_mode():
+            logits = model.module(model.preprocess([image]))
+    finally:
+        handle.remove()
+    return caught[0][0].numpy(), logits[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def cases(lite0):
+    """(name, model, photo): EfficientNet-Lite0 with its ImageNet weights on a real car photo; random ResNet-18 and
+    MobileNetV2 at 224 px on another real photo (the closed forms do not depend on the weights)."""
+    photos = sorted(need(CARS_VAL).glob("*/*.jpg"))
+    resnet, mobilenet = tiny_model("resnet", 40, 224), tiny_model("mobilenetv2", 40, 224)
+    return [("efficientnet_lite0", lite0, Image.open(photos[0]).convert("RGB")),
+            ("resnet18", resnet, Image.open(photos[7]).convert("RGB")),
+            ("mobilenetv2_050", mobilenet, Image.open(photos[13]).convert("RGB"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", CLOSED_FORM_METHODS)
+def test_each_method_equals_pytorch_grad_cam(cases, method):
+    for name, model, image in cases:
+        activations, logits = _features_and_logits(model, image)
+        weight = model.module.get_classifier().weight.detach().numpy()
+        size = tuple(model.data_config["input_size"][1:])
+        for index in (None, int(np.argsort(logits)[-3])):  # the top-1 and the third class
+            if method == "finercam" and index is not None:
+                continue  # the page asks FinerCAM for the top-1 only
+            ours, explained = closed_form_cam(method, activations, weight, logits, index, size)
+            theirs = explain(model, image, method, class_name=None if index is None else model.class_names[index])
+            assert explained == theirs.class_index
+            assert ours.shape == theirs.heatmap.shape == size
+            assert np.abs(ours - theirs.heatmap).max() <= 1e-4, (name, method, index)
+            assert ours.max() == pytest.approx(1.0, abs=1e-6) and ours.min() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_eigen_smoothing_equals_pytorch_grad_cam(cases):
+    name, model, image = cases[0]
+    activations, logits = _features_and_logits(model, image)
+    weight = model.module.get_classifier().weight.detach().numpy()
+    ours, _ = closed_form_cam("gradcam", activations, weight, logits, None, (224, 224), eigen_smooth=True)
+    theirs = explain(model, image, "gradcam", eigen_smooth=True)
+    assert np.abs(ours - theirs.heatmap).max() <= 1e-4
+
+
+def test_finer_gradient_matches_autograd():
+    z = torch.tensor([2.0, 1.5, 1.4, -0.3, 1.9, 0.2], dtype=torch.float64, requires_grad=True)
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+    FinerWeightedTarget(0, [4, 1, 2], 1.0)(z).backward()
+    assert np.allclose(logit_gradient("finercam", z.detach().numpy(), 0), z.grad.numpy(), atol=1e-12)
+    assert np.array_equal(logit_gradient("gradcam", z.detach().numpy(), 3), np.eye(6)[3])
+
+
+def test_resize_is_opencv_bilinear():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for src, dst in [((7, 7), (224, 224)), ((9, 9), (260, 260)), ((5, 8), (33, 17))]:
+        image = rng.random(src).astype(np.float32)
+        assert np.abs(resize_bilinear(image, dst) - cv2.resize(image, dst[::-1])).max() < 1e-6
+
+
+def test_bad_shapes_and_methods_are_refused():
+    with pytest.raises(CarNetError, match="no closed form"):
+        closed_form_cam("scorecam", np.ones((4, 2, 2)), np.ones((3, 4)), np.ones(3))
+    with pytest.raises(CarNetError, match="do not fit"):
+        closed_form_cam("gradcam", np.ones((4, 2, 2)), np.ones((3, 5)), np.ones(3))
