@@ -9,17 +9,22 @@ import streamlit as st
 
 import ui
 from carnet_core import CarNetError
-from carnet_core.charts import runs_overlay_figure, training_curves_figure
+from carnet_core.charts import runs_overlay_figure, topk_bar_figure, training_curves_figure
 from carnet_core.config import data_root, hosted_mode
 from carnet_core.data import catalog
 from carnet_core.data.datacheck import too_few_classes
-from carnet_core.data.images import list_images
+from carnet_core.data.images import list_images, load_image
 from carnet_core.data.uploads import add_class_photos, class_counts, remove_class
 from carnet_core.errors import count, duration_text
-from carnet_core.models.refs import ModelRef
+from carnet_core.inference.predict import predict
+from carnet_core.models.labels import IMAGENET_1K
+from carnet_core.models.refs import CHECKPOINT_PREFIX, ModelRef
 from carnet_core.models.registry import HEAD_TITLES, HEADS, get_spec
 from carnet_core.training.config import IMAGE_SIZES, default_img_size, page_recipe
 from carnet_core.training.jobs import FINISHED, JobRunner
+from carnet_core.training.teach import QuickTeacher, save_quick_model
+
+QUICK_BACKBONE = "efficientnet_lite0"  # the quick model's default backbone: real weights offline, fast features
 
 st.set_page_config(page_title="CarNet · Fine-tune", page_icon="🚗", layout="wide")
 st.title("Fine-tune")
@@ -82,6 +87,59 @@ def live_panel() -> None:
 
 live_panel()
 
+def teacher() -> QuickTeacher:
+    """The session's quick-model teacher for the chosen backbone: photo features kept as the photos are added."""
+    name = st.session_state.get("finetune_quick_backbone", QUICK_BACKBONE)
+    kept = st.session_state.get("_quick_teacher")
+    if kept is None or kept[0] != name:
+        kept = (name, QuickTeacher(ui.model_or_stop(name)))
+        st.session_state["_quick_teacher"] = kept
+    return kept[1]
+
+
+def quick_model_panel(built: Path) -> None:
+    """Teach in 20 seconds: a linear head on the backbone's features of the photos so far, then try it."""
+    with st.container(border=True):
+        st.markdown("**Quick model** — a new head on the backbone's features of these photos, in about a second. "
+                    "Try it here; fine-tune fully below when you want more.")
+        left, right = st.columns([2, 1], vertical_alignment="bottom")
+        backbones = [n for n in ui.available_model_names()[0]
+                     if not ModelRef.parse(n).is_checkpoint and get_spec(n).label_set == IMAGENET_1K]
+        left.selectbox("Backbone", backbones, key="finetune_quick_backbone",
+                       index=backbones.index(QUICK_BACKBONE) if QUICK_BACKBONE in backbones else 0)
+        if right.button("Train the quick model", key="finetune_quick_train", type="primary"):
+            try:
+                with st.spinner("Computing the features of new photos…"):
+                    refused = teacher().sync(built)
+                result = teacher().fit(built.name)
+                path = save_quick_model(result)
+            except CarNetError as exc:
+                st.error(ui.public(exc))
+            else:
+                for name, reason in refused:
+                    st.warning(f"Left out — {reason}")
+                st.session_state["_quick_result"] = (str(path), result.fit_s, result.train_top1, result.photos)
+        kept = st.session_state.get("_quick_result")
+        if kept and Path(kept[0]).exists():
+            path, fit_s, train_top1, photos = kept
+            st.success(f"Trained in {fit_s:.1f} s on {count(sum(photos.values()), 'photo')} of "
+                       f"{count(len(photos), 'class', 'classes')}; it is in every model picker as ★ "
+                       f"{Path(path).stem}.")
+            shot = st.camera_input("Try it: take a photo", key="finetune_quick_try_camera") \
+                if st.session_state.get("finetune_build_camera") else None
+            tried = shot or st.file_uploader("Try it: a photo", key="finetune_quick_try_upload",
+                                             max_upload_size=ui.PHOTO_UPLOAD_MB)
+            if tried is not None:
+                model = ui.model_or_stop(f"{CHECKPOINT_PREFIX}{path}")
+                try:
+                    pred = predict(model, [load_image(tried.getvalue(), name=tried.name)], topk=len(photos))[0]
+                except CarNetError as exc:
+                    st.error(ui.public(exc))
+                else:
+                    st.plotly_chart(topk_bar_figure(pred.class_names, pred.probabilities, title=pred.heading),
+                                    width="stretch", key="finetune_quick_bars")
+
+
 # --- a new fine-tune --------------------------------------------------------------------------------------------
 st.subheader("New fine-tune")
 source = st.radio("Dataset", ["Folder under the data root", "Upload a zip of class folders",
@@ -110,6 +168,8 @@ if source.startswith("Build"):
         given = [(f.name, f.getvalue()) for f in photos or []] + ([(snap.name, snap.getvalue())] if snap else [])
         try:
             result = add_class_photos(built, class_name, given) if given else None
+            if result is not None:  # their features now, so that a quick model costs only its fit
+                teacher().sync(built)
         except CarNetError as exc:
             st.error(ui.public(exc))
         else:
@@ -140,6 +200,7 @@ if source.startswith("Build"):
         st.info(f"Add photos of at least two classes (about 10 or more each); they are kept in `{built}`.")
     else:
         dataset = built
+        quick_model_panel(built)
 elif source.startswith("Folder"):
     folders = catalog.dataset_folders()
     if not folders:

@@ -34,8 +34,9 @@ def first_photo(explicit: str | None) -> Path:
     raise SystemExit("no photo: pass --photo PATH")
 
 
-def one_server(photo: Path, engine_first: bool) -> tuple[float, float, float]:
-    """(server start → healthy s, upload → bars s for the first photo, the same for a second upload)."""
+def one_server(photo: Path, engine_first: bool) -> tuple[float, float, float, float]:
+    """(server start → healthy s, Classify opened → its uploader ready s (imports, model load), upload → bars s for
+    the first photo, the same for a second upload)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as cache:
@@ -45,8 +46,10 @@ def one_server(photo: Path, engine_first: bool) -> tuple[float, float, float]:
             started = time.perf_counter() - t0
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page()
+            t = time.perf_counter()
             page.goto(f"{url}/classify")
-            page.locator("input[type=file]").first.wait_for(timeout=120_000)
+            page.locator("input[type=file]").first.wait_for(state="attached", timeout=120_000)
+            ready = time.perf_counter() - t
             times = []
             for _ in range(2):
                 t = time.perf_counter()
@@ -54,9 +57,9 @@ def one_server(photo: Path, engine_first: bool) -> tuple[float, float, float]:
                 page.get_by_text("engine:").first.wait_for(timeout=300_000)
                 times.append(time.perf_counter() - t)
                 page.goto(f"{url}/classify")  # a new page run: the next upload is a new one
-                page.locator("input[type=file]").first.wait_for(timeout=120_000)
+                page.locator("input[type=file]").first.wait_for(state="attached", timeout=120_000)
             browser.close()
-    return started, times[0], times[1]
+    return started, ready, times[0], times[1]
 
 
 def main() -> int:
@@ -70,12 +73,13 @@ def main() -> int:
         for engine_first in (True, False):
             rows[engine_first].append(one_server(photo, engine_first))
     print(f"# first prediction on a fresh server (Procfile, empty cache), {photo.name}, {args.runs} runs each, s")
-    print(f"{'engine measured':<28} {'start→healthy':>14} {'first photo':>12} {'second photo':>13}")
+    print(f"{'engine measured':<28} {'start→healthy':>14} {'page→uploader':>14} {'first photo':>12} "
+          f"{'second photo':>13}")
     for engine_first, label in ((True, "before the first prediction"), (False, "in the background")):
         r = rows[engine_first]
         print(f"{label:<28} " + " ".join(f"{statistics.median(x[i] for x in r):>{w}.1f}"
-                                         for i, w in ((0, 14), (1, 12), (2, 13))))
-    first = statistics.median(x[1] for x in rows[False])
+                                         for i, w in ((0, 14), (1, 14), (2, 12), (3, 13))))
+    first = statistics.median(x[2] for x in rows[False])
     print(f"target: first photo ≤ 8 s from upload: {'met' if first <= 8 else 'NOT met'} ({first:.1f} s)")
     return 0
 

@@ -248,6 +248,21 @@ def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, 
     assert [m.value for m in at.metric][:3] == ["2", "8", "4"]  # the validation report of the new dataset
     assert not at.button(key="finetune_launch").disabled  # two classes of photos: ready to train
 
+    # teach in 20 seconds: the features were computed as the photos came in; the quick model costs only its fit
+    teacher = at.session_state["_quick_teacher"][1]
+    assert teacher.counts() == {"sports car": 6, "pickup": 6} and teacher.feature_s > 0
+    spent = teacher.feature_s
+    at.button(key="finetune_quick_train").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["_quick_teacher"][1].feature_s == spent  # nothing computed again
+    assert any(s.value.startswith("Trained in ") and "on 12 photos of 2 classes" in s.value for s in at.success)
+    quick = dirs.parent / "jobs" / "quick" / "my-cars-tf_efficientnet_lite0.safetensors"
+    assert quick.is_file()
+    try_it = next(u for u in at.get("file_uploader") if u.label == "Try it: a photo")
+    try_it.set_value((car_photos[1].name, car_photos[1].read_bytes(), "image/jpeg")).run()
+    chart = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]
+    assert sorted(chart["y"]) == ["pickup", "sports car"] and not at.exception
+
     at.text_input(key="finetune_build_name").set_value("../elsewhere").run()
     assert any("dataset name '../elsewhere': no / or" in e.value for e in at.error)
     at.text_input(key="finetune_build_name").set_value("my-cars").run()
