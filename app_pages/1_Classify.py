@@ -39,7 +39,15 @@ with setup:
         vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
                                   help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), "
                                        "useful when the top class is a car part such as 'grille' or 'car wheel'.")
-    inputs = ui.image_inputs("classify")
+    live = st.toggle("Live camera", key="classify_live",
+                     help="Classify the webcam's video as it runs, the top-5 drawn on the picture (WebRTC).")
+    inputs = [] if live else ui.image_inputs("classify")
+if live:
+    with stage if presenting else st.container():
+        heatmap = st.toggle("Grad-CAM overlay", key="classify_live_heatmap",
+                            help="The heatmap of the top class under the bars: about half the updates per second.")
+        ui.live_camera(model, "classify_live_video", heatmap=heatmap)
+    st.stop()
 if presenting and not inputs:
     inputs = ui.gallery_inputs()  # a teacher steps through the sample gallery
 if not inputs:

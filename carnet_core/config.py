@@ -16,6 +16,7 @@
 | ``CARNET_PARITY_PHOTOS`` | real photos for the fp32 engines' parity check | none |
 | ``CARNET_CALIBRATION`` | labelled photos (class folders) for the reduced-precision accuracy gate | none |
 | ``CARNET_CALIBRATION_MAPPING`` | its folder class → model classes file, for ImageNet models | none |
+| ``CARNET_STUN`` | STUN/TURN server URLs (comma-separated, or ``none``) for the live camera across networks | none; hosted: Google's public STUN |
 | ``CARNET_ENGINE_FIRST`` | the app measures a model's engine before its first prediction (not in the background) | off |
 
 Values are read on every call (tests and a host's config may change them at run time); a blank value counts as
@@ -169,6 +170,23 @@ def calibration_set() -> tuple[str, str]:
     """(``$CARNET_CALIBRATION``, ``$CARNET_CALIBRATION_MAPPING``): the labelled set of the reduced-precision accuracy
     gate and its mapping file (``""``: none)."""
     return env_text("CARNET_CALIBRATION"), env_text("CARNET_CALIBRATION_MAPPING")
+
+
+#: The STUN server a hosted demo's live camera offers visitors behind NAT (Google's public one).
+PUBLIC_STUN = "stun:stun.l.google.com:19302"
+
+
+def ice_servers() -> list[dict[str, list[str]]]:
+    """The WebRTC ICE servers of the live camera (RTCConfiguration's ``iceServers``): ``$CARNET_STUN`` (URLs,
+    comma-separated; ``none`` for none); else none on your own machine (browser and server on one host need none) and
+    :data:`PUBLIC_STUN` in hosted mode."""
+    setting = env_text("CARNET_STUN")
+    if setting.lower() == "none":
+        return []
+    urls = [u.strip() for u in setting.split(",") if u.strip()]
+    if not urls and hosted_mode():
+        urls = [PUBLIC_STUN]
+    return [{"urls": urls}] if urls else []
 
 
 def measure_engine_first() -> bool:
