@@ -9,7 +9,7 @@ import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
 from carnet_core.errors import count
-from carnet_core.evaluation.cards import ACCURACY_KINDS, cost_points, table_row
+from carnet_core.evaluation.cards import ACCURACY_KINDS, TABLE_COLUMNS, cost_points, table_row
 from carnet_core.evaluation.metrics import top5_informative
 from carnet_core.inference.export import export_bundle
 from carnet_core.inference.selection import stored_engine_text
@@ -67,7 +67,13 @@ if unmeasured:
         for message in failed:
             st.error(message)
 
-st.dataframe(table.drop(columns=["key"]), hide_index=True, width="stretch", placeholder="–")  # not measured yet
+st.dataframe(table[list(TABLE_COLUMNS)], hide_index=True, width="stretch", placeholder="–",  # "–": not measured yet
+             column_config={"model": st.column_config.TextColumn(pinned=True),  # stays while the rest scrolls
+                            "vehicle at top-1 on car photos (%)": st.column_config.NumberColumn(
+                                "car photos (%)", help="Share of 274 Stanford Cars val photos with a road vehicle "
+                                                       "at top-1, measured here (ImageNet models)"),
+                            "val top-1 (%)": st.column_config.NumberColumn(
+                                help="A fine-tune's validation top-1 on its own dataset")})
 
 st.subheader("Model card")
 pick = st.selectbox("Model", keys, format_func=title, key="models_pick")

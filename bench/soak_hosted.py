@@ -66,7 +66,11 @@ def procfile_server(**env_extra: str):
         yield f"http://127.0.0.1:{port}", streamlit_pid(port)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a session still connected can hold Streamlit's shutdown up
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def streamlit_pid(port: int) -> int:

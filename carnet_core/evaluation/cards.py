@@ -193,6 +193,13 @@ def _store_cost(key: str, fingerprint: str, result: dict[str, Any]) -> None:
             pass
 
 
+#: The Models table's columns, left to right: what a choice is made on first (cost and accuracy), what describes the
+#: network after, so that a narrow screen (a projector at 150 %) shows the deciding columns without scrolling.
+TABLE_COLUMNS: tuple[str, ...] = ("model", "params (M)", "GMACs", "latency (ms)", "vehicle at top-1 on car photos (%)",
+                                  "val top-1 (%)", "peak memory (MB)", "file (MB)", "input (px)", "architecture",
+                                  "head", "label set", "classes", "weights")
+
+
 def table_row(label: str, key: str, card: dict[str, Any], cost: dict[str, float] | None) -> dict[str, Any]:
     """One row of the Models page's table for a card (:meth:`ModelCard.to_dict` plus ``has_weights``) and its
     measured cost (:func:`cached_cost`, or None when not measured yet): sizes rounded as shown, accuracy in %."""

