@@ -21,6 +21,7 @@ def gallery_photo():
     return GALLERY_PHOTO
 
 
+@pytest.mark.slow
 def test_an_inverted_heatmap_scores_the_opposite(lite0, gallery_photo):
     """Removing the least relevant pixels of a heatmap is removing the most relevant of its inverse: their ROAD
     combined scores are opposite (up to the imputer's noise), and Grad-CAM's is positive."""
