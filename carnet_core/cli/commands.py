@@ -35,6 +35,7 @@ from carnet_core.inference.engines import TorchEngine, onnxruntime_session, soft
 from carnet_core.inference.export import export_onnx
 from carnet_core.inference.parity import parity_photos
 from carnet_core.inference.predict import predict, prediction_table
+from carnet_core.cli.bundle import write_bundle
 from carnet_core.inference.gate_set import labelled_photos
 from carnet_core.inference.selection import select_engine, stored_engines, write_engine_choice
 from carnet_core.models import weights as W
@@ -282,6 +283,33 @@ def _gate_set(model, args: argparse.Namespace):
             raise CarNetError("--mapping goes with --calibration FOLDER (the labelled set it maps)")
         return None
     return labelled_photos(model, args.calibration, load_mapping(args.mapping) if args.mapping else None)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else \
+        [spec.name for spec in list_models() if _has_weights(spec.name, not args.no_hub)]
+    if not names:
+        raise CarNetError("no registered model has weights here; name models or checkpoints with --models")
+    models = []
+    for name in names:
+        model = load_member(name, not args.no_hub)
+        models.append(model.to("cpu"))
+    if args.mapping and not args.calibration:
+        raise CarNetError("--mapping goes with --calibration FOLDER (the labelled set it maps)")
+    gate = (lambda model: _gate_set(model, args)) if args.calibration else None
+    bundle = write_bundle(args.out, models, gate, progress=lambda line: print(line, flush=True))
+    for m in bundle.models:
+        print(f"{m.name}: {m.engine}" + (f" ({m.gate})" if m.gate else ""))
+    print(f"wrote {bundle.folder}: {count(len(bundle.models), 'model')}; deploy it as its README.md says")
+    return 0
+
+
+def _has_weights(name: str, use_hub: bool) -> bool:
+    try:
+        usable_weights(name, use_hub=use_hub)
+        return True
+    except CarNetError:
+        return False
 
 
 def cmd_engines(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from carnet_core.cli.commands import (
     cmd_compare,
+    cmd_bundle,
     cmd_engines,
     cmd_evaluate,
     cmd_explain,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_export(sub)
     _add_engines(sub)
+    _add_bundle(sub)
     _add_validate_data(sub)
     _add_evaluate(sub)
     _add_embed(sub)
@@ -184,6 +186,17 @@ def _add_engines(sub: argparse._SubParsersAction) -> None:
     calibration_options(p)
     plain_weights_options(p)
     p.set_defaults(func=cmd_engines)
+
+
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="write a folder a Heroku-style host deploys as it is: the app, the models "
+                                      "exported for serving with their engines chosen, Procfile, Dockerfile, README")
+    p.add_argument("out", type=Path, metavar="OUT_DIR", help="a new (or empty) folder")
+    p.add_argument("--models", help="comma-separated registry names or checkpoint files (default: every registered "
+                                    "model with weights here)")
+    calibration_options(p)
+    p.add_argument("--no-hub", action="store_true", help="never look for weights on the Hugging Face Hub")
+    p.set_defaults(func=cmd_bundle)
 
 
 def calibration_options(p: argparse.ArgumentParser) -> None:

@@ -92,6 +92,87 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     return path
 
 
+class _WithFeatures(torch.nn.Module):
+    """The network as (logits, probabilities, features): ``features`` (N, C, h, w) is the map its head pools (timm's
+    ``forward_features``), which the torch-free CAMs read (:mod:`carnet_core.explain.closed_form`)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.module.forward_features(x)
+        logits = self.module.forward_head(features)
+        return logits, logits.softmax(dim=1), features
+
+
+#: The serving export's outputs, in order.
+SERVING_OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "features")
+
+
+def export_serving_onnx(model: Classifier, path: str | os.PathLike) -> Path:
+    """Export ``model`` for the torch-free serving tier: ONNX (fp32, dynamic batch; input ``input`` (N, 3, H, W);
+    outputs ``logits`` and ``probabilities`` (N, C) and ``features`` (N, D, h, w), the map the head pools), with
+    ``<path>.npz`` beside it holding the linear classifier's ``weight`` (C, D) and ``bias`` (C,) — all a closed-form
+    CAM needs (:func:`carnet_core.explain.closed_form.closed_form_cam`) — and ``<path>.json`` (class names, data
+    config, provenance, and the ``cam_layer`` those features are: the model's default target layer).
+
+    Raises:
+        CarNetError: the head is not global average pooling + a linear layer (ML-Decoder: no closed-form CAM), or
+            the files cannot be written."""
+    import numpy as np  # lazy: only the serving export writes the classifier as .npz
+
+    head = model.module.get_classifier()
+    if model.head != "linear" or not isinstance(head, torch.nn.Linear):
+        raise CarNetError(f"{model.name} has a {model.head} head: the serving export needs global average pooling "
+                          f"and a linear classifier (its CAMs are computed from them)")
+    path = Path(path)
+    x = torch.zeros(1, *model.data_config["input_size"])
+    module, device = model.module, model.device
+
+    def write(tmp: Path) -> None:
+        with model.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module.to("cpu")
+                wrapper = _WithFeatures(module).train(module.training)
+                torch.onnx.export(wrapper, (x,), str(tmp), input_names=["input"], output_names=list(SERVING_OUTPUTS),
+                                  dynamic_axes={k: {0: "batch"} for k in ("input", *SERVING_OUTPUTS)},
+                                  opset_version=ONNX_OPSET, dynamo=False)
+            finally:
+                module.to(device)
+
+    meta = {**_export_meta(model), "outputs": list(SERVING_OUTPUTS), "classifier": path.name + ".npz",
+            "cam_layer": _pooled_layer(model)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+        with open(str(path) + ".npz", "wb") as out:
+            np.savez(out, weight=head.weight.detach().cpu().float().numpy(),
+                     bias=head.bias.detach().cpu().float().numpy())
+        Path(str(path) + ".json").write_text(json.dumps(meta, indent=1))
+    except OSError as exc:
+        raise CarNetError(f"cannot write the serving export to {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _pooled_layer(model: Classifier) -> str:
+    """The name of the module whose output ``forward_features`` returns (the last one it runs)."""
+    seen: list[str] = []
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: seen.append(n))
+               for n, m in model.module.named_modules() if n and not list(m.children())]
+    try:
+        with model.lock, torch.inference_mode():
+            model.module.forward_features(torch.zeros(1, *model.data_config["input_size"], device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    last = seen[-1] if seen else ""
+    # a leaf inside a block (bn2.act) stands for the block whose output it is (bn2): the name a CAM targets
+    parents = [n for n, _ in model.module.named_modules() if n and last.startswith(n + ".")]
+    return parents[0] if parents and parents[0].count(".") == 0 else last
+
+
 def _export_meta(model: Classifier) -> dict:
     """What goes beside an ONNX export (``<file>.json``): class names, data config, provenance, input and outputs."""
     return {"name": model.name, "arch": model.arch, "class_names": list(model.class_names),

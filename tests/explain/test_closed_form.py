@@ -87,3 +87,39 @@ def test_bad_shapes_and_methods_are_refused():
         closed_form_cam("scorecam", np.ones((4, 2, 2)), np.ones((3, 4)), np.ones(3))
     with pytest.raises(CarNetError, match="do not fit"):
         closed_form_cam("gradcam", np.ones((4, 2, 2)), np.ones((3, 5)), np.ones(3))
+
+
+@pytest.mark.slow
+def test_the_serving_export_gives_the_same_cams_without_torch(cases, tmp_path):
+    """The serving export (ONNX with the pooled feature map as an output, the classifier in an .npz): ONNX Runtime's
+    outputs and numpy alone give the probabilities (within 1e-4) and the CAMs (within 1e-4) of the full install."""
+    import json
+
+    from carnet_core.explain.cams import default_layer
+    from carnet_core.inference.engines import onnxruntime_session
+    from carnet_core.inference.export import export_serving_onnx
+
+    for name, model, image in cases:
+        path = export_serving_onnx(model, tmp_path / f"{name}.onnx")
+        meta = json.loads((tmp_path / f"{name}.onnx.json").read_text())
+        assert meta["outputs"] == ["logits", "probabilities", "features"] and meta["cam_layer"] == default_layer(model)
+        head = np.load(tmp_path / f"{name}.onnx.npz")
+        x = model.preprocess([image]).numpy()
+        logits, probs, features = onnxruntime_session(path).run(None, {"input": x})
+        with torch.no_grad():
+            reference = torch.softmax(model.module(torch.from_numpy(x)), 1).numpy()
+        assert np.abs(probs - reference).max() <= 1e-4
+        size = tuple(model.data_config["input_size"][1:])
+        for method in ("gradcam", "gradcam++", "layercam", "eigencam"):
+            ours, index = closed_form_cam(method, features[0], head["weight"], logits[0], None, size)
+            theirs = explain(model, image, method)
+            assert index == theirs.class_index and np.abs(ours - theirs.heatmap).max() <= 1e-4, (name, method)
+    with pytest.raises(CarNetError, match="needs global average pooling and a linear classifier"):
+        from carnet_core.models.classifier import Classifier, build_module
+        from carnet_core.models.weights import WeightsSource
+
+        decoder = Classifier(module=build_module("mobilenetv2_050", head="ml_decoder", num_classes=4).eval(),
+                             name="d", arch="mobilenetv2_050", family="mobilenetv2", head="ml_decoder",
+                             class_names=tuple("abcd"), data_config=cases[2][1].data_config,
+                             weights=WeightsSource("random"), label_set="x")
+        export_serving_onnx(decoder, tmp_path / "d.onnx")
