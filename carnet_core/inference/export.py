@@ -64,24 +64,8 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
         CarNetError: ``path`` cannot be written (its folder cannot be created, no permission, disk full).
     """
     path = Path(path)
-    x = torch.zeros(1, *model.data_config["input_size"])
-    module = model.module
-    device = model.device
     meta = _export_meta(model)
-
-    def write(tmp: Path) -> None:
-        with model.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module.to("cpu")
-                # the wrapper in the module's mode: the exporter restores the wrapper's mode, recursively, after export
-                wrapper = _WithProbabilities(module).train(module.training)
-                torch.onnx.export(wrapper, (x,), str(tmp), input_names=["input"],
-                                  output_names=["logits", "probabilities"],
-                                  dynamic_axes={k: {0: "batch"} for k in ("input", "logits", "probabilities")},
-                                  opset_version=ONNX_OPSET, dynamo=False)
-            finally:
-                module.to(device)
+    write = _onnx_writer(model, _WithProbabilities, ("logits", "probabilities"))
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,20 +111,7 @@ def export_serving_onnx(model: Classifier, path: str | os.PathLike) -> Path:
         raise CarNetError(f"{model.name} has a {model.head} head: the serving export needs global average pooling "
                           f"and a linear classifier (its CAMs are computed from them)")
     path = Path(path)
-    x = torch.zeros(1, *model.data_config["input_size"])
-    module, device = model.module, model.device
-
-    def write(tmp: Path) -> None:
-        with model.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module.to("cpu")
-                wrapper = _WithFeatures(module).train(module.training)
-                torch.onnx.export(wrapper, (x,), str(tmp), input_names=["input"], output_names=list(SERVING_OUTPUTS),
-                                  dynamic_axes={k: {0: "batch"} for k in ("input", *SERVING_OUTPUTS)},
-                                  opset_version=ONNX_OPSET, dynamo=False)
-            finally:
-                module.to(device)
+    write = _onnx_writer(model, _WithFeatures, SERVING_OUTPUTS)
 
     meta = {**_export_meta(model), "outputs": list(SERVING_OUTPUTS), "classifier": path.name + ".npz",
             "cam_layer": _pooled_layer(model)}
@@ -171,6 +142,28 @@ def _pooled_layer(model: Classifier) -> str:
     # a leaf inside a block (bn2.act) stands for the block whose output it is (bn2): the name a CAM targets
     parents = [n for n, _ in model.module.named_modules() if n and last.startswith(n + ".")]
     return parents[0] if parents and parents[0].count(".") == 0 else last
+
+
+def _onnx_writer(model: Classifier, wrapper: type[torch.nn.Module], outputs: Sequence[str]):
+    """A function writing ``wrapper(model.module)`` as ONNX to a path (input ``input``, ``outputs``, dynamic batch),
+    with torch's TorchScript-based exporter, holding the model's lock and running it on the CPU meanwhile."""
+    x = torch.zeros(1, *model.data_config["input_size"])
+    module, device = model.module, model.device
+
+    def write(tmp: Path) -> None:
+        with model.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module.to("cpu")
+                # the wrapper in the module's mode: the exporter restores the wrapper's mode, recursively, after export
+                wrapped = wrapper(module).train(module.training)
+                torch.onnx.export(wrapped, (x,), str(tmp), input_names=["input"], output_names=list(outputs),
+                                  dynamic_axes={k: {0: "batch"} for k in ("input", *outputs)},
+                                  opset_version=ONNX_OPSET, dynamo=False)
+            finally:
+                module.to(device)
+
+    return write
 
 
 def _export_meta(model: Classifier) -> dict:
