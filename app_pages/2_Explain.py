@@ -34,6 +34,9 @@ from carnet_core.explain.faithfulness import (
 from carnet_core.inference.predict import predict
 
 st.set_page_config(page_title="CarNet · Explain", page_icon="🚗", layout="wide")
+# the method, layer and display settings outlive a run without a photo (one photo swapped for another)
+ui.keep_widget_values("explain_method", "explain_layer", "explain_all_layers", "explain_alpha", "explain_colormap",
+                      "explain_eigen_smooth", "explain_aug_smooth")
 presenting = ui.presenting()  # one photo per screen, large type; settings behind expanders
 if presenting:
     stage = ui.stage()  # the stepper and the photo beside its heatmap, on top; the controls under them

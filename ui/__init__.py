@@ -16,7 +16,7 @@ from ui.photos import (GALLERY_THUMBNAIL_PX, GALLERY_THUMBNAILS, MAX_PHOTOS, PHO
                        gallery_inputs, gallery_thumbnail, image_inputs, photo_caption, photo_credit, sample_title)
 from ui.present import PRESENT_CHART_PX, presentation_toggle, presenting, stage, stepper
 from ui.session import (EXPLANATIONS_KEPT, classified, dataset_report, epoch_estimate, explanation, first_measurable,
-                        keep_result, kept_result, public, remembered)
+                        keep_result, keep_widget_values, kept_result, public, remembered)
 
 __all__ = ["live_camera", "PHOTOS_PER_PAGE", "photo_grid", "MAX_HOVER_THUMBNAILS", "hover_thumbnails", "show_on_hover", "RANDOM_WEIGHTS", "available_model_names", "cached_cost", "cached_model", "class_names_command",
            "device_label", "fine_tuned", "has_gpu", "input_view", "measure", "model_card", "model_or_stop",
@@ -24,4 +24,5 @@ __all__ = ["live_camera", "PHOTOS_PER_PAGE", "photo_grid", "MAX_HOVER_THUMBNAILS
            "GALLERY_THUMBNAILS", "MAX_PHOTOS", "PHOTO_UPLOAD_MB", "Photo", "classified", "digest", "gallery_inputs",
            "gallery_thumbnail", "PRESENT_CHART_PX", "presentation_toggle", "presenting", "stage", "stepper",
            "image_inputs", "photo_caption", "photo_credit", "sample_title", "EXPLANATIONS_KEPT", "dataset_report",
-           "epoch_estimate", "explanation", "first_measurable", "keep_result", "kept_result", "public", "remembered"]
+           "epoch_estimate", "explanation", "first_measurable", "keep_result", "keep_widget_values", "kept_result", "public",
+           "remembered"]

@@ -145,3 +145,15 @@ def public(message: object) -> str:
     """A message (an exception, say) as the page may show it: on a hosted demo without the server's folders
     (:func:`carnet_core.config.public_text`)."""
     return public_text(str(message))
+
+
+def keep_widget_values(*keys: str) -> None:
+    """Keep the values of the widgets ``keys`` through runs that stop before drawing them (Explain without a photo,
+    while one photo is swapped for another). Streamlit drops a widget's value from the session when a run does not
+    draw it, and the widget then came back at its default in the browser while the page's last result still showed
+    the old choice — the next touch of any control switched the result. Writing each value back before the widgets
+    are drawn makes it the session's, not the widget's, so it survives (Streamlit's documented way to keep widget
+    values across such runs)."""
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]

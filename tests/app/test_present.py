@@ -80,3 +80,4 @@ def test_the_toggle_follows_the_url_and_the_url_the_toggle(shipped_gallery):
     assert "present" not in at.query_params
     at.toggle(key="present").set_value(True).run()
     assert at.query_params["present"] == ["1"] or at.query_params["present"] == "1"
+

@@ -13,7 +13,8 @@ SERVING_FORBIDDEN = ("torch", "torchvision", "timm", "grad-cam", "lightning", "w
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_a_bundle_holds_the_app_and_its_models_ready_to_serve(cli, tmp_path):
+def test_a_bundle_holds_the_app_and_its_models_ready_to_serve(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path / "cache"))  # the engine choice it stores stays here
     out = tmp_path / "site"
     code, stdout, err = cli("bundle", out, "--models", "efficientnet_lite0", "--calibration", need(CARS_VAL))
     assert code == 0, err

@@ -210,7 +210,7 @@ def test_a_weights_folder_file_that_cannot_be_used_is_not_listed_as_the_models_w
 
     code, out, err = cli("models", "--no-hub")
     assert code == 0, err
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in out.split("\n\n")[0].splitlines()[1:]}  # the registered models
     assert "UNUSABLE — the file for resnet50 in the weights folder cannot be used: resnet50-run.pth: refused" \
         in lines["resnet50"]
     assert "UNUSABLE" in lines["efficientnet_b3"] and "MISSING" in lines["efficientnet_b1"]
