@@ -44,11 +44,15 @@ def accuracy_bar_figure(accuracy: dict[str, dict[str, float]], top5: bool = True
     top: a member's name (a fine-tune's name and run: 60 characters) is read whole beside its bars. ``top5=False``: top-1 only (5 classes or fewer, where top-5 is 100 % by construction)."""
     rows = list(accuracy)[::-1]
     kinds = (("Top-5", "top5"), ("Top-1", "top1")) if top5 else (("Top-1", "top1"),)
+    # labels inside long bars, beside short ones, as topk_bar_figure's: a 100 % bar's label placed "outside" by
+    # Plotly's "auto" (too thin a bar for it inside) fell beyond the axis's end, past the figure's edge, unseen
     fig = go.Figure([go.Bar(name=name, y=rows, x=[accuracy[r][key] * 100 for r in rows], orientation="h",
                             text=[f"{accuracy[r][key] * 100:.1f}%" for r in rows], textangle=0, cliponaxis=False,
+                            textposition=["inside" if accuracy[r][key] >= 0.2 else "outside" for r in rows],
+                            insidetextanchor="end",
                             hovertemplate="%{y}: %{x:.1f}%<extra>" + name + "</extra>")
                      for name, key in kinds])  # Top-1 drawn above Top-5 in a row
-    fig.update_layout(barmode="group", xaxis=dict(range=[0, 100], title="accuracy (%)"), yaxis=dict(automargin=True),
+    fig.update_layout(uniformtext=dict(minsize=10, mode="show"), barmode="group", xaxis=dict(range=[0, 100], title="accuracy (%)"), yaxis=dict(automargin=True),
                       height=44 * len(rows) + 90, margin=dict(l=0, r=10, t=10, b=0),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", traceorder="reversed"))
     return fig

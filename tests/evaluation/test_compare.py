@@ -103,6 +103,10 @@ def test_members_that_share_a_name_are_told_apart_and_one_given_twice_is_refused
     top5, top1 = accuracy_bar_figure(report.accuracy).data  # names read whole beside horizontal bars, first on top
     assert top1.orientation == "h" and list(top1.y) == list(report.accuracy)[::-1]
     assert top1.x[-1] == pytest.approx(100.0) and top5.name == "Top-5" and top1.text[-1] == "100.0%"
+    # a 100 % bar (the walkthrough: hard vote) carries its label inside; Plotly's "auto" put it past the figure's edge
+    assert top1.textposition[-1] == "inside" and all(p in ("inside", "outside") for p in top5.textposition)
+    low = accuracy_bar_figure({"a": {"top1": 0.05, "top5": 1.0}}).data
+    assert low[1].textposition[0] == "outside" and low[0].textposition[0] == "inside"  # short bars: beside them
 
 
 def test_member_model_time_leaves_out_the_engine_choice(monkeypatch, fake_clock):
