@@ -16,15 +16,18 @@ st.markdown(
     "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
 )
 st.markdown("**Pages** (sidebar):\n"
-            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image;\n"
+            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image, or point the live "
+            "camera at a car;\n"
             "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
             "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
             + ("" if hosted_mode() else "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos "
-                                        "added class by class) in a background job and watch its curves;\n") +
+                                        "added class by class): a quick model in seconds, or a full fine-tune in a "
+                                        "background job with its curves;\n") +
             "- **Models** — what each model costs here (parameters, GMACs, latency, memory), how it was made, and "
             "downloads to deploy it elsewhere;\n"
             "- **Evaluate** — a model on a labelled dataset: per-class precision and recall, the photos behind each "
-            "confusion cell, possible label errors, an embedding map of similar photos, calibration.")
+            "confusion cell, possible label errors, an embedding map of similar photos, calibration.\n\n"
+            "On a projector, turn on **Presentation mode** in the sidebar (or add `?present=1` to the address).")
 
 st.subheader("Models and their weights")
 rows = []
