@@ -104,7 +104,7 @@ if cost:
                                                  "real ones do (the same network)."))
 if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
     model = ui.model_or_stop(pick)
-    if engine_text := stored_engine_text(model):
+    if engine_text := stored_engine_text(model, card["fingerprint"]):  # the card's: no hashing on each rerun
         st.caption(engine_text)
     down = st.container(horizontal=True)
     down.download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",

@@ -43,6 +43,19 @@ def colour_set(root: Path, per_class: int = 24, size: int = 64) -> Path:
     return root
 
 
+def images_per_s(run, batch: int, device: torch.device, calls: int = 10) -> float:
+    """Images per second of ``run()`` on a batch of ``batch``, over ``calls`` calls after one untimed (CUDA
+    synchronised, so the time is the GPU's work and not its queueing)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _d: None)
+    run()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(calls):
+        run()
+    sync(device)
+    return round(calls * batch / (time.perf_counter() - t), 1)
+
+
 def peak_gpu_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
@@ -81,30 +94,14 @@ def main() -> int:
     choice = select_engine(model)
     results["engine"] = choice.reason
     x = torch.randn(args.batch, *model.data_config["input_size"])
-    for label, run in (("predict (CarNet's engine, fp32)", lambda: predict_probabilities(model, x)),):
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        for _ in range(10):
-            run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        results[label] = round(10 * args.batch / (time.perf_counter() - t), 1)
-        print(f"{label}: {results[label]} images/s at batch {args.batch}", flush=True)
+    label = "predict (CarNet's engine, fp32)"
+    results[label] = images_per_s(lambda: predict_probabilities(model, x), args.batch, device)
+    print(f"{label}: {results[label]} images/s at batch {args.batch}", flush=True)
     module = model.module.to(memory_format=torch.channels_last)
     xc = x.to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-        module(xc)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        for _ in range(10):
-            module(xc)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    label = "predict (bf16 autocast, channels_last)"
-    results[label] = round(10 * args.batch / (time.perf_counter() - t), 1)
+        label = "predict (bf16 autocast, channels_last)"
+        results[label] = images_per_s(lambda: module(xc), args.batch, device)
     print(f"{label}: {results[label]} images/s at batch {args.batch}", flush=True)
 
     # 2. Grad-CAM

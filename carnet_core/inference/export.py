@@ -185,7 +185,13 @@ def cached_export(model: Classifier) -> Path:
 
 
 def _export_path(model: Classifier) -> Path:
-    return cache_dir() / "onnx" / f"{model.arch}-{fingerprint(model)[:20]}-v{EXPORT_VERSION}.onnx"
+    return export_path_for(model.arch, fingerprint(model))
+
+
+def export_path_for(arch: str, weights_fingerprint: str) -> Path:
+    """Where the cached export of an ``arch`` network with weights of :func:`fingerprint` ``weights_fingerprint`` is
+    (or will be): for callers that already know the fingerprint and need not hash the weights again."""
+    return cache_dir() / "onnx" / f"{arch}-{weights_fingerprint[:20]}-v{EXPORT_VERSION}.onnx"
 
 
 def _write_export(model: Classifier, path: Path) -> None:

@@ -30,7 +30,7 @@ from carnet_core.config import cache_dir, forced_engine
 from carnet_core.data.images import ImageSource, load_image
 from carnet_core.errors import CarNetError, ImageError, count
 from carnet_core.inference.engines import OnnxInt8Engine, OnnxRuntimeEngine, TorchBF16Engine, TorchEngine
-from carnet_core.inference.export import _export_path
+from carnet_core.inference.export import _export_path, export_path_for
 from carnet_core.inference.gate_set import env_gate_set
 from carnet_core.inference.parity import (
     ENGINES,
@@ -190,22 +190,26 @@ def _decide(model: Classifier, engine: str, photos: Sequence[ImageSource] | None
         return choice
 
 
-def choice_path(model: Classifier) -> Path:
-    """Where the engine choice measured on a labelled set is stored: beside the model's cached ONNX export."""
-    return _export_path(model).with_suffix(".choice.json")
+def choice_path(model: Classifier, weights_fingerprint: str | None = None) -> Path:
+    """Where the engine choice measured on a labelled set is stored: beside the model's cached ONNX export.
+    ``weights_fingerprint``: the model's :func:`~carnet_core.inference.export.fingerprint` when already known (a
+    model card carries it), so that the weights are not hashed again."""
+    if weights_fingerprint is None:
+        return _export_path(model).with_suffix(".choice.json")
+    return export_path_for(model.arch, weights_fingerprint).with_suffix(".choice.json")
 
 
-def stored_choice(model: Classifier) -> dict[str, Any] | None:
+def stored_choice(model: Classifier, weights_fingerprint: str | None = None) -> dict[str, Any] | None:
     """The engine choice last measured for ``model`` (these weights) on a labelled set, as stored beside its export
     (:meth:`EngineChoice.to_dict` plus ``measured``, a local time, and ``int8_file``), or None."""
-    data = read_json(choice_path(model), None)
+    data = read_json(choice_path(model, weights_fingerprint), None)
     return data if isinstance(data, dict) and data.get("engine") in ENGINES else None
 
 
-def stored_engine_text(model: Classifier) -> str | None:
+def stored_engine_text(model: Classifier, weights_fingerprint: str | None = None) -> str | None:
     """The stored engine choice in one line (Markdown) for the Models page: engine, when measured, its gate; None
-    when none was measured on a labelled set for these weights."""
-    stored = stored_choice(model)
+    when none was measured on a labelled set for these weights (``weights_fingerprint``: see :func:`choice_path`)."""
+    stored = stored_choice(model, weights_fingerprint)
     if stored is None:
         return None
     used = next((c for c in stored.get("candidates", []) if c.get("name") == stored["engine"]), {})

@@ -583,6 +583,7 @@ def test_a_gated_choice_is_stored_with_the_export_and_reused(tmp_path, monkeypat
     gate = next(c for c in stored["candidates"] if c["name"] == "onnxruntime-int8")["gate"]
     assert gate["photos"] == 30 and gate["measure"] == "vehicle at top-1" and 0.5 < gate["reference_accuracy"] <= 1
     assert "Engine **onnxruntime-int8**, 4.0 ms at batch 1" in stored_engine_text(model)
+    assert stored_engine_text(model, fingerprint(model)) == stored_engine_text(model)  # the card's fingerprint
 
     monkeypatch.setattr("carnet_core.inference.selection.median_ms", lambda *a, **k: pytest.fail("measured again"))
     again = select_engine(load_model("efficientnet_lite0", device="cpu", use_hub=False))

@@ -40,11 +40,11 @@ def test_a_quick_model_from_a_few_photos_a_class(lite0, tmp_path, monkeypatch):
         assert two.fit("rb").model.module(x[[0, 2]]).argmax(1).tolist() == [0, 1]
     teacher.remove("green")
     assert list(teacher.counts()) == ["red", "blue"]
+    short = QuickTeacher(lite0)
+    short.add("red", [colour_image(COLOURS["red"], 0, size=64)] * 2)
+    short.add("green", [colour_image(COLOURS["green"], 0, size=64)])
     with pytest.raises(CarNetError, match="cannot train yet: add at least 2 photos of green"):
-        t = QuickTeacher(lite0)
-        t.add("red", [colour_image(COLOURS["red"], 0, size=64)] * 2)
-        t.add("green", [colour_image(COLOURS["green"], 0, size=64)])
-        t.fit()
+        short.fit()
 
 
 @pytest.mark.slow
