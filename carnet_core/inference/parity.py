@@ -76,8 +76,8 @@ class LabelledPhotos:
 
     Attributes:
         images: the RGB photos, in a fixed order.
-        correct: probabilities (N, C) of these photos (or a subset, see ``subset``) → (N,) bool: top-1 right.
-        name: the set as people say it ("tiny_vehicles_6 val, mapped to ImageNet classes").
+        correct: (probabilities (N, C), the indices of those N photos in ``images``) → (N,) bool: top-1 right.
+        name: the set as people read it ("tiny_vehicles_6/val, mapped to the model's classes (400 photos)").
         measure: what ``correct`` counts: ``"top-1 accuracy"`` or ``"vehicle at top-1"``.
     """
 
