@@ -5,7 +5,7 @@ as people type them."""
 import streamlit as st
 
 from carnet_core._io import release_free_memory
-from carnet_core.config import hosted_mode, measure_engine_first
+from carnet_core.config import can_train, hosted_mode, measure_engine_first
 from carnet_core.errors import log_unexpected
 from carnet_core.inference.selection import measure_in_background
 from ui.guard import cap_session_uploads
@@ -21,7 +21,7 @@ page = st.navigation([
     st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),
     st.Page("app_pages/2_Explain.py", title="Explain", url_path="explain", icon=":material/visibility:"),
     st.Page("app_pages/3_Compare.py", title="Compare", url_path="compare", icon=":material/compare:"),
-    *([] if hosted_mode() else  # a public demo trains nothing: no Fine-tune page at all
+    *([] if not can_train() else  # a public demo, or the torch-free serving tier: no Fine-tune page at all
       [st.Page("app_pages/4_Fine-tune.py", title="Fine-tune", url_path="fine-tune", icon=":material/model_training:")]),
     st.Page("app_pages/5_Models.py", title="Models", url_path="models", icon=":material/view_list:"),
     st.Page("app_pages/6_Evaluate.py", title="Evaluate", url_path="evaluate", icon=":material/fact_check:"),

@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui
 from carnet_core import list_models
-from carnet_core.config import hosted_mode, weights_dir
+from carnet_core.config import can_train, hosted_mode, serving_tier, weights_dir
 from carnet_core.models.weights import find_in_weights_dir
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
@@ -20,7 +20,7 @@ st.markdown("**Pages** (sidebar):\n"
             "camera at a car;\n"
             "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
             "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
-            + ("" if hosted_mode() else "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos "
+            + ("" if not can_train() else "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos "
                                         "added class by class): a quick model in seconds, or a full fine-tune in a "
                                         "background job with its curves;\n") +
             "- **Models** — what each model costs here (parameters, GMACs, latency, memory), how it was made, and "
@@ -31,7 +31,12 @@ st.markdown("**Pages** (sidebar):\n"
 
 st.subheader("Models and their weights")
 rows = []
-for spec in list_models():
+for name in ui.served():  # the serving tier: the models bundled with this demo, exported for ONNX Runtime
+    model = ui.cached_model(name)
+    rows.append({"model": name, "available": "yes", "timm architecture": model.arch, "head": model.head,
+                 "labels": f"{model.label_set} ({model.num_classes} classes)", "weights": model.weights.describe(),
+                 "about": f"ONNX Runtime ({model.engine_name}), chosen when this demo was bundled"})
+for spec in [] if serving_tier() else list_models():
     available, where = ui.weights_status(spec.name)
     unusable = not available and find_in_weights_dir(spec) is not None  # a file there, which cannot be used
     rows.append({"model": spec.name, "available": "yes" if available else "no", "timm architecture": spec.arch,
@@ -46,7 +51,7 @@ for entry in ui.fine_tuned().values():  # the ★ models of every picker: fine-t
 rows = [r for r in rows if r["available"] == "yes"] + starred + [r for r in rows if r["available"] == "no"]  # as pickers
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(35 * len(rows) + 38, 640),
              column_config={"weights": st.column_config.TextColumn(width="medium")})  # where from: wider
-if not hosted_mode():  # where to put weights files is for whoever runs the server, not a demo's visitor
+if not hosted_mode() and not serving_tier():  # where to put weights files is for whoever runs the server, not a demo's visitor
     st.caption(f"Models without weights: put a state dict or CarNet checkpoint named `<model>.safetensors` (or .pth) "
                f"in `{weights_dir()}`, or run once with network access so timm can download them. Weights "
                f"fine-tuned elsewhere on classes of their own: `python -m carnet_core export FILE --model NAME --classes "

@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import topk_bar_figure
-from carnet_core.config import hosted_mode
+from carnet_core.config import can_train, operator_text
 from carnet_core.data import catalog
 from carnet_core.data.readers import open_dataset
 from carnet_core.data.uploads import add_class_photos
@@ -58,7 +58,7 @@ if presenting:
 
 if len(inputs) > ui.MAX_PHOTOS:  # each is decoded at full size and drawn: a hosted demo takes a class's worth
     st.warning(f"{len(inputs)} photos given; classifying the first {ui.MAX_PHOTOS}. For a whole folder, use the "
-               "Evaluate page or `python -m carnet_core predict FOLDER`.")
+               "Evaluate page" + operator_text(" or `python -m carnet_core predict FOLDER`") + ".")
     inputs = inputs[:ui.MAX_PHOTOS]
 
 uploads = [ui.Photo(*pair) for pair in inputs]  # their digests: what the results are remembered by, and the keys
@@ -86,7 +86,7 @@ views = [p.view for p in photos if p.view]
 if any(view.cuts_off for view in views):
     details.caption(f"Dimmed: the parts of a photo outside {model.name}'s {views[0].input_px} px input, which it "
                     "does not see.")
-collect = not hosted_mode() and not presenting  # a public demo's visitors do not write into the server's data root
+collect = can_train() and not presenting  # a public demo's visitors do not write into the server's data root
 for i, (photo, upload) in enumerate(zip(photos, uploads)):
     if photo.prediction is None:
         continue

@@ -6,6 +6,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import faithfulness_bar_figure, road_curves_figure
+from carnet_core.config import operator_text
 from carnet_core.data import catalog
 from carnet_core.data.images import png_bytes
 from carnet_core.data.readers import open_dataset
@@ -17,9 +18,11 @@ from carnet_core.explain.cams import (
     FLOOR_METHOD,
     METHOD_NAMES,
     METHODS,
+    SERVED_CAM_NOTE,
     aug_smooth_refusal,
     default_layer,
     estimate_seconds,
+    methods_for,
     spatial_layers,
     stage_layers,
     usable_smoothing,
@@ -65,8 +68,12 @@ except CarNetError as exc:  # a file that is no image; an engine forced by $CARN
     st.error(ui.public(exc))
     st.stop()
 all_layers = list(spatial_layers(model))
+methods = methods_for(model)  # a served model (the torch-free demo): the closed forms at its last feature map
+served = methods != METHODS
+if st.session_state.get("explain_method") not in methods:
+    st.session_state.pop("explain_method", None)
 controls = st.columns(3 if presenting else 4)
-method = controls[0].selectbox("Method", METHODS, format_func=METHOD_NAMES.get, key="explain_method")
+method = controls[0].selectbox("Method", methods, format_func=METHOD_NAMES.get, key="explain_method")
 method_name = METHOD_NAMES[method]
 class_options = [f"{c} ({p * 100:.1f}%)" for c, p in zip(top5.class_names, top5.probabilities)]
 picked = controls[1].selectbox("Class", class_options + ["other…"], key="explain_class")
@@ -74,9 +81,9 @@ class_name = top5.class_names[class_options.index(picked)] if picked != "other�
     controls[1].selectbox("Any class", model.class_names, key="explain_other_class")
 settings = st.expander("Details") if presenting else st.container()  # a classroom sees the map, not the knobs
 short = stage_layers(model)
-every = settings.toggle(f"All {len(all_layers)} layers", key="explain_all_layers",
-                        help="The picker lists the outputs of the last stages; every module with a spatial output "
-                             "is here.")
+every = not served and settings.toggle(f"All {len(all_layers)} layers", key="explain_all_layers",
+                                      help="The picker lists the outputs of the last stages; every module with a "
+                                           "spatial output is here.")
 layers = all_layers if every else short
 if st.session_state.get("explain_layer") not in layers:  # a layer picked from the long list, which is now short
     st.session_state.pop("explain_layer", None)
@@ -89,7 +96,7 @@ smoothing = settings.columns(4)
 eigen = smoothing[1].toggle("Eigen smoothing", key="explain_eigen_smooth",
                             help="The first principal component of the weighted activations instead of their sum: "
                                  "less noise (pytorch-grad-cam's eigen_smooth).")
-refusal = aug_smooth_refusal(method, eigen)
+refusal = aug_smooth_refusal(method, eigen, model)
 aug = smoothing[0].toggle("Augmentation smoothing", key="explain_aug_smooth", disabled=refusal is not None,
                           help=refusal or f"The mean map over the photo flipped and brightened by 0.9, 1 and 1.1 "
                                           f"({AUG_SMOOTH_PASSES} passes): centred on the object (pytorch-grad-cam's "
@@ -139,26 +146,29 @@ credit = ui.photo_credit(photo.name)  # a sample photo's credit travels with the
 st.download_button("Download overlay (PNG)", png_bytes(overlay_image, credit.png_text() if credit else None),
                    file_name=f"{method}_{result.class_name}.png", mime="image/png", key="explain_download")
 
-with st.container(border=True):
-    st.markdown("**ROAD faithfulness** (Rong et al., ICML 2022): remove the pixels this heatmap ranks most relevant, "
-                "or least relevant, fill them in from their neighbours, and see how much of the class is left.")
-    road_key = (photo.digest, method, result.class_name, result.layer, aug, eigen)
-    curves = ui.remembered("_road", [model], road_key, None, keep=8)
-    button = st.empty()  # gone once measured, in the same run
-    if curves is None and button.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)",
-                                        key="explain_road"):
-        with st.spinner("Removing and filling in pixels…"):
-            curves = ui.remembered("_road", [model], road_key, keep=8, compute=lambda: road(
-                model, photo.image, result.heatmap, result.class_index))
-        button.empty()
-    if curves is not None:
-        st.markdown(curves.text())
-        st.plotly_chart(road_curves_figure(curves.removed_pct, curves.morf, curves.lerf, curves.probability),
-                        width="stretch", key="explain_road_chart")
+if served:  # ROAD and the ranking of methods need the full install's network
+    st.caption(SERVED_CAM_NOTE)
+else:
+    with st.container(border=True):
+        st.markdown("**ROAD faithfulness** (Rong et al., ICML 2022): remove the pixels this heatmap ranks most relevant, "
+                    "or least relevant, fill them in from their neighbours, and see how much of the class is left.")
+        road_key = (photo.digest, method, result.class_name, result.layer, aug, eigen)
+        curves = ui.remembered("_road", [model], road_key, None, keep=8)
+        button = st.empty()  # gone once measured, in the same run
+        if curves is None and button.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)",
+                                            key="explain_road"):
+            with st.spinner("Removing and filling in pixels…"):
+                curves = ui.remembered("_road", [model], road_key, keep=8, compute=lambda: road(
+                    model, photo.image, result.heatmap, result.class_index))
+            button.empty()
+        if curves is not None:
+            st.markdown(curves.text())
+            st.plotly_chart(road_curves_figure(curves.removed_pct, curves.morf, curves.lerf, curves.probability),
+                            width="stretch", key="explain_road_chart")
 
 st.subheader("Compare methods")
-fast = [m for m in METHODS if m not in EXPENSIVE_METHODS]
-chosen = st.multiselect("Methods", METHODS, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
+fast = [m for m in methods if m not in EXPENSIVE_METHODS]
+chosen = st.multiselect("Methods", methods, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
                         help="ScoreCAM and AblationCAM take much longer than the others.")
 all_remembered = all(ui.explanation(model, photo, m, class_name, layer, compute=False,
                                     **usable_smoothing(m, aug, eigen)) for m in chosen)
@@ -173,10 +183,13 @@ if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered
         cells[i % len(cells)].image(r.overlay(alpha, colormap), width="stretch", caption=caption)
     progress.empty()  # the grid is the result: no bar left at "Done" on every rerun
 
+if served:
+    st.stop()
 st.subheader("Which method is most faithful for this model?")
 st.caption(f"ROAD combined of each method over photos of a dataset (each photo's top-1 class explained), with "
            f"{FLOOR_METHOD.name} — random channel weights — as the floor a method must beat. ScoreCAM and AblationCAM "
-           f"are left out: a minute per photo each. The same table comes from `python -m carnet_core faithfulness`.")
+           f"are left out: a minute per photo each."
+           + operator_text(" The same table comes from `python -m carnet_core faithfulness`."))
 folders = catalog.dataset_folders()
 if not folders:
     st.info("No dataset folders to take photos from.")

@@ -10,7 +10,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import runs_overlay_figure, topk_bar_figure, training_curves_figure
-from carnet_core.config import data_root, hosted_mode
+from carnet_core.config import can_train, data_root
 from carnet_core.data import catalog
 from carnet_core.data.datacheck import too_few_classes
 from carnet_core.data.images import list_images, load_image
@@ -31,9 +31,8 @@ st.title("Fine-tune")
 st.caption("Teach a pretrained backbone your own classes. Each fine-tune runs in its own process — reload the page or "
            "restart the app and it keeps going; the result appears in every model picker, marked ★.")
 
-if hosted_mode():
-    st.info("Training is switched off on this hosted demo (`CARNET_HOSTED` is set): it cannot start jobs or read "
-            "server folders. Run CarNet on your own machine to fine-tune (see the README).")
+if not can_train():
+    st.info("Training is switched off on this demo. Run CarNet on your own machine to fine-tune (see the README).")
     st.stop()
 
 try:

@@ -8,23 +8,30 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import cost_scatter_figure
+from carnet_core.config import hosted_mode, operator_text
 from carnet_core.errors import count
 from carnet_core.evaluation.cards import ACCURACY_KINDS, TABLE_COLUMNS, cost_points, table_row
 from carnet_core.evaluation.metrics import top5_informative
 from carnet_core.inference.export import export_bundle
 from carnet_core.inference.selection import stored_engine_text
+from carnet_core.inference.serving import served_zip
 from carnet_core.models.checkpoints import public_checkpoint
 from carnet_core.models.refs import ModelRef
 from carnet_core.models.registry import list_models
 
 st.set_page_config(page_title="CarNet · Models", page_icon="🚗", layout="wide")
 st.title("Models")
-st.caption("Pick a model by what it costs and how well it does. Parameters and GMACs are counted (PyTorch's FLOP "
-           "counter, 1 MAC = 2 FLOPs); latency and peak memory are measured on this machine and cached.")
+served = ui.served()  # the serving tier: the models bundled with this demo
+if served:
+    st.caption("Pick a model by what it costs and how well it does. Parameters and GMACs were counted when this demo "
+               "was bundled (PyTorch's FLOP counter, 1 MAC = 2 FLOPs); latency is measured on this server, once.")
+else:
+    st.caption("Pick a model by what it costs and how well it does. Parameters and GMACs are counted (PyTorch's FLOP "
+               "counter, 1 MAC = 2 FLOPs); latency and peak memory are measured on this machine and cached.")
 
-show_all = st.toggle("All registered architectures (not only the defaults)", key="models_all")
+show_all = not served and st.toggle("All registered architectures (not only the defaults)", key="models_all")
 checkpoints = ui.fine_tuned()
-keys = [s.name for s in list_models(default_only=not show_all)] + list(checkpoints)
+keys = list(served) or [s.name for s in list_models(default_only=not show_all)] + list(checkpoints)
 title = ui.model_titles(checkpoints)
 cards, broken = {}, []
 with st.spinner("Counting parameters and multiply-accumulates…"):
@@ -49,7 +56,7 @@ if points := cost_points(rows):
                "ImageNet models sit in the strip below, their accuracy not measured here. A model with no weights "
                "here is measured on random weights: the same network, the same cost.")
 unmeasured = [r["key"] for r in rows if r["latency (ms)"] is None]
-if unmeasured:
+if unmeasured and not hosted_mode():  # a measuring process per model: not for a public demo's visitors
     st.info(f"Latency not measured yet for {count(len(unmeasured), 'model')} on this machine.")
     if st.button(f"Measure {count(len(unmeasured), 'model')} (about 10 s each)", key="models_measure_all",
                  help="A model without weights here is measured on random weights: the same network, the same cost."):
@@ -87,10 +94,11 @@ m[0].metric("parameters", f"{card['params'] / 1e6:.2f} M")
 m[1].metric(f"GMACs at {card['input_px']} px", f"{card['gmacs']:.2f}")
 m[2].metric("file size", "–" if card["file_mb"] is None else f"{card['file_mb']:.1f} MB")
 m[3].metric("batch-1 latency", "–" if not cost else f"{cost['latency_ms']:.1f} ms")
-m[4].metric("peak memory", "–" if not cost else f"{cost['peak_memory_mb']:,.0f} MB")
+m[4].metric("peak memory", "–" if not cost or cost["peak_memory_mb"] is None else
+            f"{cost['peak_memory_mb']:,.0f} MB")
 measure_label = ("Measure again" if cost else "Measure latency and memory") + ("" if card["has_weights"] else
                                                                               " (on random weights)")
-if st.button(measure_label, key="models_measure"):
+if not served and not hosted_mode() and st.button(measure_label, key="models_measure"):  # not a visitor's to spend
     try:
         with st.spinner(f"Measuring {pick} in a fresh process…"):
             ui.measure(pick)
@@ -99,7 +107,8 @@ if st.button(measure_label, key="models_measure"):
         st.error(ui.public(exc))
 if cost:
     st.caption(f"Measured {cost['measured']} on this machine: median of 20 batch-1 predictions through CarNet's "
-               "inference engine; peak memory is the measuring process's resident high-water mark."
+               "inference engine" + ("." if served else "; peak memory is the measuring process's resident high-water "
+                                                        "mark.")
                + ("" if card["has_weights"] else " No weights here: measured on random weights, which cost what the "
                                                  "real ones do (the same network)."))
 if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed, not on every rerun
@@ -107,10 +116,17 @@ if card["has_weights"]:  # to deploy elsewhere: made when the button is pressed,
     if engine_text := stored_engine_text(model, card["fingerprint"]):  # the card's: no hashing on each rerun
         st.caption(engine_text)
     down = st.container(horizontal=True)
-    down.download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model), mime="application/zip",
-                         file_name=f"{model.name}-onnx.zip", key="models_onnx",
-                         help="The model in ONNX (outputs logits and probabilities) with its class names and data "
-                              "config in a .json beside it, as `python -m carnet_core export` writes them.")
+    if served:
+        down.download_button("Download as ONNX (.zip)", functools.partial(served_zip, model), mime="application/zip",
+                             file_name=f"{model.name}-onnx.zip", key="models_onnx",
+                             help="The model in ONNX (outputs logits, probabilities and the last feature map) with "
+                                  "its class names and data config in a .json and its classifier in a .npz beside it.")
+    else:
+        down.download_button("Download as ONNX (.zip)", functools.partial(export_bundle, model),
+                             mime="application/zip", file_name=f"{model.name}-onnx.zip", key="models_onnx",
+                             help="The model in ONNX (outputs logits and probabilities) with its class names and "
+                                  "data config in a .json beside it" + operator_text(
+                                      ", as `python -m carnet_core export` writes them") + ".")
     if (ref := ModelRef.parse(pick)).is_checkpoint:
         path = ref.checkpoint
         down.download_button("Download the checkpoint (.safetensors)", functools.partial(public_checkpoint, path),

@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, embedding_figure, pr_curve_figure, reliability_figure
-from carnet_core.config import data_root, hosted_mode, mappings_dir
+from carnet_core.config import data_root, hosted_mode, mappings_dir, operator_text
 from carnet_core.data import catalog
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS, open_dataset
@@ -30,7 +30,7 @@ from carnet_core.models.labels import within_classes
 st.set_page_config(page_title="CarNet · Evaluate", page_icon="🚗", layout="wide")
 st.title("Evaluate")
 st.caption("How a model does on a labelled dataset, class by class, and where it goes wrong. Results are cached per "
-           "model and dataset; the same numbers come from `python -m carnet_core evaluate`.")
+           "model and dataset" + operator_text("; the same numbers come from `python -m carnet_core evaluate`") + ".")
 
 model_key = st.selectbox("Model", ui.available_model_names()[0], key="evaluate_model", format_func=ui.model_titles())
 model = ui.model_or_stop(model_key)
@@ -202,7 +202,7 @@ with tab_labels:
 with tab_map:
     st.caption("Each dot is a photo, placed by the features the model's head reads (its penultimate layer) projected "
                "to 2-D: photos the model finds alike sit together. Click a dot to see the photo and the photos most "
-               "like it. The same map comes from `python -m carnet_core embed`.")
+               "like it." + operator_text(" The same map comes from `python -m carnet_core embed`."))
     options = st.columns(3)
     projection = options[0].radio("Projection", PROJECTIONS, format_func=PROJECTION_NAMES.get, horizontal=True,
                                   key="evaluate_map_method", help="UMAP (McInnes et al. 2018) keeps neighbourhoods "

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,13 +47,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def procfile_server(**env_extra: str):
-    """The Procfile's web command under bash, as a host runs it; yields (URL, the server's pid)."""
-    command = (ROOT / "Procfile").read_text().strip().removeprefix("web: ")
+def procfile_server(root: Path = ROOT, python_bin: Path | None = None, **env_extra: str):
+    """The Procfile's web command of the app in ``root`` (a serving bundle's folder, say) under bash, as a host runs
+    it, with ``python_bin`` (a venv's ``bin``; default this Python's) first on PATH; yields (URL, the server's pid)."""
+    command = (Path(root) / "Procfile").read_text().strip().removeprefix("web: ")
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           **env_extra}
-    server = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    bin_dir = Path(python_bin) if python_bin is not None else Path(sys.executable).parent
+    env = {**os.environ, "PORT": str(port), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env_extra}
+    server = subprocess.Popen(["bash", "-c", command], cwd=root, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -71,6 +74,27 @@ def procfile_server(**env_extra: str):
         except subprocess.TimeoutExpired:  # a session still connected can hold Streamlit's shutdown up
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+def serving_venv(requirements: Path) -> Path:
+    """A venv with ``requirements`` installed (a serving bundle's), cached by their hash under ``$CARNET_TEST_VENVS``
+    (default ``~/.cache/carnet-test-venvs``); its ``bin`` folder. Made once per set of requirements (about half a
+    minute from the package index).
+
+    Raises:
+        RuntimeError: pip could not install them (its last lines).
+    """
+    key = hashlib.sha256(Path(requirements).read_bytes() + sys.version.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("CARNET_TEST_VENVS", Path.home() / ".cache" / "carnet-test-venvs")) / key
+    if not (root / "ready").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
+        proc = subprocess.run([str(root / "bin" / "pip"), "install", "-q", "-r", str(requirements)],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip install -r {requirements} failed: {proc.stderr[-2000:]}")
+        (root / "ready").write_text(Path(requirements).read_text())
+    return root / "bin"
 
 
 def streamlit_pid(port: int) -> int:

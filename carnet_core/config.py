@@ -63,6 +63,30 @@ def hosted_mode() -> bool:
     return env_flag("CARNET_HOSTED")
 
 
+#: A serving bundle's manifest (``python -m carnet_core bundle``), beside ``app.py``: its presence puts the app in
+#: the serving tier.
+BUNDLE_MANIFEST = "bundle.json"
+
+
+def serving_tier() -> bool:
+    """True when the app runs from a serving bundle (:data:`BUNDLE_MANIFEST` beside ``app.py``), or
+    ``CARNET_SERVING=1``: models are the bundle's ONNX exports, run by ONNX Runtime without PyTorch
+    (:mod:`carnet_core.inference.serving`); there is no fine-tuning."""
+    return env_flag("CARNET_SERVING") or (PROJECT_ROOT / BUNDLE_MANIFEST).is_file()
+
+
+def can_train() -> bool:
+    """Whether this app may fine-tune (and collect photos for it): not a hosted demo (:func:`hosted_mode`), not the
+    serving tier (:func:`serving_tier`, which has no PyTorch)."""
+    return not hosted_mode() and not serving_tier()
+
+
+def served_models_dir() -> Path:
+    """The serving tier's models (each ``NAME.onnx`` with its ``.json`` and ``.npz``): ``$CARNET_MODELS_DIR``, else
+    the bundle's ``models`` folder."""
+    return env_path("CARNET_MODELS_DIR", PROJECT_ROOT / "models")
+
+
 def session_upload_mb() -> int:
     """Megabytes of uploaded files one app session may hold on the server: ``$CARNET_SESSION_UPLOAD_MB`` or 200 (four
     of the largest photos Classify takes); older uploads are dropped past it (:mod:`ui.guard`)."""
@@ -207,6 +231,12 @@ def server_folders() -> list[tuple[Path, str]]:
             if form not in ("", "/") and form not in (f for f, _ in found):
                 found.append((form, name))
     return [(Path(f), n) for f, n in sorted(found, key=lambda t: -len(t[0]))]
+
+
+def operator_text(text: str) -> str:
+    """``text`` — a note for whoever runs the server (a CLI command, where to put files) — or "" in hosted mode
+    (:func:`hosted_mode`), whose visitors can act on neither."""
+    return "" if hosted_mode() else text
 
 
 def public_text(text: str) -> str:

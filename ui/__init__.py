@@ -11,7 +11,7 @@ from ui.hover import MAX_HOVER_THUMBNAILS, hover_thumbnails, show_on_hover
 from ui.live import live_camera
 from ui.models import (RANDOM_WEIGHTS, available_model_names, cached_cost, cached_model, class_names_command,
                        device_label, fine_tuned, has_gpu, input_view, measure, model_card, model_or_stop, model_picker,
-                       model_title, model_titles, weights_status)
+                       model_title, model_titles, served, weights_status)
 from ui.photos import (GALLERY_THUMBNAIL_PX, GALLERY_THUMBNAILS, MAX_PHOTOS, PHOTO_UPLOAD_MB, Photo, digest,
                        gallery_inputs, gallery_thumbnail, image_inputs, photo_caption, photo_credit, sample_title)
 from ui.present import PRESENT_CHART_PX, presentation_toggle, presenting, stage, stepper
@@ -20,7 +20,7 @@ from ui.session import (EXPLANATIONS_KEPT, classified, dataset_report, epoch_est
 
 __all__ = ["live_camera", "PHOTOS_PER_PAGE", "photo_grid", "MAX_HOVER_THUMBNAILS", "hover_thumbnails", "show_on_hover", "RANDOM_WEIGHTS", "available_model_names", "cached_cost", "cached_model", "class_names_command",
            "device_label", "fine_tuned", "has_gpu", "input_view", "measure", "model_card", "model_or_stop",
-           "model_picker", "model_title", "model_titles", "weights_status", "GALLERY_THUMBNAIL_PX",
+           "model_picker", "model_title", "model_titles", "served", "weights_status", "GALLERY_THUMBNAIL_PX",
            "GALLERY_THUMBNAILS", "MAX_PHOTOS", "PHOTO_UPLOAD_MB", "Photo", "classified", "digest", "gallery_inputs",
            "gallery_thumbnail", "PRESENT_CHART_PX", "presentation_toggle", "presenting", "stage", "stepper",
            "image_inputs", "photo_caption", "photo_credit", "sample_title", "EXPLANATIONS_KEPT", "dataset_report",

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
-import torch
 from PIL import Image
 
 from carnet_core import CarNetError, list_models, load_model
-from carnet_core.config import jobs_dir, weights_dir
+from carnet_core.config import jobs_dir, served_models_dir, serving_tier, weights_dir
 from carnet_core.errors import ClassNamesNeededError
+from carnet_core.inference.serving import ServedModel, load_served, measure_latency, served_model_files
 from carnet_core.models import weights as W
 from carnet_core.models.catalog import CheckpointEntry, list_checkpoints
 from carnet_core.models.classifier import Classifier
@@ -22,9 +23,30 @@ from carnet_core.models.refs import ModelRef
 from ui.session import public
 
 
+def served() -> dict[str, Path]:
+    """The serving tier's models: {name: serving export} (:func:`carnet_core.inference.serving.served_model_files`),
+    read again when a file of the bundle's models folder changes; {} in the full install."""
+    if not serving_tier():
+        return {}
+    folder = served_models_dir()
+    try:
+        listing = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()))
+    except OSError:
+        listing = ()
+    return {name: Path(path) for name, path in _served(str(folder), listing).items()}
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _served(folder: str, listing: tuple) -> dict[str, str]:  # listing: the folder's files and times
+    return {name: str(path) for name, path in served_model_files(folder).items()}
+
+
 def fine_tuned() -> dict[str, CheckpointEntry]:
     """{picker key: entry} for fine-tuned checkpoints (jobs folder, weights folder), newest first. Read again as soon
-    as a checkpoint file is added, replaced or removed (a fine-tune that just finished is in the next picker)."""
+    as a checkpoint file is added, replaced or removed (a fine-tune that just finished is in the next picker). None in
+    the serving tier, whose models are the bundle's."""
+    if serving_tier():
+        return {}
     folders = (str(jobs_dir()), str(weights_dir()))
     return {ModelRef.of_checkpoint(e.path).key: e for e in _checkpoints(folders, _checkpoint_files(folders))}
 
@@ -63,7 +85,9 @@ def model_title(name: str) -> str:
 
 def available_model_names() -> tuple[list[str], dict[str, str]]:
     """Registered models with weights here plus usable fine-tuned checkpoints, and {name: message} for models
-    without usable weights (an unusable ★ checkpoint with the reason)."""
+    without usable weights (an unusable ★ checkpoint with the reason). The serving tier: the bundle's models."""
+    if serving_tier():
+        return list(served()), {}
     available, missing = [], {}
     for spec in list_models():
         ok, text = weights_status(spec.name)
@@ -79,10 +103,19 @@ def available_model_names() -> tuple[list[str], dict[str, str]]:
     return available, missing
 
 
-def cached_model(name: str) -> Classifier:
+def cached_model(name: str) -> Classifier | ServedModel:
     """A model by registry name or checkpoint key, loaded once per process and shared by all sessions — again when
     its file changes: a checkpoint re-written, a registered model's file put into, replaced in or taken out of the
-    weights folder."""
+    weights folder. In the serving tier: the bundle's model of that name (a :class:`ServedModel`).
+
+    Raises:
+        CarNetError: the model cannot be loaded (the serving tier: the bundle has no such model).
+    """
+    if serving_tier():
+        path = served().get(name)
+        if path is None:
+            raise CarNetError(f"this demo has no model {name!r}")
+        return _cached_served(str(path), path.stat().st_mtime_ns)
     ref = ModelRef.parse(name)
     if ref.is_checkpoint:
         return _cached_model(name, f"{ref.checkpoint.stat().st_mtime_ns}" if ref.checkpoint.exists() else "")
@@ -107,6 +140,11 @@ def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -
     from carnet_core import load_image
 
     return _model.input_view(load_image(path))
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _cached_served(path: str, stamp: int) -> ServedModel:  # stamp: when the file was written
+    return load_served(path)
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
@@ -138,14 +176,24 @@ def _weights_status(name: str, folder: str, files: tuple = ()) -> tuple[bool, st
 
 
 def device_label() -> str:
-    if torch.cuda.is_available():
+    """Where models run: the GPU's name, or the CPU's cores (the serving tier runs on the CPU)."""
+    if has_gpu():
+        import torch  # lazy: the serving tier has no torch
+
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores) — no GPU found"
+    return f"CPU ({os.cpu_count()} cores)" + ("" if serving_tier() else " — no GPU found")
 
 
 def model_picker(key: str, label: str = "Model", default: str = "efficientnet_lite0") -> Classifier:
     """A model select box (registered models, then fine-tuned checkpoints marked ★); stops the page with a clear
     message when the chosen model has no weights or its checkpoint cannot be loaded."""
+    if serving_tier():
+        names = list(served())
+        if not names:
+            st.error("This demo has no models.")
+            st.stop()
+        pick = st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key)
+        return model_or_stop(pick)
     names = [s.name for s in list_models()]
     status = {n: weights_status(n) for n in names}
     names.sort(key=lambda n: not status[n][0])  # available first
@@ -185,6 +233,11 @@ def class_names_command(exc: ClassNamesNeededError) -> str:
 
 
 def has_gpu() -> bool:
+    """Whether torch sees a CUDA GPU; False in the serving tier (ONNX Runtime on the CPU)."""
+    if serving_tier():
+        return False
+    import torch  # lazy: the serving tier has no torch
+
     return torch.cuda.is_available()
 
 
@@ -192,6 +245,12 @@ def model_card(key: str) -> dict:
     """The card of a registered model or checkpoint as a dict (:class:`carnet_core.evaluation.cards.ModelCard` fields plus
     ``has_weights``, ``metrics`` and the weights ``fingerprint``), cached per process. A registered model without
     weights here gets a card counted on random weights (parameters and GMACs do not depend on them)."""
+    if serving_tier():  # the bundle's metadata: counted when it was made
+        from carnet_core.evaluation.cards import served_card  # lazy: as make_card below, only the Models page needs it
+
+        model = cached_model(key)
+        return {**served_card(key, model).to_dict(), "has_weights": True, "metrics": dict(model.metrics or {}),
+                "fingerprint": SERVED}
     ref = ModelRef.parse(key)
     has_weights = ref.is_checkpoint or weights_status(key)[0]
     return _model_card(key, ref.stamp(), has_weights)
@@ -209,6 +268,9 @@ def _model_card(key: str, mtime: float, has_weights: bool) -> dict:
     return card
 
 
+#: The weights "fingerprint" of a served model's card: the bundle's file is the model.
+SERVED = "served"
+
 #: The weights fingerprint a registered model without weights here is measured under: on random weights, which cost
 #: what the real ones do (the same network; the benchmark measures such models so too).
 RANDOM_WEIGHTS = "random weights"
@@ -216,10 +278,20 @@ RANDOM_WEIGHTS = "random weights"
 
 def cached_cost(key: str) -> dict | None:
     """Latency / peak memory measured earlier on this machine for this model's current weights (or, without weights
-    here, on random weights), or None."""
+    here, on random weights), or None. The serving tier: latency measured in this process, once per model file
+    (:func:`carnet_core.inference.serving.measure_latency`; no peak memory of its own: the models share the server)."""
+    if serving_tier():
+        path = served().get(key)
+        return None if path is None else _served_cost(str(path), path.stat().st_mtime_ns)
     from carnet_core.evaluation.cards import cached_cost as read
 
     return read(key, model_card(key)["fingerprint"])
+
+
+@st.cache_resource(show_spinner="Measuring the model's latency…", max_entries=16)
+def _served_cost(path: str, stamp: int) -> dict:  # stamp: when the file was written
+    return {"latency_ms": measure_latency(_cached_served(path, stamp)), "peak_memory_mb": None,
+            "measured": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def measure(key: str) -> dict:

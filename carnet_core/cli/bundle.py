@@ -2,10 +2,10 @@
 chosen models exported for serving (ONNX with the pooled feature map, the classifier for CAMs, what the pages show of
 each model, the engine chosen on a labelled set), the Procfile, ``.python-version``, a Dockerfile and a short README.
 
-Where the serving tier stands: the models are exported so that classification and the closed-form CAMs need only
-ONNX Runtime and numpy (:mod:`carnet_core.explain.closed_form`), but the app still imports PyTorch, so the bundle's
-``requirements.txt`` is the full install's; ``requirements-serving.txt`` lists the torch-free set the serving tier
-is being built towards.
+The bundle is the serving tier: its ``bundle.json`` puts the app in it (:func:`carnet_core.config.serving_tier`), its
+models are run by ONNX Runtime (:mod:`carnet_core.inference.serving`), their CAMs are the closed forms of
+:mod:`carnet_core.explain.closed_form`, and its ``requirements.txt`` has no PyTorch, torchvision, timm, grad-cam,
+Lightning, wandb or mlflow.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from carnet_core import __version__
 from carnet_core.config import PROJECT_ROOT
 from carnet_core.errors import CarNetError
-from carnet_core.evaluation.cards import count_macs
+from carnet_core.evaluation.cards import count_macs, layer_table
 from carnet_core.inference.export import export_serving_onnx
 from carnet_core.inference.parity import LabelledPhotos
 from carnet_core.inference.selection import select_engine
@@ -30,7 +30,7 @@ from carnet_core.models.classifier import Classifier
 APP_FILES: tuple[str, ...] = ("app.py", "app_pages", "ui", "carnet_core", "gallery", "mappings", ".streamlit",
                               "Procfile")
 #: The serving tier's packages: no torch, torchvision, timm, grad-cam, lightning, wandb or mlflow.
-SERVING_REQUIREMENTS = """# CarNet's serving tier (torch-free): what the bundle's app will need once it no longer imports PyTorch
+SERVING_REQUIREMENTS = """# CarNet's serving tier: the bundled app runs its models with ONNX Runtime, without PyTorch
 streamlit==1.67.0
 onnxruntime==1.31.1
 numpy>=1.26,<3
@@ -110,6 +110,8 @@ def write_bundle(out: str | Path, models: Sequence[Classifier], calibration: Cal
             meta.update({"params": model.num_params, "gmacs": round(count_macs(model.module, size) / 1e9, 4),
                          "file_mb": round(path.stat().st_size / 2**20, 2), "label_set": model.label_set,
                          "family": model.family, "head": model.head, "metrics": model.metrics,
+                         "layers": [asdict(row) for row in layer_table(model.module, size)],
+                         **{k: model.extra[k] for k in ("dataset", "recipe") if model.extra.get(k) is not None},
                          "engine": {**choice.to_dict(), "measured": time.strftime("%Y-%m-%d %H:%M")}})
             meta_path.write_text(json.dumps(meta, indent=1))
             files = [f"models/{path.name}", f"models/{path.name}.json", f"models/{path.name}.npz"]
@@ -119,9 +121,7 @@ def write_bundle(out: str | Path, models: Sequence[Classifier], calibration: Cal
             bundle.models.append(BundledModel(model.name, files, choice.engine.name, choice.gate_text()))
             if gate_set is not None:
                 bundle.calibration = gate_set.name
-        requirements = (PROJECT_ROOT / "requirements.txt").read_text()
-        (out / "requirements.txt").write_text(requirements)
-        (out / "requirements-serving.txt").write_text(SERVING_REQUIREMENTS)
+        (out / "requirements.txt").write_text(SERVING_REQUIREMENTS)
         (out / ".python-version").write_text(PYTHON_VERSION + "\n")
         (out / "Dockerfile").write_text(DOCKERFILE)
         (out / "README.md").write_text(_readme(bundle))
@@ -148,8 +148,9 @@ The models are in `models/`: ONNX (outputs logits, probabilities and the pooled 
 `.npz` for the CAMs, and a `.json` with class names, data config, provenance, parameters, GMACs and the engine chosen
 when bundling{f" on {bundle.calibration}" if bundle.calibration else ""}.
 
-`requirements.txt` is still the full install's (PyTorch included: the app imports it today); `requirements-serving.txt`
-is the torch-free set the serving tier is being built towards.
+`requirements.txt` is the serving tier's: Streamlit, ONNX Runtime, NumPy, Pillow, Plotly, pandas — no PyTorch. The
+heatmaps are computed from the models' last feature maps without it; ScoreCAM, AblationCAM, other layers and
+fine-tuning need CarNet's full install.
 
 ## Deploy
 

@@ -17,15 +17,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from carnet_core._io import atomic_write_json, file_lock, read_json
 from carnet_core.config import cache_dir, child_env
 from carnet_core.errors import CarNetError
+from carnet_core.inference.serving import ServedModel
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.registry import get_spec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ModelCard:
 def count_macs(module: torch.nn.Module, input_size: tuple[int, int, int]) -> float:
     """Multiply-accumulates of one forward pass of a batch of 1 at ``input_size`` (C, H, W), counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2)."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     from torch.utils.flop_counter import FlopCounterMode  # lazy: only model cards count MACs
 
     was_training = module.training
@@ -79,6 +82,7 @@ def count_macs(module: torch.nn.Module, input_size: tuple[int, int, int]) -> flo
 def layer_table(module: torch.nn.Module, input_size: tuple[int, int, int]) -> list[LayerRow]:
     """The network's stages in order — its top-level children, with the stage containers (ResNet ``layer1``…,
     EfficientNet/MobileNet ``blocks.0``…) one level down — with output shapes (batch of 1) and parameters."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     rows: list[tuple[str, torch.nn.Module]] = []
     for name, child in module.named_children():
         grandchildren = list(child.named_children())
@@ -115,6 +119,19 @@ def model_card(key: str, model: Classifier) -> ModelCard:
                      dataset=model.extra.get("dataset"), recipe=model.extra.get("recipe"))
 
 
+def served_card(key: str, model: ServedModel) -> ModelCard:
+    """The card of a served model (the serving tier), from what the bundle stored in its export's metadata: parameters,
+    GMACs, ONNX file size and layer table were counted when bundling (no network here to count them on)."""
+    size = tuple(model.data_config["input_size"])
+    layers = [LayerRow(r["name"], r["kind"], tuple(r["output_shape"]), int(r["params"]))
+              for r in model.extra.get("layers") or []]
+    return ModelCard(key=key, name=model.name, arch=model.arch, head=model.head, label_set=model.label_set,
+                     class_names=list(model.class_names), input_px=int(size[-1]), params=model.num_params,
+                     gmacs=float(model.extra.get("gmacs") or 0.0), file_mb=model.extra.get("file_mb"),
+                     provenance=model.weights.describe(), layers=layers, top1=(model.metrics or {}).get("top1"),
+                     dataset=model.extra.get("dataset"), recipe=model.extra.get("recipe"))
+
+
 # --- measured cost, cached per machine ----------------------------------------------------------------------------
 
 def _cache_file() -> Path:
@@ -125,6 +142,7 @@ def _cache_file() -> Path:
 
 
 def _machine() -> str:
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     return f"{platform.node()}|{platform.processor() or platform.machine()}|{os.cpu_count()}|torch {torch.__version__}"
 
 
@@ -209,7 +227,7 @@ def table_row(label: str, key: str, card: dict[str, Any], cost: dict[str, float]
             "input (px)": card["input_px"],
             "file (MB)": None if card["file_mb"] is None else round(card["file_mb"], 1),
             "latency (ms)": None if not cost else round(cost["latency_ms"], 1),
-            "peak memory (MB)": None if not cost else round(cost["peak_memory_mb"]),
+            "peak memory (MB)": None if not cost or cost.get("peak_memory_mb") is None else round(cost["peak_memory_mb"]),
             "val top-1 (%)": None if card["top1"] is None else round(card["top1"] * 100, 1),
             "vehicle at top-1 on car photos (%)": None if (v := car_photo_top1(key)) is None else round(v * 100, 1),
             "weights": card["provenance"] if card["has_weights"] else "no weights here"}

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from carnet_core.data.catalog import suggested_mapping
 from carnet_core.data.datasets import labelled_folder, read_labelled_folder
@@ -30,6 +28,9 @@ from carnet_core.models.labels import (  # noqa: F401 (the mapping readers are u
     parse_mapping,
     within_classes,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) -> tuple[list[str], list[str]]:
@@ -60,6 +61,7 @@ class LabelProjection:
 
     def __init__(self, folder_classes: Sequence[str], model_classes: Sequence[str],
                  mapping: dict[str, list[str]] | None = None):
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         self.folder_classes = list(folder_classes)
         if mapping is None:
             unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
@@ -136,6 +138,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
         CarNetError: bad folder or mapping (naming the member it does not fit), fewer than two members, or a member
             given twice.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     names = _common_label_set(models)
     members = member_names(models)  # distinct, for the report's rows
     folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
@@ -145,7 +148,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
 
     def score(images: list) -> torch.Tensor:  # (M, n, C): each member's probabilities
         if names is not None:
-            return member_probabilities(models, images)[0]  # in the common label set
+            return torch.from_numpy(member_probabilities(models, images)[0])  # in the common label set
         return torch.stack([projections[i].project(timed_probabilities(m, images)[0])
                             for i, m in enumerate(models)])  # each in the folder's classes
 
@@ -158,10 +161,11 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     if names is not None:
         projection = projections[0]  # the common label set onto the folder's classes
         rows = {name: projection.project(member[i]) for i, name in enumerate(members)}
-        rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
+        rows.update({f"ensemble ({rule})": projection.project(torch.from_numpy(combine(member, rule, weights)))
+                     for rule in RULES})
     else:
         rows = {name: member[i] for i, name in enumerate(members)}
-        rows.update({f"ensemble ({rule})": combine(member, rule, weights) for rule in RULES})
+        rows.update({f"ensemble ({rule})": torch.from_numpy(combine(member, rule, weights)) for rule in RULES})
     accuracy = {k: {"top1": topk_accuracy(v, y, 1), "top5": topk_accuracy(v, y, 5)} for k, v in rows.items()}
     top1 = torch.stack([rows[name].argmax(1) for name in members])  # (M, N)
     disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from carnet_core.config import cache_dir as default_cache_dir
@@ -24,6 +23,9 @@ from carnet_core.evaluation.scoring import score_images
 from carnet_core.inference.export import fingerprint
 from carnet_core.models.classifier import Classifier
 
+if TYPE_CHECKING:
+    import torch
+
 PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
 PROJECTION_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}
 
@@ -32,6 +34,7 @@ def penultimate_features(model: Classifier, batch: torch.Tensor) -> torch.Tensor
     """The features the classifier head reads, (N, D) float32 on the CPU, from a preprocessed batch (N, 3, H, W):
     timm's ``forward_head(forward_features(x), pre_logits=True)`` — the globally pooled backbone output (an ML-Decoder
     head, which pools nothing, gets the spatial mean of the feature map). Holds ``model.lock``."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     with model.lock, torch.inference_mode():
         net = model.module
         pre = net.forward_head(net.forward_features(batch.to(model.device)), pre_logits=True).float()

@@ -9,10 +9,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from carnet_core._io import atomic_write_json
 from carnet_core.config import cache_dir as default_cache_dir
@@ -26,6 +25,9 @@ from carnet_core.inference.export import fingerprint
 from carnet_core.inference.predict import predict_probabilities
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.labels import within_classes
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

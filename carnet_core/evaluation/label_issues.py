@@ -6,10 +6,12 @@ scikit-learn and pandas, which CarNet already has)."""
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def find_label_issues(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str],

@@ -4,10 +4,12 @@ Networks") with its reliability curve, and a make / model / year hierarchy's acc
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -43,6 +45,7 @@ TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accur
 def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                                hierarchy: dict | None = None) -> dict:
     """All metrics of :class:`EvalReport` (but predictions) from probabilities (N, C) and labels (N,)."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     n, c = probs.shape
     conf, pred = probs.max(1)
     top5 = topk_hits(probs, labels, 5)

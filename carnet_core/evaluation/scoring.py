@@ -6,12 +6,14 @@ score each batch, and collect probabilities, labels and names. Evaluating one mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
 from PIL import Image
 
 from carnet_core.errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -39,6 +41,7 @@ def score_images(items: Sequence[tuple[str, int]], load: Callable[[int], Image.I
     Returns:
         The :class:`Scored` images, or None when none could be read.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     probs, labels, names, unreadable = [], [], [], []
     for start in range(0, len(items), batch_size):
         images = []

@@ -1,4 +1,6 @@
-"""Grad-CAM explanations on pytorch-grad-cam (https://github.com/jacobgil/pytorch-grad-cam); no CAM math here.
+"""Grad-CAM explanations on pytorch-grad-cam (https://github.com/jacobgil/pytorch-grad-cam); no CAM math here. In the
+torch-free serving tier, a :class:`~carnet_core.inference.serving.ServedModel`'s CAMs are the closed forms of
+:mod:`carnet_core.explain.closed_form` at its last feature map, equal to pytorch-grad-cam's there.
 
 ``explain(model, image, method="gradcam")`` returns the heatmap aligned with the image as the model sees it
 (after its resize and center crop), the target class and its probability, and a faithfulness number from
@@ -11,18 +13,24 @@ are released and gradients freed before the lock is let go.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from carnet_core.data.images import ImageSource, load_image
 from carnet_core.errors import CarNetError
+from carnet_core.explain.closed_form import CLOSED_FORM_METHODS, closed_form_cam
+from carnet_core.inference.serving import ServedModel
 from carnet_core.models.classifier import Classifier
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,19 @@ def _methods() -> dict[str, type]:
     import pytorch_grad_cam as pgc  # lazy: pytorch-grad-cam brings OpenCV, SciPy, Matplotlib (180 MB)
 
     return {m.key: getattr(pgc, m.cls) for m in (*METHOD_TABLE, FLOOR_METHOD)}
+
+
+#: What a served model's Explain page cannot do, in one line (:func:`methods_for`).
+SERVED_CAM_NOTE = ("This demo computes heatmaps without PyTorch, at the model's last feature map: ScoreCAM, AblationCAM, "
+                   "other layers, augmentation smoothing and ROAD need CarNet's full install.")
+
+
+def methods_for(model: Classifier | ServedModel) -> tuple[str, ...]:
+    """The CAM methods ``model`` can be explained with: all of :data:`METHODS`, or for a served model the closed
+    forms (:data:`~carnet_core.explain.closed_form.CLOSED_FORM_METHODS`)."""
+    if isinstance(model, ServedModel):
+        return tuple(m for m in METHODS if m in CLOSED_FORM_METHODS)
+    return METHODS
 
 
 #: Default target layer per architecture family: the last block with spatial output.
@@ -140,21 +161,30 @@ class Explanation:
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
-    """Blend a [0, 1] heatmap (H, W) over an RGB [0, 1] image (H, W, 3) with pytorch-grad-cam's ``show_cam_on_image``.
+    """Blend a [0, 1] heatmap (H, W) over an RGB [0, 1] image (H, W, 3): pytorch-grad-cam's ``show_cam_on_image``
+    (``use_rgb=True``, ``image_weight = 1 - alpha``), the same arithmetic, with OpenCV's colormaps read from a table
+    (``colormaps.npz``: ``cv2.applyColorMap`` of 0…255, RGB). Written out because pytorch-grad-cam and OpenCV are not
+    in the serving tier; ``tests/explain`` checks it equals ``show_cam_on_image`` pixel for pixel.
 
     Raises:
         CarNetError: unknown colormap or alpha outside [0, 1].
     """
-    import cv2  # lazy: OpenCV comes with pytorch-grad-cam, only overlays need it
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
     if colormap not in COLORMAPS:
         raise CarNetError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
     if not 0.0 <= alpha <= 1.0:
         raise CarNetError(f"alpha must be between 0 and 1, got {alpha}")
-    cmap = getattr(cv2, f"COLORMAP_{colormap.upper()}")
-    return Image.fromarray(show_cam_on_image(image.astype(np.float32), heatmap, use_rgb=True, colormap=cmap,
-                                             image_weight=1.0 - alpha))
+    image_weight = 1.0 - alpha
+    heat = np.float32(_colormaps()[colormap][np.uint8(255 * heatmap)]) / 255
+    cam = (1 - image_weight) * heat + image_weight * image.astype(np.float32)
+    cam = cam / np.max(cam)
+    return Image.fromarray(np.uint8(255 * cam))
+
+
+@functools.cache
+def _colormaps() -> dict[str, np.ndarray]:
+    """{colormap: (256, 3) uint8 RGB}: OpenCV's colormaps, as ``cv2.applyColorMap`` gives them."""
+    with np.load(Path(__file__).with_name("colormaps.npz")) as data:
+        return {name: data[name] for name in COLORMAPS}
 
 
 _layer_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
@@ -163,8 +193,12 @@ _layer_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple[int, .
 def spatial_layers(model: Classifier) -> dict[str, tuple[int, ...]]:
     """Layers whose output has spatial extent (N, C, H, W with H·W > 1), name → (C, H, W) at the model's input size.
 
-    Computed once per model with one forward pass, in network order.
+    Computed once per model with one forward pass, in network order. A served model: its last feature map only
+    (the layer its export outputs).
     """
+    if isinstance(model, ServedModel):
+        return {model.cam_layer or "features": model.feature_shape}
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     module = model.module
     if module in _layer_cache:
         return _layer_cache[module]
@@ -203,7 +237,7 @@ def stage_layers(model: Classifier, n: int = 3) -> list[str]:
     ``feature_info``: where each stage's resolution ends), then the default layer (:func:`default_layer`). For a
     classroom picker; :func:`spatial_layers` lists them all (261 modules for EfficientNet-Lite0)."""
     layers = spatial_layers(model)
-    info = getattr(model.module, "feature_info", None)
+    info = getattr(getattr(model, "module", None), "feature_info", None)
     stages = [f["module"] for f in info] if isinstance(info, list) else []
     stages = [name for name in stages if name in layers]
     default = default_layer(model)
@@ -237,8 +271,14 @@ def estimate_seconds(model: Classifier, method: str, layer: str | None = None, b
     Gradient methods: about 1.5 forward passes (the forward pass, then a backward pass that stops at the target
     layer). ScoreCAM / AblationCAM: one forward pass per channel of the target layer, run in batches of
     ``batch_size``, the per-image cost measured at that batch size. ``aug_smooth``: all of it
-    :data:`AUG_SMOOTH_PASSES` times. How close the estimate comes: docs/measurements.md.
+    :data:`AUG_SMOOTH_PASSES` times. How close the estimate comes: docs/measurements.md. A served model: two
+    forward passes (the photo, and the photo times its map for the faithfulness number), timed once.
     """
+    if isinstance(model, ServedModel):
+        t = time.perf_counter()
+        model.run(np.zeros((1, *model.data_config["input_size"]), np.float32), ("features",))
+        return 2 * (time.perf_counter() - t)
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     expensive = method in EXPENSIVE_METHODS
     n = batch_size if expensive else 1
     x = torch.zeros(n, *model.data_config["input_size"], device=model.device)
@@ -253,11 +293,14 @@ def estimate_seconds(model: Classifier, method: str, layer: str | None = None, b
     return passes * 1.5 * per_image_s
 
 
-def aug_smooth_refusal(method: str, eigen_smooth: bool = False) -> str | None:
-    """Why augmentation smoothing cannot go with ``method`` / ``eigen_smooth``, or None when it can. FinerCAM does not
-    take it. A principal component's sign is arbitrary, so EigenCAM's and eigen-smoothed maps of the flipped photo
+def aug_smooth_refusal(method: str, eigen_smooth: bool = False, model: Classifier | ServedModel | None = None
+                       ) -> str | None:
+    """Why augmentation smoothing cannot go with ``method`` / ``eigen_smooth`` (or ``model``: a served model has none),
+    or None when it can. FinerCAM does not take it. A principal component's sign is arbitrary, so EigenCAM's and eigen-smoothed maps of the flipped photo
     come out inverted on some photos (correlation -0.5 to -0.75 with the unflipped map on 3 of 6 Stanford Cars photos
     here), and the mean washes out to a flat map."""
+    if isinstance(model, ServedModel):
+        return "augmentation smoothing is not available in this demo (it runs the network on altered copies of the photo)"
     if method == "finercam":
         return "FinerCAM has no augmentation smoothing (pytorch-grad-cam's FinerCAM takes eigen smoothing only)"
     if method == "eigencam" or eigen_smooth:
@@ -279,6 +322,7 @@ def cut_graph_at(layer: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
     output instead of running through every layer before it: the gradient there, all a gradient CAM reads, is
     unchanged. The hook is prepended, so pytorch-grad-cam's own forward hook on the layer sees the leaf's copy.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
 
     def hook(_module, _inputs, output):
         if isinstance(output, torch.Tensor):
@@ -317,6 +361,10 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
             cannot be used (:func:`aug_smooth_refusal`).
         ImageError: the image cannot be decoded.
     """
+    if isinstance(model, ServedModel):
+        return _explain_served(model, image, method, class_name, layer, progress, aug_smooth, eigen_smooth)
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+
     # lazy: pytorch-grad-cam (see _methods)
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -355,6 +403,43 @@ def explain(model: Classifier, image: ImageSource | Image.Image, method: str = "
     return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
                        probability=float(probs[index]), method=method, layer=layer_name,
                        faithfulness=change, latency_ms=latency_ms, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+
+def _explain_served(model: ServedModel, image: ImageSource | Image.Image, method: str, class_name: str | None,
+                    layer: str | None, progress: Callable[[float], None] | None, aug_smooth: bool,
+                    eigen_smooth: bool) -> Explanation:
+    """:func:`explain` for a served model: the closed-form CAM (:func:`~carnet_core.explain.closed_form.closed_form_cam`)
+    from its export's features, logits and classifier; the faithfulness number as pytorch-grad-cam's
+    ``CamMultImageConfidenceChange`` computes it — the softmax probability of the class for the model input times the
+    map, less the photo's — with ONNX forward passes."""
+    if method not in methods_for(model):
+        raise CarNetError(f"{METHOD_NAMES.get(method, method)} is not available in this demo; choose one of "
+                          f"{', '.join(METHOD_NAMES[m] for m in methods_for(model))}")
+    if aug_smooth:
+        raise CarNetError(aug_smooth_refusal(method, eigen_smooth, model))
+    layer_name = next(iter(spatial_layers(model)))
+    if layer not in (None, layer_name):
+        raise CarNetError(f"this demo explains {model.name} at its last feature map ({layer_name}) only")
+    pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+    x = model.preprocess([pil])
+    index = model.index_of(class_name) if class_name is not None else None
+    if progress:
+        progress(0.0)
+    t0 = time.perf_counter()
+    logits, probs, features = model.run(x, ("logits", "probabilities", "features"), fp32=True)
+    heatmap, index = closed_form_cam(method, features[0], model.classifier[0], logits[0], index,
+                                     size=tuple(x.shape[2:]), eigen_smooth=eigen_smooth)
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    after = model.run(x * heatmap[None, None], ("probabilities",), fp32=True)[0][0, index]
+    if progress:
+        progress(1.0)
+    mean = np.asarray(model.data_config["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(model.data_config["std"], np.float32).reshape(3, 1, 1)
+    view = np.clip(x[0] * std + mean, 0, 1).transpose(1, 2, 0).astype(np.float32)
+    return Explanation(heatmap=heatmap, image=view, class_name=model.class_names[index], class_index=index,
+                       probability=float(probs[0, index]), method=method, layer=layer_name,
+                       faithfulness=float(after) - float(probs[0, index]), latency_ms=latency_ms,
+                       aug_smooth=False, eigen_smooth=eigen_smooth)
 
 
 def _run_cam(model: Classifier, method: str, x: torch.Tensor, target_layer: torch.nn.Module, index: int | None,

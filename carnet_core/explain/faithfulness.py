@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from carnet_core.data.images import ImageSource, load_image
@@ -81,6 +80,8 @@ def road(model: Classifier, image: ImageSource | Image.Image, heatmap: np.ndarra
     Raises:
         CarNetError: a removal level outside (0, 100) or a heatmap whose size is not the model's input.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+
     # lazy: pytorch-grad-cam (OpenCV, SciPy), as in carnet_core.explain.cams
     from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget

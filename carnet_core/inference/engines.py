@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from carnet_core._io import atomic_write, temp_path
 from carnet_core.errors import CarNetError
@@ -30,6 +29,7 @@ from carnet_core.models.classifier import Classifier
 
 if TYPE_CHECKING:
     import onnxruntime
+    import torch
 
 
 
@@ -39,6 +39,7 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
     Not ``torch.softmax``: on a batch it wakes torch's OpenMP threads, whose busy-waiting afterwards slows the next
     ONNX Runtime call (measured in docs/measurements.md).
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     x = logits.detach().float().cpu().numpy()
     e = np.subtract(x, x.max(axis=1, keepdims=True))
     np.exp(e, out=e)
@@ -56,6 +57,7 @@ class TorchEngine:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (N, C) float32 on the CPU for a preprocessed batch (N, 3, H, W)."""
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         with self.model.lock, torch.inference_mode():
             return self.model.module(batch.to(self.model.device)).float().cpu()
 
@@ -73,6 +75,7 @@ class TorchBF16Engine(TorchEngine):
     name = "torch-bf16"
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         device = self.model.device
         with self.model.lock, torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             return self.model.module(batch.to(device)).float().cpu()
@@ -152,6 +155,7 @@ class OnnxRuntimeEngine:
                     self.batching = self.choose_batching(batch.detach().cpu().float().numpy()[:8])
 
     def _run(self, batch: torch.Tensor, output: str) -> torch.Tensor:
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         x = batch.detach().cpu().float().numpy()
         if len(x) == 1:  # the classify path: no step between the call and its result that is not needed
             return torch.from_numpy(self.session.run([output], {"input": x})[0])
@@ -164,6 +168,7 @@ class OnnxRuntimeEngine:
     def one_by_one(self, x: np.ndarray, output: str = "probabilities") -> torch.Tensor:
         """``output`` (``"logits"`` or ``"probabilities"``, (N, C)) of ``x`` (N, 3, H, W) as N calls on the batch-1
         session."""
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         if len(x) == 0:
             return torch.zeros(0, self.num_classes)
         return torch.from_numpy(np.concatenate([self.session.run([output], {"input": x[i:i + 1]})[0]
@@ -173,6 +178,7 @@ class OnnxRuntimeEngine:
         """Time ``x`` (N, 3, H, W) as N batch-1 calls and as one call on a dynamic-batch session (median of
         ``repeats``, ms per image); keep that session for later batches only if it is faster and its probabilities
         pass :func:`parity` against torch fp32 on ``x``. Returns what was measured."""
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         n = len(x)
         try:
             session = onnxruntime_session(self.path)

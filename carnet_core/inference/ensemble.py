@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from carnet_core.errors import CarNetError, listed
 from carnet_core.inference.predict import timed_probabilities, topk_predictions
@@ -53,44 +52,48 @@ def member_names(models: Sequence[Classifier]) -> list[str]:
     return names
 
 
-def _weights(num_members: int, weights: Sequence[float] | None) -> torch.Tensor:
+def _weights(num_members: int, weights: Sequence[float] | None) -> np.ndarray:
+    """(M,) float32 member weights summing to 1 (equal when None)."""
     if weights is None:
-        return torch.full((num_members,), 1.0 / num_members)
-    w = torch.tensor([float(x) for x in weights])
+        return np.full(num_members, 1.0 / num_members, np.float32)
+    w = np.asarray([float(x) for x in weights], np.float32)
     if len(w) != num_members:
         raise CarNetError(f"{len(w)} weight{'s' * (len(w) != 1)} for {num_members} members")
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:  # NaN or inf made every vote NaN, silently
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:  # NaN or inf made every vote NaN, silently
         raise CarNetError(f"ensemble weights must be finite, >= 0 and not all zero, got {list(weights)}")
     return w / w.sum()
 
 
-def combine(member_probs: torch.Tensor, rule: str = "soft", weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Combine members' probabilities.
+def combine(member_probs: Any, rule: str = "soft", weights: Sequence[float] | None = None) -> np.ndarray:
+    """Combine members' probabilities, in NumPy (the serving tier has no torch).
 
     Args:
-        member_probs: (M, N, C) probabilities of M members for N images over C classes.
+        member_probs: (M, N, C) probabilities of M members for N images over C classes (a NumPy array or a CPU
+            torch tensor).
         rule: one of :data:`RULES`.
         weights: M non-negative member weights (normalised here); default equal.
 
     Returns:
-        (N, C) combined probabilities (rows sum to 1).
+        (N, C) float32 combined probabilities (rows sum to 1).
 
     Raises:
         CarNetError: unknown rule or bad weights.
     """
     if rule not in RULES:
         raise CarNetError(f"unknown ensemble rule {rule!r}; choose one of {', '.join(RULES)}")
-    m, n, c = member_probs.shape
-    w = _weights(m, weights).to(member_probs.dtype).view(m, 1, 1)
-    soft = (w * member_probs).sum(0)
+    p = np.asarray(member_probs, dtype=np.float32)
+    m, n, c = p.shape
+    w = _weights(m, weights).reshape(m, 1, 1)
+    soft = (w * p).sum(0)
     if rule == "soft":
         return soft
     if rule == "geometric":
-        logp = (w * member_probs.clamp_min(_EPS).log()).sum(0)
-        return torch.softmax(logp, dim=1)
-    votes = torch.zeros(n, c, dtype=member_probs.dtype)
-    votes.scatter_add_(1, member_probs.argmax(2).T, w.view(1, m).expand(n, m).contiguous())
-    return votes + 1e-6 * soft  # ties broken by the soft vote; shares still sum to ~1
+        logp = (w * np.log(np.maximum(p, np.float32(_EPS)))).sum(0)
+        e = np.exp(logp - logp.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    votes = np.zeros((n, c), np.float32)
+    np.add.at(votes, (np.repeat(np.arange(n), m), p.argmax(2).T.reshape(-1)), np.tile(w.reshape(m), n))
+    return votes + np.float32(1e-6) * soft  # ties broken by the soft vote; shares still sum to ~1
 
 
 def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
@@ -116,23 +119,24 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
 
 
 def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image]
-                         ) -> tuple[torch.Tensor, list[float]]:
-    """(M, N, C) probabilities of each member on the same images (RGB PIL images), re-indexed to the first member's
-    class order, and each member's model time in ms (as :func:`carnet_core.inference.predict` times it: not its engine choice)."""
+                         ) -> tuple[np.ndarray, list[float]]:
+    """(M, N, C) float32 probabilities of each member on the same images (RGB PIL images), re-indexed to the first
+    member's class order, and each member's model time in ms (as :func:`carnet_core.inference.predict` times it: not
+    its engine choice)."""
     names = aligned_class_names(models)
     out, times = [], []
     for model in models:
         probs, _, model_ms = timed_probabilities(model, images)
+        probs = np.asarray(probs, dtype=np.float32)
         times.append(model_ms)
         if model.class_names != names:
-            order = [model.class_names.index(c) for c in names]
-            probs = probs[:, order]
+            probs = probs[:, [model.class_names.index(c) for c in names]]
         out.append(probs)
-    return torch.stack(out), times
+    return np.stack(out), times
 
 
 def member_predictions(models: Sequence[Classifier], image: Image.Image,
-                       topk: int = 5) -> tuple[list[Prediction], list[float], torch.Tensor | None]:
+                       topk: int = 5) -> tuple[list[Prediction], list[float], np.ndarray | None]:
     """Each member's top-``topk`` on one RGB PIL image, in its own classes, and its model time in ms; plus the
     members' (M, 1, C) probabilities in one label order for an ensemble — None when their label sets differ (a
     fine-tune beside an ImageNet model: nothing to combine on one photo; :func:`carnet_core.evaluation.compare.compare_on_folder`
@@ -159,17 +163,31 @@ class Agreement:
     Attributes:
         same_top1: both put the same class first.
         top5_overlap: number of classes shared by the two top-5 lists (0–5).
-        js_divergence: Jensen–Shannon divergence in bits, 0 (identical) to 1 (disjoint) (scipy).
+        js_divergence: Jensen–Shannon divergence in bits, 0 (identical) to 1 (disjoint) (Lin 1991).
     """
     same_top1: bool
     top5_overlap: int
     js_divergence: float
 
 
-def agreement(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> Agreement:
-    """Compare two probability vectors (C,) over the same classes."""
-    from scipy.spatial.distance import jensenshannon  # lazy: SciPy, only for this measure
-
+def agreement(p: Any, q: Any) -> Agreement:
+    """Compare two probability vectors (C,) over the same classes (NumPy arrays or CPU torch tensors)."""
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     top_p, top_q = set(np.argsort(-p)[:5].tolist()), set(np.argsort(-q)[:5].tolist())
-    return Agreement(bool(p.argmax() == q.argmax()), len(top_p & top_q), float(jensenshannon(p, q, base=2) ** 2))
+    return Agreement(bool(p.argmax() == q.argmax()), len(top_p & top_q), js_divergence(p, q))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence of two distributions (C,) in bits, 0 to 1 (Lin 1991, "Divergence measures based on
+    the Shannon entropy"): the mean KL divergence of each from their mixture, after normalising each to sum 1, with
+    0·log 0 = 0. SciPy's ``jensenshannon(p, q, base=2) ** 2`` computes the same (a test checks it); written out
+    because SciPy would add 136 MB to the serving tier for this one formula."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return max(0.0, (kl(p) + kl(q)) / 2)

@@ -13,15 +13,13 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
 from carnet_core._io import atomic_write
 from carnet_core.config import cache_dir, cache_max_mb
 from carnet_core.errors import CarNetError
 from carnet_core.models.classifier import Classifier
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 
 ONNX_OPSET = 17
@@ -33,24 +31,12 @@ EXPORT_VERSION = 4
 
 def fingerprint(model: Classifier) -> str:
     """SHA-256 of the architecture, input size and every tensor of the model (changes when the weights change)."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     h = hashlib.sha256(f"{model.arch}|{model.head}|{model.data_config['input_size']}|{torch.__version__}".encode())
     for name, tensor in model.module.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-class _WithProbabilities(torch.nn.Module):
-    """The network, returning (logits, softmax probabilities), both (N, C): exported so, ONNX Runtime computes the
-    probabilities in the same call, faster than a softmax after it (measured in docs/measurements.md)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.module(x)
-        return logits, logits.softmax(dim=1)
 
 
 def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
@@ -65,7 +51,7 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     meta = _export_meta(model)
-    write = _onnx_writer(model, _WithProbabilities, ("logits", "probabilities"))
+    write = _onnx_writer(model, "probabilities", ("logits", "probabilities"))
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,20 +60,6 @@ def export_onnx(model: Classifier, path: str | os.PathLike) -> Path:
     except OSError as exc:  # a folder that cannot be created or written, a full disk
         raise CarNetError(f"cannot write the ONNX export to {path}: {exc.strerror or exc}") from None
     return path
-
-
-class _WithFeatures(torch.nn.Module):
-    """The network as (logits, probabilities, features): ``features`` (N, C, h, w) is the map its head pools (timm's
-    ``forward_features``), which the torch-free CAMs read (:mod:`carnet_core.explain.closed_form`)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.module.forward_features(x)
-        logits = self.module.forward_head(features)
-        return logits, logits.softmax(dim=1), features
 
 
 #: The serving export's outputs, in order.
@@ -105,13 +77,14 @@ def export_serving_onnx(model: Classifier, path: str | os.PathLike) -> Path:
         CarNetError: the head is not global average pooling + a linear layer (ML-Decoder: no closed-form CAM), or
             the files cannot be written."""
     import numpy as np  # lazy: only the serving export writes the classifier as .npz
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
 
     head = model.module.get_classifier()
     if model.head != "linear" or not isinstance(head, torch.nn.Linear):
         raise CarNetError(f"{model.name} has a {model.head} head: the serving export needs global average pooling "
                           f"and a linear classifier (its CAMs are computed from them)")
     path = Path(path)
-    write = _onnx_writer(model, _WithFeatures, SERVING_OUTPUTS)
+    write = _onnx_writer(model, "features", SERVING_OUTPUTS)
 
     meta = {**_export_meta(model), "outputs": list(SERVING_OUTPUTS), "classifier": path.name + ".npz",
             "cam_layer": _pooled_layer(model)}
@@ -129,6 +102,7 @@ def export_serving_onnx(model: Classifier, path: str | os.PathLike) -> Path:
 
 def _pooled_layer(model: Classifier) -> str:
     """The name of the module whose output ``forward_features`` returns (the last one it runs)."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     seen: list[str] = []
     handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: seen.append(n))
                for n, m in model.module.named_modules() if n and not list(m.children())]
@@ -144,9 +118,38 @@ def _pooled_layer(model: Classifier) -> str:
     return parents[0] if parents and parents[0].count(".") == 0 else last
 
 
-def _onnx_writer(model: Classifier, wrapper: type[torch.nn.Module], outputs: Sequence[str]):
-    """A function writing ``wrapper(model.module)`` as ONNX to a path (input ``input``, ``outputs``, dynamic batch),
-    with torch's TorchScript-based exporter, holding the model's lock and running it on the CPU meanwhile."""
+def _wrapper(returns: str) -> type[torch.nn.Module]:
+    """The network wrapped to return what an export outputs: ``"probabilities"`` — (logits, softmax probabilities),
+    both (N, C): exported so, ONNX Runtime computes the probabilities in the same call, faster than a softmax after it
+    (measured in docs/measurements.md); ``"features"`` — (logits, probabilities, features): ``features`` (N, D, h, w)
+    is the map the head pools (timm's ``forward_features``), which the torch-free CAMs read
+    (:mod:`carnet_core.explain.closed_form`). Made on demand: torch is imported only to export."""
+    import torch  # lazy: the serving tier has no torch
+
+    class WithProbabilities(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.module(x)
+            return logits, logits.softmax(dim=1)
+
+    class WithFeatures(WithProbabilities):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            features = self.module.forward_features(x)
+            logits = self.module.forward_head(features)
+            return logits, logits.softmax(dim=1), features
+
+    return WithFeatures if returns == "features" else WithProbabilities
+
+
+def _onnx_writer(model: Classifier, returns: str, outputs: Sequence[str]):
+    """A function writing the network wrapped by :func:`_wrapper` (``returns``) as ONNX to a path (input ``input``,
+    ``outputs``, dynamic batch), with torch's TorchScript-based exporter, holding the model's lock and running it on
+    the CPU meanwhile."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+    wrapper = _wrapper(returns)
     x = torch.zeros(1, *model.data_config["input_size"])
     module, device = model.module, model.device
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from carnet_core.config import calibration_set
 from carnet_core.data.datasets import SPLIT_FOLDER_NAMES, labelled_folder, read_labelled_folder
@@ -21,6 +20,9 @@ from carnet_core.errors import CarNetError, ImageError
 from carnet_core.inference.parity import MIN_GATE_PHOTOS, LabelledPhotos
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.labels import IMAGENET_1K, find_class, load_mapping, vehicle_indices
+
+if TYPE_CHECKING:
+    import torch
 
 #: Most photos read from a labelled set (evenly spaced over its sorted list): enough for a 1 % accuracy step on
 #: the gate's part, few enough to measure in seconds.
@@ -42,6 +44,7 @@ def labelled_photos(model: Classifier, folder: str | os.PathLike, mapping: dict[
             model is no ImageNet model); a mapping naming classes the model does not have; fewer readable photos
             than the gate needs.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     items = read_labelled_folder(folder)
     step = max(1.0, len(items) / limit)
     items = [items[int(i * step)] for i in range(min(limit, len(items)))]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from PIL import Image
 
 from carnet_core.config import parity_photos_dir
@@ -23,7 +22,7 @@ REDUCED_ENGINES: tuple[str, ...] = ("torch-bf16", "onnxruntime-int8")
 ENGINES: tuple[str, ...] = FP32_ENGINES + REDUCED_ENGINES
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 
 #: Largest allowed difference of any softmax probability between an fp32 engine and torch fp32.

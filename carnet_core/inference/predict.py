@@ -6,9 +6,9 @@ import csv
 import io
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+import numpy as np
 from PIL import Image
 
 from carnet_core.data.images import DECODING, ImageSource, dim_outside, fit_within, jpeg_bytes, load_image, peek_size
@@ -16,6 +16,9 @@ from carnet_core.errors import ImageError
 from carnet_core.inference.selection import select_engine
 from carnet_core.models.classifier import Classifier, InputView
 from carnet_core.models.labels import vehicle_indices
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -170,7 +173,7 @@ def classify_files(model: Classifier, files: Sequence[tuple[str, bytes | ImageSo
             del image, shown  # before the next photo is decoded, and before other threads' may be
     if not inputs:
         return photos, None
-    batch = predict_preprocessed(model, torch.cat(inputs), topk, preprocess_ms=preprocess_ms)
+    batch = predict_preprocessed(model, concat(inputs), topk, preprocess_ms=preprocess_ms)
     readable = iter(batch.predictions)
     for photo in photos:
         if photo.error is None:
@@ -190,8 +193,19 @@ def predict_preprocessed(model: Classifier, batch: torch.Tensor, topk: int = 5, 
     return PredictionBatch(topk_predictions(probs, model.class_names, topk), preprocess_ms, model_ms)
 
 
-def _sync(device: torch.device) -> None:
+def concat(batches: Sequence[Any]) -> Any:
+    """Preprocessed batches (each (n, 3, H, W)) as one: NumPy arrays (a served model's) or torch tensors."""
+    if isinstance(batches[0], np.ndarray):
+        return np.concatenate(batches)
+    import torch  # lazy: the serving tier has no torch
+
+    return torch.cat(list(batches))
+
+
+def _sync(device: Any) -> None:
     if device.type == "cuda":
+        import torch  # lazy: only a GPU needs it, and the serving tier has none
+
         torch.cuda.synchronize(device)
 
 
@@ -255,22 +269,29 @@ def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.
     return probs, (t1 - t0) * 1e3, (t3 - t2) * 1e3
 
 
-def topk_predictions(probs: torch.Tensor, class_names: Sequence[str], topk: int = 5) -> list[Prediction]:
-    """Turn probabilities (N, C) into :class:`Prediction` objects, with the vehicle view when the labels have one."""
+def topk_predictions(probs: Any, class_names: Sequence[str], topk: int = 5) -> list[Prediction]:
+    """Turn probabilities (N, C) (a NumPy array, or a CPU torch tensor) into :class:`Prediction` objects, with the
+    vehicle view when the labels have one. Ties keep the lower class index first."""
+    probs = np.asarray(probs, dtype=np.float32)
     k = min(topk, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
     vidx = vehicle_indices(class_names)
     out = []
-    for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist())):
-        pred = Prediction([class_names[j] for j in i], v, i)
+    for row in probs:
+        i = _top(row, k)
+        pred = Prediction([class_names[j] for j in i], row[i].tolist(), i.tolist())
         if vidx:
-            vprobs = probs[row, vidx]
-            vv, vi = vprobs.topk(min(k, len(vidx)))
+            vprobs = row[vidx]
+            vi = _top(vprobs, min(k, len(vidx)))
             pred.vehicle_class_names = [class_names[vidx[j]] for j in vi.tolist()]
-            pred.vehicle_probabilities = vv.tolist()
+            pred.vehicle_probabilities = vprobs[vi].tolist()
             pred.vehicle_share = float(vprobs.sum())
         out.append(pred)
     return out
+
+
+def _top(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values of ``row``, largest first (a stable sort: ties by index)."""
+    return np.argsort(-row, kind="stable")[:k]
 
 
 def prediction_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:

@@ -20,9 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 from PIL import Image
 
 from carnet_core._io import atomic_write_json, file_lock, read_json
@@ -45,7 +44,11 @@ from carnet_core.inference.parity import (
     parity,
     parity_photos,
 )
+from carnet_core.inference.serving import ServedEngine, ServedModel
 from carnet_core.models.classifier import Classifier
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -119,6 +122,10 @@ def select_engine(model: Classifier, engine: str = "auto", photos: Sequence[Imag
         CarNetError: unknown engine; a named engine that is unavailable, fails its gate, or (reduced precision) has
             no labelled set to be gated on.
     """
+    if isinstance(model, ServedModel):  # the serving tier: the engine was chosen when the bundle was made
+        stored = model.extra.get("engine") or {}
+        return EngineChoice(ServedEngine(model), f"chosen when the bundle was made: {stored.get('reason') or 'fp32'}",
+                            stored.get("torch_ms"), stored.get("engine_ms"))
     engine = forced_engine() or engine
     if engine not in ("auto", *ENGINES):
         raise CarNetError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
@@ -209,13 +216,21 @@ def stored_choice(model: Classifier, weights_fingerprint: str | None = None) -> 
 def stored_engine_text(model: Classifier, weights_fingerprint: str | None = None) -> str | None:
     """The stored engine choice in one line (Markdown) for the Models page: engine, when measured, its gate; None
     when none was measured on a labelled set for these weights (``weights_fingerprint``: see :func:`choice_path`)."""
-    stored = stored_choice(model, weights_fingerprint)
+    if isinstance(model, ServedModel):  # chosen when the bundle was made, stored in its export's metadata
+        stored = model.extra.get("engine") or None
+        if not stored or not stored.get("candidates"):
+            return None
+        stored = {**stored, "measured": stored.get("measured", "when bundled")}
+    else:
+        stored = stored_choice(model, weights_fingerprint)
     if stored is None:
         return None
     used = next((c for c in stored.get("candidates", []) if c.get("name") == stored["engine"]), {})
     gate = AccuracyGate(**used["gate"]).summary() if used.get("gate") else used.get("parity") or ""
     ms = f", {stored['engine_ms']:.1f} ms at batch 1" if stored.get("engine_ms") else ""
-    return f"Engine **{stored['engine']}**{ms} (chosen {stored.get('measured', '?')} on a labelled set): {gate}"
+    labelled = any(c.get("gate") for c in stored.get("candidates", []))
+    return (f"Engine **{stored['engine']}**{ms} (chosen {stored.get('measured', '?')}"
+            f"{' on a labelled set' if labelled else ''}): {gate}")
 
 
 def _store(model: Classifier, choice: EngineChoice) -> None:
@@ -292,6 +307,7 @@ def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
 
 def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | None,
              calibration: LabelledPhotos | None) -> EngineChoice:
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     if calibration is None and (engine == "auto" or engine in REDUCED_ENGINES):
         calibration = env_gate_set(model)
     reference = TorchEngine(model)
@@ -372,6 +388,7 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
 
 def _probabilities(engine, x: torch.Tensor) -> torch.Tensor:
     """``engine``'s probabilities (N, C) of ``x``; an ONNX Runtime engine one photo at a time (batch-1 session)."""
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     if isinstance(engine, OnnxRuntimeEngine):
         return engine.one_by_one(x.numpy())
     return torch.cat([engine.probabilities(x[i:i + 32]) for i in range(0, len(x), 32)]) if len(x) else x

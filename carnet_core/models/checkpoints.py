@@ -23,16 +23,17 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save, save_file
 
 from carnet_core._io import atomic_write
 from carnet_core.config import hosted_mode, public_text
 from carnet_core.errors import CheckpointError, listed
 from carnet_core.models.runs import LAST_CHECKPOINT, best_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "carnet-checkpoint"
 FORMAT_VERSION = 1
@@ -54,6 +55,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     Returns:
         The path written.
     """
+    from safetensors.torch import save_file  # lazy: needs torch, which the serving tier has not
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -69,6 +71,7 @@ def public_checkpoint(path: str | os.PathLike) -> bytes:
     Raises:
         CheckpointError: the file cannot be read.
     """
+    from safetensors.torch import save  # lazy: needs torch, which the serving tier has not
     path = Path(path)
     if not hosted_mode():
         return path.read_bytes()
@@ -163,6 +166,8 @@ def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[
             executed), a corrupt file, a file without tensors, or a fine-tune's resume state (``last_state.pt``; the
             message names its run's checkpoints).
     """
+    import torch  # lazy: the serving tier reads no weights files and has no torch
+    from safetensors.torch import load_file  # lazy: needs torch, which the serving tier has not
     path = Path(path)
     check_file(path)
     if path.suffix == ".safetensors":
@@ -254,6 +259,7 @@ def _torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
     keeps its options in the checkpoint as one, and timm's loader allows it too; so is Lightning's ``AttributeDict``,
     read as a plain dict. torch's warning about a pickle protocol other than its own is not shown: the file is read or
     refused either way, with CarNet's message."""
+    import torch  # lazy: the serving tier reads no weights files and has no torch
     allowed = [argparse.Namespace, *((dict, name) for name in _LIGHTNING_ATTRIBUTE_DICTS)]
     with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -269,6 +275,7 @@ def _unsafe_globals(path: Path) -> list[str]:
     """The Python classes and functions a zip-format PyTorch file asks to build (torch lists them without
     unpickling), sorted (torch gives them in a set's order, which changes from one process to the next); [] when it
     cannot tell (a legacy or corrupt file)."""
+    import torch  # lazy: the serving tier reads no weights files and has no torch
     try:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a zip-format checkpoint
@@ -276,6 +283,7 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    import torch  # lazy: the serving tier reads no weights files and has no torch
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -306,6 +314,7 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], s
         CheckpointError: the file does not fit the model; the message gives the tensor counts and the
             first mismatch.
     """
+    import torch  # lazy: the serving tier reads no weights files and has no torch
     mapped, how = match_state_dict(state_dict, module.state_dict(), source)
     broken = next((k for k, t in mapped.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if broken is not None:  # NaN or infinite weights: every probability would be NaN

@@ -7,9 +7,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from carnet_core.data.datasets import SPLIT_FOLDER_NAMES
 from carnet_core.errors import CarNetError, CheckpointError, ClassNamesNeededError, WeightsNotFoundError
@@ -36,6 +34,9 @@ from carnet_core.models.classifier import (
 from carnet_core.models.labels import label_set_names, read_class_names
 from carnet_core.models.registry import ModelSpec, find_spec, get_spec
 from carnet_core.models.weights import WeightsSource
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None = None, weights: str = "auto",
@@ -70,6 +71,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
             whose names are neither given nor found; ``class_names`` do not match its head, or are given for a
             CarNet checkpoint (which carries its own).
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     if name is None and checkpoint is None:
         raise CarNetError("give a model name or a checkpoint")
     device = torch.device(device) if device is not None else default_device()
@@ -113,6 +115,7 @@ def check_weights_file(name: str, path: str | os.PathLike) -> str:
         CheckpointError, ClassNamesNeededError, CarNetError: what :func:`load_model` would raise, with its message —
             except that a file which does not fit the architecture says so even when its head's classes are unnamed.
     """
+    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     spec, path = get_spec(name), Path(path)
     state = read_state_dict(path, shapes_only=True)
     args = training_args(path) if path.suffix != ".safetensors" else None
@@ -198,7 +201,8 @@ def _from_checkpoint(path: Path, meta: dict[str, Any]) -> Classifier:
                      extra={k: meta[k] for k in ("dataset", "recipe") if meta.get(k) is not None})
     check_data_config(data_config, path.name)  # a hand-edited data config fails here, not at the first photo
     try:
-        clf._pil_steps  # timm's transform and the normalisation, built from the data config
+        clf._resize_crop()  # timm's resize and crop, built from the data config
+        clf.transform  # timm's whole transform (to-tensor and normalisation too)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: its data config cannot be used ({type(exc).__name__}: {exc})") from None
     return clf

@@ -55,6 +55,15 @@ class WeightsSource:
     def to_dict(self) -> dict[str, str]:
         return {"source": self.source, "location": self.location, "detail": self.detail}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> "WeightsSource":
+        """The inverse of :meth:`to_dict` (an export's or checkpoint's metadata).
+
+        Raises:
+            KeyError: no ``source``.
+        """
+        return cls(str(data["source"]), str(data.get("location", "")), str(data.get("detail", "")))
+
 
 def find_in_weights_dir(spec: ModelSpec, folder: Path | None = None) -> Path | None:
     """The first file (sorted by name, ``.safetensors`` first) in ``folder`` whose name marks it as ``spec``'s."""

@@ -19,7 +19,7 @@ def test_a_bundle_holds_the_app_and_its_models_ready_to_serve(cli, tmp_path, mon
     code, stdout, err = cli("bundle", out, "--models", "efficientnet_lite0", "--calibration", need(CARS_VAL))
     assert code == 0, err
     assert f"wrote {out}: 1 model" in stdout
-    for name in ("app.py", "Procfile", "requirements.txt", "requirements-serving.txt", "Dockerfile", "README.md",
+    for name in ("app.py", "Procfile", "requirements.txt", "Dockerfile", "README.md",
                  ".python-version", "bundle.json", "app_pages/1_Classify.py", "ui/present.py",
                  "carnet_core/explain/closed_form.py", "gallery/SOURCES.md", ".streamlit/config.toml",
                  "models/efficientnet_lite0.onnx", "models/efficientnet_lite0.onnx.npz"):
@@ -28,6 +28,7 @@ def test_a_bundle_holds_the_app_and_its_models_ready_to_serve(cli, tmp_path, mon
     meta = json.loads((out / "models" / "efficientnet_lite0.onnx.json").read_text())
     assert meta["outputs"] == ["logits", "probabilities", "features"] and meta["cam_layer"] == "bn2"
     assert meta["params"] == 4652008 and 0.3 < meta["gmacs"] < 0.5 and meta["file_mb"] > 10
+    assert [row["name"] for row in meta["layers"]][:2] == ["conv_stem", "bn1"]  # the card's layer table
     assert len(meta["class_names"]) == 1000 and meta["engine"]["engine"] in ("onnxruntime", "onnxruntime-int8",
                                                                              "torch-bf16", "torch")
     gates = [c["gate"] for c in meta["engine"]["candidates"] if c["gate"]]
@@ -35,7 +36,7 @@ def test_a_bundle_holds_the_app_and_its_models_ready_to_serve(cli, tmp_path, mon
     listed = json.loads((out / "bundle.json").read_text())
     assert listed["models"][0]["name"] == "efficientnet_lite0" and listed["calibration"].startswith("stanford_cars")
     serving = [line.split("=")[0].split(">")[0].split("<")[0].strip().lower()
-               for line in (out / "requirements-serving.txt").read_text().splitlines()
+               for line in (out / "requirements.txt").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     assert "onnxruntime" in serving and "streamlit" in serving and not set(serving) & set(SERVING_FORBIDDEN)
     assert (out / ".python-version").read_text().strip() == "3.11"

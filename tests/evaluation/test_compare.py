@@ -2,6 +2,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import MOBILENET_TIMM, ROOT, SHARED, need, photo_count
@@ -50,6 +51,18 @@ def test_agreement():
     assert a.same_top1 and a.top5_overlap == 5 and a.js_divergence == pytest.approx(0, abs=1e-9)
     b = agreement(torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, 1.0]))
     assert not b.same_top1 and b.js_divergence == pytest.approx(1.0)
+
+
+def test_js_divergence_is_scipys():
+    from scipy.spatial.distance import jensenshannon
+
+    from carnet_core.inference.ensemble import js_divergence
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p, q = rng.dirichlet(np.full(1000, 0.05)), rng.dirichlet(np.full(1000, 0.05))  # peaked, like softmax outputs
+        p[rng.integers(0, 1000, 50)] = 0  # exact zeros too
+        assert js_divergence(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, abs=1e-12)
 
 
 class ColourNet(torch.nn.Module):

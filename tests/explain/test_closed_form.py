@@ -122,3 +122,20 @@ def test_the_serving_export_gives_the_same_cams_without_torch(cases, tmp_path):
                              class_names=tuple("abcd"), data_config=cases[2][1].data_config,
                              weights=WeightsSource("random"), label_set="x")
         export_serving_onnx(decoder, tmp_path / "d.onnx")
+
+
+@pytest.mark.parametrize("colormap", ["jet", "turbo", "inferno", "viridis", "magma", "hot"])
+def test_overlay_is_pytorch_grad_cams_show_cam_on_image_pixel_for_pixel(colormap):
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    from carnet_core.explain.cams import overlay
+
+    rng = np.random.default_rng(1)
+    image = rng.random((48, 64, 3), dtype=np.float32)
+    heatmap = rng.random((48, 64), dtype=np.float32)
+    for alpha in (0.0, 0.35, 0.5, 1.0):
+        ours = np.asarray(overlay(image, heatmap, alpha, colormap))
+        theirs = show_cam_on_image(image, heatmap, use_rgb=True, colormap=getattr(cv2, f"COLORMAP_{colormap.upper()}"),
+                                   image_weight=1.0 - alpha)
+        assert np.array_equal(ours, theirs), (colormap, alpha)
