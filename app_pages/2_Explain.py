@@ -6,7 +6,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import faithfulness_bar_figure, road_curves_figure
-from carnet_core.config import operator_text
+from carnet_core.config import cam_methods_cap, operator_text
 from carnet_core.data import catalog
 from carnet_core.data.images import png_bytes
 from carnet_core.data.readers import open_dataset
@@ -157,7 +157,7 @@ else:
         button = st.empty()  # gone once measured, in the same run
         if curves is None and button.button(f"Measure ROAD (about {SECONDS_PER_PHOTO_AND_METHOD:.0f} s)",
                                             key="explain_road"):
-            with st.spinner("Removing and filling in pixels…"):
+            with st.spinner("Removing and filling in pixels…"), ui.heavy("measurement"):
                 curves = ui.remembered("_road", [model], road_key, keep=8, compute=lambda: road(
                     model, photo.image, result.heatmap, result.class_index))
             button.empty()
@@ -169,7 +169,9 @@ else:
 st.subheader("Compare methods")
 fast = [m for m in methods if m not in EXPENSIVE_METHODS]
 chosen = st.multiselect("Methods", methods, default=fast[:4], format_func=METHOD_NAMES.get, key="explain_compare",
-                        help="ScoreCAM and AblationCAM take much longer than the others.")
+                        max_selections=cam_methods_cap(),  # a hosted demo's visitor: a few at a time
+                        help="ScoreCAM and AblationCAM take much longer than the others."
+                             if EXPENSIVE_METHODS & set(methods) else None)
 all_remembered = all(ui.explanation(model, photo, m, class_name, layer, compute=False,
                                     **usable_smoothing(m, aug, eigen)) for m in chosen)
 if chosen and (st.button("Compare", key="explain_compare_run") or all_remembered):  # stays while the sliders move
@@ -211,8 +213,9 @@ if ranking is None and ranked and button.button(f"Rank the methods (roughly {max
         splits = open_dataset(folder)
         photos = splits.part(splits.default_split).spread(n_photos)
         bar = st.progress(0.0, text="Measuring ROAD…")
-        ranking = ui.remembered("_road_ranking", [model], ranking_key, keep=4, compute=lambda: rank_methods(
-            model, photos, ranked, progress=lambda f: bar.progress(f)))
+        with ui.heavy("ranking"):
+            ranking = ui.remembered("_road_ranking", [model], ranking_key, keep=4, compute=lambda: rank_methods(
+                model, photos, ranked, progress=lambda f: bar.progress(f)))
         bar.empty()
         button.empty()
     except CarNetError as exc:

@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError, ImageError
 from carnet_core.charts import accuracy_bar_figure, topk_bar_figure
-from carnet_core.config import data_root, hosted_mode, mappings_dir
+from carnet_core.config import data_root, folder_photos_cap, hosted_mode, mappings_dir
 from carnet_core.data import catalog
 from carnet_core.errors import listed
 from carnet_core.evaluation.compare import compare_on_folder, load_mapping, mapping_from_bytes, plan_folder
@@ -150,8 +150,10 @@ if st.button("Evaluate", key="compare_run", disabled=not plan.ready):
     try:
         bar = st.progress(0.0, text="Classifying…")
         try:
-            report = compare_on_folder(models, folder, plan.mapping, weights if sum(weights) > 0 else None,
-                                       progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"))
+            with ui.heavy("comparison"):
+                report = compare_on_folder(models, folder, plan.mapping, weights if sum(weights) > 0 else None,
+                                           progress=lambda f: bar.progress(f, text=f"Classifying… {f * 100:.0f}%"),
+                                           max_photos=folder_photos_cap())
         finally:
             bar.empty()  # done (or refused): no bar left at 100 % above the results
         ui.keep_result("compare_report", settings, report)
@@ -163,7 +165,7 @@ if stale:
     st.info("The models, folder, mapping or ensemble weights have changed since the last evaluation. "
             "Press Evaluate to measure this selection.")
 if report is not None:
-    st.markdown(f"{report.num_images} images in `{report.folder}` · {len(report.classes)} classes · members disagree on "
+    st.markdown(f"{report.num_images} images in `{ui.public(report.folder)}` · {len(report.classes)} classes · members disagree on "
                 f"{len(report.disagreements)} images" + (f" · {len(report.unreadable)} unreadable files skipped"
                                                           if report.unreadable else ""))
     if report.combined_in == "folder classes":

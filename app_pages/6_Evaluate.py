@@ -9,7 +9,7 @@ import streamlit as st
 import ui
 from carnet_core import CarNetError
 from carnet_core.charts import confusion_heatmap_figure, embedding_figure, pr_curve_figure, reliability_figure
-from carnet_core.config import data_root, hosted_mode, mappings_dir, operator_text
+from carnet_core.config import data_root, folder_photos_cap, hosted_mode, mappings_dir, operator_text
 from carnet_core.data import catalog
 from carnet_core.data.datasets import SPLITS
 from carnet_core.data.readers import DATASET_KINDS, open_dataset
@@ -23,7 +23,7 @@ from carnet_core.evaluation.embeddings import (
     project,
     similar,
 )
-from carnet_core.evaluation.evaluate import evaluate_cached, per_class_rows, scored_text
+from carnet_core.evaluation.evaluate import evaluate_cached, explorer_extras, per_class_rows, scored_text
 from carnet_core.evaluation.metrics import TOP5_NOTE, confusion_order, top5_informative, top5_text
 from carnet_core.models.labels import within_classes
 
@@ -82,8 +82,9 @@ rerun = buttons.button("Re-run (ignore cache)", key="evaluate_refresh")
 if run or rerun:
     bar = st.progress(0.0, text=f"Evaluating {model.name} on {len(dataset)} images…")
     try:
-        report, cached = evaluate_cached(model, dataset, progress=lambda f: bar.progress(f), mapping=mapping,
-                                         refresh=rerun)
+        with ui.heavy("evaluation"):
+            report, cached = evaluate_cached(model, dataset, progress=lambda f: bar.progress(f), mapping=mapping,
+                                             refresh=rerun, max_photos=folder_photos_cap())
     except CarNetError as exc:
         bar.empty()
         st.error(ui.public(exc))
@@ -127,9 +128,14 @@ export.download_button("Full report (JSON)", json.dumps({"model": model.name, "d
                                                           **report.to_dict()}, indent=1),
                        "evaluation.json", "application/json", key="evaluate_json")
 
-tab_classes, tab_confusion, tab_mistakes, tab_labels, tab_map, tab_calibration = st.tabs(
-    ["Per class", "Confusion", "Mistakes", "Possible label errors", "Embedding map", "Calibration"],
-    key="evaluate_tab", on_change="rerun")  # tracked: a click in a tab (a confusion cell, a dot) stays in that tab
+extras = explorer_extras()  # the serving tier leaves out scikit-learn, cleanlab and SciPy, and these views with them
+tabs = st.tabs(["Per class", "Confusion", "Mistakes", *(["Possible label errors", "Embedding map"] if extras else []),
+                "Calibration"], key="evaluate_tab", on_change="rerun")  # a click in a tab (a cell, a dot) stays there
+tab_classes, tab_confusion, tab_mistakes, tab_calibration = tabs[0], tabs[1], tabs[2], tabs[-1]
+tab_labels, tab_map = (tabs[3], tabs[4]) if extras else (None, None)
+if not extras:
+    st.caption("This demo leaves out precision–recall curves, possible label errors and the embedding map: they "
+               "need CarNet's full install.")
 with tab_classes:
     st.caption("Recall is the class's accuracy (its photos predicted right); precision, the share of the photos "
                "predicted as the class that are of it; AP, the area under its precision–recall curve. Click a row to "
@@ -143,15 +149,16 @@ with tab_classes:
                          key="evaluate_class_which")
         ui.photo_grid(model, report.photos(name, which=which), f"evaluate_class_{name}_{which}", state_key,
                       f"labelled {name}, {which}, most confident first")
-    st.markdown("**Precision–recall curves**")
-    worst = [r["class"] for r in sorted(rows, key=lambda r: (pd.isna(r["AP"]), r["AP"]))][:3]
-    shown = st.multiselect("Classes", list(report.pr_curves), default=[c for c in worst if c in report.pr_curves],
-                           key="evaluate_pr_classes", help="The three with the lowest average precision to start.")
-    if shown:
-        st.plotly_chart(pr_curve_figure(report.pr_curves, shown), width="stretch", key="evaluate_pr")
+    if report.pr_curves:
+        st.markdown("**Precision–recall curves**")
+        worst = [r["class"] for r in sorted(rows, key=lambda r: (pd.isna(r["AP"]), r["AP"]))][:3]
+        shown = st.multiselect("Classes", list(report.pr_curves), default=[c for c in worst if c in report.pr_curves],
+                               key="evaluate_pr_classes", help="The three with the lowest average precision to start.")
+        if shown:
+            st.plotly_chart(pr_curve_figure(report.pr_curves, shown), width="stretch", key="evaluate_pr")
 with tab_confusion:
     order_by = st.radio("Order", ["clustered (confused classes together)", "alphabetical"], horizontal=True,
-                        key="evaluate_order")
+                        key="evaluate_order") if extras else "alphabetical"
     order = confusion_order(report.confusion) if order_by.startswith("clustered") else None
     clicked = st.plotly_chart(confusion_heatmap_figure(report.confusion, report.class_names, order), width="stretch",
                               key="evaluate_confusion", on_select="rerun", selection_mode="points")
@@ -190,73 +197,75 @@ with tab_mistakes:
                                 most_confident_first=order.startswith("most"))
         ui.photo_grid(model, shown, f"evaluate_wrong_{true_class}_{predicted}", state_key,
                       f"mistakes, {order}")
-with tab_labels:
-    st.caption("Photos whose given label the model finds least likely — candidates to check by eye, not proof of a "
-               "wrong label. Confident learning (Northcutt et al. 2021, JAIR) with cleanlab; the least likely label "
-               "first.")
-    if not report.label_issues:
-        st.success("None flagged: every label is among what the model finds likely.")
-    else:
-        ui.photo_grid(model, report.label_issues, "evaluate_labels", state_key,
-                      "flagged as possibly mislabelled, least likely label first")
-with tab_map:
-    st.caption("Each dot is a photo, placed by the features the model's head reads (its penultimate layer) projected "
-               "to 2-D: photos the model finds alike sit together. Click a dot to see the photo and the photos most "
-               "like it." + operator_text(" The same map comes from `python -m carnet_core embed`."))
-    options = st.columns(3)
-    projection = options[0].radio("Projection", PROJECTIONS, format_func=PROJECTION_NAMES.get, horizontal=True,
-                                  key="evaluate_map_method", help="UMAP (McInnes et al. 2018) keeps neighbourhoods "
-                                  "and some global layout; t-SNE (van der Maaten & Hinton 2008) neighbourhoods only.")
-    colour_by = options[1].radio("Colour by", ["class", "right or wrong"], horizontal=True, key="evaluate_map_colour")
-    map_key = (state_key, projection)
-    made = ui.remembered("_embedding_map", [model], map_key, None, keep=2)
-    button = st.empty()  # gone once the map is made, in the same run
-    if made is None and button.button("Make the map", key="evaluate_map_run"):
-        bar = st.progress(0.0, text=f"Computing the features of {count(len(dataset), 'image')}…")
+if extras:  # their libraries are installed (not in the serving tier)
+    with tab_labels:
+        st.caption("Photos whose given label the model finds least likely — candidates to check by eye, not proof of a "
+                   "wrong label. Confident learning (Northcutt et al. 2021, JAIR) with cleanlab; the least likely label "
+                   "first.")
+        if not report.label_issues:
+            st.success("None flagged: every label is among what the model finds likely.")
+        else:
+            ui.photo_grid(model, report.label_issues, "evaluate_labels", state_key,
+                          "flagged as possibly mislabelled, least likely label first")
+    with tab_map:
+        st.caption("Each dot is a photo, placed by the features the model's head reads (its penultimate layer) projected "
+                   "to 2-D: photos the model finds alike sit together. Click a dot to see the photo and the photos most "
+                   "like it." + operator_text(" The same map comes from `python -m carnet_core embed`."))
+        options = st.columns(3)
+        projection = options[0].radio("Projection", PROJECTIONS, format_func=PROJECTION_NAMES.get, horizontal=True,
+                                      key="evaluate_map_method", help="UMAP (McInnes et al. 2018) keeps neighbourhoods "
+                                      "and some global layout; t-SNE (van der Maaten & Hinton 2008) neighbourhoods only.")
+        colour_by = options[1].radio("Colour by", ["class", "right or wrong"], horizontal=True, key="evaluate_map_colour")
+        map_key = (state_key, projection)
+        made = ui.remembered("_embedding_map", [model], map_key, None, keep=2)
+        button = st.empty()  # gone once the map is made, in the same run
+        if made is None and button.button("Make the map", key="evaluate_map_run"):
+            bar = st.progress(0.0, text=f"Computing the features of {count(len(dataset), 'image')}…")
 
-        def make_map():
-            found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
-            bar.progress(0.0, text="Making the pictures shown on hover…")
-            pictures = ui.hover_thumbnails(found.paths, progress=lambda f: bar.progress(f))
-            bar.progress(1.0, text=f"Projecting with {PROJECTION_NAMES[projection]}…")
-            return found, project(found.features, projection), knn_accuracy(found.features, found.labels), pictures
+            def make_map():
+                found = dataset_features(model, dataset, progress=lambda f: bar.progress(f))
+                bar.progress(0.0, text="Making the pictures shown on hover…")
+                pictures = ui.hover_thumbnails(found.paths, progress=lambda f: bar.progress(f))
+                bar.progress(1.0, text=f"Projecting with {PROJECTION_NAMES[projection]}…")
+                return found, project(found.features, projection), knn_accuracy(found.features, found.labels), pictures
 
-        try:
-            made = ui.remembered("_embedding_map", [model], map_key, make_map, keep=2)
-            button.empty()
-        except CarNetError as exc:
-            st.error(ui.public(exc))
-        bar.empty()
-    if made is not None:
-        found, coordinates, knn, pictures = made
-        outcome = {p["path"]: p for p in report.predictions}
-        hover = [f"{Path(p).name} · {label}" + (f" → {outcome[p]['predicted']}" if p in outcome else "")
-                 for p, label in zip(found.paths, found.labels)]
-        right = [outcome[p]["label"] == outcome[p]["predicted"] if p in outcome else None for p in found.paths] \
-            if colour_by == "right or wrong" else None
-        with st.container(key="evaluate_map_box"):
-            clicked = st.plotly_chart(embedding_figure(coordinates, found.labels, hover, right), width="stretch",
-                                      key="evaluate_map_chart", on_select="rerun", selection_mode="points")
-        ui.show_on_hover("evaluate_map_box", pictures)
-        rows = [pt["customdata"] for pt in (clicked.selection.points if clicked else []) if "customdata" in pt]
-        if rows and rows[0] != st.session_state.get("evaluate_map_clicked"):  # a new click picks its photo, once
-            st.session_state["evaluate_map_clicked"] = rows[0]
-            st.session_state["evaluate_map_photo"] = int(rows[0])
-        st.caption(f"{count(len(found.paths), 'photo')} · k-NN accuracy of the features (5 nearest): {knn:.1%} (one "
-                   f"class in {len(set(found.labels))} by chance)" + (
-                       f" · the first {ui.MAX_HOVER_THUMBNAILS} show their picture on hover"
-                       if len(found.paths) > ui.MAX_HOVER_THUMBNAILS else " · hover a dot to see its photo"))
-        row = st.selectbox("Photo", range(len(found.paths)), index=None, key="evaluate_map_photo",
-                           format_func=lambda i: f"{Path(found.paths[i]).name} ({found.labels[i]})",
-                           placeholder="click a dot, or choose a photo")
-        if row is not None:
-            left, right_side = st.columns([1, 3])
-            view = ui.input_view(found.paths[row], model)
-            if view is not None:
-                left.image(view, caption=f"{Path(found.paths[row]).name} · {found.labels[row]}", width="stretch")
-            with right_side:
-                ui.photo_grid(model, similar(found, row, 6, report.predictions), f"evaluate_similar_{row}",
-                              state_key, "the most similar by cosine similarity of the features")
+            try:
+                with ui.heavy("map"):
+                    made = ui.remembered("_embedding_map", [model], map_key, make_map, keep=2)
+                button.empty()
+            except CarNetError as exc:
+                st.error(ui.public(exc))
+            bar.empty()
+        if made is not None:
+            found, coordinates, knn, pictures = made
+            outcome = {p["path"]: p for p in report.predictions}
+            hover = [f"{Path(p).name} · {label}" + (f" → {outcome[p]['predicted']}" if p in outcome else "")
+                     for p, label in zip(found.paths, found.labels)]
+            right = [outcome[p]["label"] == outcome[p]["predicted"] if p in outcome else None for p in found.paths] \
+                if colour_by == "right or wrong" else None
+            with st.container(key="evaluate_map_box"):
+                clicked = st.plotly_chart(embedding_figure(coordinates, found.labels, hover, right), width="stretch",
+                                          key="evaluate_map_chart", on_select="rerun", selection_mode="points")
+            ui.show_on_hover("evaluate_map_box", pictures)
+            rows = [pt["customdata"] for pt in (clicked.selection.points if clicked else []) if "customdata" in pt]
+            if rows and rows[0] != st.session_state.get("evaluate_map_clicked"):  # a new click picks its photo, once
+                st.session_state["evaluate_map_clicked"] = rows[0]
+                st.session_state["evaluate_map_photo"] = int(rows[0])
+            st.caption(f"{count(len(found.paths), 'photo')} · k-NN accuracy of the features (5 nearest): {knn:.1%} (one "
+                       f"class in {len(set(found.labels))} by chance)" + (
+                           f" · the first {ui.MAX_HOVER_THUMBNAILS} show their picture on hover"
+                           if len(found.paths) > ui.MAX_HOVER_THUMBNAILS else " · hover a dot to see its photo"))
+            row = st.selectbox("Photo", range(len(found.paths)), index=None, key="evaluate_map_photo",
+                               format_func=lambda i: f"{Path(found.paths[i]).name} ({found.labels[i]})",
+                               placeholder="click a dot, or choose a photo")
+            if row is not None:
+                left, right_side = st.columns([1, 3])
+                view = ui.input_view(found.paths[row], model)
+                if view is not None:
+                    left.image(view, caption=f"{Path(found.paths[row]).name} · {found.labels[row]}", width="stretch")
+                with right_side:
+                    ui.photo_grid(model, similar(found, row, 6, report.predictions), f"evaluate_similar_{row}",
+                                  state_key, "the most similar by cosine similarity of the features")
 with tab_calibration:
     st.plotly_chart(reliability_figure(report.reliability, report.ece), width="stretch", key="evaluate_reliability")
     st.caption("Bars below the diagonal: the model is over-confident in that confidence range.")

@@ -8,9 +8,31 @@ import contextlib
 import ctypes
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+_HEAVY = threading.Lock()
+
+
+@contextlib.contextmanager
+def heavy_action(exclusive: bool, busy: Callable[[], None] | None = None) -> Iterator[None]:
+    """Run a heavy action (an evaluation, a folder comparison, ROAD) — with ``exclusive``, one at a time in this
+    process: a hosted demo's server does one visitor's heavy action while the others wait their turn, instead of
+    all of them slowing each other down and adding up their memory. ``busy`` is called once when this one has to
+    wait (a page says so)."""
+    if not exclusive:
+        yield
+        return
+    if not _HEAVY.acquire(blocking=False):
+        if busy:
+            busy()
+        _HEAVY.acquire()
+    try:
+        yield
+    finally:
+        _HEAVY.release()
 
 
 def temp_path(path: Path) -> Path:

@@ -87,6 +87,23 @@ def served_models_dir() -> Path:
     return env_path("CARNET_MODELS_DIR", PROJECT_ROOT / "models")
 
 
+#: What one visitor of a hosted demo may ask of it at once (hosted mode only: on their own machine people may spend
+#: what they like): CAM methods in one comparison of methods on Explain, photos in one evaluation or folder comparison.
+HOSTED_CAM_METHODS = 4
+HOSTED_FOLDER_PHOTOS = 2000
+
+
+def cam_methods_cap() -> int | None:
+    """How many CAM methods one comparison may compute: :data:`HOSTED_CAM_METHODS` in hosted mode, else no cap."""
+    return HOSTED_CAM_METHODS if hosted_mode() else None
+
+
+def folder_photos_cap() -> int | None:
+    """How many photos one evaluation or folder comparison may score: :data:`HOSTED_FOLDER_PHOTOS` in hosted mode,
+    else no cap."""
+    return HOSTED_FOLDER_PHOTOS if hosted_mode() else None
+
+
 def session_upload_mb() -> int:
     """Megabytes of uploaded files one app session may hold on the server: ``$CARNET_SESSION_UPLOAD_MB`` or 200 (four
     of the largest photos Classify takes); older uploads are dropped past it (:mod:`ui.guard`)."""

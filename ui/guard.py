@@ -1,4 +1,5 @@
-"""What one session may hold on the server: a bound on the bytes of its uploaded files.
+"""What one session may hold on the server: a bound on the bytes of its uploaded files; and, on a hosted demo, one
+heavy action at a time (:func:`heavy`).
 
 Streamlit keeps every file PUT to ``/_stcore/upload_file/<session>/…`` in memory until the session ends, whether or
 not a widget still shows it, and bounds only each file (``server.maxUploadSize``): ten 45 MB PUTs that no widget used
@@ -9,9 +10,14 @@ wrapped here: a session over :func:`carnet_core.config.session_upload_mb` has it
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
-from carnet_core.config import session_upload_mb
+import streamlit as st
+
+from carnet_core._io import heavy_action
+from carnet_core.config import hosted_mode, session_upload_mb
 
 _LOG = logging.getLogger("carnet")
 
@@ -46,3 +52,14 @@ def cap_session_uploads() -> None:
 
     manager.add_file = add_file
     manager._carnet_capped = True
+
+
+@contextlib.contextmanager
+def heavy(what: str) -> Iterator[None]:
+    """Around a heavy action (an evaluation, a folder comparison, ROAD): on a hosted demo, one at a time per server
+    (:func:`carnet_core._io.heavy_action`), the page saying so while this visitor's ``what`` waits its turn."""
+    note = st.empty()
+    with heavy_action(hosted_mode(), busy=lambda: note.info(f"Another visitor's {what} is running on this demo; "
+                                                            "yours starts as soon as it ends.")):
+        note.empty()
+        yield

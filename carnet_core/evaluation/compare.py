@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from carnet_core.data.catalog import suggested_mapping
 from carnet_core.data.datasets import labelled_folder, read_labelled_folder
 from carnet_core.data.images import load_image
 from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.metrics import topk_accuracy
-from carnet_core.evaluation.scoring import score_images
+from carnet_core.evaluation.scoring import check_photo_count, score_images
 from carnet_core.inference.ensemble import RULES, aligned_class_names, combine, member_names, member_probabilities
 from carnet_core.inference.predict import timed_probabilities
 from carnet_core.models.classifier import Classifier
@@ -28,9 +30,6 @@ from carnet_core.models.labels import (  # noqa: F401 (the mapping readers are u
     parse_mapping,
     within_classes,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 
 def members_needing_mapping(models: Sequence[Classifier], folder: str | Path) -> tuple[list[str], list[str]]:
@@ -61,7 +60,6 @@ class LabelProjection:
 
     def __init__(self, folder_classes: Sequence[str], model_classes: Sequence[str],
                  mapping: dict[str, list[str]] | None = None):
-        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
         self.folder_classes = list(folder_classes)
         if mapping is None:
             unknown = [c for c in self.folder_classes if find_class(model_classes, c) is None]
@@ -73,7 +71,7 @@ class LabelProjection:
         missing = [c for c in self.folder_classes if c not in mapping]
         if missing:
             raise CarNetError(f"the mapping has no entry for folder classes: {', '.join(missing)}")
-        self.matrix = torch.zeros(len(model_classes), len(self.folder_classes))
+        self.matrix = np.zeros((len(model_classes), len(self.folder_classes)), np.float32)
         owner: dict[int, str] = {}
         for j, fc in enumerate(self.folder_classes):
             for mc in mapping[fc]:
@@ -87,9 +85,10 @@ class LabelProjection:
                 owner[i] = fc
                 self.matrix[i, j] = 1.0
 
-    def project(self, probs: torch.Tensor) -> torch.Tensor:
-        """(N, C_model) → (N, C_folder): probability mass on each folder class's model classes."""
-        return probs @ self.matrix
+    def project(self, probs: Any) -> np.ndarray:
+        """(N, C_model) → (N, C_folder) float32: probability mass on each folder class's model classes (a NumPy array
+        or a CPU torch tensor in)."""
+        return np.asarray(probs, np.float32) @ self.matrix
 
 
 @dataclass
@@ -125,7 +124,7 @@ class CompareReport:
 
 def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping: dict[str, list[str]] | None = None,
                       weights: Sequence[float] | None = None, batch_size: int = 32,
-                      progress: Callable[[float], None] | None = None) -> CompareReport:
+                      progress: Callable[[float], None] | None = None, max_photos: int | None = None) -> CompareReport:
     """Score each member and each ensemble rule (:data:`~carnet_core.inference.ensemble.RULES`) on a labelled folder: class
     folders of images, or a dataset with train/ and val/ splits, scored on its val split.
 
@@ -134,23 +133,25 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     onto the folder's classes first (through their own classes when they have them all, else through ``mapping``),
     and the ensembles combine those projections. Top-5 is trivially 1.0 when the folder has 5 classes or fewer.
 
+    ``max_photos``: refuse a folder of more photos (:func:`~carnet_core.evaluation.scoring.check_photo_count`).
+
     Raises:
-        CarNetError: bad folder or mapping (naming the member it does not fit), fewer than two members, or a member
-            given twice.
+        CarNetError: bad folder or mapping (naming the member it does not fit), fewer than two members, a member
+            given twice, or more than ``max_photos``.
     """
-    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     names = _common_label_set(models)
     members = member_names(models)  # distinct, for the report's rows
     folder = labelled_folder(folder)  # a dataset's val split, when it has train/ and val/
     items = read_labelled_folder(folder)
+    check_photo_count(len(items), Path(folder).name, max_photos)
     classes = sorted({label for _, label in items})
     projections = _projections(models, names, classes, mapping)  # checked before any image is read
 
-    def score(images: list) -> torch.Tensor:  # (M, n, C): each member's probabilities
+    def score(images: list) -> np.ndarray:  # (M, n, C): each member's probabilities
         if names is not None:
-            return torch.from_numpy(member_probabilities(models, images)[0])  # in the common label set
-        return torch.stack([projections[i].project(timed_probabilities(m, images)[0])
-                            for i, m in enumerate(models)])  # each in the folder's classes
+            return member_probabilities(models, images)[0]  # in the common label set
+        return np.stack([projections[i].project(timed_probabilities(m, images)[0])
+                         for i, m in enumerate(models)])  # each in the folder's classes
 
     scored = score_images([(str(path), classes.index(label)) for path, label in items],
                           lambda i: load_image(items[i][0]), score, batch_size, dim=1, progress=progress)
@@ -161,14 +162,13 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     if names is not None:
         projection = projections[0]  # the common label set onto the folder's classes
         rows = {name: projection.project(member[i]) for i, name in enumerate(members)}
-        rows.update({f"ensemble ({rule})": projection.project(torch.from_numpy(combine(member, rule, weights)))
-                     for rule in RULES})
+        rows.update({f"ensemble ({rule})": projection.project(combine(member, rule, weights)) for rule in RULES})
     else:
         rows = {name: member[i] for i, name in enumerate(members)}
-        rows.update({f"ensemble ({rule})": torch.from_numpy(combine(member, rule, weights)) for rule in RULES})
+        rows.update({f"ensemble ({rule})": combine(member, rule, weights) for rule in RULES})
     accuracy = {k: {"top1": topk_accuracy(v, y, 1), "top5": topk_accuracy(v, y, 5)} for k, v in rows.items()}
-    top1 = torch.stack([rows[name].argmax(1) for name in members])  # (M, N)
-    disagree = (top1 != top1[0]).any(0).nonzero().flatten().tolist()
+    top1 = np.stack([rows[name].argmax(1) for name in members])  # (M, N)
+    disagree = np.flatnonzero((top1 != top1[0]).any(0)).tolist()
     disagreements = [{"path": paths[i], "label": classes[labels[i]],
                       "predictions": {name: classes[int(top1[j, i])] for j, name in enumerate(members)}}
                      for i in disagree]

@@ -20,7 +20,7 @@ from carnet_core.config import cache_dir as default_cache_dir
 from carnet_core.data.datasets import ImageDataset
 from carnet_core.errors import CarNetError
 from carnet_core.evaluation.scoring import score_images
-from carnet_core.inference.export import fingerprint
+from carnet_core.inference.serving import ServedModel, pooled_features, weights_fingerprint
 from carnet_core.models.classifier import Classifier
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ def penultimate_features(model: Classifier, batch: torch.Tensor) -> torch.Tensor
     """The features the classifier head reads, (N, D) float32 on the CPU, from a preprocessed batch (N, 3, H, W):
     timm's ``forward_head(forward_features(x), pre_logits=True)`` — the globally pooled backbone output (an ML-Decoder
     head, which pools nothing, gets the spatial mean of the feature map). Holds ``model.lock``."""
+    if isinstance(model, ServedModel):
+        return pooled_features(model, batch)
     import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     with model.lock, torch.inference_mode():
         net = model.module
@@ -65,7 +67,7 @@ def dataset_features(model: Classifier, dataset: ImageDataset, batch_size: int =
     Raises:
         CarNetError: no image of the dataset could be read.
     """
-    key = hashlib.sha256(f"{fingerprint(model)}|{dataset.fingerprint()}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{weights_fingerprint(model)}|{dataset.fingerprint()}".encode()).hexdigest()[:24]
     path = (Path(cache_dir) if cache_dir else default_cache_dir() / "features") / f"{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as kept:
@@ -79,7 +81,7 @@ def dataset_features(model: Classifier, dataset: ImageDataset, batch_size: int =
                           batch_size, progress=progress)
     if scored is None:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
-    found = Features(scored.probs.numpy().astype(np.float32), scored.names,
+    found = Features(scored.probs.astype(np.float32), scored.names,
                      [dataset.class_names[int(y)] for y in scored.labels], scored.unreadable)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,12 @@ make / model / year hierarchy, accuracy at each level."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,14 +21,11 @@ from carnet_core.errors import CarNetError, listed
 from carnet_core.evaluation.compare import LabelProjection
 from carnet_core.evaluation.label_issues import find_label_issues
 from carnet_core.evaluation.metrics import metrics_from_probabilities, pr_curves
-from carnet_core.evaluation.scoring import score_images
-from carnet_core.inference.export import fingerprint
+from carnet_core.evaluation.scoring import check_photo_count, score_images
 from carnet_core.inference.predict import predict_probabilities
+from carnet_core.inference.serving import weights_fingerprint
 from carnet_core.models.classifier import Classifier
 from carnet_core.models.labels import within_classes
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -152,7 +150,8 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
-             progress: Callable[[float], None] | None = None, mapping: dict[str, list[str]] | None = None) -> EvalReport:
+             progress: Callable[[float], None] | None = None, mapping: dict[str, list[str]] | None = None,
+             max_photos: int | None = None) -> EvalReport:
     """Evaluate ``model`` on ``dataset`` through the fast inference engine (:mod:`carnet_core.inference.engines`).
 
     Args:
@@ -164,11 +163,13 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
         mapping: dataset class → model classes (e.g. ``mappings/tiny_vehicles_6_to_imagenet.json``) to score an
             ImageNet model on other labels: its probabilities are summed per dataset class
             (:class:`carnet_core.evaluation.compare.LabelProjection`) and renormalised over the dataset's classes.
+        max_photos: refuse a dataset of more photos (:func:`check_photo_count`; None: any size).
 
     Raises:
         CarNetError: the label sets differ and no mapping is given (the message names the difference), a bad
-            mapping, or no image could be read.
+            mapping, no image could be read, or more than ``max_photos``.
     """
+    check_photo_count(len(dataset), dataset.name, max_photos)
     projection = None
     # a mapping, or folders named after some of the model's classes ("sports car", "pickup"): scored over those
     if mapping is not None or (set(dataset.class_names) != set(model.class_names)
@@ -184,12 +185,12 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
                               f"only in the model: {listed(only_m)} (for an ImageNet model, give a mapping file)")
         names = list(model.class_names)
         to_index = [names.index(c) for c in dataset.class_names]
-    def score(images: list) -> torch.Tensor:
-        p = predict_probabilities(model, model.preprocess(images))
+    def score(images: list) -> np.ndarray:
+        p = np.asarray(predict_probabilities(model, model.preprocess(images)), np.float32)
         if projection is None:
             return p
         p = projection.project(p)
-        return p / p.sum(1, keepdim=True).clamp_min(1e-12)
+        return p / np.maximum(p.sum(1, keepdims=True), np.float32(1e-12))
 
     items = [(str(item) if not isinstance(item, np.ndarray) else f"#{i}", to_index[label])
              for i, (item, label) in enumerate(dataset.items)]
@@ -200,21 +201,38 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
                                      scored.unreadable)
 
 
-def report_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, paths: list[str], class_names: list[str],
+def report_from_probabilities(probs: Any, labels: Any, paths: list[str], class_names: list[str],
                               hierarchy: dict | None = None,
                               skipped: list[tuple[str, str]] | None = None) -> EvalReport:
     """The :class:`EvalReport` of probabilities (N, C) for images ``paths`` with labels (N,) indexing
-    ``class_names`` (C): the metrics, each image's top-3, the precision–recall curves and the possible label errors."""
-    p, y = probs.float(), labels
+    ``class_names`` (C): the metrics, each image's top-3, and — where scikit-learn and cleanlab are installed
+    (:func:`explorer_extras`; not in the serving tier) — the precision–recall curves and the possible label errors.
+    ``probs`` and ``labels``: NumPy arrays or CPU torch tensors."""
+    p, y = np.asarray(probs, np.float32), np.asarray(labels, np.int64)
     m = metrics_from_probabilities(p, y, class_names, hierarchy)
-    conf, pred = p.max(1)
-    top_p, top_i = p.topk(min(3, p.shape[1]), dim=1)
+    conf, pred = p.max(1), p.argmax(1)
+    top_i = np.argsort(-p, axis=1, kind="stable")[:, :min(3, p.shape[1])]
+    top_p = np.take_along_axis(p, top_i, axis=1)
     predictions = [{"path": r, "label": class_names[int(t)], "predicted": class_names[int(q)], "confidence": float(c),
                     "top3": [[class_names[int(i)], float(v)] for i, v in zip(ii, vv)]}
                    for r, t, q, c, ii, vv in zip(paths, y, pred, conf, top_i, top_p)]
     return EvalReport(class_names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"],
-                      m["reliability"], m["hierarchy"], predictions, list(skipped or []), pr_curves(p, y, class_names),
-                      find_label_issues(p, y, paths, class_names))
+                      m["reliability"], m["hierarchy"], predictions, list(skipped or []),
+                      pr_curves(p, y, class_names) if explorer_extras() else {},
+                      find_label_issues(p, y, paths, class_names) if explorer_extras() else [])
+
+
+def explorer_extras() -> bool:
+    """Whether the evaluation explorer's extras can run here — precision–recall curves and the embedding map's t-SNE
+    (scikit-learn), possible label errors (cleanlab), the clustered confusion order (SciPy): their packages are
+    importable. The serving tier leaves them out (its pages then leave those views out)."""
+    for package in ("sklearn", "cleanlab", "scipy"):
+        try:
+            if importlib.util.find_spec(package) is None:
+                return False
+        except ImportError:  # an import hook that refuses it
+            return False
+    return True
 
 
 def report_from_dict(data: dict) -> EvalReport:
@@ -255,7 +273,7 @@ def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict
     """Identifies an evaluation: the model's weights fingerprint, the dataset's files (paths, sizes, mtimes) and
     the mapping. A changed checkpoint or dataset gets a new key."""
 
-    h = hashlib.sha256(REPORT_VERSION.encode() + fingerprint(model).encode())
+    h = hashlib.sha256(REPORT_VERSION.encode() + weights_fingerprint(model).encode())
     h.update(json.dumps(mapping, sort_keys=True).encode())
     h.update(dataset.fingerprint().encode())
     return h.hexdigest()[:24]
@@ -263,7 +281,7 @@ def evaluation_cache_key(model: Classifier, dataset: ImageDataset, mapping: dict
 
 def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | None = None,
                     progress: Callable[[float], None] | None = None, mapping: dict | None = None,
-                    refresh: bool = False) -> tuple[EvalReport, bool]:
+                    refresh: bool = False, max_photos: int | None = None) -> tuple[EvalReport, bool]:
     """:func:`evaluate` with its report cached as JSON under ``cache_dir`` (default
     ``$CARNET_CACHE_DIR/evaluations``). Returns (report, came from the cache)."""
 
@@ -274,7 +292,7 @@ def evaluate_cached(model: Classifier, dataset: ImageDataset, cache_dir: str | N
             return report_from_dict(json.loads(path.read_text())), True
         except (ValueError, KeyError):
             pass
-    report = evaluate(model, dataset, progress=progress, mapping=mapping)
+    report = evaluate(model, dataset, progress=progress, mapping=mapping, max_photos=max_photos)
     try:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, report.to_dict(), indent=None)

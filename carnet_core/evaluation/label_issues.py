@@ -6,15 +6,12 @@ scikit-learn and pandas, which CarNet already has)."""
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
 
-
-def find_label_issues(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
+def find_label_issues(probs: Any, labels: Any, names: Sequence[str],
                       class_names: Sequence[str], max_issues: int = 200) -> list[dict]:
     """The images confident learning flags as probably mislabelled, the least likely given label first.
 
@@ -34,7 +31,7 @@ def find_label_issues(probs: torch.Tensor, labels: torch.Tensor, names: Sequence
     # lazy: cleanlab, only where an evaluation is made
     from cleanlab.filter import find_label_issues as cleanlab_find
 
-    p, y = probs.float().numpy().astype(np.float64), labels.numpy()
+    p, y = np.asarray(probs, np.float64), np.asarray(labels)
     if len(y) < 2 or p.shape[1] < 2:
         return []
     p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)

@@ -4,24 +4,25 @@ Networks") with its reliability curve, and a make / model / year hierarchy's acc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
 
-
-def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+def topk_hits(scores: Any, labels: Any, k: int) -> Any:
     """Whether each label is among its row's ``k`` highest scores: (N,) bool, from scores (N, C) — logits or
-    probabilities — and labels (N,) int. ``k`` larger than C counts every label as a hit."""
+    probabilities — and labels (N,) int. ``k`` larger than C counts every label as a hit. Torch tensors in (the
+    training loop's, on any device), a torch tensor out; anything else is read as NumPy arrays (the serving tier)."""
     k = min(k, scores.shape[1])
-    return (scores.topk(k, dim=1).indices == labels[:, None]).any(1)
+    if hasattr(scores, "topk"):
+        return (scores.topk(k, dim=1).indices == labels[:, None]).any(1)
+    top = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+    return (top == np.asarray(labels)[:, None]).any(1)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+def topk_accuracy(scores: Any, labels: Any, k: int) -> float:
     """Top-``k`` accuracy in [0, 1] (:func:`topk_hits` averaged); 0.0 for no rows."""
-    return float(topk_hits(scores, labels, k).float().mean()) if len(labels) else 0.0
+    return float(np.asarray(topk_hits(scores, labels, k), dtype=np.float64).mean()) if len(labels) else 0.0
 
 
 ECE_BINS = 15
@@ -42,28 +43,29 @@ def top5_text(top5: float, num_classes: int) -> str:
 TOP5_NOTE = "With 5 classes or fewer every class is in the top 5, so top-5 accuracy says nothing (it is always 100 %)."
 
 
-def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+def metrics_from_probabilities(probs: Any, labels: Any, class_names: list[str],
                                hierarchy: dict | None = None) -> dict:
-    """All metrics of :class:`EvalReport` (but predictions) from probabilities (N, C) and labels (N,)."""
-    import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+    """All metrics of :class:`EvalReport` (but predictions) from probabilities (N, C) and labels (N,) (NumPy arrays
+    or CPU torch tensors)."""
+    probs, labels = np.asarray(probs, np.float32), np.asarray(labels, np.int64)
     n, c = probs.shape
-    conf, pred = probs.max(1)
+    conf, pred = probs.max(1), probs.argmax(1)
     top5 = topk_hits(probs, labels, 5)
     correct = pred == labels
-    confusion = torch.zeros(c, c, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
+    confusion = np.zeros((c, c), np.int64)
+    np.add.at(confusion, (labels, pred), 1)
     per_class = {}
     for i, name in enumerate(class_names):
         mask = labels == i
-        per_class[name] = {"accuracy": float(correct[mask].float().mean()) if mask.any() else float("nan"),
+        per_class[name] = {"accuracy": float(correct[mask].mean()) if mask.any() else float("nan"),
                            "count": int(mask.sum())}
-    edges = torch.linspace(0, 1, ECE_BINS + 1)
+    edges = np.linspace(0, 1, ECE_BINS + 1, dtype=np.float32)
     reliability, ece = [], 0.0
     for lo, hi in zip(edges[:-1], edges[1:]):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
-            acc, mean_conf = float(correct[mask].float().mean()), float(conf[mask].mean())
-            ece += float(mask.float().mean()) * abs(acc - mean_conf)
+            acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
+            ece += float(mask.mean()) * abs(acc - mean_conf)
             reliability.append({"bin_low": float(lo), "bin_high": float(hi), "confidence": mean_conf,
                                 "accuracy": acc, "count": int(mask.sum())})
     levels = {}
@@ -73,7 +75,7 @@ def metrics_from_probabilities(probs: torch.Tensor, labels: torch.Tensor, class_
             guess = [hierarchy[class_names[int(p)]].get(level, "") for p in pred]
             if all(true):
                 levels[level] = float(np.mean([a == b for a, b in zip(true, guess)]))
-    return {"top1": float(correct.float().mean()), "top5": float(top5.float().mean()), "per_class": per_class,
+    return {"top1": float(correct.mean()), "top5": float(top5.mean()), "per_class": per_class,
             "confusion": confusion.tolist(), "ece": ece, "reliability": reliability, "hierarchy": levels}
 
 
@@ -101,7 +103,7 @@ def confusion_order(confusion: Sequence[Sequence[int]]) -> list[int]:
 PR_CURVE_POINTS = 101
 
 
-def pr_curves(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+def pr_curves(probs: Any, labels: Any, class_names: Sequence[str],
               max_points: int = PR_CURVE_POINTS) -> dict[str, dict]:
     """Each class's one-vs-rest precision–recall curve and average precision, from scikit-learn's
     ``precision_recall_curve`` and ``average_precision_score`` on probabilities (N, C) and labels (N,).
@@ -114,7 +116,7 @@ def pr_curves(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[s
     # lazy: scikit-learn's metrics (~0.5 s to import), only where an evaluation is made
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    p, y = probs.float().numpy(), labels.numpy()
+    p, y = np.asarray(probs, np.float32), np.asarray(labels)
     curves = {}
     for i, name in enumerate(class_names):
         positive = y == i

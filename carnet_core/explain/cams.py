@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image
 
+from carnet_core.config import hosted_mode
 from carnet_core.data.images import ImageSource, load_image
 from carnet_core.errors import CarNetError
 from carnet_core.explain.closed_form import CLOSED_FORM_METHODS, closed_form_cam
@@ -82,10 +83,11 @@ SERVED_CAM_NOTE = ("This demo computes heatmaps without PyTorch, at the model's 
 
 def methods_for(model: Classifier | ServedModel) -> tuple[str, ...]:
     """The CAM methods ``model`` can be explained with: all of :data:`METHODS`, or for a served model the closed
-    forms (:data:`~carnet_core.explain.closed_form.CLOSED_FORM_METHODS`)."""
+    forms (:data:`~carnet_core.explain.closed_form.CLOSED_FORM_METHODS`); on a hosted demo, not the expensive ones
+    (:data:`EXPENSIVE_METHODS`: minutes of a shared server's CPU per photo)."""
     if isinstance(model, ServedModel):
         return tuple(m for m in METHODS if m in CLOSED_FORM_METHODS)
-    return METHODS
+    return tuple(m for m in METHODS if m not in EXPENSIVE_METHODS) if hosted_mode() else METHODS
 
 
 #: Default target layer per architecture family: the last block with spatial output.

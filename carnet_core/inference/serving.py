@@ -11,6 +11,7 @@ Its CAMs come from the export's ``features`` output and the classifier in the ``
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import statistics
@@ -27,6 +28,7 @@ from PIL import Image
 from carnet_core.config import served_models_dir
 from carnet_core.errors import CarNetError
 from carnet_core.inference.engines import onnxruntime_session
+from carnet_core.inference.export import fingerprint
 from carnet_core.models.base import ClassifierBase, check_data_config, eval_resize_crop
 from carnet_core.models.weights import WeightsSource
 
@@ -95,6 +97,15 @@ class ServedModel(ClassifierBase):
             raise CarNetError(f"{self.name}: its {'int8 ' if int8 else ''}ONNX file cannot be loaded") from exc
         runs = [session.run(list(outputs), {"input": batch[i:i + 1]}) for i in range(len(batch))]
         return [np.concatenate([r[k] for r in runs]) if runs else np.zeros((0,)) for k in range(len(outputs))]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the ONNX file: what caches of this model's results (evaluations, features) are keyed by."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     @cached_property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -202,3 +213,15 @@ def served_zip(model: ServedModel) -> bytes:
         for suffix in ("", ".json", ".npz"):
             out.write(str(model.path) + suffix, model.path.name + suffix)
     return buffer.getvalue()
+
+
+def weights_fingerprint(model: Any) -> str:
+    """What caches of a model's results are keyed by: a served model's :attr:`ServedModel.fingerprint`, else the
+    full install's :func:`carnet_core.inference.export.fingerprint` (its weights hashed)."""
+    return model.fingerprint if isinstance(model, ServedModel) else fingerprint(model)
+
+
+def pooled_features(model: ServedModel, batch: np.ndarray) -> np.ndarray:
+    """The features a served model's classifier reads, (N, D) float32: its ``features`` output averaged over the map
+    (the global average pooling of its linear head), from a preprocessed batch (N, 3, H, W)."""
+    return model.run(batch, ("features",), fp32=True)[0].mean(axis=(2, 3)).astype(np.float32)

@@ -50,12 +50,17 @@ page["layers"] = list(at.selectbox(key="explain_layer").options)
 
 at.switch_page("app_pages/3_Compare.py").run()
 at.multiselect(key="compare_gallery").set_value(gallery[:1]).run()
-record("compare", at)
+at.button(key="compare_run").click().run()  # the two models and their ensembles on the labelled folder
+page = record("compare", at)
+page["tables"] = [t.value.to_dict("records") for t in at.dataframe]
 
 at.switch_page("app_pages/5_Models.py").run()
 record("models", at)
 at.switch_page("app_pages/6_Evaluate.py").run()
-record("evaluate", at)
+at.button(key="evaluate_run").click().run()
+page = record("evaluate", at)
+page["metrics"] = {m.label: m.value for m in at.metric}
+page["tabs"] = [t.label for t in at.tabs]
 
 seen["torch_imported"] = "torch" in sys.modules
 seen["full_install_modules"] = sorted({m.split(".")[0] for m in sys.modules} & {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, colour_image
 
 from carnet_core import CarNetError
 from carnet_core.data.images import load_image
@@ -24,16 +24,24 @@ BLOCKER = HERE / "block_full_install"
 GALLERY = sorted((ROOT / "gallery").glob("*.jpg"))
 
 
+#: A labelled folder for the bundle's data root: classes named after ImageNet classes (no mapping needed).
+CLASSES = {"sports car": (200, 40, 40), "pickup": (40, 160, 40), "minivan": (40, 40, 200)}
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, lite0):
     """A bundle of EfficientNet-Lite0 and Lite1 (real ImageNet weights), written by the CLI's own function, with the
-    full-install models it was made from."""
+    full-install models it was made from; its data root holds one labelled folder of generated photos."""
     from carnet_core import load_model
     from carnet_core.cli.bundle import write_bundle
 
     lite1 = load_model("efficientnet_lite1", device="cpu", use_hub=False)
     out = tmp_path_factory.mktemp("bundle") / "site"
     write_bundle(out, [lite0, lite1])
+    for k, (name, rgb) in enumerate(CLASSES.items()):
+        (out / "data" / "vehicles" / name).mkdir(parents=True)
+        for i in range(4):
+            colour_image(rgb, 10 * k + i, size=96).save(out / "data" / "vehicles" / name / f"{i}.png")
     return out, {"efficientnet_lite0": lite0, "efficientnet_lite1": lite1}
 
 
@@ -142,8 +150,19 @@ def test_the_bundled_app_runs_its_pages_without_pytorch(bundle):
     assert any(t.startswith("Faithfulness") and "probability of" in t for t in explain_page["texts"])
     assert any("without PyTorch" in t for t in explain_page["texts"])  # what it cannot do, in one line
     compare = pages["compare"]
-    assert len(compare["bars"]) == 3 and "**Ensemble**" in compare["texts"]  # two members and their ensemble
+    # the photo: two members and their ensemble; the folder: each member's and each ensemble's accuracy
+    assert len(compare["bars"]) == 4 and "**Ensemble**" in compare["texts"]
+    assert sorted(compare["bars"][3]) == ["efficientnet_lite0", "efficientnet_lite1", "ensemble (geometric)",
+                                          "ensemble (hard)", "ensemble (soft)"]
     assert sum(c.startswith("Grad-CAM for") for c in compare["images"]) == 2
+    folder = {row["model / rule"]: row for row in compare["tables"][0]}  # members and ensembles on the folder
+    assert set(folder) == {"efficientnet_lite0", "efficientnet_lite1", "ensemble (soft)", "ensemble (geometric)",
+                           "ensemble (hard)"} and all(0 <= r["top-1 (%)"] <= 100 for r in folder.values())
+    assert any(t.startswith("12 images in `vehicles`") for t in compare["texts"])  # the folder by its name
+    evaluate = pages["evaluate"]
+    assert evaluate["metrics"]["images"] == "12" and evaluate["metrics"]["top-1"].endswith("%")
+    assert evaluate["tabs"] == ["Per class", "Confusion", "Mistakes", "Calibration"]  # no scikit-learn or cleanlab
+    assert any("need CarNet's full install" in t for t in evaluate["texts"])
     assert any(t.startswith("Engine **onnxruntime**") for t in pages["models"]["texts"])
     assert any("latency is measured on this server" in t for t in pages["models"]["texts"])
     # a public visitor reads no server path and no operator instruction
