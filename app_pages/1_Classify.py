@@ -39,8 +39,9 @@ with setup:
         vehicles_only = st.toggle("Show vehicle classes only", key="classify_vehicles",
                                   help="Rank only ImageNet's road-vehicle classes (sports car, pickup, minivan, …), "
                                        "useful when the top class is a car part such as 'grille' or 'car wheel'.")
-    live = st.toggle("Live camera", key="classify_live",
-                     help="Classify the webcam's video as it runs, the top-5 drawn on the picture (WebRTC).")
+    live = ui.live_camera_available() and st.toggle(  # not in the serving tier (no WebRTC packages)
+        "Live camera", key="classify_live",
+        help="Classify the webcam's video as it runs, the top-5 drawn on the picture (WebRTC).")
     inputs = [] if live else ui.image_inputs("classify")
 if live:
     with stage if presenting else st.container():

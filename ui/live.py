@@ -4,6 +4,7 @@ drawn on the returned frame, and the rate of updates said beside it."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import streamlit as st
@@ -15,6 +16,15 @@ from carnet_core.models.classifier import Classifier
 
 #: How often the text beside the video is refreshed while it plays, s.
 STATUS_EVERY_S = 0.5
+
+
+def live_camera_available() -> bool:
+    """Whether streamlit-webrtc is installed (the full install has it; the serving tier leaves it, aiortc and PyAV
+    out)."""
+    try:
+        return importlib.util.find_spec("streamlit_webrtc") is not None
+    except ImportError:  # an import hook that refuses it
+        return False
 
 
 def live_camera(model: Classifier, key: str, heatmap: bool = False) -> None:

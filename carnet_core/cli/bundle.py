@@ -48,7 +48,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 ENV CARNET_HOSTED=1 CARNET_WEIGHTS_DIR=/app/weights PORT=8501
 EXPOSE 8501
-CMD ["bash", "-c", "streamlit run app.py --server.headless true --server.port $PORT --server.address 0.0.0.0 --browser.gatherUsageStats false --client.showErrorDetails none"]
+CMD ["bash", "-c", "streamlit run app.py --server.headless true --server.port $PORT --server.address 0.0.0.0 --browser.gatherUsageStats false --client.showErrorDetails none --client.toolbarMode viewer"]
 """
 
 

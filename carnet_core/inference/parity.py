@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 from PIL import Image
 
 from carnet_core.config import parity_photos_dir
@@ -122,19 +123,21 @@ class AccuracyGate:
                                                "accuracy", "agreement", "mean_top1_prob_diff", "passed")}
 
 
-def accuracy_gate(reference: torch.Tensor, candidate: torch.Tensor, correct: torch.Tensor,
-                  reference_correct: torch.Tensor, engine: str, set_name: str,
+def accuracy_gate(reference: Any, candidate: Any, correct: Any, reference_correct: Any, engine: str, set_name: str,
                   measure: str = "top-1 accuracy") -> AccuracyGate:
     """The reduced-precision gate on a labelled set: ``candidate`` probabilities (N, C) against the fp32
-    ``reference`` (N, C); ``correct`` / ``reference_correct`` (N,) bool — each engine's top-1 right per photo.
+    ``reference`` (N, C); ``correct`` / ``reference_correct`` (N,) bool — each engine's top-1 right per photo (NumPy
+    arrays or CPU torch tensors).
 
     Passes when the candidate keeps ≥ :data:`MIN_ACCURACY_RATIO` of the reference's accuracy (MLPerf Inference's
     rule), agrees on the top-1 class for ≥ :data:`MIN_TOP1_AGREEMENT` of the photos, and its probability of the
     reference's top-1 class differs by ≤ :data:`MAX_MEAN_TOP1_PROB_DIFF` on average."""
-    ref_top1 = reference.argmax(dim=1)
-    agreement = float((candidate.argmax(dim=1) == ref_top1).float().mean())
-    prob_diff = float((reference.gather(1, ref_top1[:, None]) - candidate.gather(1, ref_top1[:, None])).abs().mean())
-    ref_acc, acc = float(reference_correct.float().mean()), float(correct.float().mean())
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    ref_top1 = reference.argmax(axis=1)
+    agreement = float((candidate.argmax(axis=1) == ref_top1).mean())
+    rows = np.arange(len(reference))
+    prob_diff = float(np.abs(reference[rows, ref_top1] - candidate[rows, ref_top1]).mean())
+    ref_acc, acc = float(np.asarray(reference_correct, bool).mean()), float(np.asarray(correct, bool).mean())
     passed = (acc >= MIN_ACCURACY_RATIO * ref_acc and agreement >= MIN_TOP1_AGREEMENT
               and prob_diff <= MAX_MEAN_TOP1_PROB_DIFF)
     return AccuracyGate(engine, set_name, measure, len(reference), ref_acc, acc, agreement, prob_diff, passed)

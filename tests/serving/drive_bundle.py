@@ -40,7 +40,7 @@ gallery = sorted(p.name for p in (bundle / "gallery").glob("*.jpg"))
 
 at.switch_page("app_pages/1_Classify.py").run()
 at.multiselect(key="classify_gallery").set_value(gallery[:3]).run()
-record("classify", at)
+record("classify", at)["toggles"] = [t.label for t in at.toggle]
 
 at.switch_page("app_pages/2_Explain.py").run()
 at.multiselect(key="explain_gallery").set_value(gallery[:1]).run()

@@ -142,6 +142,7 @@ def test_the_bundled_app_runs_its_pages_without_pytorch(bundle):
     assert len(pages["classify"]["bars"]) == 3  # three gallery photos, five bars each
     assert all(len(bars) == 5 for bars in pages["classify"]["bars"])
     assert any("engine: chosen when the bundle was made" in t for t in pages["classify"]["texts"])
+    assert "Live camera" not in pages["classify"]["toggles"]  # no WebRTC packages in the serving tier
     explain_page = pages["explain"]
     assert explain_page["methods"] == ["GradCAM", "GradCAM++", "HiResCAM", "XGradCAM", "LayerCAM", "EigenCAM",
                                        "FinerCAM"]  # the closed forms (as the select box shows them)
