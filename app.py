@@ -9,6 +9,7 @@ from carnet_core.config import can_train, hosted_mode, measure_engine_first
 from carnet_core.errors import log_unexpected
 from carnet_core.inference.selection import measure_in_background
 from ui.guard import cap_session_uploads
+from ui.models import warm_up_once
 from ui.present import presentation_toggle, presenting
 
 # presentation mode (?present=1 or the sidebar toggle) starts with the sidebar folded away
@@ -16,6 +17,7 @@ st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide",
                    initial_sidebar_state="collapsed" if presenting() else "auto")
 cap_session_uploads()  # once per process: a session's uploads are bounded (ui/guard.py)
 measure_in_background(not measure_engine_first())  # a model's first photos are classified with torch while its fastest engine is measured
+warm_up_once()  # the serving tier: its models loaded and timed at start-up, before the first visitor
 page = st.navigation([
     st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/1_Classify.py", title="Classify", url_path="classify", icon=":material/image_search:"),

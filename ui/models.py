@@ -15,7 +15,7 @@ from PIL import Image
 from carnet_core import CarNetError, list_models, load_model
 from carnet_core.config import jobs_dir, served_models_dir, serving_tier, weights_dir
 from carnet_core.errors import ClassNamesNeededError
-from carnet_core.inference.serving import ServedModel, load_served, measure_latency, served_model_files
+from carnet_core.inference.serving import ServedModel, cached_served, served_model_files, warm_up
 from carnet_core.models import weights as W
 from carnet_core.models.catalog import CheckpointEntry, list_checkpoints
 from carnet_core.models.classifier import Classifier
@@ -117,7 +117,7 @@ def cached_model(name: str) -> Classifier | ServedModel:
             path = served().get(name)
             if path is None:
                 raise CarNetError(f"this demo has no model {name!r}")
-            return _cached_served(str(path), path.stat().st_mtime_ns)
+            return cached_served(path)
         ref = ModelRef.parse(name)
         if ref.is_checkpoint:
             return _cached_model(name, f"{ref.checkpoint.stat().st_mtime_ns}" if ref.checkpoint.exists() else "")
@@ -147,11 +147,6 @@ def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -
     from carnet_core import load_image
 
     return _model.input_view(load_image(path))
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)  # cached_model says what is loading
-def _cached_served(path: str, stamp: int) -> ServedModel:  # stamp: when the file was written
-    return load_served(path)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)  # cached_model says what is loading
@@ -286,7 +281,8 @@ RANDOM_WEIGHTS = "random weights"
 def cached_cost(key: str) -> dict | None:
     """Latency / peak memory measured earlier on this machine for this model's current weights (or, without weights
     here, on random weights), or None. The serving tier: latency measured in this process, once per model file
-    (:func:`carnet_core.inference.serving.measure_latency`; no peak memory of its own: the models share the server)."""
+    (:attr:`carnet_core.inference.serving.ServedModel.latency_ms`, usually at start-up by ``warm_up``; no peak memory of
+    its own: the models share the server)."""
     if serving_tier():
         path = served().get(key)
         return None if path is None else _served_cost(str(path), path.stat().st_mtime_ns)
@@ -297,7 +293,7 @@ def cached_cost(key: str) -> dict | None:
 
 @st.cache_resource(show_spinner="Measuring the model's latency…", max_entries=16)
 def _served_cost(path: str, stamp: int) -> dict:  # stamp: when the file was written
-    return {"latency_ms": measure_latency(_cached_served(path, stamp)), "peak_memory_mb": None,
+    return {"latency_ms": cached_served(path).latency_ms, "peak_memory_mb": None,
             "measured": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -311,3 +307,13 @@ def measure(key: str) -> dict:
     if not card["has_weights"]:
         args["weights"] = "random"
     return measure_cost(key, card["fingerprint"], args)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_once() -> bool:
+    """Start :func:`carnet_core.inference.serving.warm_up` once per server process in the serving tier (a cached
+    resource: the first run of any page starts it); False in the full install, whose models load on first use."""
+    if not serving_tier():
+        return False
+    warm_up()
+    return True

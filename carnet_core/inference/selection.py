@@ -118,6 +118,9 @@ def select_engine(model: Classifier, engine: str = "auto", photos: Sequence[Imag
     (``calibration``, default ``$CARNET_CALIBRATION``) and must pass :func:`accuracy_gate` on it. On a GPU: torch.
     Or an engine name from :data:`ENGINES` to use that engine (``$CARNET_ENGINE`` overrides the argument).
 
+    A served model (:class:`~carnet_core.inference.serving.ServedModel`, the serving tier) has one engine, chosen when
+    its bundle was made: it is returned as it is, whatever ``engine`` says, and nothing is measured.
+
     Raises:
         CarNetError: unknown engine; a named engine that is unavailable, fails its gate, or (reduced precision) has
             no labelled set to be gated on.
@@ -215,7 +218,8 @@ def stored_choice(model: Classifier, weights_fingerprint: str | None = None) -> 
 
 def stored_engine_text(model: Classifier, weights_fingerprint: str | None = None) -> str | None:
     """The stored engine choice in one line (Markdown) for the Models page: engine, when measured, its gate; None
-    when none was measured on a labelled set for these weights (``weights_fingerprint``: see :func:`choice_path`)."""
+    when none was measured on a labelled set for these weights (``weights_fingerprint``: see :func:`choice_path`). A
+    served model: the choice made when its bundle was made, from its export's metadata."""
     if isinstance(model, ServedModel):  # chosen when the bundle was made, stored in its export's metadata
         stored = model.extra.get("engine") or None
         if not stored or not stored.get("candidates"):

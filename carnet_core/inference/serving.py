@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import statistics
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -108,6 +109,11 @@ class ServedModel(ClassifierBase):
         return digest.hexdigest()
 
     @cached_property
+    def latency_ms(self) -> float:
+        """Batch-1 classify latency on this server, ms (:func:`measure_latency`), measured once."""
+        return measure_latency(self)
+
+    @cached_property
     def feature_shape(self) -> tuple[int, int, int]:
         """(D, h, w) of the ``features`` output at the model's input size (one forward pass, once)."""
         return tuple(self.run(np.zeros((1, *self.data_config["input_size"]), np.float32), ("features",))[0].shape[1:])
@@ -187,6 +193,47 @@ def served_model_files(folder: str | Path | None = None) -> dict[str, Path]:
         if "features" in meta.get("outputs", ()) and meta.get("name"):
             found[str(meta["name"])] = path
     return found
+
+
+_LOADED: dict[tuple[str, int], ServedModel] = {}
+_LOADING = threading.Lock()
+
+
+def cached_served(path: str | Path) -> ServedModel:
+    """The served model of ``path``, loaded once per process and file version (its modification time) and shared:
+    by all app sessions and by :func:`warm_up`.
+
+    Raises:
+        CarNetError: as :func:`load_served`; the file is gone.
+    """
+    path = Path(path)
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        raise CarNetError(f"{path.name} is no longer there") from None
+    with _LOADING:  # one load per file, however many sessions ask at once
+        if key not in _LOADED:
+            for old in [k for k in _LOADED if k[0] == key[0]]:  # an older version of the file
+                del _LOADED[old]
+            _LOADED[key] = load_served(path)
+        return _LOADED[key]
+
+
+def warm_up(folder: str | Path | None = None) -> threading.Thread:
+    """Load every served model of ``folder`` (default: the bundle's) and measure its batch-1 latency
+    (:attr:`ServedModel.latency_ms`) in a background thread, so that a server has its models ready and the Models
+    page its numbers before the first visitor asks. Errors are left for the pages to say when a model is used."""
+
+    def run() -> None:
+        for path in served_model_files(folder).values():
+            try:
+                cached_served(path).latency_ms
+            except Exception:  # noqa: BLE001 - any failure is said by the page that uses the model
+                continue
+
+    thread = threading.Thread(target=run, name="carnet-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def measure_latency(model: ServedModel, repeats: int = 20) -> float:

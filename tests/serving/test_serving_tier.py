@@ -170,3 +170,15 @@ def test_the_bundled_app_runs_its_pages_without_pytorch(bundle):
     text = "\n".join(seen["texts"])
     for secret in (str(out), str(Path.home()), "/tmp/", "CARNET_", "python -m carnet_core", "Fine-tune"):
         assert secret not in text, secret
+
+
+@pytest.mark.slow
+def test_a_server_warms_up_every_model_once_before_the_first_visitor(bundle):
+    from carnet_core.inference.serving import cached_served, warm_up
+
+    out, _ = bundle
+    warm_up(out / "models").join(120)
+    for path in served_model_files(out / "models").values():
+        model = cached_served(path)
+        assert "latency_ms" in vars(model) and model.latency_ms > 0  # measured by the warm-up, not by this line
+        assert cached_served(path) is model  # one instance per file, shared by every session
