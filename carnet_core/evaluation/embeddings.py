@@ -166,7 +166,7 @@ def knn_accuracy(points: np.ndarray, labels: Sequence[str], k: int = 5, metric: 
 
 def features_of(model: Classifier, image: Image.Image) -> np.ndarray:
     """:func:`penultimate_features` of one RGB image: (D,) float32."""
-    return penultimate_features(model, model.preprocess([image]))[0].numpy()
+    return np.asarray(penultimate_features(model, model.preprocess([image]))[0], np.float32)
 
 
 def similar(found: Features, query: np.ndarray | int, k: int = 6, predictions: Sequence[dict] = ()) -> list[dict]:

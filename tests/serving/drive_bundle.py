@@ -41,6 +41,9 @@ gallery = sorted(p.name for p in (bundle / "gallery").glob("*.jpg"))
 at.switch_page("app_pages/1_Classify.py").run()
 at.multiselect(key="classify_gallery").set_value(gallery[:3]).run()
 record("classify", at)["toggles"] = [t.label for t in at.toggle]
+similar = at.selectbox(key="classify_similar_folder")  # the photos of a dataset most like each photo
+similar.set_value(similar.options[0]).run()
+record("classify_similar", at)
 
 at.switch_page("app_pages/2_Explain.py").run()
 at.multiselect(key="explain_gallery").set_value(gallery[:1]).run()

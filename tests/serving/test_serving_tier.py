@@ -139,10 +139,13 @@ def test_the_bundled_app_runs_its_pages_without_pytorch(bundle):
     assert not seen["torch_imported"] and seen["full_install_modules"] == []
     pages = seen["pages"]
     assert {name: page["exceptions"] for name, page in pages.items()} == {name: [] for name in pages}
+    assert not [t for t in seen["texts"] if "Something went wrong" in t]  # app.py's catch-all: no fault hidden there
     assert len(pages["classify"]["bars"]) == 3  # three gallery photos, five bars each
     assert all(len(bars) == 5 for bars in pages["classify"]["bars"])
     assert any("engine: chosen when the bundle was made" in t for t in pages["classify"]["texts"])
     assert "Live camera" not in pages["classify"]["toggles"]  # no WebRTC packages in the serving tier
+    similar = pages["classify_similar"]  # features from the export's feature map, 6 photos per photo
+    assert sum(t.startswith("**Most like") for t in similar["texts"]) == 3
     explain_page = pages["explain"]
     assert explain_page["methods"] == ["GradCAM", "GradCAM++", "HiResCAM", "XGradCAM", "LayerCAM", "EigenCAM",
                                        "FinerCAM"]  # the closed forms (as the select box shows them)
