@@ -6,27 +6,33 @@ import streamlit as st
 import ui
 from carnet_core import list_models
 from carnet_core.config import can_train, hosted_mode, serving_tier, weights_dir
+from carnet_core.evaluation.evaluate import explorer_extras
 from carnet_core.models.weights import find_in_weights_dir
 
 st.set_page_config(page_title="CarNet", page_icon="🚗", layout="wide")
 st.title("🚗 CarNet")
+served = list(ui.served())  # the serving tier: the models bundled with this demo; what it leaves out is not said
+networks = ", ".join(served) if served else "EfficientNet, MobileNetV2, ResNet-50, SE-ResNet-50"
+extras = explorer_extras()
 st.markdown(
     "An interactive demo and model explorer for **car image classification**. Upload a photo and see what "
-    "ImageNet-trained networks (EfficientNet, MobileNetV2, ResNet-50, SE-ResNet-50) think it is — with "
-    "top-5 probabilities, the vehicle classes among them, and how long each prediction took."
+    f"ImageNet-trained networks ({networks}) think it is — with top-5 probabilities, the vehicle classes among them, "
+    "and how long each prediction took."
 )
 st.markdown("**Pages** (sidebar):\n"
-            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image, or point the live "
-            "camera at a car;\n"
-            "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class and layer;\n"
+            "- **Classify** — upload, snap or pick photos and get the top-5 classes per image"
+            + (", or point the live camera at a car;\n" if ui.live_camera_available() else ";\n") +
+            "- **Explain** — Grad-CAM heatmaps: what the network looked at, for any class"
+            + (";\n" if served else " and layer;\n") +
             "- **Compare** — two or more models side by side, their ensemble, and both measured on a labelled folder;\n"
             + ("" if not can_train() else "- **Fine-tune** — teach a backbone your own classes (a folder, a zip, or photos "
                                         "added class by class): a quick model in seconds, or a full fine-tune in a "
                                         "background job with its curves;\n") +
-            "- **Models** — what each model costs here (parameters, GMACs, latency, memory), how it was made, and "
-            "downloads to deploy it elsewhere;\n"
+            "- **Models** — what each model costs here (parameters, GMACs, latency" + ("" if served else ", memory")
+            + "), how it was made, and downloads to deploy it elsewhere;\n"
             "- **Evaluate** — a model on a labelled dataset: per-class precision and recall, the photos behind each "
-            "confusion cell, possible label errors, an embedding map of similar photos, calibration.\n\n"
+            "confusion cell, " + ("possible label errors, an embedding map of similar photos, " if extras else "")
+            + "calibration.\n\n"
             "On a projector, turn on **Presentation mode** in the sidebar (or add `?present=1` to the address).")
 
 st.subheader("Models and their weights")

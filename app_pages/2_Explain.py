@@ -46,7 +46,7 @@ if presenting:
     setup = st.expander("Model and photo")
 else:
     st.title("Explain")
-    st.caption("Class activation maps (pytorch-grad-cam): which parts of the photo drove the prediction. "
+    st.caption("Class activation maps (pytorch-grad-cam's methods): which parts of the photo drove the prediction. "
                "Heatmaps can be wrong — the faithfulness number tells how much the highlighted region alone supports "
                "the class.")
     setup = st.container()

@@ -169,6 +169,10 @@ def test_the_bundled_app_runs_its_pages_without_pytorch(bundle):
     assert any("need CarNet's full install" in t for t in evaluate["texts"])
     assert any(t.startswith("Engine **onnxruntime**") for t in pages["models"]["texts"])
     assert any("latency is measured on this server" in t for t in pages["models"]["texts"])
+    home = " ".join(pages["home"]["texts"])  # what the demo has, not what the serving tier leaves out
+    assert "(efficientnet_lite0, efficientnet_lite1)" in home
+    for absent in ("live camera", "label errors", "embedding map", "ResNet", "and layer", "Fine-tune"):
+        assert absent not in home, absent
     # a public visitor reads no server path and no operator instruction
     text = "\n".join(seen["texts"])
     for secret in (str(out), str(Path.home()), "/tmp/", "CARNET_", "python -m carnet_core", "Fine-tune"):
