@@ -111,25 +111,18 @@ def cached_model(name: str) -> Classifier | ServedModel:
     Raises:
         CarNetError: the model cannot be loaded (the serving tier: the bundle has no such model).
     """
-    # said only when it takes over half a second (Streamlit's spinner waits that long): the first load on a server
-    with st.spinner(f"Loading {name}: {LOAD_TIME}, once per server…"):
-        if serving_tier():
-            path = served().get(name)
-            if path is None:
-                raise CarNetError(f"this demo has no model {name!r}")
-            return cached_served(path)
-        ref = ModelRef.parse(name)
-        if ref.is_checkpoint:
-            return _cached_model(name, f"{ref.checkpoint.stat().st_mtime_ns}" if ref.checkpoint.exists() else "")
-        from carnet_core import get_spec
+    if serving_tier():  # loaded at start-up (warm_up_once), in well under a second
+        path = served().get(name)
+        if path is None:
+            raise CarNetError(f"this demo has no model {name!r}")
+        return cached_served(path)
+    ref = ModelRef.parse(name)
+    if ref.is_checkpoint:
+        return _cached_model(name, f"{ref.checkpoint.stat().st_mtime_ns}" if ref.checkpoint.exists() else "")
+    from carnet_core import get_spec
 
-        found = W.find_in_weights_dir(get_spec(name))
-        return _cached_model(name, f"{found}:{found.stat().st_mtime_ns}" if found is not None else "")
-
-
-#: How long a model's first load takes, as the page says it: measured 1.7–4.5 s with PyTorch on a 2-core CPU
-#: (docs/measurements.md), under a second for a served model.
-LOAD_TIME = "a few seconds"
+    found = W.find_in_weights_dir(get_spec(name))
+    return _cached_model(name, f"{found}:{found.stat().st_mtime_ns}" if found is not None else "")
 
 
 def input_view(path: str | Path, model: Classifier) -> Image.Image | None:
@@ -149,7 +142,9 @@ def _input_view(path: str, mtime: float, data_config: str, _model: Classifier) -
     return _model.input_view(load_image(path))
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)  # cached_model says what is loading
+#: What the page says while a model loads, on a cache miss only: the first load with PyTorch measured 1.7–4.5 s on a
+#: 2-core CPU (docs/measurements.md).
+@st.cache_resource(show_spinner="Loading the model: a few seconds, once per server…", max_entries=8)
 def _cached_model(name: str, stamp: str) -> Classifier:  # stamp: which file, and when it was written
     return load_model(**ModelRef.parse(name).load_args())
 

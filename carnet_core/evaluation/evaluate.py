@@ -211,6 +211,7 @@ def report_from_probabilities(probs: Any, labels: Any, paths: list[str], class_n
     p, y = np.asarray(probs, np.float32), np.asarray(labels, np.int64)
     m = metrics_from_probabilities(p, y, class_names, hierarchy)
     conf, pred = p.max(1), p.argmax(1)
+    extras = explorer_extras()
     top_i = np.argsort(-p, axis=1, kind="stable")[:, :min(3, p.shape[1])]
     top_p = np.take_along_axis(p, top_i, axis=1)
     predictions = [{"path": r, "label": class_names[int(t)], "predicted": class_names[int(q)], "confidence": float(c),
@@ -218,8 +219,8 @@ def report_from_probabilities(probs: Any, labels: Any, paths: list[str], class_n
                    for r, t, q, c, ii, vv in zip(paths, y, pred, conf, top_i, top_p)]
     return EvalReport(class_names, len(y), m["top1"], m["top5"], m["per_class"], m["confusion"], m["ece"],
                       m["reliability"], m["hierarchy"], predictions, list(skipped or []),
-                      pr_curves(p, y, class_names) if explorer_extras() else {},
-                      find_label_issues(p, y, paths, class_names) if explorer_extras() else [])
+                      pr_curves(p, y, class_names) if extras else {},
+                      find_label_issues(p, y, paths, class_names) if extras else [])
 
 
 def explorer_extras() -> bool:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import statistics
 import threading
-import time
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +28,7 @@ from carnet_core.config import served_models_dir
 from carnet_core.errors import CarNetError
 from carnet_core.inference.engines import onnxruntime_session
 from carnet_core.inference.export import fingerprint
+from carnet_core.inference.parity import median_ms
 from carnet_core.models.base import ClassifierBase, check_data_config, eval_resize_crop
 from carnet_core.models.weights import WeightsSource
 
@@ -123,12 +122,6 @@ class ServedModel(ClassifierBase):
         """The linear classifier: (weight (C, D), bias (C,)) float32, from the export's ``.npz``."""
         with np.load(str(self.path) + ".npz") as data:
             return data["weight"].astype(np.float32), data["bias"].astype(np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        """The metadata shown in model tables (a :meth:`Classifier.describe`'s keys)."""
-        return {"name": self.name, "arch": self.arch, "family": self.family, "head": self.head,
-                "label_set": self.label_set, "class_names": list(self.class_names), "data_config": self.data_config,
-                "weights": self.weights.to_dict(), "metrics": self.metrics, "num_params": self.num_params}
 
 
 class ServedEngine:
@@ -241,14 +234,7 @@ def measure_latency(model: ServedModel, repeats: int = 20) -> float:
     photo-sized input, after two warm-up calls (as the full install's Models page measures, but in this process:
     the serving tier has one engine per model and nothing to keep apart)."""
     x = model.preprocess([Image.new("RGB", (320, 240), (120, 130, 140))])
-    for _ in range(2):
-        model.run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.run(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: model.run(x), repeats=repeats)
 
 
 def served_zip(model: ServedModel) -> bytes:
