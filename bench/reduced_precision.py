@@ -1,9 +1,10 @@
 """Reduced-precision candidates side by side: accuracy under the accuracy gate and batch-1 latency, against ONNX
 Runtime fp32 and timm eager fp32 measured in the same run.
 
-    python bench/reduced_precision.py [--models efficientnet_lite0,...] [--calibration DIR] [--mapping FILE]
+    python bench/reduced_precision.py [--models efficientnet_lite0,...] [--calibration DIR] [--mapping FILE] [--no-int8]
 
-Candidates: torch bf16 autocast; ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8 activations) with
+Candidates: torch bf16 autocast; OpenVINO bf16 on the same ONNX export (where the CPU has AMX or AVX-512-BF16);
+ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8 activations) with
 min-max, entropy and percentile (99.999) calibration, each as is and with the first convolution and the classifier
 kept in fp32. int8 is calibrated on every 4th photo of the labelled set and gated on the others (the library's split,
 :meth:`LabelledPhotos.split`). The gate: :func:`carnet_core.inference.parity.accuracy_gate` (≥ 99 % of fp32's
@@ -27,7 +28,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from carnet_core import CarNetError, load_model  # noqa: E402
-from carnet_core.inference.engines import OnnxRuntimeEngine, TorchBF16Engine, TorchEngine, onnxruntime_session  # noqa: E402
+from carnet_core.inference.engines import (  # noqa: E402
+    OnnxRuntimeEngine,
+    OpenVinoBF16Engine,
+    TorchBF16Engine,
+    TorchEngine,
+    onnxruntime_session,
+    openvino_bf16_missing,
+)
 from carnet_core.inference.export import cached_export  # noqa: E402
 from carnet_core.inference.gate_set import labelled_photos  # noqa: E402
 from carnet_core.inference.parity import accuracy_gate, median_ms  # noqa: E402
@@ -72,6 +80,8 @@ def main() -> int:
     parser.add_argument("--weights", action="append", default=[], metavar="NAME=FILE",
                         help="a weights file for a model (e.g. mobilenetv2_100=../shared/weights/….pth)")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="the six int8 variants (--no-int8: leave them out, a much shorter run)")
     args = parser.parse_args()
     logging.getLogger().addHandler(logging.NullHandler())
     warnings.simplefilter("ignore")
@@ -105,8 +115,16 @@ def main() -> int:
         probs = torch.cat([bf16.probabilities(x[gate][i:i + 32]) for i in range(0, len(gate), 32)])
         rows.append(("torch bf16", median_ms(lambda: bf16.probabilities(x1), args.repeats),
                      accuracy_gate(ref, probs, gate_set.correct(probs, gate), ref_right, "bf16", gate_set.name)))
+        if (missing := openvino_bf16_missing()) is None:
+            ov = OpenVinoBF16Engine(model)
+            probs = ov.probabilities(x[gate])
+            rows.append(("openvino bf16", median_ms(lambda: ov.probabilities(x1), args.repeats),
+                         accuracy_gate(ref, probs, gate_set.correct(probs, gate), ref_right, "openvino-bf16",
+                                       gate_set.name)))
+        else:
+            rows.append(("openvino bf16", None, f"not on this machine: {missing}"))
         with tempfile.TemporaryDirectory() as tmp:
-            for method in ("MinMax", "Entropy", "Percentile"):
+            for method in ("MinMax", "Entropy", "Percentile") if args.int8 else ():
                 for keep_ends in (False, True):
                     label = f"int8 {method.lower()}" + (" (ends fp32)" if keep_ends else "")
                     dst = Path(tmp) / f"{method}-{keep_ends}.onnx"

@@ -5,7 +5,7 @@ each model, the engine chosen on a labelled set), the Procfile, ``.python-versio
 The bundle is the serving tier: its ``bundle.json`` puts the app in it (:func:`carnet_core.config.serving_tier`), its
 models are run by ONNX Runtime (:mod:`carnet_core.inference.serving`), their CAMs are the closed forms of
 :mod:`carnet_core.explain.closed_form`, and its ``requirements.txt`` has no PyTorch, torchvision, timm, grad-cam,
-Lightning, wandb or mlflow.
+Lightning, wandb, mlflow or OpenVINO.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from carnet_core.evaluation.cards import count_macs, layer_table
 from carnet_core.inference.export import export_serving_onnx
 from carnet_core.inference.parity import LabelledPhotos
 from carnet_core.inference.selection import select_engine
+from carnet_core.inference.serving import SERVED_ENGINES
 from carnet_core.models.classifier import Classifier
 
 #: What of the project goes into a bundle (the app and what it reads), relative to the project folder.
 APP_FILES: tuple[str, ...] = ("app.py", "app_pages", "ui", "carnet_core", "gallery", "mappings", ".streamlit",
                               "Procfile")
-#: The serving tier's packages: no torch, torchvision, timm, grad-cam, lightning, wandb or mlflow.
+#: The serving tier's packages: no torch, torchvision, timm, grad-cam, lightning, wandb, mlflow or OpenVINO.
 SERVING_REQUIREMENTS = """# CarNet's serving tier: the bundled app runs its models with ONNX Runtime, without PyTorch
 streamlit==1.67.0
 onnxruntime==1.31.1
@@ -103,7 +104,7 @@ def write_bundle(out: str | Path, models: Sequence[Classifier], calibration: Cal
             stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)
             path = export_serving_onnx(model, out / "models" / f"{stem}.onnx")
             gate_set = calibration(model) if calibration else None
-            choice = select_engine(model, calibration=gate_set)
+            choice = select_engine(model, calibration=gate_set, among=SERVED_ENGINES)
             size = tuple(model.data_config["input_size"])
             meta_path = Path(str(path) + ".json")
             meta = json.loads(meta_path.read_text())

@@ -243,6 +243,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if choice.engine.name == "onnxruntime-int8":
             shutil.copyfile(choice.engine.path, out.with_name(out.stem + "-int8.onnx"))
             print(f"wrote {out.with_name(out.stem + '-int8.onnx')} (the int8 model that passed the gate)")
+        elif choice.engine.name == "openvino-bf16":
+            print(f"{out} passed the gate in bf16 under OpenVINO (its CPU plugin, INFERENCE_PRECISION_HINT=bf16, on a "
+                  f"CPU with AMX or AVX-512-BF16); ONNX Runtime runs it in fp32")
     session = onnxruntime_session(out)
     x = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     logits, probs = (torch.from_numpy(a) for a in session.run(["logits", "probabilities"], {"input": x.numpy()}))

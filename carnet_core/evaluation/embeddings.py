@@ -77,7 +77,8 @@ def dataset_features(model: Classifier, dataset: ImageDataset, batch_size: int =
         pass
     items = [(str(item) if not isinstance(item, np.ndarray) else f"#{i}", label)
              for i, (item, label) in enumerate(dataset.items)]
-    scored = score_images(items, dataset.load, lambda images: penultimate_features(model, model.preprocess(images)),
+    scored = score_images(items, lambda i: model.input_view(dataset.load(i)),  # views made by the loading threads
+                          lambda views: penultimate_features(model, model.preprocess(views, cropped=True)),
                           batch_size, progress=progress)
     if scored is None:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")

@@ -185,8 +185,8 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
                               f"only in the model: {listed(only_m)} (for an ImageNet model, give a mapping file)")
         names = list(model.class_names)
         to_index = [names.index(c) for c in dataset.class_names]
-    def score(images: list) -> np.ndarray:
-        p = np.asarray(predict_probabilities(model, model.preprocess(images)), np.float32)
+    def score(views: list) -> np.ndarray:  # the model's input views, made by the loading threads
+        p = np.asarray(predict_probabilities(model, model.preprocess(views, cropped=True)), np.float32)
         if projection is None:
             return p
         p = projection.project(p)
@@ -194,7 +194,7 @@ def evaluate(model: Classifier, dataset: ImageDataset, batch_size: int = 32,
 
     items = [(str(item) if not isinstance(item, np.ndarray) else f"#{i}", to_index[label])
              for i, (item, label) in enumerate(dataset.items)]
-    scored = score_images(items, dataset.load, score, batch_size, progress=progress)
+    scored = score_images(items, lambda i: model.input_view(dataset.load(i)), score, batch_size, progress=progress)
     if scored is None:
         raise CarNetError(f"none of the {len(dataset)} images of {dataset.name} could be read")
     return report_from_probabilities(scored.probs, scored.labels, scored.names, names, dataset.hierarchy,

@@ -1,6 +1,7 @@
 """Inference engines for classification: plain torch (the reference), ONNX Runtime on the exported model
-(:mod:`carnet_core.inference.export`), and two reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8
-with static QDQ quantization) that are used only when they pass their gate (:mod:`carnet_core.inference.parity`).
+(:mod:`carnet_core.inference.export`), and three reduced-precision candidates (torch bf16 autocast, ONNX Runtime int8
+with static QDQ quantization, OpenVINO bf16 on the same export) that are used only when they pass their gate
+(:mod:`carnet_core.inference.parity`).
 Which one a model uses is decided in :mod:`carnet_core.inference.selection`.
 
 Every engine has ``logits(batch)`` and ``probabilities(batch)`` (both (N, C) float32 on the CPU, from a batch
@@ -11,6 +12,7 @@ batch-1 calls or in one call, whichever its first batch measured faster (:class:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -24,7 +26,7 @@ import numpy as np
 from carnet_core._io import atomic_write, temp_path
 from carnet_core.errors import CarNetError
 from carnet_core.inference.export import _export_path, _touch, _write_export, cached_export, prune_cache
-from carnet_core.inference.parity import median_ms, parity
+from carnet_core.inference.parity import PARITY_ATOL, median_ms, parity
 from carnet_core.models.classifier import Classifier
 
 if TYPE_CHECKING:
@@ -232,6 +234,128 @@ class OnnxInt8Engine(OnnxRuntimeEngine):
         except Exception as exc:  # noqa: BLE001 - pruned from the cache or damaged: measured again
             raise CarNetError(f"the int8 model {path.name} cannot be opened ({type(exc).__name__})") from None
         return engine
+
+
+@functools.cache
+def _openvino_core():
+    import openvino  # lazy: OpenVINO loads only when its engine is tried (the serving tier has none)
+    return openvino.Core()
+
+
+def openvino_bf16_missing() -> str | None:
+    """Why :class:`OpenVinoBF16Engine` cannot run on this machine, or None when it can: OpenVINO is not installed, or
+    the CPU has no bf16 instructions (AMX or AVX-512-BF16; OpenVINO's CPU plugin lists ``BF16`` in its
+    ``OPTIMIZATION_CAPABILITIES`` when it has)."""
+    try:
+        core = _openvino_core()
+    except ImportError:
+        return "OpenVINO is not installed"
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "this CPU has no bf16 instructions (AMX or AVX-512-BF16)"
+    return None
+
+
+class OpenVinoBF16Engine:
+    """OpenVINO's CPU plugin running the model's cached fp32 ONNX export in bf16 (``INFERENCE_PRECISION_HINT``
+    ``bf16``: its AMX / AVX-512-BF16 kernels; the latency hint). ONNX Runtime's CPU provider has no bf16
+    convolutions on x86, and torch's bf16 autocast is slower than fp32 on depthwise convolutions
+    (docs/measurements.md), so bf16 comes from OpenVINO. Used only after the accuracy gate, like every
+    reduced-precision engine.
+
+    Single images run on a model compiled for batch 1. Batches run as batch-1 calls, or — when the first batch this
+    engine gets measures faster that way and gives the batch-1 calls' probabilities within ``PARITY_ATOL`` — on a
+    model compiled for that batch size (:meth:`choose_batching`; a batch of another size runs in chunks of it, the
+    rest as batch-1 calls). AMX's tiles are used better by a batch.
+
+    Raises (on construction):
+        CarNetError: OpenVINO is not installed, or this CPU has no bf16 instructions (OpenVINO would silently run
+            fp32 under the bf16 hint): :func:`openvino_bf16_missing`.
+    """
+
+    name = "openvino-bf16"
+
+    def __init__(self, model: Classifier):
+        if (missing := openvino_bf16_missing()) is not None:
+            raise CarNetError(f"{self.name} cannot run here: {missing}")
+        self.path = cached_export(model)
+        self.input_size = tuple(model.data_config["input_size"])
+        self.num_classes = len(model.class_names)
+        self._single = self._compile(1)
+        self._batched = None  # (batch size, request), made by choose_batching when one call is faster
+        self.batching: str | None = None  # what choose_batching measured; None until the first batch
+        self._lock = threading.Lock()  # an infer request runs one call at a time
+        self._choosing = threading.Lock()  # held while choose_batching measures (its calls take _lock)
+
+    def _compile(self, n: int):
+        """An infer request and its output ports on the export compiled for batch ``n``."""
+        network = _openvino_core().read_model(str(self.path))
+        network.reshape({"input": [n, *self.input_size]})
+        compiled = _openvino_core().compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                                   "INFERENCE_PRECISION_HINT": "bf16"})
+        return compiled.create_infer_request(), {name: compiled.output(name) for name in ("logits", "probabilities")}
+
+    @property
+    def precision(self) -> str:
+        """The precision OpenVINO compiled the model in (``"bf16"``), as its CPU plugin reports it."""
+        return self._single[0].get_compiled_model().get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def _call(self, compiled, x: np.ndarray, output: str) -> np.ndarray:
+        request, ports = compiled
+        with self._lock:  # the input is read in place (share_inputs); the output is copied before the next call
+            return np.array(request.infer({0: x}, share_inputs=True)[ports[output]], np.float32)
+
+    def one_by_one(self, x: np.ndarray, output: str = "probabilities") -> np.ndarray:
+        """``output`` (N, C) of ``x`` (N, 3, H, W) float32 as N calls at batch 1."""
+        out = np.empty((len(x), self.num_classes), np.float32)
+        for i in range(len(x)):
+            out[i] = self._call(self._single, x[i:i + 1], output)[0]
+        return out
+
+    def _run(self, batch: torch.Tensor, output: str) -> torch.Tensor:
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32)
+        if len(x) > 1:
+            self.prepare(batch)
+        if self._batched is None or len(x) < self._batched[0]:
+            return torch.from_numpy(self.one_by_one(x, output))
+        n, compiled = self._batched
+        whole = len(x) - len(x) % n
+        parts = [self._call(compiled, x[s:s + n], output) for s in range(0, whole, n)]
+        return torch.from_numpy(np.concatenate(parts + [self.one_by_one(x[whole:], output)]))
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) float32 for a preprocessed batch (N, 3, H, W)."""
+        return self._run(batch, "logits")
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, C) float32 for a preprocessed batch (N, 3, H, W) (the export's second output)."""
+        return self._run(batch, "probabilities")
+
+    def prepare(self, batch: torch.Tensor) -> None:
+        """Make the one-off choice of how batches run (:meth:`choose_batching`) on the first batch of more than one
+        image, ``batch`` (N, 3, H, W). Later calls return at once."""
+        if len(batch) > 1 and self.batching is None:
+            with self._choosing:
+                if self.batching is None:
+                    self.batching = self.choose_batching(
+                        np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32))
+
+    def choose_batching(self, x: np.ndarray, repeats: int = 5) -> str:
+        """Time ``x`` (N, 3, H, W) as N batch-1 calls and as one call on a model compiled for batch N (median of
+        ``repeats``, ms per image); keep that model for later batches only if it is faster and its probabilities are
+        the batch-1 calls' within ``PARITY_ATOL`` (the accuracy gate measured batch-1 calls). Returns what was
+        measured."""
+        n = len(x)
+        batched = self._compile(n)
+        single = median_ms(lambda: self.one_by_one(x), repeats, warmup=1) / n
+        whole = median_ms(lambda: self._call(batched, x, "probabilities"), repeats, warmup=1) / n
+        diff = float(np.abs(self._call(batched, x, "probabilities") - self.one_by_one(x)).max())
+        same = diff <= PARITY_ATOL
+        self._batched = (n, batched) if whole < single and same else None
+        how = f"in calls of {n}" if self._batched is not None else "as batch-1 calls"
+        return (f"batches run {how} (batch {n}: {single:.1f} ms/image as batch-1 calls, {whole:.1f} in one call"
+                + ("" if same else f"; one call differs from batch-1 calls by up to {diff:.1e}") + ")")
+
 
 
 def _quantize(src: Path, dst: Path, batches: list) -> None:

@@ -19,7 +19,7 @@ from carnet_core.data.images import IMAGE_EXTENSIONS
 #: The engines CarNet can classify with: fp32 ones must match torch fp32's probabilities; reduced-precision
 #: ones are held to the gate for them (:func:`parity`).
 FP32_ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
-REDUCED_ENGINES: tuple[str, ...] = ("torch-bf16", "onnxruntime-int8")
+REDUCED_ENGINES: tuple[str, ...] = ("torch-bf16", "onnxruntime-int8", "openvino-bf16")
 ENGINES: tuple[str, ...] = FP32_ENGINES + REDUCED_ENGINES
 
 if TYPE_CHECKING:

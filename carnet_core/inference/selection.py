@@ -5,7 +5,8 @@ against torch fp32 before it is timed at batch 1 (:mod:`carnet_core.inference.pa
 
 - fp32 paths: softmax probabilities within ``PARITY_ATOL`` (random inputs, and the real photos when given:
   ``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``);
-- reduced precision (bf16, int8): the accuracy gate (:func:`carnet_core.inference.parity.accuracy_gate`, MLPerf's
+- reduced precision (torch bf16, ONNX Runtime int8, OpenVINO bf16 where the CPU has bf16 instructions): the
+  accuracy gate (:func:`carnet_core.inference.parity.accuracy_gate`, MLPerf's
   rule) on a labelled set (``calibration=``, or ``$CARNET_CALIBRATION``: :mod:`carnet_core.inference.gate_set`).
   Without a labelled set they are not tried. int8 is calibrated on every 4th photo and gated on the others.
 
@@ -28,7 +29,14 @@ from carnet_core._io import atomic_write_json, file_lock, read_json
 from carnet_core.config import cache_dir, forced_engine
 from carnet_core.data.images import ImageSource, load_image
 from carnet_core.errors import CarNetError, ImageError, count
-from carnet_core.inference.engines import OnnxInt8Engine, OnnxRuntimeEngine, TorchBF16Engine, TorchEngine
+from carnet_core.inference.engines import (
+    OnnxInt8Engine,
+    OnnxRuntimeEngine,
+    OpenVinoBF16Engine,
+    TorchBF16Engine,
+    TorchEngine,
+    openvino_bf16_missing,
+)
 from carnet_core.inference.export import _export_path, export_path_for
 from carnet_core.inference.gate_set import env_gate_set
 from carnet_core.inference.parity import (
@@ -107,16 +115,21 @@ class EngineChoice:
 
 
 def select_engine(model: Classifier, engine: str = "auto", photos: Sequence[ImageSource] | None = None,
-                  calibration: LabelledPhotos | None = None) -> EngineChoice:
+                  calibration: LabelledPhotos | None = None, among: Sequence[str] | None = None) -> EngineChoice:
     """The engine for ``model``, decided once per model object and remembered (passing ``photos`` or
     ``calibration`` decides again, with them).
 
     ``engine``: ``"auto"`` — on the CPU, every candidate that passes its gate is timed at batch 1 (median of 15) and
     the fastest is used; torch fp32 is the reference and the fallback. fp32 candidates pass :func:`parity` on random
     inputs and on the real ``photos`` (default: :func:`parity_photos`, i.e. ``$CARNET_PARITY_PHOTOS``). The
-    reduced-precision candidates (``torch-bf16``, ``onnxruntime-int8``) are tried only with a labelled set
+    reduced-precision candidates (``torch-bf16``, ``onnxruntime-int8``, ``openvino-bf16``) are tried only with a
+    labelled set
     (``calibration``, default ``$CARNET_CALIBRATION``) and must pass :func:`accuracy_gate` on it. On a GPU: torch.
     Or an engine name from :data:`ENGINES` to use that engine (``$CARNET_ENGINE`` overrides the argument).
+
+    ``among``: the engines an automatic choice may end on (default: any); torch is measured as the reference
+    whatever it says. The serving bundle passes :data:`~carnet_core.inference.serving.SERVED_ENGINES`, the engines
+    its tier can run. Such a choice is neither remembered on the model nor stored with the export.
 
     A served model (:class:`~carnet_core.inference.serving.ServedModel`, the serving tier) has one engine, chosen when
     its bundle was made: it is returned as it is, whatever ``engine`` says, and nothing is measured.
@@ -137,13 +150,15 @@ def select_engine(model: Classifier, engine: str = "auto", photos: Sequence[Imag
 
     def remembered() -> EngineChoice | None:  # kept on the model, so it goes when the model goes (not in a global)
         known = model._engine_choice
-        if (known is not None and photos is None and calibration is None
+        if (known is not None and photos is None and calibration is None and among is None
                 and (engine == "auto" or known.engine.name == engine)):
             return known
         return None
 
     if (known := remembered()) is not None:
         return known
+    if among is not None:  # a choice for elsewhere (the serving bundle): this model's own is left as it is
+        return _measure(model, engine, photos, calibration, among)
     if _background and engine == "auto" and photos is None and calibration is None and model.device.type == "cpu":
         return _in_background(model)
     return _decide(model, engine, photos, calibration, remembered)
@@ -286,6 +301,8 @@ def _stored_reduced(model: Classifier) -> EngineChoice | None:
     try:
         if stored["engine"] == "torch-bf16":
             engine = TorchBF16Engine(model)
+        elif stored["engine"] == "openvino-bf16":
+            engine = OpenVinoBF16Engine(model)
         else:
             engine = OnnxInt8Engine.from_file(model, choice_path(model).with_name(str(stored.get("int8_file"))))
     except CarNetError:
@@ -310,7 +327,7 @@ def _load_photos(photos: Sequence[ImageSource] | None) -> list[Image.Image]:
 
 
 def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | None,
-             calibration: LabelledPhotos | None) -> EngineChoice:
+             calibration: LabelledPhotos | None, among: Sequence[str] | None = None) -> EngineChoice:
     import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
     if calibration is None and (engine == "auto" or engine in REDUCED_ENGINES):
         calibration = env_gate_set(model)
@@ -322,6 +339,7 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
                           f"calibration= (the CLI's --calibration FOLDER) or set CARNET_CALIBRATION to a folder of "
                           f"class folders with at least {2 * MIN_GATE_PHOTOS} photos")
     names = (ENGINES if labelled else FP32_ENGINES) if engine == "auto" else ("torch", engine)
+    names = tuple(n for n in names if among is None or n == "torch" or n in among)
     images = _load_photos(photos) if engine in ("auto", "onnxruntime") else []
     x_random = torch.randn(4, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
     x_photos = model.preprocess(images).cpu() if images else None
@@ -337,11 +355,16 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
     for name in names[1:]:
         cand = Candidate(name)
         candidates.append(cand)
+        if name == "openvino-bf16" and engine == "auto" and (missing := openvino_bf16_missing()):
+            cand.note = f"not on this machine: {missing}"  # not a failure: nothing to say in the reason
+            continue
         try:
             if name == "onnxruntime":
                 eng = OnnxRuntimeEngine(model)
             elif name == "torch-bf16":
                 eng = TorchBF16Engine(model)
+            elif name == "openvino-bf16":
+                eng = OpenVinoBF16Engine(model)
             else:
                 eng = OnnxInt8Engine(model, x_set[cal_idx])  # calibrated on photos the gate does not use
             if name in REDUCED_ENGINES:
@@ -370,8 +393,9 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
         why = ("not tried: the accuracy gate needs a labelled set (--calibration FOLDER or $CARNET_CALIBRATION)"
                if calibration is None else
                f"not tried: the accuracy gate needs at least {2 * MIN_GATE_PHOTOS} labelled photos")
-        candidates += [Candidate(name, note=why) for name in REDUCED_ENGINES]
-    usable = [c for c in candidates if c.name in engines]
+        candidates += [Candidate(name, note=why) for name in REDUCED_ENGINES if among is None or name in among]
+    usable = ([c for c in candidates if c.name in engines and (among is None or c.name in among)]
+              or [c for c in candidates if c.name in engines])  # none of ``among`` passed: torch, as always
     best = usable[-1] if engine != "auto" else min(usable, key=lambda c: c.ms)
     for c in usable:
         c.note = ("reference, " if c.name == "torch" else "") + ("used" if c is best else "slower")
@@ -385,7 +409,7 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
     torch_ms = candidates[0].ms
     diff = best.parity.max_abs_diff if best.parity else 0.0
     choice = EngineChoice(engines[best.name], reason, torch_ms, best.ms, diff, candidates)
-    if labelled and engine == "auto":
+    if labelled and engine == "auto" and among is None:
         _store(model, choice)
     return choice
 

@@ -32,6 +32,10 @@ from carnet_core.inference.parity import median_ms
 from carnet_core.models.base import ClassifierBase, check_data_config, eval_resize_crop
 from carnet_core.models.weights import WeightsSource
 
+#: The engines the serving tier can run (its requirements have ONNX Runtime, not torch or OpenVINO): what a bundle's
+#: engine choice is made among.
+SERVED_ENGINES: tuple[str, ...] = ("onnxruntime", "onnxruntime-int8")
+
 
 class _Device:
     """What ``model.device`` answers for a served model: the CPU (``.type == "cpu"``, as a ``torch.device`` has)."""
@@ -69,9 +73,9 @@ class ServedModel(ClassifierBase):
         """``onnxruntime`` or ``onnxruntime-int8``: the engine chosen when the bundle was made."""
         return str((self.extra.get("engine") or {}).get("engine") or "onnxruntime")
 
-    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def preprocess(self, images: Sequence[Image.Image], cropped: bool = False) -> np.ndarray:
         """RGB PIL images → the input batch (N, 3, H, W) float32 (:meth:`preprocess_array`)."""
-        return self.preprocess_array(images)
+        return self.preprocess_array(images, cropped)
 
     @cached_property
     def _session(self):

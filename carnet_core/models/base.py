@@ -242,9 +242,21 @@ class ClassifierBase:
         """Where this model looks in a W×H px photo: :func:`input_view_geometry` for its data config."""
         return input_view_geometry(self.data_config, size)
 
-    def preprocess_array(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB PIL images → a normalised batch (N, 3, H, W) float32 NumPy array (:func:`normalise`)."""
-        return normalise(images, self._resize_crop(), self.data_config)
+    def preprocess_array(self, images: Sequence[Image.Image], cropped: bool = False) -> np.ndarray:
+        """RGB PIL images → a normalised batch (N, 3, H, W) float32 NumPy array (:func:`normalise`).
+
+        ``cropped``: the images are already this model's input views (:meth:`input_view`, made elsewhere — in the
+        threads that decode a folder): they are only normalised, to bitwise the same batch.
+
+        Raises:
+            CarNetError: ``cropped`` and an image is not H x W px of ``input_size``.
+        """
+        if not cropped:
+            return normalise(images, self._resize_crop(), self.data_config)
+        size = tuple(self.data_config["input_size"][:0:-1])  # (W, H), as PIL gives sizes
+        if any(im.size != size for im in images):
+            raise CarNetError(f"{self.name}: an input view is not {size[0]}x{size[1]} px")
+        return normalise(images, lambda im: im, self.data_config)
 
     def index_of(self, class_name: str) -> int:
         """Index of ``class_name``; written in another case or with extra spaces ("Sports Car ") it is found when

@@ -169,8 +169,9 @@ class Classifier(ClassifierBase):
         return Compose([t for t in self.transform.transforms
                         if type(t).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize")])
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device.
+    def preprocess(self, images: Sequence[Image.Image], cropped: bool = False) -> torch.Tensor:
+        """RGB PIL images → a normalised batch (N, 3, H, W) float32 on this model's device (``cropped``: they are
+        already its input views, see :meth:`preprocess_array`).
 
         Exactly :attr:`transform` (timm's resize and center crop in PIL, then to-tensor and normalise), with the last
         two done in NumPy (:meth:`preprocess_array`): the same float32 operations in the same order, so bitwise the
@@ -178,7 +179,7 @@ class Classifier(ClassifierBase):
         Runtime call that follows (measured in docs/measurements.md).
         """
         import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
-        return torch.from_numpy(self.preprocess_array(images)).to(self.device)
+        return torch.from_numpy(self.preprocess_array(images, cropped)).to(self.device)
 
     def backbone_and_head(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
         """(backbone parameters, head parameters): the head is timm's classifier module (``fc``, ``classifier``,

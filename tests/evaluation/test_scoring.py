@@ -33,3 +33,48 @@ def test_members_stack_along_the_batch_dimension_and_nothing_readable_is_none():
                           lambda images: torch.zeros(2, len(images), 4), batch_size=2, dim=1)
     assert scored.probs.shape == (2, 3, 4)
     assert score_images([("a", 0)], lambda i: (_ for _ in ()).throw(ImageError("bad")), lambda ims: None) is None
+
+
+def test_the_next_batch_is_loaded_while_one_is_scored():
+    """Loading runs in the worker threads, a batch ahead: while batch 0 is scored, batch 1's images are being
+    loaded (the scorer waits for one of them to start, which it could not if loading waited for it). Scoring and
+    progress stay in the calling thread. No timing: events only."""
+    import threading
+
+    items = [(f"img{i}.png", 0) for i in range(6)]
+    started = {i: threading.Event() for i in range(6)}
+    loaders, scorers = set(), set()
+
+    def load(i):
+        loaders.add(threading.current_thread().name)
+        started[i].set()
+        return Image.new("RGB", (1, 1))
+
+    def score(images):
+        scorers.add(threading.current_thread().name)
+        if len(scorers) == 1 and not started[3].is_set():
+            assert started[3].wait(30), "batch 1 was not loaded while batch 0 was scored"
+        return torch.zeros(len(images), 2)
+
+    scored = score_images(items, load, score, batch_size=3, progress=lambda f: scorers.add(
+        threading.current_thread().name))
+    assert len(scored.names) == 6
+    assert scorers == {threading.current_thread().name}
+    assert loaders and all(name.startswith("carnet-load") for name in loaders)
+
+
+def test_a_failing_score_stops_without_loading_the_rest():
+    import pytest
+
+    loaded = []
+
+    def load(i):
+        loaded.append(i)
+        return Image.new("RGB", (1, 1))
+
+    def score(images):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        score_images([(f"{i}", 0) for i in range(100)], load, score, batch_size=4, workers=1)
+    assert len(loaded) <= 8  # the batch scored and at most the one ahead

@@ -7,7 +7,13 @@ from PIL import Image
 
 from carnet_core import CarNetError, load_model
 from carnet_core.data.images import load_image
-from carnet_core.inference.engines import OnnxRuntimeEngine, TorchEngine, onnxruntime_session
+from carnet_core.inference.engines import (
+    OnnxRuntimeEngine,
+    OpenVinoBF16Engine,
+    TorchEngine,
+    onnxruntime_session,
+    openvino_bf16_missing,
+)
 from carnet_core.inference.export import STALE_TMP_S, fingerprint, prune_cache
 from carnet_core.inference.gate_set import labelled_photos
 from carnet_core.inference.parity import (
@@ -52,6 +58,9 @@ def test_fast_path_is_chosen_and_gated_on_a_labelled_set(lite0, car_photos, tmp_
         assert tried["onnxruntime"].parity.passed and tried["onnxruntime"].parity.inputs == "7 photos"
         for name in REDUCED_ENGINES:
             gate = tried[name].gate
+            if name == "openvino-bf16" and openvino_bf16_missing():  # no bf16 instructions on this CPU
+                assert gate is None and tried[name].note == f"not on this machine: {openvino_bf16_missing()}"
+                continue
             assert gate is not None and gate.photos == 90 and gate.set_name == "stanford_cars_40/val (120 photos)", name
             assert gate.reference_accuracy > 0.8  # ImageNet models put a vehicle first on most car photos
             assert gate.passed == (gate.accuracy >= 0.99 * gate.reference_accuracy and gate.agreement >= 0.98
@@ -65,6 +74,90 @@ def test_fast_path_is_chosen_and_gated_on_a_labelled_set(lite0, car_photos, tmp_
             for a, b in zip(fast.predictions, ref.predictions):
                 assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=PARITY_ATOL)
         model._engine_choice = None  # the session's lite0 goes back to the default choice
+
+
+@pytest.mark.shared
+def test_openvino_bf16_runs_in_bf16_and_keeps_the_top1_on_real_photos(lite0, car_photos):
+    """On a CPU with bf16 instructions, OpenVINO runs the export in bf16 (not silently in fp32: its probabilities
+    differ from fp32's by more than fp32 rounding) and keeps torch's top-1 class on real car photos."""
+    if (missing := openvino_bf16_missing()) is not None:
+        pytest.skip(f"openvino-bf16: {missing}")
+    engine = OpenVinoBF16Engine(lite0)
+    assert engine.precision == "bf16"
+    x = lite0.preprocess([load_image(p) for p in car_photos[::12][:20]])
+    single = torch.from_numpy(engine.one_by_one(x.numpy()))  # what single photos get: batch-1 calls
+    assert engine.batching is None
+    probs, reference = engine.probabilities(x), TorchEngine(lite0).probabilities(x)
+    # the first batch of more than one image chose how batches run: a model compiled for the batch is kept only if
+    # it gives the batch-1 calls' probabilities
+    assert engine.batching.startswith("batches run ") and "ms/image" in engine.batching
+    assert torch.allclose(probs, single, atol=PARITY_ATOL)
+    assert probs.shape == reference.shape == (20, 1000) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(1), torch.ones(20), atol=1e-2)
+    assert (probs.argmax(1) == reference.argmax(1)).sum() >= 19
+    assert 1e-4 < float((probs - reference).abs().max()) < 0.1  # bf16: more than fp32's 1e-4, still close
+    assert torch.equal(engine.logits(x[:0]), torch.zeros(0, 1000))
+    assert engine.probabilities(x[:7]).shape == (7, 1000)  # smaller than the batched model's: batch-1 calls
+    longer = engine.probabilities(torch.cat([x, x, x[:5]]))  # in chunks of the batched model's size, then the rest
+    assert torch.allclose(longer, torch.cat([probs, probs, probs[:5]]), atol=PARITY_ATOL)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_an_openvino_bf16_choice_is_stored_and_reopened(tmp_path, monkeypatch):
+    """openvino-bf16 chosen on a labelled set (fixed timings make it the fastest; the gate's numbers are real) is
+    stored beside the export and reopened by a new model object of the same weights without measuring."""
+    if (missing := openvino_bf16_missing()) is not None:
+        pytest.skip(f"openvino-bf16: {missing}")
+    from carnet_core.inference.selection import stored_engine_text
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    ms = iter([30.0, 10.0, 40.0, 12.0, 5.0])  # torch, onnxruntime, torch-bf16, onnxruntime-int8, openvino-bf16
+    monkeypatch.setattr("carnet_core.inference.selection.median_ms", lambda fn, *a, **k: next(ms))
+    monkeypatch.setattr("carnet_core.inference.parity.MIN_TOP1_AGREEMENT", 0.9)  # 30 photos: one change is 3 %
+    model = load_model("efficientnet_lite0", device="cpu", use_hub=False)
+    choice = select_engine(model, calibration=labelled_photos(model, CARS_VAL, limit=40))
+    assert choice.engine.name == "openvino-bf16", choice.table()
+    assert "Engine **openvino-bf16**, 5.0 ms at batch 1" in stored_engine_text(model)
+    monkeypatch.setattr("carnet_core.inference.selection.median_ms", lambda *a, **k: pytest.fail("measured again"))
+    again = select_engine(load_model("efficientnet_lite0", device="cpu", use_hub=False))
+    assert isinstance(again.engine, OpenVinoBF16Engine) and "stored with the export" in again.reason
+
+
+def test_openvino_bf16_is_no_candidate_where_it_cannot_run(monkeypatch, tmp_path):
+    """Without bf16 instructions (OpenVINO would run fp32 under the bf16 hint) or without OpenVINO, openvino-bf16
+    is listed as not on this machine, not timed, not named in the reason; asked for by name, it is refused."""
+    import numpy as np
+
+    import carnet_core.inference.engines as E
+
+    class NoBF16:
+        def get_property(self, device, name):
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return ["FP32", "INT8", "EXPORT_IMPORT"]
+
+    def not_installed():
+        raise ImportError("No module named 'openvino'")
+
+    monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path))
+    model = _six_classes()
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in range(16)]
+    gate_set = LabelledPhotos(photos, lambda probs, idx: np.asarray(probs).argmax(1) == 0, "noise")
+    for core, why in ((NoBF16, "this CPU has no bf16 instructions (AMX or AVX-512-BF16)"),
+                      (not_installed, "OpenVINO is not installed")):
+        monkeypatch.setattr(E, "_openvino_core", core)
+        assert openvino_bf16_missing() == why
+        with pytest.raises(CarNetError, match=rf"openvino-bf16 cannot run here: {why}".replace("(", r"\(")
+                           .replace(")", r"\)")):
+            OpenVinoBF16Engine(model)
+        choice = select_engine(model, calibration=gate_set)
+        row = next(c for c in choice.candidates if c.name == "openvino-bf16")
+        assert row.note == f"not on this machine: {why}" and row.ms is None and row.gate is None
+        assert "openvino" not in choice.reason and choice.engine.name != "openvino-bf16"
+        with pytest.raises(CarNetError, match="openvino-bf16 is not available for rgb: openvino-bf16 cannot run here"):
+            select_engine(model, "openvino-bf16", calibration=gate_set)
+        model._engine_choice = None
 
 
 @pytest.mark.shared
@@ -243,6 +336,7 @@ def test_the_carnet_model_runs_on_onnxruntime_and_an_int8_graph_that_fails_to_ru
     photos = [Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in range(16)]
     gate_set = LabelledPhotos(photos, lambda probs, idx: probs.argmax(1) == 0, "noise")
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the CLI (pytest gives the root logger its own)
+    monkeypatch.setattr("carnet_core.inference.selection.openvino_bf16_missing", lambda: "left out of this test")
     choice = select_engine(model, photos=photos[:8], calibration=gate_set)
     assert choice.engine.name == "onnxruntime"
     table = {c.name: c for c in choice.candidates}
@@ -497,7 +591,7 @@ def test_engines_cli(cli, tmp_path, capsys):
     assert code == 0, err
     *table, batching = out.splitlines()[2:]
     lines = {line.split()[0]: line for line in table}
-    assert list(lines) == ["torch", "onnxruntime", "torch-bf16", "onnxruntime-int8"]
+    assert list(lines) == ["torch", "onnxruntime", "torch-bf16", "onnxruntime-int8", "openvino-bf16"]
     assert "used" in lines["onnxruntime"] and "passes" in lines["onnxruntime"]
     assert lines["torch-bf16"].endswith("-  not tried: the accuracy gate needs a labelled set (--calibration FOLDER "
                                         "or $CARNET_CALIBRATION)")  # the table said nothing of them
@@ -567,7 +661,7 @@ def test_a_gated_choice_is_stored_with_the_export_and_reused(tmp_path, monkeypat
     model object of the same weights) without measuring again; `models` lists it and `export --calibration` writes
     it into the export's .json with the int8 file. The timings are fixed (int8 fastest), the gate's numbers real."""
     monkeypatch.setenv("CARNET_CACHE_DIR", str(tmp_path / "cache"))
-    ms = iter([30.0, 10.0, 40.0, 4.0])  # torch, onnxruntime, torch-bf16, onnxruntime-int8
+    ms = iter([30.0, 10.0, 40.0, 4.0, 20.0])  # torch, onnxruntime, torch-bf16, onnxruntime-int8, openvino-bf16
     monkeypatch.setattr("carnet_core.inference.selection.median_ms", lambda fn, *a, **k: next(ms))
     monkeypatch.setattr("carnet_core.inference.parity.MIN_ACCURACY_RATIO", 0.0)  # the gate passes whatever it measures
     monkeypatch.setattr("carnet_core.inference.parity.MIN_TOP1_AGREEMENT", 0.0)
@@ -595,7 +689,7 @@ def test_a_gated_choice_is_stored_with_the_export_and_reused(tmp_path, monkeypat
     assert code == 0 and "efficientnet_lite0" in out.split("engines chosen on a labelled set")[1]
     assert "onnxruntime-int8" in out.split("engines chosen on a labelled set")[1]
 
-    ms = iter([30.0, 10.0, 40.0, 4.0])
+    ms = iter([30.0, 10.0, 40.0, 4.0, 20.0])
     monkeypatch.setattr("carnet_core.inference.selection.median_ms", lambda fn, *a, **k: next(ms))
     out_file = tmp_path / "lite0.onnx"
     code, out, err = cli("export", "efficientnet_lite0", "--out", out_file, "--calibration", CARS_VAL)

