@@ -147,14 +147,19 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     classes = sorted({label for _, label in items})
     projections = _projections(models, names, classes, mapping)  # checked before any image is read
 
-    def score(images: list) -> np.ndarray:  # (M, n, C): each member's probabilities
-        if names is not None:
-            return member_probabilities(models, images)[0]  # in the common label set
-        return np.stack([projections[i].project(timed_probabilities(m, images)[0])
-                         for i, m in enumerate(models)])  # each in the folder's classes
+    def views(i: int) -> tuple:  # in a loading thread: one decode, each member's input view of it
+        image = load_image(items[i][0])
+        return tuple(m.input_view(image) for m in models)
 
-    scored = score_images([(str(path), classes.index(label)) for path, label in items],
-                          lambda i: load_image(items[i][0]), score, batch_size, dim=1, progress=progress)
+    def score(loaded: list[tuple]) -> np.ndarray:  # (M, n, C): each member's probabilities
+        per_member = [[v[j] for v in loaded] for j in range(len(models))]
+        if names is not None:
+            return member_probabilities(models, [], per_member)[0]  # in the common label set
+        return np.stack([projections[j].project(timed_probabilities(m, per_member[j], cropped=True)[0])
+                         for j, m in enumerate(models)])  # each in the folder's classes
+
+    scored = score_images([(str(path), classes.index(label)) for path, label in items], views, score, batch_size,
+                          dim=1, progress=progress)
     if scored is None:
         raise CarNetError(f"{folder}: none of the images could be read")
     member, y, paths, unreadable = scored.probs, scored.labels, scored.names, scored.unreadable  # member: (M, N, C)

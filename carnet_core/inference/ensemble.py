@@ -118,15 +118,17 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
     return first.class_names
 
 
-def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image]
-                         ) -> tuple[np.ndarray, list[float]]:
+def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image],
+                         views: Sequence[Sequence[Image.Image]] | None = None) -> tuple[np.ndarray, list[float]]:
     """(M, N, C) float32 probabilities of each member on the same images (RGB PIL images), re-indexed to the first
     member's class order, and each member's model time in ms (as :func:`carnet_core.inference.predict` times it: not
-    its engine choice)."""
+    its engine choice). ``views``: instead of ``images``, each member's input views of them (M lists of N), made
+    elsewhere (a folder's loading threads)."""
     names = aligned_class_names(models)
     out, times = [], []
-    for model in models:
-        probs, _, model_ms = timed_probabilities(model, images)
+    for j, model in enumerate(models):
+        probs, _, model_ms = (timed_probabilities(model, views[j], cropped=True) if views is not None
+                              else timed_probabilities(model, images))
         probs = np.asarray(probs, dtype=np.float32)
         times.append(model_ms)
         if model.class_names != names:

@@ -246,12 +246,13 @@ def predict(model: Classifier, images: Sequence[ImageSource | Image.Image], topk
 
 
 def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.Image],
-                        engine: str = "auto") -> tuple[torch.Tensor, float, float]:
+                        engine: str = "auto", cropped: bool = False) -> tuple[torch.Tensor, float, float]:
     """(probabilities (N, C) float32 on the CPU, preprocessing ms, model ms) for ``images`` (RGB PIL images, or
     anything :func:`~carnet_core.data.images.load_image` accepts). The engine is chosen first (a model's first call exports
     and measures, see :func:`~carnet_core.inference.engines.select_engine`), outside both timers, and so is ONNX Runtime's
     one-off choice of how batches run (:meth:`~carnet_core.inference.engines.OnnxRuntimeEngine.prepare`); decoding is not timed
-    either.
+    either. ``cropped``: ``images`` are already the model's input views (:meth:`~carnet_core.models.base.ClassifierBase.input_view`,
+    made by a folder's loading threads): they are only normalised.
 
     Raises:
         ImageError: an input that is not a PIL image cannot be decoded.
@@ -259,7 +260,7 @@ def timed_probabilities(model: Classifier, images: Sequence[ImageSource | Image.
     chosen = select_engine(model, engine).engine
     pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
     t0 = time.perf_counter()
-    batch = model.preprocess(pil)
+    batch = model.preprocess(pil, cropped)
     _sync(model.device)
     t1 = time.perf_counter()
     chosen.prepare(batch)  # ONNX Runtime's one-off choice of how batches run: not this batch's model time
