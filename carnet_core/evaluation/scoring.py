@@ -38,7 +38,7 @@ def score_images(items: Sequence[tuple[str, int]], load: Callable[[int], Image.I
 
     While a batch is scored, the next one is loaded by ``workers`` threads (Pillow releases the GIL while it decodes
     and resizes; the decoding memory stays under :data:`carnet_core.data.images.DECODING`'s budget), so decoding
-    overlaps the model — on a 2-core CPU Evaluate's images/s went up by about half (docs/measurements.md).
+    overlaps the model (measured in docs/measurements.md, "Evaluate: loading threads, and bf16").
     ``concurrent.futures`` is enough for one batch ahead; a data-loader library (torch's ``DataLoader``) would
     bring worker processes and torch into the serving tier.
 

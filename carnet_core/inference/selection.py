@@ -6,8 +6,8 @@ against torch fp32 before it is timed at batch 1 (:mod:`carnet_core.inference.pa
 - fp32 paths: softmax probabilities within ``PARITY_ATOL`` (random inputs, and the real photos when given:
   ``photos=`` or the folder ``$CARNET_PARITY_PHOTOS``);
 - reduced precision (torch bf16, ONNX Runtime int8, OpenVINO bf16 where the CPU has bf16 instructions): the
-  accuracy gate (:func:`carnet_core.inference.parity.accuracy_gate`, MLPerf's
-  rule) on a labelled set (``calibration=``, or ``$CARNET_CALIBRATION``: :mod:`carnet_core.inference.gate_set`).
+  accuracy gate (:func:`carnet_core.inference.parity.accuracy_gate`, MLPerf's rule) on a labelled set
+  (``calibration=``, or ``$CARNET_CALIBRATION``: :mod:`carnet_core.inference.gate_set`).
   Without a labelled set they are not tried. int8 is calibrated on every 4th photo and gated on the others.
 
 The fastest candidate that passes is used; torch is always available as the reference and for Grad-CAM; on a GPU it
@@ -123,8 +123,8 @@ def select_engine(model: Classifier, engine: str = "auto", photos: Sequence[Imag
     the fastest is used; torch fp32 is the reference and the fallback. fp32 candidates pass :func:`parity` on random
     inputs and on the real ``photos`` (default: :func:`parity_photos`, i.e. ``$CARNET_PARITY_PHOTOS``). The
     reduced-precision candidates (``torch-bf16``, ``onnxruntime-int8``, ``openvino-bf16``) are tried only with a
-    labelled set
-    (``calibration``, default ``$CARNET_CALIBRATION``) and must pass :func:`accuracy_gate` on it. On a GPU: torch.
+    labelled set (``calibration``, default ``$CARNET_CALIBRATION``) and must pass :func:`accuracy_gate` on it. On a
+    GPU: torch.
     Or an engine name from :data:`ENGINES` to use that engine (``$CARNET_ENGINE`` overrides the argument).
 
     ``among``: the engines an automatic choice may end on (default: any); torch is measured as the reference

@@ -91,7 +91,10 @@ def test_a_click_on_a_confusion_cell_and_a_hover_on_the_map(browser, server):
     except Exception:  # the first click was lost twice (in CI and here), the page never starting the run: again
         settle(page)
         evaluate.click(timeout=60_000)
-    page.get_by_role("tab", name="Confusion").click(timeout=300_000)
+    page.get_by_role("tab", name="Confusion").wait_for(timeout=300_000)
+    settle(page)  # the tabs come before the run is over; a chart drawn again after that was gone when it was used
+    page.get_by_role("tab", name="Confusion").click(timeout=60_000)
+    settle(page)  # the tab remembers itself (a rerun), which draws the chart again
     heatmap = "[data-testid=stTabPanel]:visible .js-plotly-plot"
     page.locator(heatmap).scroll_into_view_if_needed()
     x, y, cell = dot_position(page, heatmap, 1, 0)  # trace 1: the clickable marker of each non-empty cell
