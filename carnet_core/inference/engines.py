@@ -262,10 +262,11 @@ class OpenVinoBF16Engine:
     (docs/measurements.md), so bf16 comes from OpenVINO. Used only after the accuracy gate, like every
     reduced-precision engine.
 
-    Single images run on a model compiled for batch 1. Batches run as batch-1 calls, or — when the first batch this
-    engine gets measures faster that way and gives the batch-1 calls' probabilities within ``PARITY_ATOL`` — on a
-    model compiled for that batch size (:meth:`choose_batching`; a batch of another size runs in chunks of it, the
-    rest as batch-1 calls). AMX's tiles are used better by a batch.
+    Single images run on a model compiled for batch 1. Batches run as batch-1 calls, or — when a batch measures
+    faster that way and gives the batch-1 calls' probabilities within ``PARITY_ATOL`` — on a model compiled for that
+    batch size (:meth:`choose_batching`; a batch of another size runs in chunks of it, the rest as batch-1 calls).
+    The choice is measured again when a larger batch comes, up to :data:`OPENVINO_MAX_BATCH` images (a Classify of
+    three photos does not fix the size Evaluate's batches of 32 run at). AMX's tiles are used better by a batch.
 
     Raises (on construction):
         CarNetError: OpenVINO is not installed, or this CPU has no bf16 instructions (OpenVINO would silently run
@@ -282,7 +283,8 @@ class OpenVinoBF16Engine:
         self.num_classes = len(model.class_names)
         self._single = self._compile(1)
         self._batched = None  # (batch size, request), made by choose_batching when one call is faster
-        self.batching: str | None = None  # what choose_batching measured; None until the first batch
+        self._measured = 1  # the largest batch size choose_batching has measured
+        self.batching: str | None = None  # what choose_batching measured last; None until the first batch
         self._lock = threading.Lock()  # an infer request runs one call at a time
         self._choosing = threading.Lock()  # held while choose_batching measures (its calls take _lock)
 
@@ -332,30 +334,37 @@ class OpenVinoBF16Engine:
         return self._run(batch, "probabilities")
 
     def prepare(self, batch: torch.Tensor) -> None:
-        """Make the one-off choice of how batches run (:meth:`choose_batching`) on the first batch of more than one
-        image, ``batch`` (N, 3, H, W). Later calls return at once."""
-        if len(batch) > 1 and self.batching is None:
+        """Choose how batches run (:meth:`choose_batching`, on the first :data:`OPENVINO_MAX_BATCH` images of
+        ``batch`` (N, 3, H, W)) when it is larger than any batch measured before; otherwise return at once."""
+        n = min(len(batch), OPENVINO_MAX_BATCH)
+        if n > self._measured:
             with self._choosing:
-                if self.batching is None:
+                if n > self._measured:
                     self.batching = self.choose_batching(
-                        np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32))
+                        np.ascontiguousarray(batch[:n].detach().cpu().numpy(), np.float32))
+                    self._measured = n
 
     def choose_batching(self, x: np.ndarray, repeats: int = 5) -> str:
         """Time ``x`` (N, 3, H, W) as N batch-1 calls and as one call on a model compiled for batch N (median of
-        ``repeats``, ms per image); keep that model for later batches only if it is faster and its probabilities are
-        the batch-1 calls' within ``PARITY_ATOL`` (the accuracy gate measured batch-1 calls). Returns what was
-        measured."""
+        ``repeats``, ms per image); use that model for later batches if it is faster and its probabilities are the
+        batch-1 calls' within ``PARITY_ATOL`` (the accuracy gate measured batch-1 calls), else keep what was used.
+        Returns what was measured."""
         n = len(x)
         batched = self._compile(n)
         single = median_ms(lambda: self.one_by_one(x), repeats, warmup=1) / n
         whole = median_ms(lambda: self._call(batched, x, "probabilities"), repeats, warmup=1) / n
         diff = float(np.abs(self._call(batched, x, "probabilities") - self.one_by_one(x)).max())
         same = diff <= PARITY_ATOL
-        self._batched = (n, batched) if whole < single and same else None
-        how = f"in calls of {n}" if self._batched is not None else "as batch-1 calls"
+        if whole < single and same:
+            self._batched = (n, batched)
+        how = f"in calls of {self._batched[0]}" if self._batched is not None else "as batch-1 calls"
         return (f"batches run {how} (batch {n}: {single:.1f} ms/image as batch-1 calls, {whole:.1f} in one call"
                 + ("" if same else f"; one call differs from batch-1 calls by up to {diff:.1e}") + ")")
 
+
+#: The largest batch :class:`OpenVinoBF16Engine` compiles a model for (Evaluate's batch size); a longer batch runs in
+#: chunks of the size chosen.
+OPENVINO_MAX_BATCH = 32
 
 
 def _quantize(src: Path, dst: Path, batches: list) -> None:
