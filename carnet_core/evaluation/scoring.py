@@ -57,26 +57,23 @@ def score_images(items: Sequence[tuple[str, int]], load: Callable[[int], Image.I
     """
     probs, labels, names, unreadable = [], [], [], []
     workers = LOAD_WORKERS if workers is None else workers
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="carnet-load")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="carnet-load") if workers else None
 
-    def submit(start: int) -> list[tuple[int, Future]]:
-        indices = range(start, min(start + batch_size, len(items)))
-        if workers == 0:  # loaded here, now: a finished future per image
-            return [(i, _done(load, i)) for i in indices]
-        return [(i, pool.submit(load, i)) for i in indices]
+    def loading(start: int) -> list[tuple[int, Future]]:
+        """The batch from ``start``: each image's loading in the pool, or (no pool) loaded here and now."""
+        return [(i, pool.submit(load, i) if pool else _done(load, i))
+                for i in range(start, min(start + batch_size, len(items)))]
 
     try:
-        ahead = submit(0) if workers else []
+        ahead = loading(0) if pool else []
         for start in range(0, len(items), batch_size):
-            if workers:  # this batch was loaded while the one before was scored; the next one starts now
-                current, ahead = ahead, submit(start + batch_size)
-            else:
-                current = submit(start)
+            # with a pool, this batch was loaded while the one before was scored, and the next one starts now
+            current, ahead = (ahead, loading(start + batch_size)) if pool else (loading(start), [])
             images = []
-            for i, loading in current:
+            for i, future in current:
                 name, label = items[i]
                 try:
-                    images.append(loading.result())
+                    images.append(future.result())
                 except ImageError as exc:
                     unreadable.append((name, str(exc)))
                     continue
@@ -86,8 +83,9 @@ def score_images(items: Sequence[tuple[str, int]], load: Callable[[int], Image.I
                 probs.append(score(images))
             if progress:
                 progress(min(1.0, (start + batch_size) / len(items)))
-    finally:  # a failed score (or a stop) does not wait for the batch ahead
-        pool.shutdown(wait=True, cancel_futures=True)
+    finally:  # after a failed score (or a stop) the batch ahead is dropped: only the images being loaded finish
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
     if not probs:
         return None
     return Scored(np.concatenate([np.asarray(p, np.float32) for p in probs], axis=dim), np.asarray(labels, np.int64),

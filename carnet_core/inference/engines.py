@@ -255,6 +255,12 @@ def openvino_bf16_missing() -> str | None:
     return None
 
 
+def missing_here(name: str) -> str | None:
+    """Why engine ``name`` cannot run on this machine at all (not a failed gate: missing hardware or package), or None.
+    Only ``openvino-bf16`` depends on the machine (:func:`openvino_bf16_missing`); the others run on any CPU."""
+    return openvino_bf16_missing() if name == OpenVinoBF16Engine.name else None
+
+
 class OpenVinoBF16Engine:
     """OpenVINO's CPU plugin running the model's cached fp32 ONNX export in bf16 (``INFERENCE_PRECISION_HINT``
     ``bf16``: its AMX / AVX-512-BF16 kernels; the latency hint). ONNX Runtime's CPU provider has no bf16
@@ -306,8 +312,13 @@ class OpenVinoBF16Engine:
         with self._lock:  # the input is read in place (share_inputs); the output is copied before the next call
             return np.array(request.infer({0: x}, share_inputs=True)[ports[output]], np.float32)
 
-    def one_by_one(self, x: np.ndarray, output: str = "probabilities") -> np.ndarray:
-        """``output`` (N, C) of ``x`` (N, 3, H, W) float32 as N calls at batch 1."""
+    def one_by_one(self, x: np.ndarray, output: str = "probabilities") -> torch.Tensor:
+        """``output`` (``"logits"`` or ``"probabilities"``, (N, C)) of ``x`` (N, 3, H, W) as N calls at batch 1 (as
+        :meth:`OnnxRuntimeEngine.one_by_one`)."""
+        import torch  # lazy: the serving tier has no torch (carnet_core.inference.serving)
+        return torch.from_numpy(self._rows(x, output))
+
+    def _rows(self, x: np.ndarray, output: str = "probabilities") -> np.ndarray:
         out = np.empty((len(x), self.num_classes), np.float32)
         for i in range(len(x)):
             out[i] = self._call(self._single, x[i:i + 1], output)[0]
@@ -319,11 +330,11 @@ class OpenVinoBF16Engine:
         if len(x) > 1:
             self.prepare(batch)
         if self._batched is None or len(x) < self._batched[0]:
-            return torch.from_numpy(self.one_by_one(x, output))
+            return torch.from_numpy(self._rows(x, output))
         n, compiled = self._batched
         whole = len(x) - len(x) % n
         parts = [self._call(compiled, x[s:s + n], output) for s in range(0, whole, n)]
-        return torch.from_numpy(np.concatenate(parts + [self.one_by_one(x[whole:], output)]))
+        return torch.from_numpy(np.concatenate(parts + [self._rows(x[whole:], output)]))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (N, C) float32 for a preprocessed batch (N, 3, H, W)."""
@@ -351,9 +362,9 @@ class OpenVinoBF16Engine:
         Returns what was measured."""
         n = len(x)
         batched = self._compile(n)
-        single = median_ms(lambda: self.one_by_one(x), repeats, warmup=1) / n
+        single = median_ms(lambda: self._rows(x), repeats, warmup=1) / n
         whole = median_ms(lambda: self._call(batched, x, "probabilities"), repeats, warmup=1) / n
-        diff = float(np.abs(self._call(batched, x, "probabilities") - self.one_by_one(x)).max())
+        diff = float(np.abs(self._call(batched, x, "probabilities") - self._rows(x)).max())
         same = diff <= PARITY_ATOL
         if whole < single and same:
             self._batched = (n, batched)

@@ -35,7 +35,7 @@ from carnet_core.inference.engines import (
     OpenVinoBF16Engine,
     TorchBF16Engine,
     TorchEngine,
-    openvino_bf16_missing,
+    missing_here,
 )
 from carnet_core.inference.export import _export_path, export_path_for
 from carnet_core.inference.gate_set import env_gate_set
@@ -355,7 +355,7 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
     for name in names[1:]:
         cand = Candidate(name)
         candidates.append(cand)
-        if name == "openvino-bf16" and engine == "auto" and (missing := openvino_bf16_missing()):
+        if engine == "auto" and (missing := missing_here(name)):
             cand.note = f"not on this machine: {missing}"  # not a failure: nothing to say in the reason
             continue
         try:

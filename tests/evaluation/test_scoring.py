@@ -50,9 +50,12 @@ def test_the_next_batch_is_loaded_while_one_is_scored():
         started[i].set()
         return Image.new("RGB", (1, 1))
 
+    batches = []
+
     def score(images):
         scorers.add(threading.current_thread().name)
-        if len(scorers) == 1 and not started[3].is_set():
+        batches.append(len(images))
+        if len(batches) == 1:  # batch 0: batch 1 must be loading now, not after this returns
             assert started[3].wait(30), "batch 1 was not loaded while batch 0 was scored"
         return torch.zeros(len(images), 2)
 
@@ -61,20 +64,33 @@ def test_the_next_batch_is_loaded_while_one_is_scored():
     assert len(scored.names) == 6
     assert scorers == {threading.current_thread().name}
     assert loaders and all(name.startswith("carnet-load") for name in loaders)
+    assert not [t for t in threading.enumerate() if t.name.startswith("carnet-load")]  # the pool is shut down
 
 
-def test_a_failing_score_stops_without_loading_the_rest():
+def test_a_failing_score_raises_and_leaves_no_loading_thread():
+    import threading
+
     import pytest
 
-    loaded = []
+    def score(images):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        score_images([(f"{i}", 0) for i in range(100)], lambda i: Image.new("RGB", (1, 1)), score, batch_size=4)
+    assert not [t for t in threading.enumerate() if t.name.startswith("carnet-load")]
+
+
+def test_without_loading_threads_each_batch_is_loaded_at_its_turn():
+    """``workers=0`` (Evaluate as it was, and the benchmark's baseline): nothing is loaded ahead of its batch."""
+    loaded, at_score = [], []
 
     def load(i):
         loaded.append(i)
         return Image.new("RGB", (1, 1))
 
     def score(images):
-        raise RuntimeError("model failed")
+        at_score.append(len(loaded))
+        return torch.zeros(len(images), 2)
 
-    with pytest.raises(RuntimeError, match="model failed"):
-        score_images([(f"{i}", 0) for i in range(100)], load, score, batch_size=4, workers=1)
-    assert len(loaded) <= 8  # the batch scored and at most the one ahead
+    score_images([(f"{i}", 0) for i in range(7)], load, score, batch_size=3, workers=0)
+    assert at_score == [3, 6, 7] and loaded == list(range(7))

@@ -85,7 +85,7 @@ def test_openvino_bf16_runs_in_bf16_and_keeps_the_top1_on_real_photos(lite0, car
     engine = OpenVinoBF16Engine(lite0)
     assert engine.precision == "bf16"
     x = lite0.preprocess([load_image(p) for p in car_photos[::12][:20]])
-    single = torch.from_numpy(engine.one_by_one(x.numpy()))  # what single photos get: batch-1 calls
+    single = engine.one_by_one(x.numpy())  # what single photos get: batch-1 calls
     assert engine.batching is None
     assert torch.allclose(engine.probabilities(x[:3]), single[:3], atol=PARITY_ATOL)
     assert "(batch 3: " in engine.batching  # the first batch of more than one image: how batches run is measured
@@ -339,7 +339,8 @@ def test_the_carnet_model_runs_on_onnxruntime_and_an_int8_graph_that_fails_to_ru
     photos = [Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)) for _ in range(16)]
     gate_set = LabelledPhotos(photos, lambda probs, idx: probs.argmax(1) == 0, "noise")
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the CLI (pytest gives the root logger its own)
-    monkeypatch.setattr("carnet_core.inference.selection.openvino_bf16_missing", lambda: "left out of this test")
+    monkeypatch.setattr("carnet_core.inference.selection.missing_here",
+                        lambda name: "left out of this test" if name == "openvino-bf16" else None)
     choice = select_engine(model, photos=photos[:8], calibration=gate_set)
     assert choice.engine.name == "onnxruntime"
     table = {c.name: c for c in choice.candidates}
