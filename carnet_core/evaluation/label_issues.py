@@ -37,7 +37,10 @@ def find_label_issues(probs: Any, labels: Any, names: Sequence[str],
     p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
     with warnings.catch_warnings():  # "too few examples in class k": a small val split, said by the page instead
         warnings.simplefilter("ignore")
-        ranked = cleanlab_find(y, p, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: with more, cleanlab forks a multiprocessing pool (fork on Linux) from this process — in the app a
+        # server full of threads (Streamlit's, torch's, ONNX Runtime's), where a forked child can inherit a held lock
+        # and never finish; and a split of a few thousand photos gains nothing from it
+        ranked = cleanlab_find(y, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     predicted = p.argmax(1)
     return [{"path": names[i], "label": class_names[int(y[i])], "predicted": class_names[int(predicted[i])],
              "label_probability": float(p[i, y[i]]), "confidence": float(p[i, predicted[i]])}
