@@ -2,11 +2,16 @@
 Runtime fp32 and timm eager fp32 measured in the same run.
 
     python bench/reduced_precision.py [--models efficientnet_lite0,...] [--calibration DIR] [--mapping FILE] [--no-int8]
+        [--openvino-variants] [--profile]
 
-Candidates: torch bf16 autocast; OpenVINO bf16 on the same ONNX export (where the CPU has AMX or AVX-512-BF16);
-ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8 activations) with
+Candidates: torch bf16 autocast; OpenVINO bf16 on the same ONNX export (where the CPU has AMX or AVX-512-BF16),
+CarNet's engine ``openvino-bf16``; ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8 activations) with
 min-max, entropy and percentile (99.999) calibration, each as is and with the first convolution and the classifier
-kept in fp32. int8 is calibrated on every 4th photo of the labelled set and gated on the others (the library's split,
+kept in fp32. ``--openvino-variants`` adds two variants of OpenVINO's that are not engines, to see whether more
+precision where it matters keeps the answers: f16 (where its CPU plugin lists FP16: AVX-512-FP16) and bf16 with the
+depthwise convolutions kept in fp32. ``--profile`` adds where OpenVINO's fp32 and bf16 time goes, layer by layer.
+
+int8 is calibrated on every 4th photo of the labelled set and gated on the others (the library's split,
 :meth:`LabelledPhotos.split`). The gate: :func:`carnet_core.inference.parity.accuracy_gate` (≥ 99 % of fp32's
 top-1 accuracy — a vehicle at top-1 on car photos without a mapping —, same top-1 on ≥ 98 % of photos, top-1
 probability within 0.05 on average). Models without weights here run with random weights: timing only (their gate
@@ -71,6 +76,69 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, method: str, keep_en
                     extra_options=extra)
 
 
+def openvino_variant(path: Path, input_size: tuple[int, ...], precision: str, fp32_layers: str | None = None):
+    """A batch-1 OpenVINO run of the ONNX export at ``path`` (input ``input_size`` (3, H, W)) with ``INFERENCE_PRECISION_HINT`` ``precision``; with
+    ``fp32_layers`` (an IR layer type, e.g. ``GroupConvolution``) those layers are kept in fp32. Returns
+    (x (1, 3, H, W) → probabilities (1, C), {runtime precision: number of convolution and fully connected layers}).
+
+    How layers are kept in fp32: OpenVINO's ``precise`` runtime attribute, written into the layers of an IR copy of the
+    model. Set from Python (``op.get_rt_info()[...]``) it is a plain string, which the CPU plugin ignores; read from
+    an IR it becomes the typed attribute the plugin honours (checked below: the runtime precision of each layer)."""
+    import re
+
+    import openvino as ov
+
+    core = ov.Core()
+    network = core.read_model(str(path))
+    network.reshape({"input": [1, *input_size]})
+    if fp32_layers:
+        with tempfile.TemporaryDirectory() as tmp:
+            xml, weights = Path(tmp) / "m.xml", Path(tmp) / "m.bin"
+            ov.save_model(network, xml, compress_to_fp16=False)
+            marked = re.sub(rf'(<layer [^>]*type="{fp32_layers}"[^>]*>)',
+                            r'\1<rt_info><attribute name="precise" version="0" value="" /></rt_info>', xml.read_text())
+            xml.write_text(marked)
+            network = core.read_model(str(xml), str(weights))
+    compiled = core.compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+    request, port = compiled.create_infer_request(), compiled.output("probabilities")
+    kinds: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
+            kinds[info["runtimePrecision"].astype(str)] = kinds.get(info["runtimePrecision"].astype(str), 0) + 1
+    return (lambda x: np.array(request.infer({0: x})[port], np.float32)), kinds
+
+
+def openvino_profile(path: Path, input_size: tuple[int, ...], repeats: int = 50) -> dict[str, dict[str, float]]:
+    """Where OpenVINO's batch-1 time goes, fp32 against bf16: ms per call of each kind of layer (OpenVINO's
+    ``PERF_COUNT``), the layers grouped by their timm module with the block numbers taken out (``blocks/conv_pw``:
+    every block's expansion convolution, with what OpenVINO fused into it). Returns {precision: {layer: ms}}."""
+    import re
+
+    import openvino as ov
+
+    core = ov.Core()
+    x = np.zeros((1, *input_size), np.float32)
+    times: dict[str, dict[str, float]] = {}
+    for precision in ("f32", "bf16"):
+        network = core.read_model(str(path))
+        network.reshape({"input": [1, *input_size]})
+        request = core.compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT":
+                                                      precision, "PERF_COUNT": "YES"}).create_infer_request()
+        for _ in range(10):
+            request.infer({0: x})
+        layers: dict[str, float] = {}
+        for _ in range(repeats):
+            request.infer({0: x})
+            for info in request.get_profiling_info():
+                if info.real_time.total_seconds() > 0:
+                    name = re.sub(r"blocks\.\d+/blocks\.\d+\.\d+/|/module/|/(Conv|Gemm|MatMul)/.*|/WithoutBiases",
+                                  "", info.node_name)
+                    layers[name] = layers.get(name, 0.0) + info.real_time.total_seconds() * 1e3 / repeats
+        times[precision] = layers
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2,mobilenetv2_100,"
@@ -82,6 +150,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="the six int8 variants (--no-int8: leave them out, a much shorter run)")
+    parser.add_argument("--openvino-variants", action="store_true",
+                        help="also OpenVINO f16, and bf16 with the depthwise convolutions in fp32 (not engines)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also where OpenVINO's fp32 and bf16 time goes, layer by layer (PERF_COUNT)")
     args = parser.parse_args()
     logging.getLogger().addHandler(logging.NullHandler())
     warnings.simplefilter("ignore")
@@ -123,6 +195,19 @@ def main() -> int:
                                        gate_set.name)))
         else:
             rows.append(("openvino bf16", None, f"not on this machine: {missing}"))
+        if args.openvino_variants and missing is None:
+            import openvino
+
+            variants = [("openvino bf16, depthwise fp32", "bf16", "GroupConvolution")]
+            if "FP16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                variants.append(("openvino f16", "f16", None))
+            for label, precision, fp32_layers in variants:
+                run, kinds = openvino_variant(cached_export(model), tuple(model.data_config["input_size"]),
+                                               precision, fp32_layers)
+                probs = torch.from_numpy(np.concatenate([run(x[i:i + 1].numpy()) for i in gate]))
+                gate_report = accuracy_gate(ref, probs, gate_set.correct(probs, gate), ref_right, label, gate_set.name)
+                print(f"# {label}: convolution and fully connected layers ran in {kinds}", flush=True)
+                rows.append((label, median_ms(lambda: run(x1.numpy()), args.repeats), gate_report))
         with tempfile.TemporaryDirectory() as tmp:
             for method in ("MinMax", "Entropy", "Percentile") if args.int8 else ():
                 for keep_ends in (False, True):
@@ -148,6 +233,11 @@ def main() -> int:
             cells = (f"{ms:>6.1f} {ms / fp32_ms:>9.2f} {eager_ms / ms:>6.1f}x" if ms else f"{'-':>6} {'-':>9} {'-':>7}")
             print(f"{name:<19} {label:<30} {cells}  {verdict}", flush=True)
         print(f"{name:<19} {'timm eager fp32':<30} {eager_ms:>6.1f} {eager_ms / fp32_ms:>9.2f} {1:>6.1f}x", flush=True)
+        if args.profile and missing is None:
+            times = openvino_profile(cached_export(model), tuple(model.data_config["input_size"]))
+            print(f"# {name}: OpenVINO ms per call, layer by layer (fp32 → bf16), the largest first", flush=True)
+            for layer, ms in sorted(times["bf16"].items(), key=lambda kv: -kv[1])[:8]:
+                print(f"#   {layer:<40} {times['f32'].get(layer, 0.0):6.3f} → {ms:6.3f}", flush=True)
     return 0
 
 
