@@ -38,8 +38,10 @@ def find_label_issues(probs: Any, labels: Any, names: Sequence[str],
     with warnings.catch_warnings():  # "too few examples in class k": a small val split, said by the page instead
         warnings.simplefilter("ignore")
         # n_jobs=1: with more, cleanlab forks a multiprocessing pool (fork on Linux) from this process — in the app a
-        # server full of threads (Streamlit's, torch's, ONNX Runtime's), where a forked child can inherit a held lock
-        # and never finish; and a split of a few thousand photos gains nothing from it
+        # server full of threads (Streamlit's, torch's, ONNX Runtime's). That hung Evaluate in the browser test about
+        # once in a dozen runs: the page's script waited forever in the pool's terminate() for a forked worker that sat
+        # blocked on the pool's queue lock (stacks taken with py-spy). A split of a few thousand photos gains nothing
+        # from the pool anyway.
         ranked = cleanlab_find(y, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     predicted = p.argmax(1)
     return [{"path": names[i], "label": class_names[int(y[i])], "predicted": class_names[int(predicted[i])],
