@@ -223,6 +223,7 @@ def test_photos_picked_for_a_class_are_kept_until_they_are_added(dirs, car_photo
     assert any("Choose some photos" in w.value for w in at.warning) and build_field(at, "Class").value == "pickup"
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.subprocess
 def test_a_dataset_built_class_by_class_on_the_page_is_ready_to_fine_tune(dirs, car_photos):

@@ -182,6 +182,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+@pytest.mark.slow
 def test_no_memory_growth_over_200_calls():
     model = tiny_model("mobilenetv2")
     image = photo()

@@ -76,6 +76,7 @@ def test_fast_path_is_chosen_and_gated_on_a_labelled_set(lite0, car_photos, tmp_
         model._engine_choice = None  # the session's lite0 goes back to the default choice
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_openvino_bf16_runs_in_bf16_and_keeps_the_top1_on_real_photos(lite0, car_photos):
     """On a CPU with bf16 instructions, OpenVINO runs the export in bf16 (not silently in fp32: its probabilities
