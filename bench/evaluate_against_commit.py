@@ -1,5 +1,6 @@
 """Evaluate's images/s now against an earlier commit's, on this machine, in one run (fast-inference issue: "Evaluate
-on a folder: images/s ≥ 2 × today's on the same folder and model", "today's" being the code when the issue was filed).
+on a folder: images/s ≥ 2 × today's on the same folder and model", "today's" being the code when the issue was
+filed).
 
     python bench/evaluate_against_commit.py [--commit 4c3f118] [--model efficientnet_lite0]
         [--folder ../shared/data/stanford_cars_40/val] [--rounds 5]
@@ -63,7 +64,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), args.commit], check=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), args.commit],
+                       check=True)
         try:
             sides = {f"commit {args.commit}": (tree, ""), "now, engine chosen under the gate": (ROOT, "1")}
             procs, engines = {}, {}

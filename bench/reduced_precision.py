@@ -77,8 +77,9 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, method: str, keep_en
 
 
 def openvino_variant(path: Path, input_size: tuple[int, ...], precision: str, fp32_layers: str | None = None):
-    """A batch-1 OpenVINO run of the ONNX export at ``path`` (input ``input_size`` (3, H, W)) with ``INFERENCE_PRECISION_HINT`` ``precision``; with
-    ``fp32_layers`` (an IR layer type, e.g. ``GroupConvolution``) those layers are kept in fp32. Returns
+    """A batch-1 OpenVINO run of the ONNX export at ``path`` (input ``input_size`` (3, H, W)) with
+    ``INFERENCE_PRECISION_HINT`` ``precision``; with ``fp32_layers`` (an IR layer type, e.g. ``GroupConvolution``)
+    those layers are kept in fp32. Returns
     (x (1, 3, H, W) → probabilities (1, C), {runtime precision: number of convolution and fully connected layers}).
 
     How layers are kept in fp32: OpenVINO's ``precise`` runtime attribute, written into the layers of an IR copy of the
@@ -99,7 +100,8 @@ def openvino_variant(path: Path, input_size: tuple[int, ...], precision: str, fp
                             r'\1<rt_info><attribute name="precise" version="0" value="" /></rt_info>', xml.read_text())
             xml.write_text(marked)
             network = core.read_model(str(xml), str(weights))
-    compiled = core.compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+    compiled = core.compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                   "INFERENCE_PRECISION_HINT": precision})
     request, port = compiled.create_infer_request(), compiled.output("probabilities")
     kinds: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ops():
