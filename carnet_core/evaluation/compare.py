@@ -154,7 +154,7 @@ def compare_on_folder(models: Sequence[Classifier], folder: str | Path, mapping:
     def score(loaded: list[tuple]) -> np.ndarray:  # (M, n, C): each member's probabilities
         per_member = [[v[j] for v in loaded] for j in range(len(models))]
         if names is not None:
-            return member_probabilities(models, [], per_member)[0]  # in the common label set
+            return member_probabilities(models, views=per_member)[0]  # in the common label set
         return np.stack([projections[j].project(timed_probabilities(m, per_member[j], cropped=True)[0])
                          for j, m in enumerate(models)])  # each in the folder's classes
 

@@ -118,7 +118,7 @@ def aligned_class_names(models: Sequence[Classifier]) -> tuple[str, ...]:
     return first.class_names
 
 
-def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image],
+def member_probabilities(models: Sequence[Classifier], images: Sequence[Image.Image] = (),
                          views: Sequence[Sequence[Image.Image]] | None = None) -> tuple[np.ndarray, list[float]]:
     """(M, N, C) float32 probabilities of each member on the same images (RGB PIL images), re-indexed to the first
     member's class order, and each member's model time in ms (as :func:`carnet_core.inference.predict` times it: not

@@ -292,6 +292,11 @@ def write_engine_choice(export: str | os.PathLike, choice: EngineChoice) -> None
         raise CarNetError(f"cannot write {meta_path}: {exc.strerror or exc}") from None
 
 
+#: The engine candidates that open from the model alone (int8 needs its calibration photos, or its stored file).
+_OPENED_BY_NAME = {"onnxruntime": OnnxRuntimeEngine, "torch-bf16": TorchBF16Engine,
+                   "openvino-bf16": OpenVinoBF16Engine}
+
+
 def _stored_reduced(model: Classifier) -> EngineChoice | None:
     """A reduced-precision engine that passed the accuracy gate for these weights before (:func:`stored_choice`),
     opened without measuring again; None when there is none or its int8 file is gone (then CarNet measures)."""
@@ -299,10 +304,8 @@ def _stored_reduced(model: Classifier) -> EngineChoice | None:
     if stored is None or stored["engine"] not in REDUCED_ENGINES:
         return None
     try:
-        if stored["engine"] == "torch-bf16":
-            engine = TorchBF16Engine(model)
-        elif stored["engine"] == "openvino-bf16":
-            engine = OpenVinoBF16Engine(model)
+        if stored["engine"] in _OPENED_BY_NAME:
+            engine = _OPENED_BY_NAME[stored["engine"]](model)
         else:
             engine = OnnxInt8Engine.from_file(model, choice_path(model).with_name(str(stored.get("int8_file"))))
     except CarNetError:
@@ -359,12 +362,8 @@ def _measure(model: Classifier, engine: str, photos: Sequence[ImageSource] | Non
             cand.note = f"not on this machine: {missing}"  # not a failure: nothing to say in the reason
             continue
         try:
-            if name == "onnxruntime":
-                eng = OnnxRuntimeEngine(model)
-            elif name == "torch-bf16":
-                eng = TorchBF16Engine(model)
-            elif name == "openvino-bf16":
-                eng = OpenVinoBF16Engine(model)
+            if name in _OPENED_BY_NAME:
+                eng = _OPENED_BY_NAME[name](model)
             else:
                 eng = OnnxInt8Engine(model, x_set[cal_idx])  # calibrated on photos the gate does not use
             if name in REDUCED_ENGINES:
